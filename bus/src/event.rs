@@ -1,0 +1,422 @@
+//! The event catalogue: every fact and decision the autoscaler records, as typed data.
+//!
+//! Names and data fields are contracts (DESIGN.md, seed 001): tools read them with `redis-cli`, so they
+//! are PascalCase event types with snake_case JSON fields, percentages as plain numbers (`85.0` is 85 %)
+//! and durations in seconds.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Which way a scaling action goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScalingAction {
+    ScaleUp,
+    ScaleDown,
+}
+
+impl ScalingAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScalingAction::ScaleUp => "scale_up",
+            ScalingAction::ScaleDown => "scale_down",
+        }
+    }
+}
+
+/// Resource requests of one pod, for bin-packing pending pods onto new workers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodRequest {
+    pub namespace: String,
+    pub name: String,
+    /// CPU request in millicores.
+    pub cpu_millis: u64,
+    /// Memory request in bytes.
+    pub memory_bytes: u64,
+}
+
+/// Utilisation of one worker in one sample.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeUsage {
+    pub node_name: String,
+    pub cpu: f64,
+    pub memory: f64,
+}
+
+// ---- Core -------------------------------------------------------------------------------------------
+
+/// Workers are at the minimum and resources are underused: the efficient state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimalStateTrigger {
+    pub current_workers: u32,
+    pub min_workers: u32,
+    pub cpu_avg: f64,
+    pub memory_avg: f64,
+}
+
+/// A scale-up or scale-down finished.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScalingActionCompleted {
+    pub action: ScalingAction,
+    pub count: u32,
+    pub previous_workers: u32,
+    pub new_workers: u32,
+    /// Seconds from the decision to completion.
+    pub duration: f64,
+    /// The workers created or removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
+}
+
+/// Kubernetes, Docker and the record agree.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterStateSynced {
+    pub k8s_nodes: u32,
+    pub docker_containers: u32,
+    pub db_workers: u32,
+    pub last_sync: DateTime<Utc>,
+}
+
+// ---- Resource ---------------------------------------------------------------------------------------
+
+/// Workers > min and CPU and memory below the low thresholds for consecutive periods.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnderutilizationWarning {
+    pub workers: u32,
+    pub min_workers: u32,
+    pub cpu_avg: f64,
+    pub memory_avg: f64,
+    /// Seconds the underutilisation has lasted.
+    pub duration: f64,
+    /// Per-worker figures of the sample, for choosing which worker to remove.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeUsage>,
+}
+
+/// CPU or memory above the high thresholds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourcePressureAlert {
+    pub cpu_avg: f64,
+    pub memory_avg: f64,
+    pub workers: u32,
+    pub max_workers: u32,
+}
+
+/// Pods that cannot be scheduled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PendingPodsDetected {
+    pub pending_count: u32,
+    /// Seconds the oldest of them has waited.
+    pub waiting_time: f64,
+    pub affected_deployments: Vec<String>,
+    /// Their requests, when the watcher knows them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<PodRequest>,
+}
+
+/// A raw utilisation sample of the MetricsCollector; MetricsListener turns samples into resource events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSampled {
+    pub workers: u32,
+    pub cpu_avg: f64,
+    pub memory_avg: f64,
+    /// `docker_stats`, `metrics_api` or `pod_requests`.
+    pub source: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeUsage>,
+}
+
+// ---- Node lifecycle -----------------------------------------------------------------------------------
+
+/// A node failed its health checks or became NotReady.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeHealthDegraded {
+    pub node_name: String,
+    pub status: String,
+    pub last_check: DateTime<Utc>,
+}
+
+/// A worker disappeared without a scale-down asking for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeUnexpectedlyLost {
+    pub node_name: String,
+    pub last_seen: DateTime<Utc>,
+    /// e.g. `container_crash`, `container_oom`, `container_destroyed`, `node_deleted`.
+    pub cause: String,
+}
+
+/// A worker's container exists and runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeCreated {
+    pub node_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+}
+
+/// A worker's Node became Ready for the first time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeReady {
+    pub node_name: String,
+}
+
+/// Someone else is stopping a worker (docker `kill`/`stop` seen before `die`, or an operator's request).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeInterruptionNotice {
+    pub node_name: String,
+    /// e.g. `docker_kill`, `docker_stop`, `operator`.
+    pub cause: String,
+}
+
+/// A worker was cordoned and tainted for removal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeCordoned {
+    pub node_name: String,
+}
+
+/// A worker's pods were evicted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeDrained {
+    pub node_name: String,
+    pub evicted_pods: u32,
+}
+
+// ---- Minimum enforcement ------------------------------------------------------------------------------
+
+/// Fewer workers than the minimum.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MinimumNodesViolation {
+    pub current_workers: u32,
+    pub min_workers: u32,
+    pub violation_time: DateTime<Utc>,
+}
+
+/// The corrective scale-up after a violation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoScaleUpToMinimum {
+    pub current_workers: u32,
+    pub min_workers: u32,
+    pub scale_up_count: u32,
+    pub reason: String,
+    /// Absolute target, so a duplicated decision is harmless.
+    pub target_workers: u32,
+}
+
+/// Back at the minimum.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MinimumNodesRestored {
+    pub current_workers: u32,
+    pub min_workers: u32,
+    pub restore_time: DateTime<Utc>,
+}
+
+/// Several workers lost together: scale up at once, bypassing cooldowns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmergencyScaleUp {
+    pub lost_count: u32,
+    pub remaining_workers: u32,
+    pub min_workers: u32,
+    pub emergency_scale: u32,
+    pub target_workers: u32,
+}
+
+// ---- Decisions and actions ------------------------------------------------------------------------------
+
+/// The engine decided to grow to `target_workers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleUpDecision {
+    pub current_workers: u32,
+    pub target_workers: u32,
+    /// e.g. `pending_pods`, `resource_pressure`, `minimum_violation`, `manual`.
+    pub reason: String,
+}
+
+/// The engine decided to shrink to `target_workers` by removing `nodes`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleDownDecision {
+    pub current_workers: u32,
+    pub target_workers: u32,
+    pub nodes: Vec<String>,
+    pub reason: String,
+}
+
+/// An operator asked for an absolute size (`autoscaler scale --to N`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManualScaleRequested {
+    pub target_workers: u32,
+    pub reason: String,
+}
+
+/// The NodeManager began creating workers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleUpStarted {
+    pub count: u32,
+    pub target_workers: u32,
+    pub nodes: Vec<String>,
+}
+
+/// The NodeManager began removing workers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleDownStarted {
+    pub count: u32,
+    pub target_workers: u32,
+    pub nodes: Vec<String>,
+}
+
+/// A scale-down that would otherwise happen, and the stable code of why it does not.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleDownBlocked {
+    /// `pending_pods`, `min_nodes_reached`, `cooldown`, `action_in_progress`, `unhealthy_nodes`,
+    /// `no_place_for_pods`, `pdb`, `scale_down_disabled`, …
+    pub reason: String,
+    pub workers: u32,
+    pub min_workers: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_count: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// A scaling action failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScalingActionFailed {
+    pub action: ScalingAction,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    pub error: String,
+    pub retryable: bool,
+}
+
+macro_rules! catalogue {
+    ($($name:ident),* $(,)?) => {
+        /// One event of the catalogue; the variant name is the stream's `event_type`.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum Event {
+            $($name($name),)*
+        }
+
+        /// Every event type name, in catalogue order.
+        pub const EVENT_TYPES: &[&str] = &[$(stringify!($name),)*];
+
+        impl Event {
+            /// The catalogue name, e.g. `MinimumNodesViolation`.
+            pub fn event_type(&self) -> &'static str {
+                match self {
+                    $(Event::$name(_) => stringify!($name),)*
+                }
+            }
+
+            /// The data as a JSON object.
+            pub fn data_json(&self) -> serde_json::Value {
+                let value = match self {
+                    $(Event::$name(d) => serde_json::to_value(d),)*
+                };
+                // Serialising plain structs of strings and numbers cannot fail.
+                value.unwrap_or(serde_json::Value::Null)
+            }
+
+            /// Builds an event from its type name and JSON data, as stored on the stream.
+            pub fn from_parts(event_type: &str, data: &str) -> Result<Self, crate::DecodeError> {
+                match event_type {
+                    $(stringify!($name) => serde_json::from_str(data)
+                        .map(Event::$name)
+                        .map_err(|e| crate::DecodeError::BadData { event_type: event_type.to_string(), source: e }),)*
+                    other => Err(crate::DecodeError::UnknownEventType(other.to_string())),
+                }
+            }
+
+            /// As [`Event::from_parts`], from a JSON value.
+            pub fn from_value(event_type: &str, data: serde_json::Value) -> Result<Self, crate::DecodeError> {
+                match event_type {
+                    $(stringify!($name) => serde_json::from_value(data)
+                        .map(Event::$name)
+                        .map_err(|e| crate::DecodeError::BadData { event_type: event_type.to_string(), source: e }),)*
+                    other => Err(crate::DecodeError::UnknownEventType(other.to_string())),
+                }
+            }
+        }
+
+        $(impl From<$name> for Event {
+            fn from(d: $name) -> Self { Event::$name(d) }
+        })*
+    };
+}
+
+catalogue!(
+    // core
+    OptimalStateTrigger,
+    ScalingActionCompleted,
+    ClusterStateSynced,
+    // resource
+    UnderutilizationWarning,
+    ResourcePressureAlert,
+    PendingPodsDetected,
+    MetricsSampled,
+    // node lifecycle
+    NodeHealthDegraded,
+    NodeUnexpectedlyLost,
+    NodeCreated,
+    NodeReady,
+    NodeInterruptionNotice,
+    NodeCordoned,
+    NodeDrained,
+    // minimum enforcement
+    MinimumNodesViolation,
+    AutoScaleUpToMinimum,
+    MinimumNodesRestored,
+    EmergencyScaleUp,
+    // decisions and actions
+    ScaleUpDecision,
+    ScaleDownDecision,
+    ManualScaleRequested,
+    ScaleUpStarted,
+    ScaleDownStarted,
+    ScaleDownBlocked,
+    ScalingActionFailed,
+);
+
+impl Event {
+    /// The node an event is about, when it is about one node.
+    pub fn node_name(&self) -> Option<&str> {
+        match self {
+            Event::NodeHealthDegraded(d) => Some(&d.node_name),
+            Event::NodeUnexpectedlyLost(d) => Some(&d.node_name),
+            Event::NodeCreated(d) => Some(&d.node_name),
+            Event::NodeReady(d) => Some(&d.node_name),
+            Event::NodeInterruptionNotice(d) => Some(&d.node_name),
+            Event::NodeCordoned(d) => Some(&d.node_name),
+            Event::NodeDrained(d) => Some(&d.node_name),
+            Event::ScalingActionFailed(d) => d.node_name.as_deref(),
+            Event::ScaleDownBlocked(d) => d.node_name.as_deref(),
+            _ => None,
+        }
+    }
+}
