@@ -317,6 +317,8 @@ impl Default for DockerSettings {
 pub struct KubernetesSettings {
     /// Empty: `KUBECONFIG`, in-cluster, or `~/.kube/config`.
     pub kubeconfig: String,
+    /// Replaces the kubeconfig's server URL (k3s writes 127.0.0.1; a container reaches `k3s-server`).
+    pub server: String,
     #[serde(deserialize_with = "duration")]
     pub pending_batch_idle: Duration,
     #[serde(deserialize_with = "duration")]
@@ -327,6 +329,7 @@ impl Default for KubernetesSettings {
     fn default() -> Self {
         Self {
             kubeconfig: String::new(),
+            server: String::new(),
             pending_batch_idle: Duration::from_secs(1),
             pending_batch_max: Duration::from_secs(10),
         }

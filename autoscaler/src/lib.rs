@@ -3,10 +3,15 @@
 //! - [`config`]: `config.yaml` + environment overrides, validated into typed settings.
 //! - [`cli`]: the command tree of the `autoscaler` binary.
 //! - [`intents`]: what this process is doing to workers, so watchers tell our actions from others'.
+//! - [`leader`]: the Redis lease that makes one replica the observer, with a fencing token.
+//! - [`metrics`], [`http`]: Prometheus metrics and the /metrics, /healthz, /readyz, /status port.
 //! - [`telemetry`], [`shutdown`]: logging and signals.
 
 pub mod cli;
 pub mod config;
+pub mod http;
 pub mod intents;
+pub mod leader;
+pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;
