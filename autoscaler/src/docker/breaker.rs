@@ -1,0 +1,231 @@
+//! Resilience around engine calls: exponential backoff and a circuit breaker.
+//!
+//! The breaker is a plain state machine over an explicit `now`, so its rules are tested without clocks:
+//! closed → (N consecutive failures) → open → (cool-off elapsed) → half-open: one probe call goes
+//! through; its success closes the breaker, its failure opens it again for another cool-off.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Exponential backoff: `initial`, doubled each step, capped at `max`.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    /// The first delay.
+    pub initial: Duration,
+    /// The cap, so a long outage is polled at a steady pace.
+    pub max: Duration,
+    /// Delay of the next step.
+    current: Duration,
+}
+
+impl Backoff {
+    /// A backoff starting at `initial` and never waiting longer than `max`.
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Self {
+            initial,
+            max,
+            current: initial,
+        }
+    }
+
+    /// The next delay to wait.
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.current.min(self.max);
+        self.current = (self.current * 2).min(self.max);
+        d
+    }
+
+    /// Back to the initial delay after a success.
+    pub fn reset(&mut self) {
+        self.current = self.initial;
+    }
+}
+
+/// The state the breaker is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Calls go through.
+    Closed,
+    /// Calls are refused until the cool-off has passed.
+    Open,
+    /// One probe call is allowed; the others are refused until it reports.
+    HalfOpen,
+}
+
+#[derive(Debug)]
+struct Inner {
+    consecutive_failures: u32,
+    opened_at: Option<Instant>,
+    probe_in_flight: bool,
+}
+
+/// Opens after `failure_threshold` consecutive engine failures; half-open after `cool_off`.
+#[derive(Debug)]
+pub struct CircuitBreaker {
+    /// Consecutive failures that open the breaker (0 disables it).
+    failure_threshold: u32,
+    /// How long an open breaker refuses calls before letting a probe through.
+    cool_off: Duration,
+    /// A std mutex: the critical sections are a few assignments and never await.
+    inner: Mutex<Inner>,
+}
+
+/// A refused call: the breaker is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    /// Consecutive failures seen so far.
+    pub failures: u32,
+    /// Time left until a probe is allowed.
+    pub retry_in: Duration,
+}
+
+impl CircuitBreaker {
+    /// A closed breaker.
+    pub fn new(failure_threshold: u32, cool_off: Duration) -> Self {
+        Self {
+            failure_threshold,
+            cool_off,
+            inner: Mutex::new(Inner {
+                consecutive_failures: 0,
+                opened_at: None,
+                probe_in_flight: false,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A poisoned lock only means a panic elsewhere mid-update of plain counters: keep going.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The state at `now`.
+    pub fn state(&self, now: Instant) -> BreakerState {
+        let inner = self.lock();
+        match inner.opened_at {
+            None => BreakerState::Closed,
+            Some(at) if now.saturating_duration_since(at) >= self.cool_off => {
+                BreakerState::HalfOpen
+            }
+            Some(_) => BreakerState::Open,
+        }
+    }
+
+    /// Asks to make a call at `now`: `Ok` lets it through (as the probe when half-open).
+    pub fn try_acquire(&self, now: Instant) -> Result<(), Refused> {
+        let mut inner = self.lock();
+        let Some(at) = inner.opened_at else {
+            return Ok(());
+        };
+        let elapsed = now.saturating_duration_since(at);
+        if elapsed >= self.cool_off && !inner.probe_in_flight {
+            inner.probe_in_flight = true;
+            return Ok(());
+        }
+        Err(Refused {
+            failures: inner.consecutive_failures,
+            retry_in: self.cool_off.saturating_sub(elapsed),
+        })
+    }
+
+    /// Reports a successful call: closes the breaker.
+    pub fn record_success(&self) {
+        let mut inner = self.lock();
+        inner.consecutive_failures = 0;
+        inner.opened_at = None;
+        inner.probe_in_flight = false;
+    }
+
+    /// Reports a call that did not reach a healthy engine, at `now`.
+    pub fn record_failure(&self, now: Instant) {
+        let mut inner = self.lock();
+        inner.consecutive_failures = inner.consecutive_failures.saturating_add(1);
+        let was_probe = inner.probe_in_flight;
+        inner.probe_in_flight = false;
+        if self.failure_threshold > 0
+            && (was_probe || inner.consecutive_failures >= self.failure_threshold)
+        {
+            inner.opened_at = Some(now);
+        }
+    }
+
+    /// Reports a call that ended without saying anything about the engine (e.g. a 404): frees the
+    /// probe slot without changing the counts.
+    pub fn record_neutral(&self) {
+        let mut inner = self.lock();
+        if inner.probe_in_flight {
+            // A healthy answer to the probe: the engine is back.
+            inner.probe_in_flight = false;
+            inner.consecutive_failures = 0;
+            inner.opened_at = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_breaker_opens_after_n_consecutive_failures() {
+        let b = CircuitBreaker::new(3, Duration::from_secs(10));
+        let t0 = Instant::now();
+        for _ in 0..2 {
+            assert!(b.try_acquire(t0).is_ok());
+            b.record_failure(t0);
+        }
+        assert_eq!(b.state(t0), BreakerState::Closed);
+        b.record_failure(t0);
+        assert_eq!(b.state(t0), BreakerState::Open);
+        let refused = b.try_acquire(t0 + Duration::from_secs(4)).unwrap_err();
+        assert_eq!(refused.failures, 3);
+        assert_eq!(refused.retry_in, Duration::from_secs(6));
+    }
+
+    #[test]
+    fn docker_breaker_success_resets_the_count() {
+        let b = CircuitBreaker::new(2, Duration::from_secs(10));
+        let t0 = Instant::now();
+        b.record_failure(t0);
+        b.record_success();
+        b.record_failure(t0);
+        assert_eq!(b.state(t0), BreakerState::Closed);
+    }
+
+    #[test]
+    fn docker_breaker_half_open_lets_one_probe_through() {
+        let b = CircuitBreaker::new(1, Duration::from_secs(5));
+        let t0 = Instant::now();
+        b.record_failure(t0);
+        let t1 = t0 + Duration::from_secs(5);
+        assert_eq!(b.state(t1), BreakerState::HalfOpen);
+        assert!(b.try_acquire(t1).is_ok());
+        assert!(b.try_acquire(t1).is_err(), "only one probe at a time");
+        // The probe fails: open again for a full cool-off.
+        b.record_failure(t1);
+        assert!(b.try_acquire(t1 + Duration::from_secs(1)).is_err());
+        let t2 = t1 + Duration::from_secs(5);
+        assert!(b.try_acquire(t2).is_ok());
+        b.record_success();
+        assert_eq!(b.state(t2), BreakerState::Closed);
+        assert!(b.try_acquire(t2).is_ok());
+    }
+
+    #[test]
+    fn docker_breaker_with_zero_threshold_never_opens() {
+        let b = CircuitBreaker::new(0, Duration::from_secs(5));
+        let t0 = Instant::now();
+        for _ in 0..100 {
+            b.record_failure(t0);
+        }
+        assert!(b.try_acquire(t0).is_ok());
+    }
+
+    #[test]
+    fn docker_backoff_doubles_up_to_the_cap() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
+        let got: Vec<_> = (0..4).map(|_| b.next_delay().as_millis()).collect();
+        assert_eq!(got, vec![100, 200, 350, 350]);
+        b.reset();
+        assert_eq!(b.next_delay(), Duration::from_millis(100));
+    }
+}

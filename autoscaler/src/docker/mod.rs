@@ -1,0 +1,360 @@
+//! The worker pool on Docker: k3s agents as containers, created, adopted, watched and measured.
+//!
+//! - [`pool`]: [`DockerWorkerPool`]: create (idempotent on Docker's 409), list/adopt, inspect, stop,
+//!   remove (with the state volume), and the warm pool of stopped workers.
+//! - [`events_watcher`]: [`DockerEventsWatcher`]: the engine's event stream → `NodeCreated`,
+//!   `NodeInterruptionNotice`, `NodeUnexpectedlyLost`; reconnects and re-lists.
+//! - [`stats`]: CPU % and memory % per worker from one-shot stats, bounded concurrency.
+//! - [`image`]: builds the lab's `FROM scratch` image offline from the `autoscaler` binary.
+//! - [`breaker`], [`intents`], [`naming`]: the pure parts: circuit breaker and backoff, the pool's
+//!   record of its own actions, worker names.
+//! - [`error`]: [`DockerError`] with `retryable()`.
+//!
+//! Every engine call goes through [`Engine::call`]: a timeout, the circuit breaker, and (for
+//! idempotent calls) a few retries with exponential backoff.
+
+pub mod breaker;
+pub mod error;
+pub mod events_watcher;
+pub mod image;
+pub mod intents;
+pub mod naming;
+pub mod pool;
+pub mod stats;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+
+pub use breaker::{Backoff, CircuitBreaker};
+pub use error::DockerError;
+pub use events_watcher::DockerEventsWatcher;
+pub use intents::{Intent, Intents};
+pub use pool::{Acquired, CreateWorker, DockerWorkerPool, Released, Worker, WorkerState};
+pub use stats::UsageSample;
+
+/// Result of this module.
+pub type Result<T, E = DockerError> = std::result::Result<T, E>;
+
+/// Label on every container and volume this autoscaler manages; value [`MANAGED_BY_VALUE`].
+pub const LABEL_MANAGED_BY: &str = "k3s-autoscaler/managed-by";
+/// The value of [`LABEL_MANAGED_BY`].
+pub const MANAGED_BY_VALUE: &str = "k3s-autoscaler";
+/// The cluster a worker belongs to, so two autoscalers on one engine never touch each other's workers.
+pub const LABEL_CLUSTER_ID: &str = "k3s-autoscaler/cluster-id";
+/// The worker pool (`workers.pool`).
+pub const LABEL_POOL: &str = "k3s-autoscaler/pool";
+/// The id of the event that asked for the worker.
+pub const LABEL_REQUESTED_BY: &str = "k3s-autoscaler/requested-by";
+
+/// Where the engine is when `docker.host` is empty and `DOCKER_HOST` is unset.
+pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+
+/// A secret string (the k3s join token): `Debug` and `Display` print `***`, so it cannot leak through a
+/// log line or an error message by accident. Read it with [`Secret::expose`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value, for the one place that must hand it over (the container's environment).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Everything the pool needs, in plain types; the lead maps `workers:` and `docker:` of `config.yaml`
+/// into it.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Engine address (`unix://…`, `tcp://…`); empty means `DOCKER_HOST` or the local socket.
+    pub host: String,
+    /// Workers are named `<name_prefix><n>`.
+    pub name_prefix: String,
+    /// The worker image (a `rancher/k3s` tag, or the lab image).
+    pub image: String,
+    /// The container's command before `args`: `["agent"]` for k3s and for the lab's node agent.
+    pub command: Vec<String>,
+    /// Extra arguments after `command` (node labels, taints).
+    pub args: Vec<String>,
+    /// `K3S_URL`; left out of the environment when empty.
+    pub k3s_url: String,
+    /// `K3S_TOKEN`: goes into the container's environment only, never into a label or a log.
+    pub token: Option<Secret>,
+    /// The Docker network to attach workers to (must exist); empty means the engine's default.
+    pub network: String,
+    /// `no`, `always`, `unless-stopped` or `on-failure`.
+    pub restart_policy: String,
+    /// The pool label of the workers.
+    pub pool: String,
+    /// Cluster id label: only containers with this id are listed, adopted or watched.
+    pub cluster_id: String,
+    /// CPU limit in cores (NanoCpus); 0 means none.
+    pub cpu: f64,
+    /// Memory limit in bytes; 0 means none.
+    pub memory_bytes: u64,
+    /// More environment variables for the worker.
+    pub extra_env: BTreeMap<String, String>,
+    /// More labels on every worker (tests add their test label here).
+    pub extra_labels: BTreeMap<String, String>,
+    /// Privileged containers, as k3s agents need. Engines that refuse privileged containers (some
+    /// sandboxes answer "unable to apply caps") need `false`; the lab's node agent runs fine without.
+    pub privileged: bool,
+    /// Where the agent keeps its state; a named volume `<name>-state` is mounted here.
+    pub state_path: String,
+    /// Stopped workers kept for a fast start.
+    pub warm_pool: u32,
+    /// Timeout of every engine call (a stop gets its grace period on top).
+    pub timeout: Duration,
+    /// Grace period of a stop before the engine kills.
+    pub stop_grace: Duration,
+    /// Consecutive engine failures that open the circuit breaker (0: never).
+    pub breaker_failures: u32,
+    /// How long an open breaker refuses calls before a probe.
+    pub breaker_cool_off: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            host: String::new(),
+            name_prefix: "k3s-worker-".into(),
+            image: "rancher/k3s:v1.33.5-k3s1".into(),
+            command: vec!["agent".into()],
+            args: Vec::new(),
+            k3s_url: String::new(),
+            token: None,
+            network: String::new(),
+            restart_policy: "unless-stopped".into(),
+            pool: "default".into(),
+            cluster_id: "k3s-lab".into(),
+            cpu: 2.0,
+            memory_bytes: 2 * 1024 * 1024 * 1024,
+            extra_env: BTreeMap::new(),
+            extra_labels: BTreeMap::new(),
+            privileged: true,
+            state_path: "/var/lib/rancher/k3s".into(),
+            warm_pool: 0,
+            timeout: Duration::from_secs(30),
+            stop_grace: Duration::from_secs(10),
+            breaker_failures: 5,
+            breaker_cool_off: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The engine address that `host` means: itself, else `DOCKER_HOST`, else the local socket.
+pub fn engine_address(host: &str) -> String {
+    if !host.is_empty() {
+        return host.to_string();
+    }
+    match std::env::var("DOCKER_HOST") {
+        Ok(h) if !h.is_empty() => h,
+        _ => DEFAULT_DOCKER_HOST.to_string(),
+    }
+}
+
+/// Connects to the engine at `host` (see [`engine_address`]) and negotiates the API version (the engine
+/// here speaks 1.41, older than bollard's default). Fails with [`DockerError::Unreachable`] when the
+/// socket is missing or the engine does not answer within `timeout`.
+pub async fn connect(host: &str, timeout: Duration) -> Result<Docker> {
+    let address = engine_address(host);
+    let unreachable = |reason: String| DockerError::Unreachable {
+        address: address.clone(),
+        reason,
+    };
+    let docker = Docker::connect_with_host(&address).map_err(|e| unreachable(describe(&e)))?;
+    match tokio::time::timeout(timeout, docker.negotiate_version()).await {
+        Ok(Ok(docker)) => Ok(docker),
+        Ok(Err(e)) => Err(unreachable(describe(&e))),
+        Err(_) => Err(unreachable(format!("no answer within {timeout:?}"))),
+    }
+}
+
+/// An error and its sources on one line (bollard's transport errors hide the cause in the chain).
+pub(crate) fn describe(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        let text = inner.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        source = inner.source();
+    }
+    s
+}
+
+/// The engine client with the resilience every call goes through: timeout, circuit breaker, retries.
+#[derive(Clone)]
+pub struct Engine {
+    /// The bollard client (cheap to clone: shared connection pool).
+    docker: Docker,
+    /// The address, for error messages.
+    address: Arc<str>,
+    /// Timeout of one call.
+    timeout: Duration,
+    /// Shared by every clone, so all the pool's calls open and close it together.
+    breaker: Arc<CircuitBreaker>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("address", &self.address)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Retries of an idempotent call after a transient failure.
+const RETRY_ATTEMPTS: u32 = 3;
+
+impl Engine {
+    /// Wraps a connected client.
+    pub fn new(
+        docker: Docker,
+        address: &str,
+        timeout: Duration,
+        breaker_failures: u32,
+        cool_off: Duration,
+    ) -> Self {
+        Self {
+            docker,
+            address: address.into(),
+            timeout,
+            breaker: Arc::new(CircuitBreaker::new(breaker_failures, cool_off)),
+        }
+    }
+
+    /// The bollard client, for calls this module does not wrap.
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// The configured per-call timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The circuit breaker.
+    pub fn breaker(&self) -> &CircuitBreaker {
+        &self.breaker
+    }
+
+    /// Runs one engine call under the breaker and a timeout of the configured timeout plus `extra`
+    /// (a stop's grace period). Transport failures become [`DockerError::Unreachable`].
+    pub async fn call<T, F>(&self, operation: &'static str, extra: Duration, fut: F) -> Result<T>
+    where
+        F: Future<Output = Result<T, bollard::errors::Error>>,
+    {
+        if let Err(refused) = self.breaker.try_acquire(Instant::now()) {
+            return Err(DockerError::CircuitOpen {
+                failures: refused.failures,
+                retry_in: refused.retry_in,
+            });
+        }
+        let timeout = self.timeout + extra;
+        let result = match tokio::time::timeout(timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.classify(operation, e)),
+            Err(_) => Err(DockerError::Timeout { operation, timeout }),
+        };
+        match &result {
+            Ok(_) => self.breaker.record_success(),
+            Err(e) if e.counts_as_engine_failure() => self.breaker.record_failure(Instant::now()),
+            Err(_) => self.breaker.record_neutral(),
+        }
+        result
+    }
+
+    /// As [`Engine::call`], retried with exponential backoff while the failure is transient. Only for
+    /// idempotent calls.
+    pub async fn call_retrying<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        extra: Duration,
+        mut make: F,
+    ) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, bollard::errors::Error>>,
+    {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let mut attempt = 1;
+        loop {
+            match self.call(operation, extra, make()).await {
+                Err(e)
+                    if e.retryable()
+                        && !matches!(e, DockerError::CircuitOpen { .. })
+                        && attempt < RETRY_ATTEMPTS =>
+                {
+                    let delay = backoff.next_delay();
+                    tracing::debug!(operation, attempt, error = %e, ?delay, "retrying Docker engine call");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn classify(&self, operation: &'static str, e: bollard::errors::Error) -> DockerError {
+        use bollard::errors::Error as B;
+        match e {
+            B::SocketNotFoundError(_) | B::HyperLegacyError { .. } | B::IOError { .. } => {
+                DockerError::Unreachable {
+                    address: self.address.to_string(),
+                    reason: describe(&e),
+                }
+            }
+            source => DockerError::Engine { operation, source },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_secret_never_prints_its_value() {
+        let s = Secret::new("K10abc::server:hunter2");
+        assert_eq!(format!("{s}"), "***");
+        assert_eq!(format!("{s:?}"), "***");
+        let cfg = PoolConfig {
+            token: Some(s.clone()),
+            ..PoolConfig::default()
+        };
+        assert!(!format!("{cfg:?}").contains("hunter2"));
+        assert_eq!(s.expose(), "K10abc::server:hunter2");
+    }
+
+    #[test]
+    fn docker_engine_address_prefers_the_configured_host() {
+        assert_eq!(
+            engine_address("tcp://127.0.0.1:2375"),
+            "tcp://127.0.0.1:2375"
+        );
+    }
+}

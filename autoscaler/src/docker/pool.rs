@@ -1,0 +1,827 @@
+//! [`DockerWorkerPool`]: k3s agents as Docker containers, created the way k3d creates an agent.
+//!
+//! A worker is a container named `<name_prefix><n>` (hostname and `K3S_NODE_NAME` the same), with its
+//! agent state in the named volume `<name>-state` that removal deletes, so nothing is left behind.
+//! Docker's 409 for an existing name means another replica created that worker already: the pool
+//! answers with the existing container (idempotent success) when it carries our cluster id.
+//!
+//! Warm pool: `release` may stop a worker into the pool (up to `warm_pool`) instead of removing it, and
+//! `acquire` starts a stopped one before creating a new one. The caller still drains and deletes the
+//! worker's Node object before `release`: a warm worker is a stopped container, not a cluster node;
+//! when it starts again its agent registers the node anew. Warm membership is kept in memory and
+//! rebuilt by [`DockerWorkerPool::adopt`] from the stopped workers that exited cleanly.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerSummary, HostConfig, Mount, MountType,
+    RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, InspectContainerOptions, ListContainersOptions, RemoveContainerOptions,
+    RemoveVolumeOptions, StartContainerOptions, StopContainerOptions,
+};
+use bollard::Docker;
+use chrono::{DateTime, Datelike, Utc};
+use futures::{StreamExt, TryStreamExt};
+use tracing::{debug, info, warn};
+
+use super::intents::{Intent, Intents};
+use super::naming;
+use super::{
+    connect, engine_address, DockerError, Engine, PoolConfig, Result, LABEL_CLUSTER_ID,
+    LABEL_MANAGED_BY, LABEL_POOL, LABEL_REQUESTED_BY, MANAGED_BY_VALUE,
+};
+
+/// How long the pool's own actions mask the engine's events about them.
+const INTENT_TTL: Duration = Duration::from_secs(120);
+
+/// Inspects run at once while adopting.
+const ADOPT_CONCURRENCY: usize = 8;
+
+/// A request for one worker.
+#[derive(Debug, Clone, Default)]
+pub struct CreateWorker {
+    /// An explicit name; `None` takes the next free `<name_prefix><n>`.
+    pub name: Option<String>,
+    /// The id of the event that asked for the worker (label `k3s-autoscaler/requested-by`).
+    pub requested_by: String,
+    /// More labels for this worker only.
+    pub extra_labels: BTreeMap<String, String>,
+}
+
+/// A container's state as the engine reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerState {
+    Created,
+    Running,
+    Paused,
+    Restarting,
+    Removing,
+    Exited,
+    Dead,
+    /// A state this code does not know (newer engines).
+    Other(String),
+}
+
+impl WorkerState {
+    /// From the engine's state string (`running`, `exited`, …).
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "created" => Self::Created,
+            "running" => Self::Running,
+            "paused" => Self::Paused,
+            "restarting" => Self::Restarting,
+            "removing" => Self::Removing,
+            "exited" => Self::Exited,
+            "dead" => Self::Dead,
+            other => Self::Other(other.to_string()),
+        }
+    }
+
+    /// Running (or about to run again under the restart policy).
+    pub fn is_running(&self) -> bool {
+        matches!(self, Self::Running | Self::Restarting)
+    }
+
+    /// Stopped in a way `docker start` can resume.
+    pub fn is_stopped(&self) -> bool {
+        matches!(self, Self::Created | Self::Exited)
+    }
+}
+
+/// One managed worker container.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Worker {
+    /// Container name = hostname = node name.
+    pub name: String,
+    /// Container id.
+    pub id: String,
+    pub state: WorkerState,
+    /// The container's labels.
+    pub labels: BTreeMap<String, String>,
+    /// When it last started (`None` when never started, or from a list without inspect).
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it last stopped.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Exit code of the last run (inspect only).
+    pub exit_code: Option<i64>,
+    /// Whether the last run was killed for memory (inspect only).
+    pub oom_killed: bool,
+    /// Restarts by the restart policy (inspect only).
+    pub restart_count: i64,
+}
+
+impl Worker {
+    /// The id of the event that asked for this worker.
+    pub fn requested_by(&self) -> Option<&str> {
+        self.labels.get(LABEL_REQUESTED_BY).map(String::as_str)
+    }
+
+    /// The pool label.
+    pub fn pool(&self) -> Option<&str> {
+        self.labels.get(LABEL_POOL).map(String::as_str)
+    }
+
+    pub(crate) fn from_summary(s: &ContainerSummary) -> Option<Self> {
+        let name = s
+            .names
+            .as_ref()?
+            .first()?
+            .trim_start_matches('/')
+            .to_string();
+        Some(Self {
+            name,
+            id: s.id.clone().unwrap_or_default(),
+            state: WorkerState::parse(s.state.as_ref().map(|st| st.as_ref()).unwrap_or("")),
+            labels: s
+                .labels
+                .as_ref()
+                .map(|l| l.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default(),
+            started_at: None,
+            finished_at: None,
+            exit_code: None,
+            oom_killed: false,
+            restart_count: 0,
+        })
+    }
+
+    pub(crate) fn from_inspect(c: &ContainerInspectResponse) -> Self {
+        let state = c.state.as_ref();
+        Self {
+            name: c
+                .name
+                .as_deref()
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_string(),
+            id: c.id.clone().unwrap_or_default(),
+            state: WorkerState::parse(
+                &state
+                    .and_then(|s| s.status.as_ref())
+                    .map(|s| s.to_string())
+                    .unwrap_or_default(),
+            ),
+            labels: c
+                .config
+                .as_ref()
+                .and_then(|cfg| cfg.labels.as_ref())
+                .map(|l| l.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default(),
+            started_at: state.and_then(|s| parse_engine_time(s.started_at.as_deref())),
+            finished_at: state.and_then(|s| parse_engine_time(s.finished_at.as_deref())),
+            exit_code: state.and_then(|s| s.exit_code),
+            oom_killed: state.and_then(|s| s.oom_killed).unwrap_or(false),
+            restart_count: c.restart_count.unwrap_or(0),
+        }
+    }
+}
+
+/// The engine writes `0001-01-01T00:00:00Z` for "never": that is `None`.
+fn parse_engine_time(s: Option<&str>) -> Option<DateTime<Utc>> {
+    let t = DateTime::parse_from_rfc3339(s?).ok()?.with_timezone(&Utc);
+    (t.year() > 1).then_some(t)
+}
+
+/// What [`DockerWorkerPool::acquire`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Acquired {
+    /// The running worker.
+    pub worker: Worker,
+    /// Started from the warm pool rather than created.
+    pub from_warm_pool: bool,
+}
+
+/// What [`DockerWorkerPool::release`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Released {
+    /// Stopped and kept in the warm pool.
+    Warm,
+    /// Stopped and removed with its volume.
+    Removed,
+}
+
+/// The worker pool on one Docker engine.
+pub struct DockerWorkerPool {
+    /// Engine client with timeout, breaker and retries.
+    engine: Engine,
+    /// Shared with clones of the config elsewhere; never logged whole (the token is a [`super::Secret`]).
+    config: Arc<PoolConfig>,
+    /// The pool's own recent actions, shared with the events watcher.
+    intents: Arc<Intents>,
+    /// Serialises name allocation + create in this process: two local creates never pick the same
+    /// name; across replicas Docker's 409 settles it.
+    create_lock: tokio::sync::Mutex<()>,
+    /// Names of stopped workers kept warm. std mutex: never held across an await.
+    warm: Mutex<BTreeSet<String>>,
+    /// Last CPU counters per container, for CPU % between two samples (see `stats`).
+    pub(crate) cpu_prev: Mutex<HashMap<String, super::stats::CpuCounters>>,
+}
+
+impl std::fmt::Debug for DockerWorkerPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerWorkerPool")
+            .field("engine", &self.engine)
+            .field("cluster_id", &self.config.cluster_id)
+            .field("name_prefix", &self.config.name_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DockerWorkerPool {
+    /// Connects to the configured engine (see [`super::connect`]) and builds the pool.
+    pub async fn connect(config: PoolConfig) -> Result<Self> {
+        let docker = connect(&config.host, config.timeout).await?;
+        Ok(Self::new(docker, config))
+    }
+
+    /// A pool on a connected client (after `negotiate_version`).
+    pub fn new(docker: Docker, config: PoolConfig) -> Self {
+        let engine = Engine::new(
+            docker,
+            &engine_address(&config.host),
+            config.timeout,
+            config.breaker_failures,
+            config.breaker_cool_off,
+        );
+        Self {
+            engine,
+            config: Arc::new(config),
+            intents: Arc::new(Intents::new(INTENT_TTL)),
+            create_lock: tokio::sync::Mutex::new(()),
+            warm: Mutex::new(BTreeSet::new()),
+            cpu_prev: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The engine client.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &PoolConfig {
+        &self.config
+    }
+
+    /// The pool's record of its own actions, for [`super::DockerEventsWatcher`].
+    pub fn intents(&self) -> Arc<Intents> {
+        self.intents.clone()
+    }
+
+    /// Label filters selecting this cluster's managed containers.
+    pub fn managed_filters(&self) -> HashMap<String, Vec<String>> {
+        managed_filters(&self.config.cluster_id)
+    }
+
+    /// Whether a container's labels say it is one of ours.
+    fn is_ours(&self, labels: &BTreeMap<String, String>) -> bool {
+        labels.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY_VALUE)
+            && labels.get(LABEL_CLUSTER_ID) == Some(&self.config.cluster_id)
+    }
+
+    fn base_labels(&self) -> HashMap<String, String> {
+        let mut labels: HashMap<String, String> = self
+            .config
+            .extra_labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        labels.insert(LABEL_MANAGED_BY.into(), MANAGED_BY_VALUE.into());
+        labels.insert(LABEL_CLUSTER_ID.into(), self.config.cluster_id.clone());
+        labels.insert(LABEL_POOL.into(), self.config.pool.clone());
+        labels
+    }
+
+    /// The create request for worker `name`: k3d's agent shape (see the module doc).
+    pub fn container_body(&self, name: &str, req: &CreateWorker) -> Result<ContainerCreateBody> {
+        let c = &self.config;
+        let mut labels = self.base_labels();
+        labels.extend(req.extra_labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+        labels.insert(LABEL_REQUESTED_BY.into(), req.requested_by.clone());
+
+        let mut env: Vec<String> = Vec::new();
+        if !c.k3s_url.is_empty() {
+            env.push(format!("K3S_URL={}", c.k3s_url));
+        }
+        if let Some(token) = &c.token {
+            env.push(format!("K3S_TOKEN={}", token.expose()));
+        }
+        env.push(format!("K3S_NODE_NAME={name}"));
+        env.extend(c.extra_env.iter().map(|(k, v)| format!("{k}={v}")));
+
+        let restart: RestartPolicyNameEnum = c.restart_policy.parse().map_err(|_| {
+            DockerError::InvalidConfig(format!(
+                "restart_policy `{}`: expected no, always, unless-stopped or on-failure",
+                c.restart_policy
+            ))
+        })?;
+
+        let cmd: Vec<String> = c.command.iter().chain(c.args.iter()).cloned().collect();
+        let host_config = HostConfig {
+            privileged: Some(c.privileged),
+            tmpfs: Some(HashMap::from([
+                ("/run".to_string(), String::new()),
+                ("/var/run".to_string(), String::new()),
+            ])),
+            restart_policy: Some(RestartPolicy {
+                name: Some(restart),
+                maximum_retry_count: None,
+            }),
+            mounts: Some(vec![Mount {
+                target: Some(c.state_path.clone()),
+                source: Some(naming::state_volume_name(name)),
+                typ: Some(MountType::VOLUME),
+                ..Default::default()
+            }]),
+            network_mode: (!c.network.is_empty()).then(|| c.network.clone()),
+            nano_cpus: (c.cpu > 0.0).then(|| (c.cpu * 1e9).round() as i64),
+            memory: (c.memory_bytes > 0).then(|| i64::try_from(c.memory_bytes).unwrap_or(i64::MAX)),
+            ..Default::default()
+        };
+        Ok(ContainerCreateBody {
+            hostname: Some(name.to_string()),
+            image: Some(c.image.clone()),
+            cmd: Some(cmd),
+            env: Some(env),
+            labels: Some(labels),
+            host_config: Some(host_config),
+            ..Default::default()
+        })
+    }
+
+    /// The next free `<name_prefix><n>` among all containers on the engine (ours or not, running or
+    /// not), so a foreign container never makes us collide.
+    pub async fn next_name(&self) -> Result<String> {
+        let prefix = &self.config.name_prefix;
+        let filters = HashMap::from([("name".to_string(), vec![format!("^/{prefix}")])]);
+        let docker = self.engine.docker();
+        let list = self
+            .engine
+            .call_retrying("list_containers", Duration::ZERO, || {
+                docker.list_containers(Some(ListContainersOptions {
+                    all: true,
+                    filters: Some(filters.clone()),
+                    ..Default::default()
+                }))
+            })
+            .await?;
+        let names: Vec<&str> = list
+            .iter()
+            .filter_map(|c| c.names.as_ref())
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        Ok(naming::next_free_name(prefix, names))
+    }
+
+    /// Creates and starts a worker. A 409 for its name means it exists already: if it is ours, that is
+    /// success and the existing worker is returned (and started); if not, [`DockerError::NameTaken`].
+    pub async fn create_worker(&self, req: &CreateWorker) -> Result<Worker> {
+        let _serialised = self.create_lock.lock().await;
+        let name = match &req.name {
+            Some(n) => n.clone(),
+            None => self.next_name().await?,
+        };
+        let body = self.container_body(&name, req)?;
+        info!(worker = %name, image = %self.config.image, requested_by = %req.requested_by, "creating worker");
+        self.ensure_volume(&name, req).await?;
+        self.intents.record(&name, Intent::Start);
+
+        let docker = self.engine.docker();
+        let created = self
+            .engine
+            .call(
+                "create_container",
+                Duration::ZERO,
+                docker.create_container(
+                    Some(CreateContainerOptions {
+                        name: Some(name.clone()),
+                        ..Default::default()
+                    }),
+                    body,
+                ),
+            )
+            .await;
+        match created {
+            Ok(resp) => debug!(worker = %name, id = %resp.id, "container created"),
+            Err(e) if e.status_code() == Some(409) => {
+                match self.inspect_any(&name).await? {
+                    Some(existing) if self.is_ours(&existing.labels) => {
+                        info!(worker = %name, id = %existing.id, "worker exists already (created by another replica): idempotent success");
+                    }
+                    Some(_) => {
+                        return Err(DockerError::NameTaken {
+                            name,
+                            cluster_id: self.config.cluster_id.clone(),
+                        })
+                    }
+                    // Removed between the 409 and the inspect: let the caller retry.
+                    None => return Err(e),
+                }
+            }
+            Err(e) => {
+                self.remove_volume_best_effort(&name).await;
+                return Err(e);
+            }
+        }
+        self.start_worker(&name).await
+    }
+
+    /// The state volume, labelled like the worker so cleanups by label find it. Creating an existing
+    /// volume is a no-op in Docker, which keeps a repeated create idempotent.
+    async fn ensure_volume(&self, name: &str, req: &CreateWorker) -> Result<()> {
+        let mut labels = self.base_labels();
+        labels.extend(req.extra_labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let volume = naming::state_volume_name(name);
+        let docker = self.engine.docker();
+        self.engine
+            .call_retrying("create_volume", Duration::ZERO, || {
+                docker.create_volume(VolumeCreateRequest {
+                    name: Some(volume.clone()),
+                    labels: Some(labels.clone()),
+                    ..Default::default()
+                })
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Starts a created or stopped worker; starting a running one is fine (304).
+    pub async fn start_worker(&self, name: &str) -> Result<Worker> {
+        self.intents.record(name, Intent::Start);
+        self.intents.clear(name, Intent::Stop);
+        let docker = self.engine.docker();
+        match self
+            .engine
+            .call(
+                "start_container",
+                Duration::ZERO,
+                docker.start_container(name, None::<StartContainerOptions>),
+            )
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if e.status_code() == Some(304) => {}
+            Err(e) if e.status_code() == Some(404) => {
+                return Err(DockerError::NotFound(name.into()))
+            }
+            Err(e) => return Err(e),
+        }
+        info!(worker = %name, "worker started");
+        self.inspect_worker(name)
+            .await?
+            .ok_or_else(|| DockerError::NotFound(name.into()))
+    }
+
+    /// Stops a worker with the configured grace period, keeping the container (for the warm pool).
+    pub async fn stop_worker(&self, name: &str) -> Result<()> {
+        self.intents.record(name, Intent::Stop);
+        match self.stop_container(name).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.status_code() == Some(404) => Err(DockerError::NotFound(name.into())),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn stop_container(&self, name: &str) -> Result<()> {
+        let grace = self.config.stop_grace;
+        let docker = self.engine.docker();
+        let result = self
+            .engine
+            .call_retrying("stop_container", grace, || {
+                docker.stop_container(
+                    name,
+                    Some(StopContainerOptions {
+                        t: Some(i32::try_from(grace.as_secs()).unwrap_or(i32::MAX)),
+                        signal: None,
+                    }),
+                )
+            })
+            .await;
+        match result {
+            // 304: not running.
+            Err(e) if e.status_code() == Some(304) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Removes a worker: stop with the grace period, remove the container with its volumes, remove
+    /// the state volume. A worker that is already gone is success. A container of that name that is
+    /// not ours is refused with [`DockerError::NameTaken`].
+    pub async fn remove_worker(&self, name: &str) -> Result<()> {
+        self.intents.record(name, Intent::Remove);
+        self.warm_lock().remove(name);
+        match self.inspect_any(name).await? {
+            None => debug!(worker = %name, "container already gone"),
+            Some(w) if !self.is_ours(&w.labels) => {
+                return Err(DockerError::NameTaken {
+                    name: name.into(),
+                    cluster_id: self.config.cluster_id.clone(),
+                })
+            }
+            Some(w) => {
+                if w.state.is_running() || w.state == WorkerState::Paused {
+                    match self.stop_container(name).await {
+                        Ok(()) => {}
+                        Err(e) if e.status_code() == Some(404) => {}
+                        Err(e) => {
+                            warn!(worker = %name, error = %e, "stop before remove failed; forcing removal")
+                        }
+                    }
+                }
+                let docker = self.engine.docker();
+                let removed = self
+                    .engine
+                    .call_retrying("remove_container", Duration::ZERO, || {
+                        docker.remove_container(
+                            name,
+                            Some(RemoveContainerOptions {
+                                v: true,
+                                force: true,
+                                link: false,
+                            }),
+                        )
+                    })
+                    .await;
+                match removed {
+                    Ok(()) => {}
+                    Err(e) if e.status_code() == Some(404) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.remove_volume(name).await?;
+        info!(worker = %name, "worker removed");
+        Ok(())
+    }
+
+    async fn remove_volume(&self, worker: &str) -> Result<()> {
+        let volume = naming::state_volume_name(worker);
+        let docker = self.engine.docker();
+        // The engine may still count the just-removed container as a user for a moment (409): retry.
+        let mut backoff =
+            super::Backoff::new(Duration::from_millis(50), Duration::from_millis(500));
+        for attempt in 1..=5 {
+            let result = self
+                .engine
+                .call(
+                    "remove_volume",
+                    Duration::ZERO,
+                    docker.remove_volume(&volume, Some(RemoveVolumeOptions { force: true })),
+                )
+                .await;
+            match result {
+                Ok(()) => return Ok(()),
+                Err(e) if e.status_code() == Some(404) => return Ok(()),
+                Err(e) if e.status_code() == Some(409) && attempt < 5 => {
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove_volume_best_effort(&self, worker: &str) {
+        if let Err(e) = self.remove_volume(worker).await {
+            warn!(worker = %worker, error = %e, "could not remove the state volume of a failed create");
+        }
+    }
+
+    /// This cluster's managed workers, running or not (list only: no exit codes).
+    pub async fn list_workers(&self) -> Result<Vec<Worker>> {
+        list_managed(&self.engine, &self.config.cluster_id).await
+    }
+
+    /// One worker's full state; `None` when it does not exist or is not ours.
+    pub async fn inspect_worker(&self, name: &str) -> Result<Option<Worker>> {
+        Ok(self
+            .inspect_any(name)
+            .await?
+            .filter(|w| self.is_ours(&w.labels)))
+    }
+
+    /// Any container of that name; `None` on 404.
+    async fn inspect_any(&self, name: &str) -> Result<Option<Worker>> {
+        inspect_container(&self.engine, name).await
+    }
+
+    /// Start-up: lists and inspects this cluster's workers, and takes the stopped ones that exited
+    /// cleanly (code 0, or 143 = SIGTERM; not OOM-killed) into the warm pool, up to `warm_pool`.
+    /// The others are the caller's to judge (e.g. remove crashed ones).
+    pub async fn adopt(&self) -> Result<Vec<Worker>> {
+        let listed = self.list_workers().await?;
+        let mut workers: Vec<Worker> = futures::stream::iter(listed)
+            .map(|w| async move { self.inspect_worker(&w.name).await })
+            .buffer_unordered(ADOPT_CONCURRENCY)
+            .try_filter_map(|w| async move { Ok(w) })
+            .try_collect()
+            .await?;
+        workers.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut warm = self.warm_lock();
+        for w in &workers {
+            if warm.len() >= self.config.warm_pool as usize {
+                break;
+            }
+            if w.state.is_stopped() && !w.oom_killed && matches!(w.exit_code, Some(0) | Some(143)) {
+                warm.insert(w.name.clone());
+            }
+        }
+        info!(
+            workers = workers.len(),
+            warm = warm.len(),
+            "adopted managed workers"
+        );
+        Ok(workers)
+    }
+
+    fn warm_lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.warm.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Names of the stopped workers kept warm.
+    pub fn warm_workers(&self) -> Vec<String> {
+        self.warm_lock().iter().cloned().collect()
+    }
+
+    /// Scale-up by one: starts a warm worker if there is one, else creates one.
+    pub async fn acquire(&self, req: &CreateWorker) -> Result<Acquired> {
+        loop {
+            let candidate = {
+                let mut warm = self.warm_lock();
+                let first = warm.iter().next().cloned();
+                if let Some(name) = &first {
+                    warm.remove(name);
+                }
+                first
+            };
+            let Some(name) = candidate else { break };
+            match self.start_worker(&name).await {
+                Ok(worker) => {
+                    return Ok(Acquired {
+                        worker,
+                        from_warm_pool: true,
+                    })
+                }
+                // Someone removed it meanwhile: try the next one.
+                Err(DockerError::NotFound(_)) => continue,
+                Err(e) => {
+                    // Keep it for later; the engine may be the problem, not the worker.
+                    self.warm_lock().insert(name);
+                    return Err(e);
+                }
+            }
+        }
+        let worker = self.create_worker(req).await?;
+        Ok(Acquired {
+            worker,
+            from_warm_pool: false,
+        })
+    }
+
+    /// Scale-down of one worker (already drained and deleted from the cluster by the caller): stops it
+    /// into the warm pool while that holds fewer than `warm_pool`, else removes it.
+    pub async fn release(&self, name: &str) -> Result<Released> {
+        let keep = {
+            let warm = self.warm_lock();
+            !warm.contains(name) && warm.len() < self.config.warm_pool as usize
+        };
+        if keep {
+            self.stop_worker(name).await?;
+            self.warm_lock().insert(name.to_string());
+            info!(worker = %name, "worker stopped into the warm pool");
+            Ok(Released::Warm)
+        } else {
+            self.remove_worker(name).await?;
+            Ok(Released::Removed)
+        }
+    }
+}
+
+/// The managed containers of `cluster_id`, running or not, sorted by name.
+pub(crate) async fn list_managed(engine: &Engine, cluster_id: &str) -> Result<Vec<Worker>> {
+    let filters = managed_filters(cluster_id);
+    let docker = engine.docker();
+    let list = engine
+        .call_retrying("list_containers", Duration::ZERO, || {
+            docker.list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters.clone()),
+                ..Default::default()
+            }))
+        })
+        .await?;
+    let mut workers: Vec<Worker> = list.iter().filter_map(Worker::from_summary).collect();
+    workers.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(workers)
+}
+
+/// Any container of that name, fully inspected; `None` on 404.
+pub(crate) async fn inspect_container(engine: &Engine, name: &str) -> Result<Option<Worker>> {
+    let docker = engine.docker();
+    let result = engine
+        .call_retrying("inspect_container", Duration::ZERO, || {
+            docker.inspect_container(name, None::<InspectContainerOptions>)
+        })
+        .await;
+    match result {
+        Ok(c) => Ok(Some(Worker::from_inspect(&c))),
+        Err(e) if e.status_code() == Some(404) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Label filters selecting the managed containers of `cluster_id`.
+pub fn managed_filters(cluster_id: &str) -> HashMap<String, Vec<String>> {
+    HashMap::from([(
+        "label".to_string(),
+        vec![
+            format!("{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}"),
+            format!("{LABEL_CLUSTER_ID}={cluster_id}"),
+        ],
+    )])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Secret;
+    use super::*;
+
+    fn pool(config: PoolConfig) -> DockerWorkerPool {
+        // A client that is never called: building the request is pure.
+        let docker =
+            Docker::connect_with_http("http://127.0.0.1:9", 1, bollard::API_DEFAULT_VERSION)
+                .expect("client");
+        DockerWorkerPool::new(docker, config)
+    }
+
+    #[test]
+    fn docker_container_body_is_shaped_like_a_k3d_agent() {
+        let p = pool(PoolConfig {
+            token: Some(Secret::new("sekret-token")),
+            k3s_url: "https://k3s-server:6443".into(),
+            network: "k3s-lab".into(),
+            args: vec!["--node-label".into(), "pool=burst".into()],
+            cpu: 1.5,
+            memory_bytes: 512 * 1024 * 1024,
+            ..PoolConfig::default()
+        });
+        let body = p
+            .container_body(
+                "k3s-worker-3",
+                &CreateWorker {
+                    name: None,
+                    requested_by: "evt-1".into(),
+                    extra_labels: BTreeMap::new(),
+                },
+            )
+            .unwrap();
+        assert_eq!(body.hostname.as_deref(), Some("k3s-worker-3"));
+        assert_eq!(
+            body.cmd.unwrap(),
+            vec!["agent", "--node-label", "pool=burst"]
+        );
+        let env = body.env.unwrap();
+        assert!(env.contains(&"K3S_URL=https://k3s-server:6443".to_string()));
+        assert!(env.contains(&"K3S_TOKEN=sekret-token".to_string()));
+        assert!(env.contains(&"K3S_NODE_NAME=k3s-worker-3".to_string()));
+        let labels = body.labels.unwrap();
+        assert_eq!(labels[LABEL_REQUESTED_BY], "evt-1");
+        assert_eq!(labels[LABEL_MANAGED_BY], MANAGED_BY_VALUE);
+        assert!(labels
+            .iter()
+            .all(|(k, v)| !k.contains("sekret") && !v.contains("sekret")));
+        let hc = body.host_config.unwrap();
+        assert_eq!(hc.privileged, Some(true));
+        assert_eq!(hc.nano_cpus, Some(1_500_000_000));
+        assert_eq!(hc.memory, Some(512 * 1024 * 1024));
+        assert_eq!(hc.network_mode.as_deref(), Some("k3s-lab"));
+        assert!(hc.tmpfs.unwrap().contains_key("/var/run"));
+        let mount = &hc.mounts.unwrap()[0];
+        assert_eq!(mount.source.as_deref(), Some("k3s-worker-3-state"));
+        assert_eq!(mount.target.as_deref(), Some("/var/lib/rancher/k3s"));
+    }
+
+    #[test]
+    fn docker_bad_restart_policy_is_a_config_error() {
+        let p = pool(PoolConfig {
+            restart_policy: "sometimes".into(),
+            ..PoolConfig::default()
+        });
+        let err = p
+            .container_body("w1", &CreateWorker::default())
+            .unwrap_err();
+        assert!(!err.retryable());
+        assert!(err.to_string().contains("sometimes"));
+    }
+
+    #[test]
+    fn docker_engine_never_time_is_none() {
+        assert_eq!(parse_engine_time(Some("0001-01-01T00:00:00Z")), None);
+        assert!(parse_engine_time(Some("2026-11-23T20:00:00.123456789Z")).is_some());
+    }
+}
