@@ -1,0 +1,30 @@
+//! The Kubernetes adapters (kube-rs).
+//!
+//! - [`client`]: the client from the `kubernetes:` config block.
+//! - [`node_watcher`]: [`NodeWatcher`] → `NodeReady`, `NodeHealthDegraded`, `NodeUnexpectedlyLost`, and
+//!   the reflector store of Nodes others read.
+//! - [`pending_pods`]: [`PendingPodsWatcher`] → batched `PendingPodsDetected`.
+//! - [`node_ops`]: [`KubeNodeOps`] — cordon + taint, drain by eviction, delete, annotate.
+//! - [`utilisation`]: pod requests (and `metrics.k8s.io` usage) vs allocatable per worker.
+//! - [`quantity`]: Kubernetes quantities as millicores and bytes.
+//! - [`error`]: [`KubeError`], with `retryable()` and a stable `code()`.
+
+pub mod client;
+pub mod error;
+pub mod node_ops;
+pub mod node_watcher;
+pub mod pending_pods;
+pub mod quantity;
+pub mod utilisation;
+
+pub use client::{connect, connect_kubeconfig};
+pub use error::{KubeError, Result};
+pub use node_ops::{Deleted, DrainReport, KubeNodeOps};
+pub use node_watcher::NodeWatcher;
+pub use pending_pods::{BatchWindows, PendingPodsWatcher};
+pub use utilisation::Utilisation;
+
+/// A Kubernetes timestamp (k8s-openapi's `jiff`) as the `chrono` time the event catalogue uses.
+pub(crate) fn to_chrono(t: &k8s_openapi::jiff::Timestamp) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::from_timestamp_millis(t.as_millisecond())
+}
