@@ -12,6 +12,7 @@ pub mod config;
 pub mod docker;
 pub mod http;
 pub mod intents;
+pub mod kube;
 pub mod leader;
 pub mod metrics;
 pub mod shutdown;
