@@ -15,5 +15,6 @@ pub mod intents;
 pub mod kube;
 pub mod leader;
 pub mod metrics;
+pub mod redis_local;
 pub mod shutdown;
 pub mod telemetry;

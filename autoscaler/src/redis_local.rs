@@ -1,0 +1,109 @@
+//! A Redis for `autoscaler lab`: the one at the configured URL when it answers, else a `redis-server`
+//! started here (AOF on, files in `$LAB_DIR/redis`) and stopped with the lab.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+
+/// Why no Redis could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalRedisError {
+    #[error("no Redis answers at the configured URL and `redis-server` cannot be started ({0}); install it with `apt-get install -y redis-server` or set REDIS_URL")]
+    Spawn(std::io::Error),
+    #[error("cannot prepare {path}: {source}")]
+    Dir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("redis-server on port {0} did not answer within 10 s")]
+    NoAnswer(u16),
+    #[error("no free port: {0}")]
+    Port(std::io::Error),
+}
+
+/// A Redis the lab uses; stops the server it started when dropped.
+pub struct LocalRedis {
+    pub url: String,
+    child: Option<Child>,
+}
+
+impl LocalRedis {
+    /// Whether this process started the server.
+    pub fn started_here(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+impl Drop for LocalRedis {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+    }
+}
+
+/// PING with a short timeout.
+pub async fn answers(url: &str) -> bool {
+    let Ok(client) = redis::Client::open(url) else {
+        return false;
+    };
+    let ping = async {
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), ping).await,
+        Ok(Ok(_))
+    )
+}
+
+/// Uses `url` when a Redis answers there, else starts `redis-server` on a free loopback port.
+pub async fn ensure(url: &str, lab_dir: &Path) -> Result<LocalRedis, LocalRedisError> {
+    if answers(url).await {
+        return Ok(LocalRedis {
+            url: url.to_string(),
+            child: None,
+        });
+    }
+    let dir = lab_dir.join("redis");
+    std::fs::create_dir_all(&dir).map_err(|source| LocalRedisError::Dir {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(LocalRedisError::Port)?
+        .port();
+    let log =
+        std::fs::File::create(dir.join("redis.log")).map_err(|source| LocalRedisError::Dir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+    let child = Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--appendonly", "yes", "--save", ""])
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(LocalRedisError::Spawn)?;
+    let local = LocalRedis {
+        url: format!("redis://127.0.0.1:{port}"),
+        child: Some(child),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if answers(&local.url).await {
+            tracing::info!(url = %local.url, dir = %dir.display(), "lab: started redis-server");
+            return Ok(local);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(LocalRedisError::NoAnswer(port))
+}
