@@ -174,24 +174,22 @@ impl Tracker {
                     out.push(created(name, id));
                 }
             }
-            "kill" | "stop" => {
-                if !expected && entry.running && entry.interrupted.is_none() && !entry.lost {
-                    let cause = if action == "stop"
-                        || is_sigterm(attributes.get("signal").map(String::as_str))
-                    {
-                        "docker_stop"
-                    } else {
-                        "docker_kill"
-                    };
-                    entry.interrupted = Some(cause);
-                    out.push(notice(name, cause));
-                }
+            "kill" | "stop"
+                if !expected && entry.running && entry.interrupted.is_none() && !entry.lost =>
+            {
+                let cause = if action == "stop"
+                    || is_sigterm(attributes.get("signal").map(String::as_str))
+                {
+                    "docker_stop"
+                } else {
+                    "docker_kill"
+                };
+                entry.interrupted = Some(cause);
+                out.push(notice(name, cause));
             }
-            "oom" => {
-                if !expected && !entry.lost {
-                    entry.lost = true;
-                    out.push(lost(name, at, "container_oom"));
-                }
+            "oom" if !expected && !entry.lost => {
+                entry.lost = true;
+                out.push(lost(name, at, "container_oom"));
             }
             "die" => {
                 entry.running = false;
@@ -564,7 +562,10 @@ mod tests {
         }
     }
 
-    fn run(t: &mut Tracker, steps: &[(&str, &[(&str, &str)], bool)]) -> Vec<String> {
+    /// One engine event of a test script: action, attributes, caused by the pool.
+    type Step<'a> = (&'a str, &'a [(&'a str, &'a str)], bool);
+
+    fn run(t: &mut Tracker, steps: &[Step<'_>]) -> Vec<String> {
         let now = Utc::now();
         let mut out = Vec::new();
         for (action, a, expected) in steps {

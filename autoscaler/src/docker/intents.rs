@@ -74,11 +74,13 @@ impl Intents {
         };
         list.iter()
             .filter(|(_, at)| now.saturating_duration_since(*at) < self.ttl)
-            .any(|(intent, _)| match (intent, action) {
-                (Intent::Start, "start") => true,
-                (Intent::Stop, "kill" | "stop" | "die") => true,
-                (Intent::Remove, "kill" | "stop" | "die" | "destroy") => true,
-                _ => false,
+            .any(|(intent, _)| {
+                matches!(
+                    (intent, action),
+                    (Intent::Start, "start")
+                        | (Intent::Stop, "kill" | "stop" | "die")
+                        | (Intent::Remove, "kill" | "stop" | "die" | "destroy")
+                )
             })
     }
 

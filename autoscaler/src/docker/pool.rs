@@ -357,7 +357,11 @@ impl DockerWorkerPool {
     /// not), so a foreign container never makes us collide.
     pub async fn next_name(&self) -> Result<String> {
         let prefix = &self.config.name_prefix;
-        let filters = HashMap::from([("name".to_string(), vec![format!("^/{prefix}")])]);
+        // The engine matches `name` as a regular expression against `/<name>`.
+        let filters = HashMap::from([(
+            "name".to_string(),
+            vec![format!("^/{}", regex_escape(prefix))],
+        )]);
         let docker = self.engine.docker();
         let list = self
             .engine
@@ -409,7 +413,7 @@ impl DockerWorkerPool {
         match created {
             Ok(resp) => debug!(worker = %name, id = %resp.id, "container created"),
             Err(e) if e.status_code() == Some(409) => {
-                match self.inspect_any(&name).await? {
+                match self.inspect_conflicting(&name).await? {
                     Some(existing) if self.is_ours(&existing.labels) => {
                         info!(worker = %name, id = %existing.id, "worker exists already (created by another replica): idempotent success");
                     }
@@ -429,6 +433,20 @@ impl DockerWorkerPool {
             }
         }
         self.start_worker(&name).await
+    }
+
+    /// The container whose name answered 409. Another replica's create may still be in flight: the
+    /// engine reserves the name before the container can be inspected, so a 404 is retried briefly.
+    async fn inspect_conflicting(&self, name: &str) -> Result<Option<Worker>> {
+        let mut backoff =
+            super::Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
+        for _ in 0..10 {
+            if let Some(w) = self.inspect_any(name).await? {
+                return Ok(Some(w));
+            }
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+        Ok(None)
     }
 
     /// The state volume, labelled like the worker so cleanups by label find it. Creating an existing
@@ -610,8 +628,9 @@ impl DockerWorkerPool {
         inspect_container(&self.engine, name).await
     }
 
-    /// Start-up: lists and inspects this cluster's workers, and takes the stopped ones that exited
-    /// cleanly (code 0, or 143 = SIGTERM; not OOM-killed) into the warm pool, up to `warm_pool`.
+    /// Start-up: lists and inspects this cluster's workers, and takes the stopped ones that a stop
+    /// ended (code 0; 143 = SIGTERM; 137 = killed when the grace period ran out; never OOM-killed)
+    /// into the warm pool, up to `warm_pool`.
     /// The others are the caller's to judge (e.g. remove crashed ones).
     pub async fn adopt(&self) -> Result<Vec<Worker>> {
         let listed = self.list_workers().await?;
@@ -627,7 +646,10 @@ impl DockerWorkerPool {
             if warm.len() >= self.config.warm_pool as usize {
                 break;
             }
-            if w.state.is_stopped() && !w.oom_killed && matches!(w.exit_code, Some(0) | Some(143)) {
+            if w.state.is_stopped()
+                && !w.oom_killed
+                && matches!(w.exit_code, Some(0) | Some(137) | Some(143))
+            {
                 warm.insert(w.name.clone());
             }
         }
@@ -735,6 +757,18 @@ pub(crate) async fn inspect_container(engine: &Engine, name: &str) -> Result<Opt
     }
 }
 
+/// Escapes the regular-expression metacharacters of a literal.
+fn regex_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Label filters selecting the managed containers of `cluster_id`.
 pub fn managed_filters(cluster_id: &str) -> HashMap<String, Vec<String>> {
     HashMap::from([(
@@ -817,6 +851,12 @@ mod tests {
             .unwrap_err();
         assert!(!err.retryable());
         assert!(err.to_string().contains("sometimes"));
+    }
+
+    #[test]
+    fn docker_name_filter_escapes_the_prefix() {
+        assert_eq!(regex_escape("k3s-worker-"), "k3s-worker-");
+        assert_eq!(regex_escape("w.1+"), "w\\.1\\+");
     }
 
     #[test]

@@ -1,0 +1,286 @@
+//! DockerWorkerPool against the real engine: create, list, adopt, inspect, stop, remove, 409
+//! idempotency, the warm pool, stats, and the token kept out of labels.
+
+mod docker_support;
+
+use std::collections::BTreeMap;
+
+use autoscaler::docker::{
+    naming, CreateWorker, DockerError, DockerWorkerPool, Released, WorkerState, LABEL_CLUSTER_ID,
+    LABEL_MANAGED_BY, LABEL_POOL, LABEL_REQUESTED_BY, MANAGED_BY_VALUE,
+};
+use bollard::query_parameters::InspectContainerOptions;
+use docker_support::{TestEnv, TEST_LABEL};
+
+fn request(event: &str) -> CreateWorker {
+    CreateWorker {
+        name: None,
+        requested_by: event.to_string(),
+        extra_labels: BTreeMap::new(),
+    }
+}
+
+#[tokio::test]
+async fn docker_pool_creates_lists_adopts_inspects_stops_and_removes_workers() {
+    let env = TestEnv::new("pool").await;
+    let config = env.config();
+    let prefix = config.name_prefix.clone();
+    let pool = DockerWorkerPool::new(env.docker.clone(), config.clone());
+
+    let w1 = pool.create_worker(&request("evt-1")).await.unwrap();
+    let w2 = pool.create_worker(&request("evt-2")).await.unwrap();
+    assert_eq!(w1.name, format!("{prefix}1"));
+    assert_eq!(w2.name, format!("{prefix}2"));
+    assert_eq!(w1.state, WorkerState::Running);
+    assert!(w1.started_at.is_some());
+    assert_eq!(w1.requested_by(), Some("evt-1"));
+    assert_eq!(w1.pool(), Some("test"));
+    assert_eq!(w1.labels[LABEL_MANAGED_BY], MANAGED_BY_VALUE);
+    assert_eq!(w1.labels[LABEL_CLUSTER_ID], config.cluster_id);
+    assert_eq!(w1.labels[LABEL_POOL], "test");
+    assert_eq!(w1.labels[TEST_LABEL], env.id);
+    assert_eq!(w1.labels[LABEL_REQUESTED_BY], "evt-1");
+
+    // The container is shaped like a k3d agent.
+    let raw = env
+        .docker
+        .inspect_container(&w1.name, None::<InspectContainerOptions>)
+        .await
+        .unwrap();
+    let cfg = raw.config.unwrap();
+    assert_eq!(cfg.hostname.as_deref(), Some(w1.name.as_str()));
+    let envs = cfg.env.unwrap();
+    assert!(envs.contains(&format!("K3S_NODE_NAME={}", w1.name)));
+    assert!(envs.contains(&"K3S_URL=https://k3s-server:6443".to_string()));
+    let hc = raw.host_config.unwrap();
+    assert_eq!(hc.nano_cpus, Some(500_000_000));
+    assert_eq!(hc.memory, Some(64 * 1024 * 1024));
+    assert!(hc.tmpfs.unwrap().contains_key("/run"));
+    assert_eq!(hc.network_mode.as_deref(), Some(env.network.as_str()));
+    assert_eq!(
+        env.volume_names().await,
+        vec![
+            naming::state_volume_name(&w1.name),
+            naming::state_volume_name(&w2.name)
+        ]
+    );
+
+    let listed = pool.list_workers().await.unwrap();
+    assert_eq!(
+        listed.iter().map(|w| w.name.as_str()).collect::<Vec<_>>(),
+        vec![w1.name.as_str(), w2.name.as_str()]
+    );
+
+    // Stop one; a new pool instance (a restarted autoscaler) adopts both and sees the states.
+    pool.stop_worker(&w2.name).await.unwrap();
+    let restarted = DockerWorkerPool::new(env.docker.clone(), config.clone());
+    let adopted = restarted.adopt().await.unwrap();
+    assert_eq!(adopted.len(), 2);
+    assert_eq!(adopted[0].state, WorkerState::Running);
+    assert_eq!(adopted[1].state, WorkerState::Exited);
+    // `pause` exits 0 on SIGTERM; on a loaded machine the stop can come before it has installed its
+    // handler, and PID 1 ignores an unhandled SIGTERM: then the grace period ends in SIGKILL (137).
+    assert!(
+        matches!(adopted[1].exit_code, Some(0) | Some(137)),
+        "{:?}",
+        adopted[1].exit_code
+    );
+    assert!(!adopted[1].oom_killed);
+    assert!(adopted[1].finished_at.is_some());
+
+    // A third worker takes the lowest free index again after a removal.
+    restarted.remove_worker(&w1.name).await.unwrap();
+    let w3 = restarted.create_worker(&request("evt-3")).await.unwrap();
+    assert_eq!(w3.name, format!("{prefix}1"));
+
+    for w in [&w2.name, &w3.name] {
+        restarted.remove_worker(w).await.unwrap();
+    }
+    // Removing what is gone is fine.
+    restarted.remove_worker(&w2.name).await.unwrap();
+    assert!(pool.list_workers().await.unwrap().is_empty());
+    assert!(env.container_names().await.is_empty());
+    assert!(
+        env.volume_names().await.is_empty(),
+        "state volumes are removed with their workers"
+    );
+    assert!(pool.inspect_worker(&w2.name).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn docker_create_of_an_existing_name_is_idempotent_success() {
+    let env = TestEnv::new("conflict").await;
+    let config = env.config();
+    // Two replicas, each with its own pool, create "the same" worker at once.
+    let a = DockerWorkerPool::new(env.docker.clone(), config.clone());
+    let b = DockerWorkerPool::new(env.docker.clone(), config.clone());
+    let name = format!("{}7", config.name_prefix);
+    let req = CreateWorker {
+        name: Some(name.clone()),
+        ..request("evt-same")
+    };
+    let (ra, rb) = tokio::join!(a.create_worker(&req), b.create_worker(&req));
+    let (wa, wb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!(wa.id, wb.id, "both replicas get the one container");
+    assert_eq!(env.container_names().await, vec![name.clone()]);
+    // And once more, sequentially.
+    let again = a.create_worker(&req).await.unwrap();
+    assert_eq!(again.id, wa.id);
+    assert_eq!(again.state, WorkerState::Running);
+    a.remove_worker(&name).await.unwrap();
+}
+
+#[tokio::test]
+async fn docker_name_of_a_foreign_container_is_not_taken_over() {
+    let env = TestEnv::new("foreign").await;
+    let mine = env.config();
+    let other_cluster = autoscaler::docker::PoolConfig {
+        cluster_id: format!("{}-other", mine.cluster_id),
+        ..mine.clone()
+    };
+    let theirs = DockerWorkerPool::new(env.docker.clone(), other_cluster);
+    let name = format!("{}1", mine.name_prefix);
+    theirs
+        .create_worker(&CreateWorker {
+            name: Some(name.clone()),
+            ..request("evt-theirs")
+        })
+        .await
+        .unwrap();
+    let pool = DockerWorkerPool::new(env.docker.clone(), mine.clone());
+    let err = pool
+        .create_worker(&CreateWorker {
+            name: Some(name.clone()),
+            ..request("evt-mine")
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DockerError::NameTaken { .. }), "{err}");
+    assert!(!err.retryable());
+    // Unnamed creates skip the taken name; listing and removal never touch the foreign container.
+    let w = pool.create_worker(&request("evt-mine")).await.unwrap();
+    assert_eq!(w.name, format!("{}2", mine.name_prefix));
+    assert_eq!(pool.list_workers().await.unwrap().len(), 1);
+    assert!(matches!(
+        pool.remove_worker(&name).await,
+        Err(DockerError::NameTaken { .. })
+    ));
+    assert_eq!(env.container_names().await.len(), 2);
+}
+
+#[tokio::test]
+async fn docker_token_is_in_the_environment_but_never_in_a_label() {
+    let env = TestEnv::new("token").await;
+    let pool = DockerWorkerPool::new(env.docker.clone(), env.config());
+    let w = pool.create_worker(&request("evt-token")).await.unwrap();
+    let token = env.token();
+    let raw = env
+        .docker
+        .inspect_container(&w.name, None::<InspectContainerOptions>)
+        .await
+        .unwrap();
+    let cfg = raw.config.unwrap();
+    let labels = cfg.labels.unwrap();
+    assert!(
+        labels
+            .iter()
+            .all(|(k, v)| !k.contains(&token) && !v.contains(&token)),
+        "a label holds the token: {labels:?}"
+    );
+    assert!(cfg.env.unwrap().contains(&format!("K3S_TOKEN={token}")));
+    // Nor does the pool's debug output.
+    assert!(!format!("{pool:?} {:?}", pool.config()).contains(&token));
+    pool.remove_worker(&w.name).await.unwrap();
+}
+
+#[tokio::test]
+async fn docker_warm_pool_starts_a_stopped_worker_before_creating_one() {
+    let env = TestEnv::new("warm").await;
+    let config = autoscaler::docker::PoolConfig {
+        warm_pool: 1,
+        ..env.config()
+    };
+    let pool = DockerWorkerPool::new(env.docker.clone(), config.clone());
+    let first = pool.acquire(&request("evt-1")).await.unwrap();
+    assert!(!first.from_warm_pool);
+    let second = pool.acquire(&request("evt-2")).await.unwrap();
+    assert!(!second.from_warm_pool);
+
+    // Scale-down of both: the first goes warm (pool below 1), the second is removed.
+    assert_eq!(
+        pool.release(&first.worker.name).await.unwrap(),
+        Released::Warm
+    );
+    assert_eq!(
+        pool.release(&second.worker.name).await.unwrap(),
+        Released::Removed
+    );
+    assert_eq!(pool.warm_workers(), vec![first.worker.name.clone()]);
+    let stopped = pool
+        .inspect_worker(&first.worker.name)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stopped.state, WorkerState::Exited);
+    assert_eq!(env.container_names().await, vec![first.worker.name.clone()]);
+
+    // A restarted autoscaler finds the warm worker again.
+    let restarted = DockerWorkerPool::new(env.docker.clone(), config);
+    restarted.adopt().await.unwrap();
+    assert_eq!(restarted.warm_workers(), vec![first.worker.name.clone()]);
+
+    let again = restarted.acquire(&request("evt-3")).await.unwrap();
+    assert!(again.from_warm_pool);
+    assert_eq!(
+        again.worker.id, first.worker.id,
+        "the same container started again"
+    );
+    assert_eq!(again.worker.state, WorkerState::Running);
+    assert!(restarted.warm_workers().is_empty());
+    restarted.remove_worker(&again.worker.name).await.unwrap();
+    assert!(env.container_names().await.is_empty());
+}
+
+#[tokio::test]
+async fn docker_stats_give_percentages_per_worker_and_averages() {
+    let env = TestEnv::new("stats").await;
+    let pool = DockerWorkerPool::new(env.docker.clone(), env.config());
+    let w1 = pool.create_worker(&request("evt-1")).await.unwrap();
+    let w2 = pool.create_worker(&request("evt-2")).await.unwrap();
+    // A stopped worker is not measured.
+    let w3 = pool.create_worker(&request("evt-3")).await.unwrap();
+    pool.stop_worker(&w3.name).await.unwrap();
+
+    // The first sample reads two engine samples; the second uses one-shot readings and the first's
+    // counters.
+    for round in 0..2 {
+        let sample = pool.usage().await.unwrap();
+        let names: Vec<&str> = sample.nodes.iter().map(|n| n.node_name.as_str()).collect();
+        assert_eq!(
+            names,
+            vec![w1.name.as_str(), w2.name.as_str()],
+            "round {round}"
+        );
+        for n in &sample.nodes {
+            assert!(
+                (0.0..=100.0).contains(&n.cpu),
+                "cpu {} of {}",
+                n.cpu,
+                n.node_name
+            );
+            assert!(
+                (0.0..=100.0).contains(&n.memory),
+                "memory {} of {}",
+                n.memory,
+                n.node_name
+            );
+            assert!(n.memory > 0.0, "a running process uses some memory");
+        }
+        assert!((0.0..=100.0).contains(&sample.cpu_avg));
+        let mean = (sample.nodes[0].memory + sample.nodes[1].memory) / 2.0;
+        assert!((sample.memory_avg - mean).abs() < 1e-9);
+    }
+    for w in [&w1, &w2, &w3] {
+        pool.remove_worker(&w.name).await.unwrap();
+    }
+}
