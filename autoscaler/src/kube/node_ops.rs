@@ -320,18 +320,22 @@ impl KubeNodeOps {
     async fn evict(&self, pod: &Pod, deadline: Instant) -> Result<Eviction> {
         let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
         let name = pod.metadata.name.as_deref().unwrap_or_default();
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
-        let params = EvictParams {
-            delete_options: self.grace_period.map(|g| DeleteParams {
-                grace_period_seconds: Some(g),
-                ..DeleteParams::default()
-            }),
-            ..EvictParams::default()
-        };
+        // A full policy/v1 Eviction: kube's `Api::evict` sends `delete_options` (snake case), which the
+        // API server ignores, so a grace period would be lost.
+        let mut body = json!({
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": name, "namespace": ns},
+        });
+        if let Some(g) = self.grace_period {
+            body["deleteOptions"] = json!({"gracePeriodSeconds": g});
+        }
+        let body = serde_json::to_vec(&body).unwrap_or_default();
         let mut pause = self.eviction_backoff.0;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let result = match tokio::time::timeout(left, api.evict(name, &params)).await {
+            let result = match tokio::time::timeout(left, self.post_eviction(ns, name, &body)).await
+            {
                 Ok(r) => r,
                 Err(_) => {
                     return Err(KubeError::DrainTimeout {
@@ -356,6 +360,14 @@ impl KubeNodeOps {
                 }
             }
         }
+    }
+
+    async fn post_eviction(&self, ns: &str, name: &str, body: &[u8]) -> kube::Result<String> {
+        let mut req = kube::core::Request::new(format!("/api/v1/namespaces/{ns}/pods"))
+            .evict(name, &EvictParams::default())
+            .map_err(kube::Error::BuildRequest)?;
+        *req.body_mut() = body.to_vec();
+        self.client.request_text(req).await
     }
 
     /// Deletes the Node object and k3s's `<node>.node-password.k3s` secret in `kube-system`; either being
