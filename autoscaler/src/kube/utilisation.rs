@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use bus::event::NodeUsage;
+use bus::event::{MetricsSampled, NodeUsage};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::{Api, Client};
@@ -28,6 +28,17 @@ pub struct Utilisation {
 }
 
 impl Utilisation {
+    /// As the MetricsCollector's raw sample; `source` is `pod_requests` or `metrics_api`.
+    pub fn into_sample(self, source: &str) -> MetricsSampled {
+        MetricsSampled {
+            workers: u32::try_from(self.nodes.len()).unwrap_or(u32::MAX),
+            cpu_avg: self.cpu_avg,
+            memory_avg: self.memory_avg,
+            source: source.to_string(),
+            nodes: self.nodes,
+        }
+    }
+
     fn from_nodes(mut nodes: Vec<NodeUsage>) -> Self {
         nodes.sort_by(|a, b| a.node_name.cmp(&b.node_name));
         let n = nodes.len() as f64;
@@ -276,6 +287,9 @@ mod tests {
         assert_eq!(u.nodes[1].cpu, 0.0);
         assert_eq!(u.cpu_avg, 37.5);
         assert_eq!(u.memory_avg, 25.0);
+        let sample = u.into_sample("pod_requests");
+        assert_eq!(sample.workers, 2);
+        assert_eq!(sample.source, "pod_requests");
     }
 
     #[test]
