@@ -3,15 +3,56 @@
 //! - [`event`]: the typed catalogue of every observation, decision and action (DESIGN.md, seed 001).
 //! - [`envelope`]: identity, time, origin and causation around an event, and the flat stream-entry codec
 //!   that `redis-cli XRANGE` shows.
-//! - with the default `redis` feature, the Redis Streams transport: publisher (trimmed, pipelined,
-//!   idempotent), consumer-group runtime (pending drain, claim, retry, dead letters), audit queries and
-//!   group rewind. The decision core (`handlers`) depends on this crate without that feature.
+//! - [`stream_id`]: stream ids, and `--since`/`--from` positions (id, RFC 3339 time, `10m` ago).
+//! - [`config`]: [`BusConfig`], the transport's settings.
+//! - with the default `redis` feature, the Redis Streams transport:
+//!   - [`connect`] → [`Bus`]: a self-healing shared connection, and one of its own per blocking reader;
+//!   - [`publisher`]: [`RedisPublisher`] (trimmed, pipelined, idempotent);
+//!   - [`consumer`]: the consumer-group runtime ([`Handler`], [`Consumer::run`]: own pending list first,
+//!     claims, retries, dead letters, batched acks, graceful shutdown);
+//!   - [`audit`]: queries by id/time range and type, follow, DLQ list/retry/purge, group info and rewind.
+//! - with the `testing` feature, [`testing::RedisServer`]: a throwaway `redis-server` for tests.
+//!
+//! The decision core (`handlers`) depends on this crate without the `redis` feature.
 
+pub mod config;
 pub mod envelope;
 pub mod event;
+pub mod stream_id;
 
+#[cfg(feature = "redis")]
+pub mod audit;
+#[cfg(feature = "redis")]
+mod connection;
+#[cfg(feature = "redis")]
+pub mod consumer;
+#[cfg(feature = "redis")]
+pub mod entry;
+#[cfg(feature = "redis")]
+pub mod error;
+#[cfg(feature = "redis")]
+pub mod publisher;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use config::BusConfig;
 pub use envelope::{Envelope, Metadata, SCHEMA_VERSION};
 pub use event::{Event, EVENT_TYPES};
+
+#[cfg(feature = "redis")]
+pub use audit::{Audit, ConsumerInfo, DeadLetter, Follower, GroupInfo, Query};
+#[cfg(feature = "redis")]
+pub use connection::{connect, Bus};
+#[cfg(feature = "redis")]
+pub use consumer::{
+    handler_fn, Consumer, Counters, Delivery, ErrorPolicy, Handler, HandlerError, Outcome, Stats,
+};
+#[cfg(feature = "redis")]
+pub use entry::RawEntry;
+#[cfg(feature = "redis")]
+pub use error::BusError;
+#[cfg(feature = "redis")]
+pub use publisher::RedisPublisher;
 
 /// Why a stream entry could not be turned into an [`Envelope`].
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,54 @@
+//! Errors of the Redis transport.
+
+/// What went wrong talking to Redis, named after the operation.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The URL is not a Redis URL, or the first connection failed.
+    #[error("cannot connect to Redis: {0}")]
+    Connect(#[source] redis::RedisError),
+    /// A command failed (connection lost, server error, …).
+    #[error("{op} failed: {source}")]
+    Redis {
+        op: &'static str,
+        #[source]
+        source: redis::RedisError,
+    },
+    /// Redis answered something this crate does not expect.
+    #[error("unexpected reply to {op}: {detail}")]
+    Reply { op: &'static str, detail: String },
+    /// A dead letter or an entry that does not exist.
+    #[error("no entry {id} in {stream}")]
+    NoSuchEntry { stream: String, id: String },
+    /// The consumer group does not exist.
+    #[error("no consumer group `{group}` on {stream}")]
+    NoSuchGroup { stream: String, group: String },
+}
+
+impl BusError {
+    /// Wraps a Redis error of operation `op`.
+    pub(crate) fn redis(op: &'static str) -> impl FnOnce(redis::RedisError) -> Self {
+        move |source| BusError::Redis { op, source }
+    }
+
+    /// The Redis error code (`NOGROUP`, `BUSYGROUP`, …), if the server sent one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            BusError::Redis { source, .. } | BusError::Connect(source) => source.code(),
+            _ => None,
+        }
+    }
+
+    /// A short stable label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            BusError::Connect(_) => "connect",
+            BusError::Redis { op, .. } => op,
+            BusError::Reply { .. } => "reply",
+            BusError::NoSuchEntry { .. } => "no_such_entry",
+            BusError::NoSuchGroup { .. } => "no_such_group",
+        }
+    }
+}
+
+/// `Result` with [`BusError`].
+pub type Result<T, E = BusError> = std::result::Result<T, E>;
