@@ -113,8 +113,11 @@ async fn run(runs: usize) {
     for i in 0..runs {
         let name = req(i).name.unwrap_or_default();
         pool.remove_worker(&name).await.expect("remove");
+        // The raw ones carry the pool's labels; removing them also removes the state volumes the
+        // engine created for them on the fly (those have no test label for the guard to find).
+        let raw = format!("{}raw{i}", config.name_prefix);
+        pool.remove_worker(&raw).await.expect("remove raw");
     }
-    // The raw containers and their volumes go with the guard.
     drop(env);
 }
 
