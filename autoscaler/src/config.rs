@@ -247,6 +247,8 @@ pub struct Workers {
     #[serde(deserialize_with = "quantity")]
     pub memory: u64,
     pub max_pods: u32,
+    /// Privileged containers, as k3s agents need (the lab's node agent does not).
+    pub privileged: bool,
     pub warm_pool: u32,
     /// Workers never removed by a scale-down.
     pub protected: Vec<String>,
@@ -266,6 +268,7 @@ impl Default for Workers {
             cpu: 2.0,
             memory: 2 * 1024 * 1024 * 1024,
             max_pods: 110,
+            privileged: true,
             warm_pool: 0,
             protected: Vec::new(),
         }

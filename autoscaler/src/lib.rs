@@ -16,5 +16,6 @@ pub mod kube;
 pub mod leader;
 pub mod metrics;
 pub mod redis_local;
+pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;

@@ -1,0 +1,86 @@
+//! `autoscaler run`: the bus, the handlers in their consumer groups, and (on the leader) the watchers
+//! and pollers, wired together.
+
+pub mod projection;
+pub mod sink;
+
+use crate::config::Settings;
+
+/// The bus settings of a configuration.
+pub fn bus_config(settings: &Settings) -> bus::BusConfig {
+    let b = &settings.autoscaler.events.event_bus;
+    let mut c = bus::BusConfig::new(b.url.clone(), b.stream_name.clone());
+    c.max_len = usize::try_from(b.max_stream_length).unwrap_or(usize::MAX);
+    c.claim_idle = b.claim_idle;
+    c.max_deliveries = b.max_deliveries;
+    c.block = b.block;
+    c.batch_size = b.batch_size;
+    c.concurrency = b.concurrency;
+    c.idempotency_ttl = b.idempotency_ttl;
+    c
+}
+
+/// This replica's stable name: `AUTOSCALER_REPLICA_ID`, else the hostname, so a restarted replica reads
+/// its own pending entries first.
+pub fn replica_id() -> String {
+    if let Ok(id) = std::env::var("AUTOSCALER_REPLICA_ID") {
+        if !id.is_empty() {
+            return id;
+        }
+    }
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "autoscaler".to_string())
+}
+
+/// The metadata every event of this cluster carries.
+pub fn metadata(settings: &Settings) -> bus::Metadata {
+    let mut m = bus::Metadata::new(
+        settings.autoscaler.cluster_id.clone(),
+        settings.autoscaler.region.clone(),
+    );
+    m.dry_run = settings.autoscaler.dry_run;
+    m
+}
+
+/// The k3s join token: `K3S_TOKEN`, else the contents of `workers.token_file`. Never logged.
+pub fn k3s_token(settings: &Settings) -> std::io::Result<Option<crate::docker::Secret>> {
+    if let Ok(t) = std::env::var("K3S_TOKEN") {
+        if !t.is_empty() {
+            return Ok(Some(crate::docker::Secret::new(t)));
+        }
+    }
+    let file = &settings.autoscaler.workers.token_file;
+    if file.is_empty() {
+        return Ok(None);
+    }
+    let t = std::fs::read_to_string(file)?;
+    Ok(Some(crate::docker::Secret::new(t.trim().to_string())))
+}
+
+/// The Docker pool settings of a configuration.
+pub fn pool_config(settings: &Settings) -> std::io::Result<crate::docker::PoolConfig> {
+    let a = &settings.autoscaler;
+    let w = &a.workers;
+    Ok(crate::docker::PoolConfig {
+        host: a.docker.host.clone(),
+        name_prefix: w.name_prefix.clone(),
+        image: w.image.clone(),
+        args: w.args.clone(),
+        k3s_url: w.k3s_url.clone(),
+        token: k3s_token(settings)?,
+        network: w.network.clone(),
+        restart_policy: w.restart_policy.clone(),
+        pool: w.pool.clone(),
+        cluster_id: a.cluster_id.clone(),
+        cpu: w.cpu,
+        memory_bytes: w.memory,
+        privileged: w.privileged,
+        warm_pool: w.warm_pool,
+        timeout: a.docker.timeout,
+        breaker_failures: a.docker.circuit_breaker_failures,
+        ..crate::docker::PoolConfig::default()
+    })
+}
