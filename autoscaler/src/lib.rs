@@ -13,6 +13,7 @@ pub mod docker;
 pub mod http;
 pub mod intents;
 pub mod kube;
+pub mod labenv;
 pub mod leader;
 pub mod metrics;
 pub mod redis_local;

@@ -1,0 +1,316 @@
+//! The lab's Docker side, laid out like k3d: a network of its own, the lab API server as a container on
+//! it (reached by workers by name, by the host through a port published on 127.0.0.1 only), the lab image
+//! built offline from this very binary, and a kubeconfig in `$LAB_DIR` pointing at the loopback port.
+//! Used by `autoscaler lab` and by the end-to-end tests.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bollard::models::{ContainerCreateBody, HostConfig, NetworkCreateRequest, PortBinding};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
+    RemoveContainerOptionsBuilder, StartContainerOptions,
+};
+use bollard::Docker;
+
+use crate::docker::{self, LABEL_CLUSTER_ID, LABEL_MANAGED_BY, MANAGED_BY_VALUE};
+
+/// The port the lab API server listens on inside its container.
+pub const API_PORT: u16 = 6443;
+
+/// Label on the lab's own containers and network (the API server), beside the managed-by label.
+pub const LABEL_LAB_ROLE: &str = "k3s-autoscaler/lab-role";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabEnvError {
+    #[error(transparent)]
+    Docker(#[from] docker::DockerError),
+    #[error("docker: {operation}: {message}")]
+    Engine {
+        operation: &'static str,
+        message: String,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the lab API server did not answer at {url} within {secs} s (see `docker logs {container}`)")]
+    NoAnswer {
+        url: String,
+        container: String,
+        secs: u64,
+    },
+}
+
+fn engine(operation: &'static str) -> impl FnOnce(bollard::errors::Error) -> LabEnvError {
+    move |e| LabEnvError::Engine {
+        operation,
+        message: e.to_string(),
+    }
+}
+
+/// How to lay the lab out.
+#[derive(Debug, Clone)]
+pub struct LabEnvOptions {
+    /// Names the network (`<name>`), the server container (`<name>-server`) and is the cluster id label.
+    pub name: String,
+    /// Where the kubeconfig goes.
+    pub lab_dir: PathBuf,
+    /// The `autoscaler` binary that goes into the image.
+    pub binary: PathBuf,
+    /// The image tag.
+    pub image: String,
+    /// The API server's `--node-monitor-grace`.
+    pub node_monitor_grace: Duration,
+    /// The API server's `--pod-eviction-timeout`.
+    pub pod_eviction_timeout: Duration,
+    /// More labels on the server container (tests add their test label).
+    pub extra_labels: HashMap<String, String>,
+}
+
+impl LabEnvOptions {
+    pub fn new(
+        name: impl Into<String>,
+        lab_dir: impl Into<PathBuf>,
+        binary: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            lab_dir: lab_dir.into(),
+            binary: binary.into(),
+            image: format!("k3s-autoscaler-lab:{}", env!("CARGO_PKG_VERSION")),
+            node_monitor_grace: Duration::from_secs(40),
+            pod_eviction_timeout: Duration::from_secs(30),
+            extra_labels: HashMap::new(),
+        }
+    }
+}
+
+/// A running lab environment.
+#[derive(Debug)]
+pub struct LabEnv {
+    docker: Docker,
+    pub options: LabEnvOptions,
+    /// The Docker network workers join.
+    pub network: String,
+    /// The API server's container.
+    pub server_container: String,
+    /// The API server as the host reaches it (`http://127.0.0.1:<published port>`).
+    pub host_url: String,
+    /// The API server as workers reach it (`http://<server container>:6443`).
+    pub network_url: String,
+    /// `$LAB_DIR/kubeconfig`.
+    pub kubeconfig: PathBuf,
+}
+
+impl LabEnv {
+    /// Builds the image if needed, creates the network and starts the API server; waits until it answers.
+    pub async fn up(docker: Docker, options: LabEnvOptions) -> Result<Self, LabEnvError> {
+        let status =
+            docker::image::ensure_lab_image(&docker, &options.binary, &options.image).await?;
+        tracing::info!(image = %options.image, ?status, "lab: image ready");
+        let network = options.name.clone();
+        let server_container = format!("{}-server", options.name);
+        let mut labels = options.extra_labels.clone();
+        labels.insert(LABEL_MANAGED_BY.into(), MANAGED_BY_VALUE.into());
+        labels.insert(LABEL_CLUSTER_ID.into(), options.name.clone());
+        labels.insert(LABEL_LAB_ROLE.into(), "server".into());
+
+        if docker.inspect_network(&network, None).await.is_err() {
+            docker
+                .create_network(NetworkCreateRequest {
+                    name: network.clone(),
+                    driver: Some("bridge".into()),
+                    labels: Some(labels.clone()),
+                    ..Default::default()
+                })
+                .await
+                .map_err(engine("create network"))?;
+        }
+        // A server left over from an earlier run holds the name: replace it.
+        let _ = docker
+            .remove_container(
+                &server_container,
+                Some(RemoveContainerOptionsBuilder::new().force(true).build()),
+            )
+            .await;
+
+        let cmd = vec![
+            "lab".to_string(),
+            "serve".into(),
+            "--listen".into(),
+            format!("0.0.0.0:{API_PORT}"),
+            "--node-monitor-grace".into(),
+            format!("{}s", options.node_monitor_grace.as_secs()),
+            "--pod-eviction-timeout".into(),
+            format!("{}s", options.pod_eviction_timeout.as_secs()),
+            "--lab-dir".into(),
+            "/tmp/lab".into(),
+        ];
+        let port_key = format!("{API_PORT}/tcp");
+        let body = ContainerCreateBody {
+            image: Some(options.image.clone()),
+            hostname: Some(server_container.clone()),
+            cmd: Some(cmd),
+            labels: Some(labels),
+            exposed_ports: Some(vec![port_key.clone()]),
+            host_config: Some(HostConfig {
+                network_mode: Some(network.clone()),
+                port_bindings: Some(HashMap::from([(
+                    port_key.clone(),
+                    Some(vec![PortBinding {
+                        host_ip: Some("127.0.0.1".into()),
+                        host_port: Some(String::new()),
+                    }]),
+                )])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        docker
+            .create_container(
+                Some(
+                    CreateContainerOptionsBuilder::new()
+                        .name(&server_container)
+                        .build(),
+                ),
+                body,
+            )
+            .await
+            .map_err(engine("create the lab API server"))?;
+        docker
+            .start_container(&server_container, None::<StartContainerOptions>)
+            .await
+            .map_err(engine("start the lab API server"))?;
+        let inspect = docker
+            .inspect_container(&server_container, None::<InspectContainerOptions>)
+            .await
+            .map_err(engine("inspect the lab API server"))?;
+        let host_port = inspect
+            .network_settings
+            .and_then(|n| n.ports)
+            .and_then(|p| p.get(&port_key).cloned().flatten())
+            .and_then(|b| b.into_iter().find_map(|b| b.host_port))
+            .ok_or_else(|| LabEnvError::Engine {
+                operation: "inspect the lab API server",
+                message: "no published port".into(),
+            })?;
+        let host_url = format!("http://127.0.0.1:{host_port}");
+        let kubeconfig = options.lab_dir.join("kubeconfig");
+        write_kubeconfig(&kubeconfig, &host_url)?;
+        let env = LabEnv {
+            docker,
+            network_url: format!("http://{server_container}:{API_PORT}"),
+            network,
+            server_container,
+            host_url,
+            kubeconfig,
+            options,
+        };
+        env.wait_until_serving(Duration::from_secs(30)).await?;
+        Ok(env)
+    }
+
+    async fn wait_until_serving(&self, within: Duration) -> Result<(), LabEnvError> {
+        let deadline = Instant::now() + within;
+        let version_url = format!("{}/version", self.host_url);
+        loop {
+            if version_answers(&self.host_url).await {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(LabEnvError::NoAnswer {
+                    url: version_url,
+                    container: self.server_container.clone(),
+                    secs: within.as_secs(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Removes every container of this lab (workers and server) and the network.
+    pub async fn down(&self) {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{LABEL_CLUSTER_ID}={}", self.options.name)],
+        )]);
+        let listed = self
+            .docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::new()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .unwrap_or_default();
+        for c in listed {
+            if let Some(id) = c.id {
+                let _ = self
+                    .docker
+                    .remove_container(
+                        &id,
+                        Some(
+                            RemoveContainerOptionsBuilder::new()
+                                .force(true)
+                                .v(true)
+                                .build(),
+                        ),
+                    )
+                    .await;
+            }
+        }
+        // Named state volumes of removed workers.
+        let _ = self
+            .docker
+            .prune_volumes(Some(
+                bollard::query_parameters::PruneVolumesOptionsBuilder::new()
+                    .filters(&HashMap::from([(
+                        "label".to_string(),
+                        vec![format!("{LABEL_CLUSTER_ID}={}", self.options.name)],
+                    )]))
+                    .build(),
+            ))
+            .await;
+        let _ = self.docker.remove_network(&self.network).await;
+    }
+}
+
+/// Whether `GET <url>/version` answers 200.
+async fn version_answers(base: &str) -> bool {
+    let Ok(uri) = base.parse() else {
+        return false;
+    };
+    let config = kube::Config::new(uri);
+    let Ok(client) = kube::Client::try_from(config) else {
+        return false;
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), client.apiserver_version()).await,
+        Ok(Ok(_))
+    )
+}
+
+/// Writes a kubeconfig for `server` (JSON, which kubeconfig readers accept as YAML).
+pub fn write_kubeconfig(path: &Path, server: &str) -> Result<(), LabEnvError> {
+    let doc = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "k3s-lab", "cluster": {"server": server}}],
+        "users": [{"name": "k3s-lab", "user": {}}],
+        "contexts": [{"name": "k3s-lab", "context": {"cluster": "k3s-lab", "user": "k3s-lab"}}],
+        "current-context": "k3s-lab",
+    });
+    let write_err = |source| LabEnvError::Write {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(write_err)?;
+    }
+    std::fs::write(path, format!("{doc:#}\n")).map_err(write_err)
+}
