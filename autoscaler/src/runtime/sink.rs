@@ -15,7 +15,11 @@ pub const SINK_CAPACITY: usize = 1024;
 
 /// Drains `rx` into the stream until every sender is gone. A failed publish is retried with backoff:
 /// an observation is not dropped because Redis restarted.
-pub async fn drain(mut rx: mpsc::Receiver<Envelope>, publisher: RedisPublisher, metrics: Arc<Metrics>) {
+pub async fn drain(
+    mut rx: mpsc::Receiver<Envelope>,
+    publisher: RedisPublisher,
+    metrics: Arc<Metrics>,
+) {
     while let Some(envelope) = rx.recv().await {
         let key = format!("event:{}", envelope.event_id);
         let mut delay = std::time::Duration::from_millis(100);
