@@ -196,6 +196,35 @@ pub struct NodeDrained {
     pub evicted_pods: u32,
 }
 
+/// A worker's container and Node object are gone (reported by the executor after a removal).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRemoved {
+    pub node_name: String,
+}
+
+/// One worker Node as Kubernetes shows it, in a [`ClusterObserved`] snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObservedNode {
+    pub name: String,
+    /// The Ready condition is True.
+    pub ready: bool,
+    /// Annotated `cluster-autoscaler.kubernetes.io/scale-down-disabled: "true"`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub scale_down_disabled: bool,
+}
+
+/// A snapshot of the workers as Kubernetes and Docker see them (only this autoscaler's workers: the
+/// server and foreign nodes are left out). The StateSynchronizer compares it with the record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterObserved {
+    pub k8s_nodes: Vec<ObservedNode>,
+    /// Names of the managed worker containers that exist (running or not).
+    pub docker_containers: Vec<String>,
+}
+
 // ---- Minimum enforcement ------------------------------------------------------------------------------
 
 /// Fewer workers than the minimum.
@@ -388,6 +417,8 @@ catalogue!(
     NodeInterruptionNotice,
     NodeCordoned,
     NodeDrained,
+    NodeRemoved,
+    ClusterObserved,
     // minimum enforcement
     MinimumNodesViolation,
     AutoScaleUpToMinimum,
@@ -414,6 +445,7 @@ impl Event {
             Event::NodeInterruptionNotice(d) => Some(&d.node_name),
             Event::NodeCordoned(d) => Some(&d.node_name),
             Event::NodeDrained(d) => Some(&d.node_name),
+            Event::NodeRemoved(d) => Some(&d.node_name),
             Event::ScalingActionFailed(d) => d.node_name.as_deref(),
             Event::ScaleDownBlocked(d) => d.node_name.as_deref(),
             _ => None,
