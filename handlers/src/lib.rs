@@ -1,1 +1,132 @@
-//! handlers
+//! The decision core of k3s-autoscaler: pure rules over (model, event, policy, now), no I/O.
+//!
+//! Map of the crate:
+//! - [`model`]: [`Model`], the projection every handler reads — a pure fold over the whole stream;
+//! - [`policy`]: [`Policy`], the knobs (defaults of `config.yaml`); `autoscaler` maps its settings onto it;
+//! - [`command`]: [`Outcome`] (events + [`Command`]s) and how outputs get causation and deterministic ids;
+//! - the handlers of seed 001, one per file: [`metrics_listener`] (samples → resource events with
+//!   hysteresis), [`engine`] (ScalingDecisionEngine), [`minimum`] (MinimumNodeEnforcer),
+//!   [`node_manager`] (per-node state machine), [`sync`] (StateSynchronizer and trigger de-duplication),
+//!   [`alerts`] (AlertManager, payloads, redaction);
+//! - [`binpack`]: how many workers pending pods need;
+//! - [`traits`]: the async I/O boundary `autoscaler` implements, with fakes; [`executor`]: commands →
+//!   trait calls → facts;
+//! - [`simulate`]: a whole-system driver with a simulated world (tests, what-if);
+//! - [`explain`]: a causation chain as readable lines; [`replay`]: what-if replays.
+//!
+//! Runtime contract: fold every event into the model in stream order ([`Model::apply`]); call a
+//! handler with a model that has folded the event it handles; publish the outcome's events (their ids
+//! are deterministic, so a redelivered input republishes nothing new) and hand its commands to the
+//! executor (leader only); call `tick` on the leader on a timer.
+
+pub mod alerts;
+pub mod binpack;
+pub mod command;
+pub mod engine;
+pub mod executor;
+pub mod explain;
+pub mod metrics_listener;
+pub mod minimum;
+pub mod model;
+pub mod node_manager;
+pub mod policy;
+pub mod replay;
+pub mod simulate;
+pub mod sync;
+pub mod traits;
+
+use bus::Envelope;
+use chrono::{DateTime, Utc};
+
+pub use alerts::AlertManager;
+pub use command::{Command, Issued, Outcome};
+pub use engine::ScalingDecisionEngine;
+pub use metrics_listener::MetricsListener;
+pub use minimum::MinimumNodeEnforcer;
+pub use model::{Model, WorkerState};
+pub use node_manager::NodeManager;
+pub use policy::Policy;
+pub use sync::{StateSynchronizer, SyncTriggers};
+
+/// The handlers, by their consumer-group names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Handler {
+    MetricsListener,
+    ScalingDecisionEngine,
+    NodeManager,
+    MinimumNodeEnforcer,
+    StateSynchronizer,
+    AlertManager,
+}
+
+impl Handler {
+    /// All handlers, in the order a single-threaded driver runs them on one event.
+    pub const ALL: [Handler; 6] = [
+        Handler::MetricsListener,
+        Handler::ScalingDecisionEngine,
+        Handler::NodeManager,
+        Handler::MinimumNodeEnforcer,
+        Handler::StateSynchronizer,
+        Handler::AlertManager,
+    ];
+
+    /// The consumer-group name, which is also the `source` of its events.
+    pub fn name(self) -> &'static str {
+        match self {
+            Handler::MetricsListener => metrics_listener::HANDLER,
+            Handler::ScalingDecisionEngine => engine::HANDLER,
+            Handler::NodeManager => node_manager::HANDLER,
+            Handler::MinimumNodeEnforcer => minimum::HANDLER,
+            Handler::StateSynchronizer => sync::HANDLER,
+            Handler::AlertManager => alerts::HANDLER,
+        }
+    }
+
+    /// The handler named `name` (as in `events.handlers`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|h| h.name() == name)
+    }
+
+    /// Handles one event; `model` must have folded it.
+    pub fn handle(
+        self,
+        model: &Model,
+        event: &Envelope,
+        policy: &Policy,
+        now: DateTime<Utc>,
+    ) -> Outcome {
+        match self {
+            Handler::MetricsListener => MetricsListener.handle(model, event, policy, now),
+            Handler::ScalingDecisionEngine => {
+                ScalingDecisionEngine.handle(model, event, policy, now)
+            }
+            Handler::NodeManager => NodeManager.handle(model, event, policy, now),
+            Handler::MinimumNodeEnforcer => MinimumNodeEnforcer.handle(model, event, policy, now),
+            Handler::StateSynchronizer => StateSynchronizer.handle(model, event, policy, now),
+            Handler::AlertManager => AlertManager.handle(model, event, policy, now),
+        }
+    }
+
+    /// Timer work (leader only): the minimum check and provisioning timeouts/retries.
+    pub fn tick(self, model: &Model, policy: &Policy, now: DateTime<Utc>) -> Outcome {
+        match self {
+            Handler::NodeManager => NodeManager.tick(model, policy, now),
+            Handler::MinimumNodeEnforcer => MinimumNodeEnforcer.tick(model, policy, now),
+            _ => Outcome::default(),
+        }
+    }
+
+    /// How often [`Handler::tick`] should run, if it has timer work.
+    pub fn tick_interval(self, policy: &Policy) -> Option<std::time::Duration> {
+        match self {
+            Handler::MinimumNodeEnforcer => Some(policy.enforcement.min_violation_check_interval),
+            Handler::NodeManager => Some(std::time::Duration::from_secs(5)),
+            _ => None,
+        }
+    }
+}
+
+/// The `source` values of the handlers' own events (to tell decisions from observations).
+pub fn is_handler_source(source: &str) -> bool {
+    Handler::ALL.iter().any(|h| h.name() == source)
+}

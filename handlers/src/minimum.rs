@@ -1,0 +1,193 @@
+//! MinimumNodeEnforcer: the cluster never stays below `min_nodes`.
+//!
+//! - fewer live workers than the minimum → `MinimumNodesViolation` (once per violation), then
+//!   `AutoScaleUpToMinimum {target_workers: min}` (when `auto_scale_to_min`) caused by it, unless
+//!   workers already being created cover the gap;
+//! - `emergency_scale_threshold` or more workers lost within `emergency_window` →
+//!   `EmergencyScaleUp` (the NodeManager applies no cooldown to any decision);
+//! - back at the minimum after a violation → `MinimumNodesRestored` (its id is derived from the
+//!   violation's, so several events noticing the recovery publish it once).
+//!
+//! Checked on events that change worker counts and on [`MinimumNodeEnforcer::tick`], which the
+//! leader calls every `min_violation_check_interval`.
+
+use bus::event::{
+    AutoScaleUpToMinimum, EmergencyScaleUp, Event, MinimumNodesRestored, MinimumNodesViolation,
+};
+use bus::Envelope;
+use chrono::{DateTime, Utc};
+
+use crate::command::{Cause, Emitter, Outcome};
+use crate::model::Model;
+use crate::policy::Policy;
+
+/// The handler's name (consumer group and event source).
+pub const HANDLER: &str = "MinimumNodeEnforcer";
+
+/// Guards the minimum.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MinimumNodeEnforcer;
+
+impl MinimumNodeEnforcer {
+    pub fn handle(
+        &self,
+        model: &Model,
+        event: &Envelope,
+        policy: &Policy,
+        now: DateTime<Utc>,
+    ) -> Outcome {
+        let relevant = matches!(
+            event.event,
+            Event::NodeUnexpectedlyLost(_)
+                | Event::NodeReady(_)
+                | Event::ClusterObserved(_)
+                | Event::ClusterStateSynced(_)
+                | Event::ScalingActionCompleted(_)
+                | Event::ScalingActionFailed(_)
+                | Event::NodeRemoved(_)
+        );
+        if !relevant {
+            return Outcome::default();
+        }
+        let cause = Cause::from(event);
+        let mut out = Emitter::new(HANDLER, &cause, now);
+        if let Event::NodeUnexpectedlyLost(_) = event.event {
+            self.emergency(model, policy, &mut out);
+        }
+        self.check(model, policy, event.timestamp, None, &mut out);
+        out.finish()
+    }
+
+    /// The periodic check. Outputs continue the open violation's chain when there is one; otherwise a
+    /// violation found by the timer is itself a root observation of the enforcer.
+    pub fn tick(&self, model: &Model, policy: &Policy, now: DateTime<Utc>) -> Outcome {
+        let current = model.current_workers();
+        let min = policy.limits.min_nodes;
+        if current >= min && model.violation.is_none() {
+            return Outcome::default();
+        }
+        let position = model
+            .last_event
+            .map(|(id, _)| id.to_string())
+            .unwrap_or_default();
+        match &model.violation {
+            Some((v, _)) => {
+                let mut out = Emitter::new(HANDLER, v, now).with_tag(&format!("tick:{position}"));
+                self.check(model, policy, now, Some(v.clone()), &mut out);
+                out.finish()
+            }
+            None => {
+                // A root: the timer observed the violation.
+                let root = Envelope::root(
+                    HANDLER,
+                    MinimumNodesViolation {
+                        current_workers: current,
+                        min_workers: min,
+                        violation_time: now,
+                    },
+                    model_metadata(model),
+                )
+                .with_deterministic_id(&format!("{HANDLER}:tick:{position}:violation"))
+                .with_timestamp(now);
+                let cause = Cause::from(&root);
+                let mut out = Emitter::new(HANDLER, &cause, now);
+                self.auto_scale(model, policy, &root, &mut out);
+                let mut o = out.finish();
+                o.events.insert(0, root);
+                o
+            }
+        }
+    }
+
+    fn check(
+        &self,
+        model: &Model,
+        policy: &Policy,
+        at: DateTime<Utc>,
+        open: Option<crate::command::Cause>,
+        out: &mut Emitter<'_>,
+    ) {
+        let current = model.current_workers();
+        let min = policy.limits.min_nodes;
+        if current < min {
+            match open.or_else(|| model.violation.as_ref().map(|(v, _)| v.clone())) {
+                None => {
+                    let v = out.emit(MinimumNodesViolation {
+                        current_workers: current,
+                        min_workers: min,
+                        violation_time: at,
+                    });
+                    self.auto_scale(model, policy, &v, out);
+                }
+                Some(_) => {
+                    // Still below: ask again only if nothing being created covers the gap (the
+                    // decision is absolute, so a repeat is harmless anyway).
+                    if current + model.provisioning() < min && policy.enforcement.auto_scale_to_min
+                    {
+                        out.emit(auto(current, min, "minimum_violation_persists"));
+                    }
+                }
+            }
+        } else if let Some((v, _)) = &model.violation {
+            out.emit_keyed(
+                MinimumNodesRestored {
+                    current_workers: current,
+                    min_workers: min,
+                    restore_time: at,
+                },
+                &format!("restored:{}", v.event_id),
+            );
+        }
+    }
+
+    fn auto_scale(
+        &self,
+        model: &Model,
+        policy: &Policy,
+        violation: &Envelope,
+        out: &mut Emitter<'_>,
+    ) {
+        let current = model.current_workers();
+        let min = policy.limits.min_nodes;
+        if policy.enforcement.auto_scale_to_min && current + model.provisioning() < min {
+            out.emit_after(violation, auto(current, min, "minimum_violation"));
+        }
+    }
+
+    fn emergency(&self, model: &Model, policy: &Policy, out: &mut Emitter<'_>) {
+        let threshold = policy.enforcement.emergency_scale_threshold;
+        let lost = u32::try_from(model.recent_losses.len()).unwrap_or(u32::MAX);
+        if threshold == 0 || lost < threshold {
+            return;
+        }
+        let remaining = model.current_workers();
+        let min = policy.limits.min_nodes;
+        let target = (model.planned_workers() + lost)
+            .max(min)
+            .min(policy.limits.max_nodes);
+        if target <= model.planned_workers() {
+            return;
+        }
+        out.emit(EmergencyScaleUp {
+            lost_count: lost,
+            remaining_workers: remaining,
+            min_workers: min,
+            emergency_scale: target - model.planned_workers(),
+            target_workers: target,
+        });
+    }
+}
+
+fn auto(current: u32, min: u32, reason: &str) -> AutoScaleUpToMinimum {
+    AutoScaleUpToMinimum {
+        current_workers: current,
+        min_workers: min,
+        scale_up_count: min.saturating_sub(current),
+        reason: reason.into(),
+        target_workers: min,
+    }
+}
+
+fn model_metadata(model: &Model) -> bus::Metadata {
+    model.metadata.clone()
+}

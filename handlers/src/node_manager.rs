@@ -1,0 +1,344 @@
+//! NodeManager: carries decisions out as a per-node state machine with single-flight.
+//!
+//! Scale-up: a decision naming an absolute target above the planned size → `ScaleUpStarted` with
+//! deterministic names (`<prefix><n>` above every name ever seen, so replicas pick the same names and
+//! Docker's 409 makes a second create harmless) and one `CreateWorker` each. The executor reports
+//! `NodeCreated`; the node watcher reports `NodeReady`; when every worker of a start is Ready the
+//! manager publishes `ScalingActionCompleted`. A worker not Ready within `max_node_provision_time` is
+//! failed on [`NodeManager::tick`] (`ScalingActionFailed`), removed, and replaced after a backoff that
+//! doubles per failure, up to `max_provision_retries`.
+//!
+//! Scale-down: `ScaleDownStarted` + `CordonAndTaint`; the executor reports `NodeCordoned` (→ `Drain`),
+//! then `NodeDrained` (→ `RemoveWorker` + `DeleteNode`), then `NodeRemoved` (→ `ScalingActionCompleted`
+//! once every node of the start is gone). Each step acts only on the event that made the node's
+//! transition ([`Model::transitioned`]), so a repeated notice coalesces with the first.
+//!
+//! Interruption (`NodeInterruptionNotice`): the replacement is started first; the interrupted worker
+//! is drained only once the replacement is Ready (seed 002).
+
+use bus::event::{
+    Event, ScaleDownBlocked, ScaleDownStarted, ScaleUpStarted, ScalingAction,
+    ScalingActionCompleted, ScalingActionFailed,
+};
+use bus::Envelope;
+use chrono::{DateTime, Utc};
+
+use crate::command::{Cause, Command, Emitter, Outcome};
+use crate::model::{Model, WorkerState};
+use crate::policy::{chrono, Policy};
+
+/// The handler's name (consumer group and event source).
+pub const HANDLER: &str = "NodeManager";
+
+/// Carries decisions out.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NodeManager;
+
+impl NodeManager {
+    pub fn handle(
+        &self,
+        model: &Model,
+        event: &Envelope,
+        policy: &Policy,
+        now: DateTime<Utc>,
+    ) -> Outcome {
+        let cause = Cause::from(event);
+        let mut out = Emitter::new(HANDLER, &cause, now);
+        match &event.event {
+            Event::ScaleUpDecision(d) => {
+                self.grow(model, policy, event, d.target_workers, &mut out)
+            }
+            Event::AutoScaleUpToMinimum(d) => {
+                self.grow(model, policy, event, d.target_workers, &mut out)
+            }
+            Event::EmergencyScaleUp(d) => {
+                self.grow(model, policy, event, d.target_workers, &mut out)
+            }
+            Event::ScaleDownDecision(d) => self.shrink(model, policy, event, d, &mut out),
+            Event::NodeInterruptionNotice(n) => {
+                let first = model
+                    .worker(&n.node_name)
+                    .and_then(|w| w.interruption.as_ref())
+                    .is_some_and(|i| i.event_id == event.event_id);
+                if first {
+                    let names = model.next_names(1);
+                    let started = out.emit(ScaleUpStarted {
+                        count: 1,
+                        target_workers: model.planned_workers(),
+                        nodes: names.clone(),
+                    });
+                    create(&names, &started, &mut out);
+                }
+            }
+            Event::NodeCordoned(c) => {
+                if model.transitioned(&c.node_name, event.event_id) {
+                    out.command(
+                        Command::Drain {
+                            node: c.node_name.clone(),
+                            timeout: policy.scaling.drain_timeout,
+                        },
+                        event,
+                    );
+                }
+            }
+            Event::NodeDrained(d) => {
+                if model.transitioned(&d.node_name, event.event_id) {
+                    remove(&d.node_name, event, &mut out);
+                }
+            }
+            Event::ScalingActionFailed(f) => {
+                if let Some(node) = &f.node_name {
+                    if model.transitioned(node, event.event_id) {
+                        match f.action {
+                            ScalingAction::ScaleUp => remove(node, event, &mut out),
+                            ScalingAction::ScaleDown => {
+                                out.command(Command::Uncordon { node: node.clone() }, event)
+                            }
+                        }
+                    }
+                }
+            }
+            Event::NodeReady(_)
+            | Event::ClusterObserved(_)
+            | Event::NodeRemoved(_)
+            | Event::NodeUnexpectedlyLost(_) => {}
+            _ => return out.finish(),
+        }
+        self.complete(model, event, &mut out);
+        self.drain_replaced(model, event, &mut out);
+        out.finish()
+    }
+
+    /// Timers: provisioning timeouts and retries after failures (leader only).
+    pub fn tick(&self, model: &Model, policy: &Policy, now: DateTime<Utc>) -> Outcome {
+        let mut outcome = Outcome::default();
+        let limit = chrono(policy.scaling.max_node_provision_time);
+        for w in model.workers.values() {
+            if !w.state.is_provisioning() {
+                continue;
+            }
+            let (Some(at), Some(by)) = (w.requested_at, &w.requested_by) else {
+                continue;
+            };
+            if now - at < limit {
+                continue;
+            }
+            let mut out = Emitter::new(HANDLER, by, now);
+            out.emit_keyed(
+                ScalingActionFailed {
+                    action: ScalingAction::ScaleUp,
+                    node_name: Some(w.name.clone()),
+                    error: format!(
+                        "provision_timeout: not Ready within {}s",
+                        policy.scaling.max_node_provision_time.as_secs()
+                    ),
+                    retryable: true,
+                },
+                &format!("timeout:{}:{}", w.name, by.event_id),
+            );
+            outcome.extend(out.finish());
+        }
+        if let (Some((goal, _)), Some((failed_at, failure))) =
+            (&model.scale_up_goal, &model.last_failure)
+        {
+            let planned = model.planned_workers();
+            if *goal > planned && model.provisioning() == 0 && model.provision_failures > 0 {
+                let mut out = Emitter::new(HANDLER, failure, now);
+                if model.provision_failures > policy.scaling.max_provision_retries {
+                    out.emit_keyed(
+                        ScalingActionFailed {
+                            action: ScalingAction::ScaleUp,
+                            node_name: None,
+                            error: format!(
+                                "giving_up: {} provisioning failures in a row",
+                                model.provision_failures
+                            ),
+                            retryable: false,
+                        },
+                        &format!("give_up:{}", failure.event_id),
+                    );
+                } else {
+                    let exp = model.provision_failures.saturating_sub(1).min(16);
+                    let backoff = chrono(policy.scaling.provision_retry_backoff) * (1 << exp);
+                    if now - *failed_at >= backoff {
+                        let target = (*goal).min(policy.limits.max_nodes);
+                        if target > planned {
+                            let names = model.next_names(target - planned);
+                            let started = out.emit_keyed(
+                                ScaleUpStarted {
+                                    count: target - planned,
+                                    target_workers: target,
+                                    nodes: names.clone(),
+                                },
+                                &format!("retry:{}", failure.event_id),
+                            );
+                            create(&names, &started, &mut out);
+                        }
+                    }
+                }
+                outcome.extend(out.finish());
+            }
+        }
+        outcome
+    }
+
+    fn grow(
+        &self,
+        model: &Model,
+        policy: &Policy,
+        _event: &Envelope,
+        target: u32,
+        out: &mut Emitter<'_>,
+    ) {
+        let target = target.min(policy.limits.max_nodes);
+        let planned = model.planned_workers();
+        if target <= planned {
+            // Absolute targets: an older or repeated decision is already satisfied.
+            return;
+        }
+        let names = model.next_names(target - planned);
+        let started = out.emit(ScaleUpStarted {
+            count: target - planned,
+            target_workers: target,
+            nodes: names.clone(),
+        });
+        create(&names, &started, out);
+    }
+
+    fn shrink(
+        &self,
+        model: &Model,
+        policy: &Policy,
+        event: &Envelope,
+        d: &bus::event::ScaleDownDecision,
+        out: &mut Emitter<'_>,
+    ) {
+        let current = model.current_workers();
+        let min = policy.limits.min_nodes;
+        let nodes: Vec<String> = d
+            .nodes
+            .iter()
+            .filter(|n| {
+                model
+                    .worker(n)
+                    .is_some_and(|w| w.state.is_live() && w.removal.is_none())
+            })
+            .filter(|n| !policy.workers.protected.contains(n))
+            .cloned()
+            .collect();
+        if nodes.is_empty() {
+            return; // already leaving or gone: coalesced
+        }
+        let after = current.saturating_sub(u32::try_from(nodes.len()).unwrap_or(u32::MAX));
+        if after < min || d.target_workers < min {
+            out.emit(ScaleDownBlocked {
+                reason: crate::engine::reason::MIN_NODES_REACHED.into(),
+                workers: current,
+                min_workers: min,
+                pending_count: None,
+                node_name: None,
+                detail: Some(format!("decision {} would leave {after}", event.event_id)),
+            });
+            return;
+        }
+        let started = out.emit(ScaleDownStarted {
+            count: u32::try_from(nodes.len()).unwrap_or(u32::MAX),
+            target_workers: after,
+            nodes: nodes.clone(),
+        });
+        for n in &nodes {
+            out.command(
+                Command::AnnotateNode {
+                    node: n.clone(),
+                    text: format!("k3s-autoscaler: removing ({})", d.reason),
+                },
+                &started,
+            );
+            out.command(Command::CordonAndTaint { node: n.clone() }, &started);
+        }
+    }
+
+    /// `ScalingActionCompleted` for every action whose workers all reached their end state.
+    fn complete(&self, model: &Model, event: &Envelope, out: &mut Emitter<'_>) {
+        for (id, a) in &model.actions {
+            let done = match a.kind {
+                ScalingAction::ScaleUp => a.nodes.iter().all(|n| {
+                    model.worker(n).is_some_and(|w| {
+                        !w.state.is_provisioning() && w.state != WorkerState::Failed
+                    })
+                }),
+                ScalingAction::ScaleDown => a
+                    .nodes
+                    .iter()
+                    .all(|n| model.worker(n).is_none_or(|w| w.state.is_gone())),
+            };
+            if !done {
+                continue;
+            }
+            let duration = (event.timestamp - a.started_at).num_milliseconds() as f64 / 1000.0;
+            out.emit_keyed(
+                ScalingActionCompleted {
+                    action: a.kind,
+                    count: u32::try_from(a.nodes.len()).unwrap_or(u32::MAX),
+                    previous_workers: a.previous_workers,
+                    new_workers: model.current_workers(),
+                    duration: duration.max(0.0),
+                    nodes: a.nodes.clone(),
+                },
+                &format!("completed:{id}"),
+            );
+        }
+    }
+
+    /// Drains interrupted workers whose replacement is Ready.
+    fn drain_replaced(&self, model: &Model, _event: &Envelope, out: &mut Emitter<'_>) {
+        for w in model.live() {
+            let Some(rep) = &w.replacement else { continue };
+            if w.removal.is_some() || model.worker(rep).map(|r| r.state) != Some(WorkerState::Ready)
+            {
+                continue;
+            }
+            let started = out.emit_keyed(
+                ScaleDownStarted {
+                    count: 1,
+                    target_workers: model.current_workers().saturating_sub(1),
+                    nodes: vec![w.name.clone()],
+                },
+                &format!("interrupted:{}", w.name),
+            );
+            out.command(
+                Command::CordonAndTaint {
+                    node: w.name.clone(),
+                },
+                &started,
+            );
+        }
+    }
+}
+
+fn create(names: &[String], started: &Envelope, out: &mut Emitter<'_>) {
+    for n in names {
+        out.command(
+            Command::CreateWorker {
+                name: n.clone(),
+                requested_by: started.event_id,
+            },
+            started,
+        );
+    }
+}
+
+fn remove(node: &str, cause: &Envelope, out: &mut Emitter<'_>) {
+    out.command(
+        Command::RemoveWorker {
+            node: node.to_string(),
+        },
+        cause,
+    );
+    out.command(
+        Command::DeleteNode {
+            node: node.to_string(),
+        },
+        cause,
+    );
+}

@@ -1,0 +1,192 @@
+//! [`Policy`]: the knobs the rules read, as plain values with the defaults of `config.yaml`.
+//!
+//! The `autoscaler` crate maps its validated `Settings` onto this; the decision core never parses
+//! configuration itself, so a what-if replay can run the same rules under another policy.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything the handlers need to decide.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Policy {
+    pub limits: Limits,
+    pub enforcement: Enforcement,
+    pub thresholds: Thresholds,
+    pub scaling: Scaling,
+    pub workers: WorkerTemplate,
+    pub alerts: AlertPolicy,
+    pub sync: SyncPolicy,
+}
+
+/// `autoscaler.limits`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    pub min_nodes: u32,
+    pub max_nodes: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            min_nodes: 2,
+            max_nodes: 6,
+        }
+    }
+}
+
+/// `autoscaler.enforcement`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Enforcement {
+    /// Scale up to the minimum by itself when below it.
+    pub auto_scale_to_min: bool,
+    /// How often the leader re-checks the minimum without any event.
+    pub min_violation_check_interval: Duration,
+    /// This many workers lost within [`Enforcement::emergency_window`] trigger `EmergencyScaleUp`.
+    pub emergency_scale_threshold: u32,
+    /// What "lost together" means (not in the seed's block; 60 s).
+    pub emergency_window: Duration,
+}
+
+impl Default for Enforcement {
+    fn default() -> Self {
+        Self {
+            auto_scale_to_min: true,
+            min_violation_check_interval: Duration::from_secs(10),
+            emergency_scale_threshold: 2,
+            emergency_window: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `autoscaler.thresholds` (percentages as plain numbers: `80.0` is 80 %).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Thresholds {
+    pub cpu_high: f64,
+    pub memory_high: f64,
+    pub cpu_low: f64,
+    pub memory_low: f64,
+    /// Samples a threshold must hold before its event (hysteresis).
+    pub consecutive_periods: u32,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self {
+            cpu_high: 80.0,
+            memory_high: 85.0,
+            cpu_low: 30.0,
+            memory_low: 40.0,
+            consecutive_periods: 3,
+        }
+    }
+}
+
+/// `autoscaler.scaling`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Scaling {
+    /// Workers added on `ResourcePressureAlert`.
+    pub scale_up_step: u32,
+    /// Underutilisation must last this long before a scale-down.
+    pub underutilized_for: Duration,
+    /// No scale-down, and no pressure-driven scale-up, this long after a scale-up started.
+    pub scale_up_cooldown: Duration,
+    /// No scale-down this long after a scale-down started.
+    pub scale_down_cooldown: Duration,
+    /// Storm guard: no scale-down when more than this fraction of workers is NotReady.
+    pub max_unhealthy_fraction: f64,
+    /// A worker not Ready by then has failed.
+    pub max_node_provision_time: Duration,
+    pub drain_timeout: Duration,
+    /// First wait before replacing a worker that failed to provision; doubles per failure (not in
+    /// config.yaml yet; 30 s).
+    pub provision_retry_backoff: Duration,
+    /// Failed provisions in a row after which the NodeManager stops retrying (not in config.yaml; 3).
+    pub max_provision_retries: u32,
+    /// Pending pods not reported again for this long are assumed scheduled (not in config.yaml; 10 min).
+    pub pending_pods_ttl: Duration,
+}
+
+impl Default for Scaling {
+    fn default() -> Self {
+        Self {
+            scale_up_step: 1,
+            underutilized_for: Duration::from_secs(300),
+            scale_up_cooldown: Duration::from_secs(60),
+            scale_down_cooldown: Duration::from_secs(300),
+            max_unhealthy_fraction: 0.45,
+            max_node_provision_time: Duration::from_secs(300),
+            drain_timeout: Duration::from_secs(120),
+            provision_retry_backoff: Duration::from_secs(30),
+            max_provision_retries: 3,
+            pending_pods_ttl: Duration::from_secs(600),
+        }
+    }
+}
+
+/// The worker template (`autoscaler.workers`): what one new worker offers, and who is never removed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerTemplate {
+    /// New workers are named `<name_prefix><n>`.
+    pub name_prefix: String,
+    /// Allocatable CPU of one worker, in millicores (`workers.cpu` × 1000).
+    pub cpu_millis: u64,
+    /// Allocatable memory of one worker, in bytes.
+    pub memory_bytes: u64,
+    pub max_pods: u32,
+    /// Names never removed by a scale-down.
+    pub protected: Vec<String>,
+}
+
+impl Default for WorkerTemplate {
+    fn default() -> Self {
+        Self {
+            name_prefix: "k3s-worker-".into(),
+            cpu_millis: 2000,
+            memory_bytes: 2 * 1024 * 1024 * 1024,
+            max_pods: 110,
+            protected: Vec::new(),
+        }
+    }
+}
+
+/// `autoscaler.alerts` (the webhook URLs stay in `autoscaler`: the core never sees them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertPolicy {
+    /// The same alert (type + node) is sent at most once within this window.
+    pub dedup_window: Duration,
+}
+
+impl Default for AlertPolicy {
+    fn default() -> Self {
+        Self {
+            dedup_window: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The StateSynchronizer's timing (not in config.yaml yet).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncPolicy {
+    /// A periodic observation at least this often, even with no trigger.
+    pub interval: Duration,
+    /// Triggers closer together than this collapse into one observation (seed 003).
+    pub min_gap: Duration,
+    /// `ClusterStateSynced` is repeated at least this often while nothing changes.
+    pub report_every: Duration,
+}
+
+impl Default for SyncPolicy {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(60),
+            min_gap: Duration::from_secs(5),
+            report_every: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A std duration as a chrono one (saturating: config durations are far below the limit).
+pub(crate) fn chrono(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}

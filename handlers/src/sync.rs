@@ -1,0 +1,212 @@
+//! StateSynchronizer: compares what Kubernetes and Docker show (`ClusterObserved`) with the record.
+//!
+//! - everything agrees and nothing is in flight → `ClusterStateSynced` (again when the count changes,
+//!   or every `sync.report_every`);
+//! - a recorded worker (Ready/NotReady/Registered) missing from both, or whose container is gone,
+//!   with no scale-down in flight for it → `NodeUnexpectedlyLost`;
+//! - a Node object without a container → `DeleteNode`; a managed container with no Node and no record
+//!   for longer than `max_node_provision_time` → `RemoveWorker` (an orphan). Workers the record is
+//!   creating are the NodeManager's to time out.
+//!
+//! Observations are triggered by events ([`wants_sync`]) and by a timer; [`SyncTriggers`] collapses
+//! many triggers within `sync.min_gap` into one observation (seed 003's size-1 channel, as a pure struct).
+
+use std::collections::BTreeSet;
+
+use bus::event::{ClusterObserved, ClusterStateSynced, Event, NodeUnexpectedlyLost};
+use bus::Envelope;
+use chrono::{DateTime, Utc};
+
+use crate::command::{Cause, Command, Emitter, Outcome};
+use crate::model::{Model, WorkerState};
+use crate::policy::{chrono, Policy, SyncPolicy};
+
+/// The handler's name (consumer group and event source).
+pub const HANDLER: &str = "StateSynchronizer";
+
+/// Events after which the cluster should be observed again soon.
+pub fn wants_sync(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::NodeUnexpectedlyLost(_)
+            | Event::NodeInterruptionNotice(_)
+            | Event::NodeHealthDegraded(_)
+            | Event::ScalingActionCompleted(_)
+            | Event::ScalingActionFailed(_)
+            | Event::NodeRemoved(_)
+            | Event::NodeReady(_)
+    )
+}
+
+/// Trigger de-duplication: any number of [`SyncTriggers::trigger`] calls between two runs yield one
+/// run, no sooner than `min_gap` after the previous; with no trigger, a run every `interval`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncTriggers {
+    policy: SyncPolicy,
+    pending: bool,
+    last_run: Option<DateTime<Utc>>,
+}
+
+impl SyncTriggers {
+    pub fn new(policy: SyncPolicy) -> Self {
+        Self {
+            policy,
+            pending: false,
+            last_run: None,
+        }
+    }
+
+    /// Asks for an observation (idempotent until the next run).
+    pub fn trigger(&mut self) {
+        self.pending = true;
+    }
+
+    /// Whether to observe now; if so, the trigger is consumed and `now` becomes the last run.
+    pub fn due(&mut self, now: DateTime<Utc>) -> bool {
+        let due = match self.last_run {
+            None => true,
+            Some(last) => {
+                let since = now - last;
+                (self.pending && since >= chrono(self.policy.min_gap))
+                    || since >= chrono(self.policy.interval)
+            }
+        };
+        if due {
+            self.pending = false;
+            self.last_run = Some(now);
+        }
+        due
+    }
+
+    /// When [`SyncTriggers::due`] will next say yes (for sleeping until then).
+    pub fn next_due(&self) -> Option<DateTime<Utc>> {
+        let last = self.last_run?;
+        Some(if self.pending {
+            last + chrono(self.policy.min_gap)
+        } else {
+            last + chrono(self.policy.interval)
+        })
+    }
+}
+
+/// Reconciles Kubernetes, Docker and the record.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StateSynchronizer;
+
+impl StateSynchronizer {
+    pub fn handle(
+        &self,
+        model: &Model,
+        event: &Envelope,
+        policy: &Policy,
+        now: DateTime<Utc>,
+    ) -> Outcome {
+        let Event::ClusterObserved(o) = &event.event else {
+            return Outcome::default();
+        };
+        let cause = Cause::from(event);
+        let mut out = Emitter::new(HANDLER, &cause, now);
+        let disagreements = self.reconcile(model, event, o, policy, &mut out);
+        let settled = model.actions.is_empty() && model.provisioning() == 0;
+        if disagreements == 0 && settled {
+            let workers = model.current_workers();
+            let repeat = match model.last_synced {
+                None => true,
+                Some((at, n)) => {
+                    n != workers || event.timestamp - at >= chrono(policy.sync.report_every)
+                }
+            };
+            if repeat {
+                out.emit(ClusterStateSynced {
+                    k8s_nodes: count(o.k8s_nodes.len()),
+                    docker_containers: count(o.docker_containers.len()),
+                    db_workers: workers,
+                    last_sync: event.timestamp,
+                });
+            }
+        }
+        out.finish()
+    }
+
+    /// Emits what differs; returns how many things differ.
+    fn reconcile(
+        &self,
+        model: &Model,
+        event: &Envelope,
+        o: &ClusterObserved,
+        policy: &Policy,
+        out: &mut Emitter<'_>,
+    ) -> usize {
+        let k8s: BTreeSet<&str> = o.k8s_nodes.iter().map(|n| n.name.as_str()).collect();
+        let docker: BTreeSet<&str> = o.docker_containers.iter().map(|s| s.as_str()).collect();
+        let mut differ = 0;
+        for w in model.workers.values() {
+            let recorded = matches!(
+                w.state,
+                WorkerState::Ready | WorkerState::NotReady | WorkerState::Registered
+            );
+            if !recorded || w.removal.is_some() {
+                continue;
+            }
+            let (in_k8s, in_docker) = (
+                k8s.contains(w.name.as_str()),
+                docker.contains(w.name.as_str()),
+            );
+            if in_docker {
+                continue;
+            }
+            differ += 1;
+            out.emit(NodeUnexpectedlyLost {
+                node_name: w.name.clone(),
+                last_seen: w.since,
+                cause: if in_k8s {
+                    "container_missing"
+                } else {
+                    "vanished"
+                }
+                .into(),
+            });
+            if in_k8s {
+                out.command(
+                    Command::DeleteNode {
+                        node: w.name.clone(),
+                    },
+                    event,
+                );
+            }
+        }
+        // Node objects with no container that the record does not hold as live.
+        for n in &o.k8s_nodes {
+            let name = n.name.as_str();
+            let known_live = model.worker(name).is_some_and(|w| {
+                matches!(
+                    w.state,
+                    WorkerState::Ready | WorkerState::NotReady | WorkerState::Registered
+                )
+            });
+            let leaving = model.worker(name).is_some_and(|w| w.state.is_leaving());
+            if !docker.contains(name) && !known_live && !leaving {
+                differ += 1;
+                out.command(
+                    Command::DeleteNode {
+                        node: n.name.clone(),
+                    },
+                    event,
+                );
+            }
+        }
+        // Managed containers nobody knows, with no Node for longer than a worker needs to register.
+        let limit = chrono(policy.scaling.max_node_provision_time);
+        for (name, first_seen) in &model.unknown_containers {
+            differ += 1;
+            if event.timestamp - *first_seen >= limit {
+                out.command(Command::RemoveWorker { node: name.clone() }, event);
+            }
+        }
+        differ
+    }
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
