@@ -197,6 +197,8 @@ pub struct Model {
     pub alert_windows: BTreeMap<String, (DateTime<Utc>, Uuid)>,
     /// The last `ClusterStateSynced`: (time, workers).
     pub last_synced: Option<(DateTime<Utc>, u32)>,
+    /// The live workers when `ClusterStateSynced` was last published.
+    pub last_synced_names: BTreeSet<String>,
     /// Managed containers with no Node and no record, and when first seen so.
     pub unknown_containers: BTreeMap<String, DateTime<Utc>>,
     /// The last event folded, and how many were.
@@ -239,6 +241,7 @@ impl Model {
             last_failure: None,
             alert_windows: BTreeMap::new(),
             last_synced: None,
+            last_synced_names: BTreeSet::new(),
             unknown_containers: BTreeMap::new(),
             last_event: None,
             position: 0,
@@ -581,7 +584,10 @@ impl Model {
                 }
             }
             Event::MinimumNodesRestored(_) => self.violation = None,
-            Event::ClusterStateSynced(s) => self.last_synced = Some((ts, s.db_workers)),
+            Event::ClusterStateSynced(s) => {
+                self.last_synced = Some((ts, s.db_workers));
+                self.last_synced_names = self.live().map(|w| w.name.clone()).collect();
+            }
             Event::ClusterObserved(o) => self.on_observed(env, o),
             Event::UnderutilizationWarning(_)
             | Event::ResourcePressureAlert(_)

@@ -110,10 +110,12 @@ impl StateSynchronizer {
         let settled = model.actions.is_empty() && model.provisioning() == 0;
         if disagreements == 0 && settled {
             let workers = model.current_workers();
+            let names: BTreeSet<String> = model.live().map(|w| w.name.clone()).collect();
             let repeat = match model.last_synced {
                 None => true,
-                Some((at, n)) => {
-                    n != workers || event.timestamp - at >= chrono(policy.sync.report_every)
+                Some((at, _)) => {
+                    names != model.last_synced_names
+                        || event.timestamp - at >= chrono(policy.sync.report_every)
                 }
             };
             if repeat {
