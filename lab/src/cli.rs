@@ -1,0 +1,216 @@
+//! The `autoscaler lab …` and `autoscaler agent` commands: flags and environment, then the library.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+use crate::agent::{self, AgentOptions};
+use crate::controllers::ControllerConfig;
+use crate::kubeconfig;
+use crate::server::{LabServer, ServeOptions};
+
+/// `autoscaler lab …`
+#[derive(Debug, clap::Subcommand)]
+pub enum LabCommand {
+    /// Serve the lab cluster's API (plain HTTP) with its controllers; writes `$LAB_DIR/kubeconfig`.
+    Serve(ServeArgs),
+    /// Run a node agent against a lab (or any) cluster given by a kubeconfig.
+    Node(NodeArgs),
+}
+
+/// `autoscaler lab serve`
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on (`0.0.0.0:6443` in a container; port 0 picks a free one).
+    #[arg(long, env = "LAB_LISTEN", default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// Server URL written into the kubeconfig (e.g. the port published on the host);
+    /// default `http://127.0.0.1:<bound port>`.
+    #[arg(long, env = "LAB_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// How long a node may miss heartbeats before it is marked NotReady.
+    #[arg(long, env = "LAB_NODE_MONITOR_GRACE", default_value = "40s", value_parser = humantime::parse_duration)]
+    pub node_monitor_grace: Duration,
+    /// How long pods stay on an unreachable node before they are evicted.
+    #[arg(long, env = "LAB_POD_EVICTION_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub pod_eviction_timeout: Duration,
+    /// Directory for the kubeconfig.
+    #[arg(long, env = "LAB_DIR", default_value = ".lab")]
+    pub lab_dir: PathBuf,
+    /// Bearer token clients must present (optional).
+    #[arg(long, env = "K3S_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// What a node agent registers, common to `autoscaler agent` and `autoscaler lab node`.
+#[derive(Debug, clap::Args)]
+pub struct NodeSpecArgs {
+    /// CPU capacity of the node (`2`, `1500m`).
+    #[arg(long, env = "LAB_NODE_CPU", default_value = "2")]
+    pub cpu: String,
+    /// Memory capacity of the node (`2Gi`).
+    #[arg(long, env = "LAB_NODE_MEMORY", default_value = "2Gi")]
+    pub memory: String,
+    /// A node label `key=value` (repeatable).
+    #[arg(long = "node-label", env = "K3S_NODE_LABEL", value_delimiter = ',')]
+    pub node_labels: Vec<String>,
+    /// A node taint `key=value:Effect` (repeatable).
+    #[arg(long = "node-taint", env = "K3S_NODE_TAINT", value_delimiter = ',')]
+    pub node_taints: Vec<String>,
+    /// Heartbeat period (Lease and Ready condition).
+    #[arg(long, env = "LAB_HEARTBEAT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub heartbeat: Duration,
+    /// Do not burn the CPU and memory of Running pods.
+    #[arg(long, env = "LAB_NO_LOAD")]
+    pub no_load: bool,
+}
+
+/// `autoscaler agent`: the lab's node agent, with a k3s agent's flags and environment.
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// The lab server's URL.
+    #[arg(long, env = "K3S_URL")]
+    pub server: String,
+    /// The bearer token (never logged).
+    #[arg(long, env = "K3S_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The node's name; default the hostname.
+    #[arg(long, env = "K3S_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// What the node offers.
+    #[command(flatten)]
+    pub node: NodeSpecArgs,
+}
+
+/// `autoscaler lab node`
+#[derive(Debug, clap::Args)]
+pub struct NodeArgs {
+    /// The kubeconfig of the cluster.
+    #[arg(long, env = "KUBECONFIG", default_value = ".lab/kubeconfig")]
+    pub kubeconfig: PathBuf,
+    /// The node's name; default the hostname.
+    #[arg(long, env = "K3S_NODE_NAME")]
+    pub name: Option<String>,
+    /// What the node offers.
+    #[command(flatten)]
+    pub node: NodeSpecArgs,
+}
+
+/// Runs `autoscaler lab …`.
+pub async fn run_lab(cmd: LabCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        LabCommand::Serve(args) => serve(args).await,
+        LabCommand::Node(args) => {
+            let kc = Kubeconfig::read_from(&args.kubeconfig)
+                .with_context(|| format!("reading kubeconfig {}", args.kubeconfig.display()))?;
+            let client = client_from(kc).await?;
+            run_node(client, args.name, args.node).await
+        }
+    }
+}
+
+/// Runs `autoscaler agent`.
+pub async fn run_agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    let kc = Kubeconfig::from_yaml(&kubeconfig::render(&args.server, args.token.as_deref()))
+        .context("building the client configuration")?;
+    let client = client_from(kc).await?;
+    run_node(client, args.node_name, args.node).await
+}
+
+async fn client_from(kc: Kubeconfig) -> anyhow::Result<kube::Client> {
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .context("reading the cluster configuration")?;
+    // The agent retries on its own schedule (the next heartbeat).
+    config.default_retry = false;
+    kube::Client::try_from(config).context("building the Kubernetes client")
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let defaults = ServeOptions::default();
+    let opts = ServeOptions {
+        listen: args.listen,
+        advertise: args.advertise,
+        lab_dir: args.lab_dir,
+        token: args.token.filter(|t| !t.is_empty()),
+        controllers: ControllerConfig {
+            node_monitor_grace: args.node_monitor_grace,
+            pod_eviction_timeout: args.pod_eviction_timeout,
+            ..defaults.controllers.clone()
+        },
+        ..defaults
+    };
+    let server = LabServer::start(opts).await?;
+    println!("lab cluster serving on {} (kubeconfig: {})", server.url(), server.kubeconfig_path().display());
+    tokio::select! {
+        _ = terminated() => {}
+        _ = server.stopped() => {}
+    }
+    server.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_node(client: kube::Client, name: Option<String>, spec: NodeSpecArgs) -> anyhow::Result<ExitCode> {
+    let name = match name.filter(|n| !n.is_empty()) {
+        Some(n) => n,
+        None => hostname()?,
+    };
+    let mut opts = AgentOptions::new(&name, &spec.cpu, &spec.memory);
+    opts.heartbeat = spec.heartbeat;
+    opts.simulate_load = !spec.no_load;
+    opts.labels = spec
+        .node_labels
+        .iter()
+        .map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .with_context(|| format!("node label {l:?} is not key=value"))
+        })
+        .collect::<anyhow::Result<BTreeMap<_, _>>>()?;
+    opts.taints = spec
+        .node_taints
+        .iter()
+        .map(|t| agent::parse_taint(t))
+        .collect::<Result<_, _>>()?;
+    agent::run(client, opts, terminated()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn hostname() -> anyhow::Result<String> {
+    if let Ok(h) = std::env::var("HOSTNAME") {
+        if !h.is_empty() {
+            return Ok(h);
+        }
+    }
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname").context("reading the hostname")?;
+    Ok(h.trim().to_lowercase())
+}
+
+/// Resolves on SIGTERM or Ctrl-C (a container's `docker stop` sends SIGTERM to PID 1, which has no
+/// default handler: without this the process would wait for SIGKILL).
+async fn terminated() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
