@@ -1,0 +1,104 @@
+//! Shared test fixtures: a lab server on a free port in a fresh directory, a kube client for it,
+//! in-process agents, and polling.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::Client;
+use lab::controllers::ControllerConfig;
+use lab::{AgentOptions, LabServer, ServeOptions};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A fresh directory under the system temp dir.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lab-test-{tag}-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Options for a fast lab: 2 s node grace, 2 s eviction timeout, frequent resyncs and bookmarks.
+pub fn fast_options(tag: &str) -> ServeOptions {
+    ServeOptions {
+        lab_dir: temp_dir(tag),
+        controllers: ControllerConfig {
+            node_monitor_grace: Duration::from_secs(2),
+            pod_eviction_timeout: Duration::from_secs(2),
+            resync: Duration::from_millis(200),
+        },
+        bookmark_interval: Duration::from_millis(200),
+        ..ServeOptions::default()
+    }
+}
+
+/// A started lab server and a client from its kubeconfig.
+pub async fn start(opts: ServeOptions) -> (LabServer, Client) {
+    let server = LabServer::start(opts).await.unwrap();
+    let client = client_for(&server).await;
+    (server, client)
+}
+
+/// A kube client from the server's kubeconfig, as kubectl or the autoscaler would make it.
+pub async fn client_for(server: &LabServer) -> Client {
+    let kc = Kubeconfig::read_from(server.kubeconfig_path()).unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    config.default_retry = false;
+    Client::try_from(config).unwrap()
+}
+
+/// An agent running in-process until `stop` is cancelled.
+pub struct TestAgent {
+    /// Cancel to stop the agent (as SIGTERM would).
+    pub stop: CancellationToken,
+    /// The agent task.
+    pub task: JoinHandle<Result<(), lab::agent::AgentError>>,
+}
+
+impl TestAgent {
+    /// Stops the agent and waits for it.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), self.task)
+            .await
+            .expect("the agent stops promptly")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// Starts an agent for node `name` with this capacity, heartbeating every 300 ms, with no real load.
+pub fn agent(client: &Client, name: &str, cpu: &str, memory: &str) -> TestAgent {
+    let mut opts = AgentOptions::new(name, cpu, memory);
+    opts.heartbeat = Duration::from_millis(300);
+    opts.pod_sync = Duration::from_millis(200);
+    opts.simulate_load = false;
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    let client = client.clone();
+    let task = tokio::spawn(async move { lab::agent::run(client, opts, async move { s.cancelled().await }).await });
+    TestAgent { stop, task }
+}
+
+/// Polls `check` every 100 ms until it returns Some, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
