@@ -51,10 +51,9 @@ impl MinimumNodeEnforcer {
         }
         let cause = Cause::from(event);
         let mut out = Emitter::new(HANDLER, &cause, now);
-        if let Event::NodeUnexpectedlyLost(_) = event.event {
-            self.emergency(model, policy, &mut out);
-        }
-        self.check(model, policy, event.timestamp, None, &mut out);
+        let emergency = matches!(event.event, Event::NodeUnexpectedlyLost(_))
+            && self.emergency(model, policy, &mut out);
+        self.check(model, policy, event.timestamp, None, emergency, &mut out);
         out.finish()
     }
 
@@ -73,7 +72,7 @@ impl MinimumNodeEnforcer {
         match &model.violation {
             Some((v, _)) => {
                 let mut out = Emitter::new(HANDLER, v, now).with_tag(&format!("tick:{position}"));
-                self.check(model, policy, now, Some(v.clone()), &mut out);
+                self.check(model, policy, now, Some(v.clone()), false, &mut out);
                 out.finish()
             }
             None => {
@@ -99,12 +98,15 @@ impl MinimumNodeEnforcer {
         }
     }
 
+    /// `covered`: an `EmergencyScaleUp` was just emitted, whose target already includes the minimum.
+    #[allow(clippy::too_many_arguments)]
     fn check(
         &self,
         model: &Model,
         policy: &Policy,
         at: DateTime<Utc>,
-        open: Option<crate::command::Cause>,
+        open: Option<Cause>,
+        covered: bool,
         out: &mut Emitter<'_>,
     ) {
         let current = model.current_workers();
@@ -117,8 +119,11 @@ impl MinimumNodeEnforcer {
                         min_workers: min,
                         violation_time: at,
                     });
-                    self.auto_scale(model, policy, &v, out);
+                    if !covered {
+                        self.auto_scale(model, policy, &v, out);
+                    }
                 }
+                Some(_) if covered => {}
                 Some(_) => {
                     // Still below: ask again only if nothing being created covers the gap (the
                     // decision is absolute, so a repeat is harmless anyway).
@@ -154,11 +159,12 @@ impl MinimumNodeEnforcer {
         }
     }
 
-    fn emergency(&self, model: &Model, policy: &Policy, out: &mut Emitter<'_>) {
+    /// Emits `EmergencyScaleUp` when enough workers were lost together; returns whether it did.
+    fn emergency(&self, model: &Model, policy: &Policy, out: &mut Emitter<'_>) -> bool {
         let threshold = policy.enforcement.emergency_scale_threshold;
         let lost = u32::try_from(model.recent_losses.len()).unwrap_or(u32::MAX);
         if threshold == 0 || lost < threshold {
-            return;
+            return false;
         }
         let remaining = model.current_workers();
         let min = policy.limits.min_nodes;
@@ -166,7 +172,7 @@ impl MinimumNodeEnforcer {
             .max(min)
             .min(policy.limits.max_nodes);
         if target <= model.planned_workers() {
-            return;
+            return false;
         }
         out.emit(EmergencyScaleUp {
             lost_count: lost,
@@ -175,6 +181,7 @@ impl MinimumNodeEnforcer {
             emergency_scale: target - model.planned_workers(),
             target_workers: target,
         });
+        true
     }
 }
 

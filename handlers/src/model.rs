@@ -630,6 +630,8 @@ impl Model {
         for n in &o.k8s_nodes {
             let state = self.state_of(&n.name);
             match state {
+                // A Node object without a container is an orphan for the StateSynchronizer, not a worker.
+                None if !o.docker_containers.contains(&n.name) => {}
                 None => {
                     let st = if n.ready {
                         WorkerState::Ready
