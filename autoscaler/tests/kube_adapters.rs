@@ -47,6 +47,11 @@ struct Lab {
 impl Lab {
     /// A lab whose node-lifecycle controller marks nodes NotReady after `grace` without heartbeats.
     async fn start(grace: Duration) -> Lab {
+        Lab::start_with(grace, 10_000).await
+    }
+
+    /// As [`Lab::start`], keeping only `history` changes for watches to resume from (older: 410 Gone).
+    async fn start_with(grace: Duration, history: usize) -> Lab {
         let dir = std::env::temp_dir().join(format!(
             "kube-adapters-{}-{}",
             std::process::id(),
@@ -62,6 +67,7 @@ impl Lab {
                 pod_eviction_timeout: Duration::from_secs(300),
                 resync: Duration::from_millis(200),
             },
+            history_limit: history,
             ..Default::default()
         })
         .await
@@ -469,6 +475,59 @@ async fn kube_node_deleted_during_a_partition_is_lost_on_relist_unless_we_remove
         }
         other => panic!("{other:?}"),
     }
+    let after = drain_for(&mut rx, Duration::from_secs(1)).await;
+    assert!(after.is_empty(), "{after:#?}");
+
+    stop.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_node_deleted_while_the_watch_was_away_too_long_is_lost_after_410_relist() {
+    // A short history: after the partition the watch cannot resume (410 Gone) and must re-list.
+    let lab = Lab::start_with(Duration::from_secs(300), 5).await;
+    let proxy = Proxy::start(lab.addr).await;
+    let watcher = NodeWatcher::new(
+        lab.client_via(&proxy).await,
+        PREFIX,
+        Intents::new(),
+        metadata(),
+    )
+    .with_resync(None);
+    let (mut rx, stop, task) = spawn_node_watcher(watcher);
+
+    let gone = "k3s-worker-gone";
+    create_ready_node(&lab.client, gone).await;
+    create_ready_node(&lab.client, "k3s-server-churn").await;
+    expect(&mut rx, Duration::from_secs(15), "NodeReady", |e| {
+        is(e, "NodeReady", gone)
+    })
+    .await;
+
+    proxy.block();
+    let nodes: Api<Node> = Api::all(lab.client.clone());
+    nodes.delete(gone, &DeleteParams::default()).await.unwrap();
+    // Enough later changes that the deletion falls out of the kept history.
+    for i in 0..10 {
+        nodes
+            .patch(
+                "k3s-server-churn",
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"metadata": {"labels": {"churn": i.to_string()}}})),
+            )
+            .await
+            .unwrap();
+    }
+    proxy.unblock();
+    let (e, before) = expect(
+        &mut rx,
+        Duration::from_secs(20),
+        "NodeUnexpectedlyLost",
+        |e| e.event_type() == "NodeUnexpectedlyLost",
+    )
+    .await;
+    assert!(before.is_empty(), "{before:#?}");
+    assert_eq!(node_of(&e.event), Some(gone));
     let after = drain_for(&mut rx, Duration::from_secs(1)).await;
     assert!(after.is_empty(), "{after:#?}");
 
