@@ -295,22 +295,10 @@ async fn version_answers(base: &str) -> bool {
     )
 }
 
-/// Writes a kubeconfig for `server` (JSON, which kubeconfig readers accept as YAML).
+/// Writes the lab's kubeconfig for `server`.
 pub fn write_kubeconfig(path: &Path, server: &str) -> Result<(), LabEnvError> {
-    let doc = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "k3s-lab", "cluster": {"server": server}}],
-        "users": [{"name": "k3s-lab", "user": {}}],
-        "contexts": [{"name": "k3s-lab", "context": {"cluster": "k3s-lab", "user": "k3s-lab"}}],
-        "current-context": "k3s-lab",
-    });
-    let write_err = |source| LabEnvError::Write {
+    lab::kubeconfig::write(path, server, None).map_err(|source| LabEnvError::Write {
         path: path.display().to_string(),
         source,
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(write_err)?;
-    }
-    std::fs::write(path, format!("{doc:#}\n")).map_err(write_err)
+    })
 }

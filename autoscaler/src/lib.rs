@@ -19,4 +19,5 @@ pub mod metrics;
 pub mod redis_local;
 pub mod runtime;
 pub mod shutdown;
+pub mod status;
 pub mod telemetry;

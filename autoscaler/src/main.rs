@@ -32,9 +32,29 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Config(cmd) => autoscaler::cli::config::run(cmd, &cli.config),
         Command::Events(cmd) => autoscaler::cli::events::run(cmd, &cli.config).await,
-        Command::Lab(cmd) => lab::cli::run_lab(cmd).await,
+        Command::Lab(args) => autoscaler::cli::lab_up::run(args, &cli.config).await,
         Command::Agent(args) => lab::cli::run_agent(args).await,
         Command::Pause => autoscaler::cli::pause().await,
-        other => anyhow::bail!("not implemented yet: {other:?}"),
+        Command::Run { dry_run } => {
+            let mut settings = match autoscaler::cli::load_settings(&cli.config) {
+                Ok(s) => s,
+                Err(code) => return Ok(code),
+            };
+            settings.autoscaler.dry_run |= dry_run;
+            autoscaler::runtime::run(settings, autoscaler::shutdown::signal(), None).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Explain { event_id } => match autoscaler::cli::load_settings(&cli.config) {
+            Ok(s) => autoscaler::cli::explain::run(&s, &event_id).await,
+            Err(code) => Ok(code),
+        },
+        Command::Scale { to, reason } => match autoscaler::cli::load_settings(&cli.config) {
+            Ok(s) => autoscaler::cli::scale::run(&s, to, reason).await,
+            Err(code) => Ok(code),
+        },
+        Command::Status { json } => match autoscaler::cli::load_settings(&cli.config) {
+            Ok(s) => autoscaler::cli::status(&s, json).await,
+            Err(code) => Ok(code),
+        },
     }
 }

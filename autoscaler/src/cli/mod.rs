@@ -5,6 +5,9 @@ use std::process::ExitCode;
 
 pub mod config;
 pub mod events;
+pub mod explain;
+pub mod lab_up;
+pub mod scale;
 
 /// Exit code for bad configuration or usage (DESIGN.md: 0 success, 1 runtime failure, 2 bad config/usage).
 pub const EXIT_BAD_CONFIG: u8 = 2;
@@ -62,9 +65,8 @@ pub enum Command {
         #[arg(long, default_value = "manual request")]
         reason: String,
     },
-    /// The lab cluster.
-    #[command(subcommand)]
-    Lab(lab::cli::LabCommand),
+    /// The lab: with no subcommand, Redis + the lab cluster + Docker workers + the autoscaler, all here.
+    Lab(lab_up::LabArgs),
     /// The lab's node agent (what a lab worker container runs, in place of `k3s agent`).
     Agent(lab::cli::AgentArgs),
     /// Wait for SIGTERM or SIGINT and exit 0, like Kubernetes' pause container (test workers run this).
@@ -75,5 +77,53 @@ pub enum Command {
 /// `autoscaler pause`
 pub async fn pause() -> anyhow::Result<ExitCode> {
     crate::shutdown::signal().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Loads the configuration, or prints every problem and returns exit code 2.
+pub fn load_settings(path: &std::path::Path) -> Result<crate::config::Settings, ExitCode> {
+    crate::config::Settings::load(path).map_err(|e| {
+        for p in e.problems() {
+            eprintln!("{p}");
+        }
+        ExitCode::from(EXIT_BAD_CONFIG)
+    })
+}
+
+/// `autoscaler status [--json]`: reads Redis, Docker and Kubernetes directly (no running autoscaler
+/// needed); a source that cannot be reached is reported, not fatal.
+pub async fn status(settings: &crate::config::Settings, json: bool) -> anyhow::Result<ExitCode> {
+    let a = &settings.autoscaler;
+    let bus = bus::connect(crate::runtime::bus_config(settings))
+        .await
+        .ok();
+    let pool = match crate::runtime::pool_config(settings) {
+        Ok(cfg) => crate::docker::DockerWorkerPool::connect(cfg).await.ok(),
+        Err(_) => None,
+    };
+    let kube = crate::kube::connect(&a.kubernetes).await.ok();
+    let mut doc = crate::status::collect(crate::status::Sources {
+        settings,
+        bus: bus.as_ref(),
+        pool: pool.as_ref(),
+        kube: kube.as_ref(),
+    })
+    .await;
+    for (missing, what) in [
+        (bus.is_none(), "redis"),
+        (pool.is_none(), "docker"),
+        (kube.is_none(), "kubernetes"),
+    ] {
+        if missing {
+            if let Some(errors) = doc["errors"].as_array_mut() {
+                errors.push(serde_json::json!(format!("{what}: cannot connect")));
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print!("{}", crate::status::render(&doc));
+    }
     Ok(ExitCode::SUCCESS)
 }

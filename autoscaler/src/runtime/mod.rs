@@ -1,8 +1,14 @@
 //! `autoscaler run`: the bus, the handlers in their consumer groups, and (on the leader) the watchers
 //! and pollers, wired together.
 
+pub mod decider;
+pub mod observers;
 pub mod projection;
+pub mod run;
 pub mod sink;
+pub mod world;
+
+pub use run::run;
 
 use crate::config::Settings;
 
@@ -81,6 +87,59 @@ pub fn pool_config(settings: &Settings) -> std::io::Result<crate::docker::PoolCo
         warm_pool: w.warm_pool,
         timeout: a.docker.timeout,
         breaker_failures: a.docker.circuit_breaker_failures,
+        // The lab's node agent reads its capacity from these; a k3s agent ignores them.
+        extra_env: [
+            ("LAB_NODE_CPU".to_string(), w.cpu.to_string()),
+            ("LAB_NODE_MEMORY".to_string(), w.memory.to_string()),
+        ]
+        .into_iter()
+        .collect(),
         ..crate::docker::PoolConfig::default()
     })
+}
+
+/// The decision core's policy of a configuration.
+pub fn policy(settings: &Settings) -> handlers::policy::Policy {
+    use handlers::policy as p;
+    let a = &settings.autoscaler;
+    p::Policy {
+        limits: p::Limits {
+            min_nodes: a.limits.min_nodes,
+            max_nodes: a.limits.max_nodes,
+        },
+        enforcement: p::Enforcement {
+            auto_scale_to_min: a.enforcement.auto_scale_to_min,
+            min_violation_check_interval: a.enforcement.min_violation_check_interval,
+            emergency_scale_threshold: a.enforcement.emergency_scale_threshold,
+            ..p::Enforcement::default()
+        },
+        thresholds: p::Thresholds {
+            cpu_high: a.thresholds.cpu_high,
+            memory_high: a.thresholds.memory_high,
+            cpu_low: a.thresholds.cpu_low,
+            memory_low: a.thresholds.memory_low,
+            consecutive_periods: a.thresholds.consecutive_periods,
+        },
+        scaling: p::Scaling {
+            scale_up_step: a.scaling.scale_up_step,
+            underutilized_for: a.scaling.underutilized_for,
+            scale_up_cooldown: a.scaling.scale_up_cooldown,
+            scale_down_cooldown: a.scaling.scale_down_cooldown,
+            max_unhealthy_fraction: a.scaling.max_unhealthy_fraction,
+            max_node_provision_time: a.scaling.max_node_provision_time,
+            drain_timeout: a.scaling.drain_timeout,
+            ..p::Scaling::default()
+        },
+        workers: p::WorkerTemplate {
+            name_prefix: a.workers.name_prefix.clone(),
+            cpu_millis: (a.workers.cpu * 1000.0).round() as u64,
+            memory_bytes: a.workers.memory,
+            max_pods: a.workers.max_pods,
+            protected: a.workers.protected.clone(),
+        },
+        alerts: p::AlertPolicy {
+            dedup_window: a.alerts.dedup_window,
+        },
+        sync: p::SyncPolicy::default(),
+    }
 }

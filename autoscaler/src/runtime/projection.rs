@@ -2,8 +2,8 @@
 //! handled.
 //!
 //! A consumer group hands each replica only some entries, but every decision needs everything that
-//! happened before it. So each handler folds the full stream (XRANGE, not the group) up to — excluding —
-//! the entry it is about to handle, decides, then folds that entry too. Given the same stream prefix the
+//! happened before it. So each handler folds the full stream (XRANGE, not the group) up to and
+//! including the entry it is about to handle, then decides. Given the same stream prefix the
 //! model is the same on every replica, which is what makes decisions deterministic and replayable.
 //! A redelivered older entry finds the model already past it: it is then decided on the newer state,
 //! which is the level-triggered reading of an old trigger.
@@ -37,9 +37,13 @@ impl<M: Fold> Projection<M> {
         &self.model
     }
 
-    /// Folds every entry after the cursor and before `id`. Undecodable entries are skipped here: the
-    /// consumer runtime dead-letters them.
-    pub async fn catch_up_before(&mut self, id: &str) -> Result<(), bus::BusError> {
+    /// Folds every entry after the cursor up to and including `id` (whose decoded form is `envelope`).
+    /// Undecodable entries are skipped here: the consumer runtime dead-letters them.
+    pub async fn catch_up_through(
+        &mut self,
+        id: &str,
+        envelope: &Envelope,
+    ) -> Result<(), bus::BusError> {
         let Some(target) = StreamId::parse(id) else {
             return Ok(());
         };
@@ -59,23 +63,14 @@ impl<M: Fold> Projection<M> {
             })
             .await?;
         for entry in entries {
-            if let Ok(envelope) = entry.decode() {
-                self.model.apply(&envelope);
+            if let Ok(e) = entry.decode() {
+                self.model.apply(&e);
             }
             self.cursor = StreamId::parse(&entry.id).or(self.cursor);
         }
+        self.model.apply(envelope);
+        self.cursor = Some(target);
         Ok(())
-    }
-
-    /// Folds the entry just handled.
-    pub fn advance_past(&mut self, id: &str, envelope: &Envelope) {
-        let Some(at) = StreamId::parse(id) else {
-            return;
-        };
-        if self.cursor.is_none_or(|c| c < at) {
-            self.model.apply(envelope);
-            self.cursor = Some(at);
-        }
     }
 
     /// Folds everything up to the end of the stream (for `status`, ticks and the leader's timers).

@@ -1,0 +1,89 @@
+//! `autoscaler lab`: the whole lab on this machine — Redis (the configured one, or a local
+//! `redis-server`), the lab cluster's API server as a container on its own Docker network, the lab
+//! worker image built offline from this binary, and the autoscaler itself, creating workers as
+//! containers that run the lab's node agent. Ctrl-C stops the autoscaler and removes the lab's
+//! containers (`--keep` leaves them).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::labenv::{LabEnv, LabEnvOptions};
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct LabArgs {
+    #[command(subcommand)]
+    pub command: Option<lab::cli::LabCommand>,
+    /// Where the lab keeps its files (kubeconfig, Redis data).
+    #[arg(long, env = "LAB_DIR", default_value = ".lab")]
+    pub lab_dir: PathBuf,
+    /// Leave the lab's containers running after Ctrl-C.
+    #[arg(long)]
+    pub keep: bool,
+    /// Publish decisions marked dry_run and create nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+pub async fn run(args: LabArgs, config: &Path) -> anyhow::Result<ExitCode> {
+    if let Some(cmd) = args.command {
+        return lab::cli::run_lab(cmd).await;
+    }
+    let mut settings = match super::load_settings(config) {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    let lab_dir = std::path::absolute(&args.lab_dir).unwrap_or(args.lab_dir.clone());
+    let redis =
+        crate::redis_local::ensure(&settings.autoscaler.events.event_bus.url, &lab_dir).await?;
+    let docker = crate::docker::connect(
+        &settings.autoscaler.docker.host,
+        settings.autoscaler.docker.timeout,
+    )
+    .await?;
+    let binary = std::env::current_exe().context("locating this binary for the lab image")?;
+    let options = LabEnvOptions::new(settings.autoscaler.cluster_id.clone(), &lab_dir, binary);
+    println!("lab: building the worker image if needed and starting the lab API server…");
+    let env = LabEnv::up(docker, options).await?;
+
+    {
+        let a = &mut settings.autoscaler;
+        a.events.event_bus.url = redis.url.clone();
+        a.dry_run |= args.dry_run;
+        a.workers.image = env.options.image.clone();
+        a.workers.network = env.network.clone();
+        a.workers.k3s_url = env.network_url.clone();
+        // The lab's node agent needs no privileges, and a killed worker should stay dead (like a lost
+        // machine) so the autoscaler replaces it.
+        a.workers.privileged = false;
+        a.workers.restart_policy = "no".into();
+        a.kubernetes.kubeconfig = env.kubeconfig.display().to_string();
+        a.kubernetes.server = String::new();
+    }
+    let redis_note = if redis.started_here() {
+        " (started here)"
+    } else {
+        ""
+    };
+    println!(
+        "\nlab is up:\n  redis       {}{redis_note}\n  api server  {} (container {})\n  kubeconfig  {}\n  http        http://{}/status  /metrics\n\nwatch it:\n  REDIS_URL={} autoscaler events tail -f\n  kubectl --kubeconfig {} get nodes -w\n  kubectl --kubeconfig {} create deployment web --image=nginx --replicas=6   # pending pods -> scale-up\n\nCtrl-C stops the autoscaler{}.\n",
+        redis.url,
+        env.host_url,
+        env.server_container,
+        env.kubeconfig.display(),
+        settings.autoscaler.http.listen,
+        redis.url,
+        env.kubeconfig.display(),
+        env.kubeconfig.display(),
+        if args.keep { "" } else { " and removes the lab's containers" },
+    );
+    let result = crate::runtime::run(settings, crate::shutdown::signal(), None).await;
+    if !args.keep {
+        println!("lab: removing the lab's containers…");
+        env.down().await;
+    }
+    drop(redis);
+    result.map(|()| ExitCode::SUCCESS)
+}

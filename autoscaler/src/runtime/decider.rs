@@ -1,0 +1,100 @@
+//! One handler of the decision core as a consumer-group handler of the bus.
+//!
+//! For each delivery: fold the stream up to and including the delivered entry, decide (pure), carry
+//! out the decision's commands through the world's adapters (unless this is a dry run), and return the
+//! decision's events plus the executor's facts — which the bus publishes atomically with the ack.
+
+use std::sync::Arc;
+
+use bus::{Delivery, Envelope, HandlerError};
+use chrono::Utc;
+use handlers::{Model, Policy};
+use tokio::sync::Mutex;
+
+use super::projection::{Fold, Projection};
+use super::world::World;
+use crate::metrics::Metrics;
+
+impl Fold for Model {
+    fn apply(&mut self, envelope: &Envelope) {
+        Model::apply(self, envelope);
+    }
+}
+
+/// A handler with its own view of history.
+pub struct Decider {
+    pub handler: handlers::Handler,
+    pub policy: Arc<Policy>,
+    /// Held for the whole delivery: deliveries of one group are decided one at a time, in order.
+    pub projection: Mutex<Projection<Model>>,
+    /// `None` in a dry run.
+    pub world: Option<Arc<World>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Decider {
+    /// Runs `issued` against the world (or only logs them in a dry run); returns the facts.
+    pub async fn execute(
+        world: Option<&World>,
+        handler: &str,
+        issued: &[handlers::Issued],
+    ) -> Vec<Envelope> {
+        if issued.is_empty() {
+            return Vec::new();
+        }
+        let Some(world) = world else {
+            for i in issued {
+                tracing::info!(
+                    handler,
+                    command = i.command.kind(),
+                    node = i.command.node().unwrap_or(""),
+                    "dry run: not executed"
+                );
+            }
+            return Vec::new();
+        };
+        let done = handlers::executor::execute(
+            issued,
+            &world.workers,
+            &world.nodes,
+            &world.alerts,
+            Utc::now(),
+        )
+        .await;
+        for (command, error) in &done.unreported {
+            tracing::warn!(handler, command = command.kind(), error = %error, "command failed");
+        }
+        done.facts
+    }
+}
+
+impl bus::Handler for Decider {
+    async fn handle(&self, delivery: &Delivery) -> Result<Vec<Envelope>, HandlerError> {
+        let mut projection = self.projection.lock().await;
+        projection
+            .catch_up_through(&delivery.stream_id, &delivery.envelope)
+            .await
+            .map_err(HandlerError::retry)?;
+        let outcome = self.handler.handle(
+            projection.model(),
+            &delivery.envelope,
+            &self.policy,
+            Utc::now(),
+        );
+        let name = self.handler.name();
+        let mut events = outcome.events;
+        events.extend(Self::execute(self.world.as_deref(), name, &outcome.commands).await);
+        for e in &events {
+            self.metrics.observe_published(&e.event);
+        }
+        if !events.is_empty() {
+            tracing::debug!(
+                handler = name,
+                input = delivery.envelope.event_type(),
+                outputs = events.len(),
+                "decided"
+            );
+        }
+        Ok(events)
+    }
+}

@@ -1,0 +1,301 @@
+//! What the leader runs: the watchers, the MetricsCollector, the cluster observation for the
+//! StateSynchronizer, and the handlers' timers. Only one replica observes at a time, so each
+//! observation is published once; they all stop when leadership is lost and start again when won.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bus::event::{ClusterObserved, ObservedNode};
+use bus::{Envelope, Metadata};
+use chrono::Utc;
+use handlers::{Model, Policy};
+use k8s_openapi::api::core::v1::Node;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::decider::Decider;
+use super::projection::Projection;
+use super::world::World;
+use crate::config::Settings;
+use crate::docker::{DockerEventsWatcher, DockerWorkerPool};
+use crate::intents::Intents;
+use crate::kube::{BatchWindows, NodeWatcher, PendingPodsWatcher};
+use crate::leader::Leadership;
+
+/// Everything the observers need.
+#[derive(Clone)]
+pub struct Observers {
+    pub settings: Arc<Settings>,
+    pub policy: Arc<Policy>,
+    pub metadata: Metadata,
+    pub pool: Arc<DockerWorkerPool>,
+    pub kube: kube::Client,
+    pub intents: Intents,
+    pub bus: bus::Bus,
+    pub world: Option<Arc<World>>,
+    pub tx: mpsc::Sender<Envelope>,
+}
+
+/// Starts the observers whenever this replica leads and stops them when it does not, until `stop`.
+pub async fn supervise(
+    observers: Observers,
+    mut leadership: watch::Receiver<Leadership>,
+    stop: CancellationToken,
+) {
+    let mut running: Option<CancellationToken> = None;
+    loop {
+        let leading = leadership.borrow_and_update().leader;
+        match (leading, running.is_some()) {
+            (true, false) => {
+                tracing::info!("leader: starting watchers and pollers");
+                let token = stop.child_token();
+                observers.clone().spawn_all(token.clone());
+                running = Some(token);
+            }
+            (false, true) => {
+                tracing::info!("not leader: stopping watchers and pollers");
+                if let Some(t) = running.take() {
+                    t.cancel();
+                }
+            }
+            _ => {}
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            changed = leadership.changed() => if changed.is_err() { break },
+        }
+    }
+    if let Some(t) = running {
+        t.cancel();
+    }
+}
+
+impl Observers {
+    fn spawn_all(self, token: CancellationToken) {
+        let a = &self.settings.autoscaler;
+        let prefix = a.workers.name_prefix.clone();
+
+        let node_watcher = NodeWatcher::new(
+            self.kube.clone(),
+            prefix.clone(),
+            self.intents.clone(),
+            self.metadata.clone(),
+        );
+        spawn_logged(
+            "node watcher",
+            node_watcher.run(self.tx.clone(), token.clone().cancelled_owned()),
+        );
+
+        let pending = PendingPodsWatcher::new(
+            self.kube.clone(),
+            BatchWindows::new(
+                a.kubernetes.pending_batch_idle,
+                a.kubernetes.pending_batch_max,
+            ),
+            self.metadata.clone(),
+        );
+        spawn_logged(
+            "pending pods watcher",
+            pending.run(self.tx.clone(), token.clone().cancelled_owned()),
+        );
+
+        let docker_events = DockerEventsWatcher::for_pool(&self.pool, self.metadata.clone())
+            .with_shared_intents(self.intents.clone());
+        spawn_logged(
+            "docker events watcher",
+            docker_events.run(self.tx.clone(), token.clone().cancelled_owned()),
+        );
+
+        tokio::spawn(self.clone().metrics_collector(token.clone()));
+        tokio::spawn(self.clone().cluster_observer(token.clone()));
+        for name in &a.events.handlers {
+            if let Some(h) = handlers::Handler::from_name(name) {
+                if let Some(every) = h.tick_interval(&self.policy) {
+                    tokio::spawn(self.clone().ticker(h, every, token.clone()));
+                }
+            }
+        }
+    }
+
+    /// Samples utilisation every `metrics.interval` and publishes `MetricsSampled`.
+    async fn metrics_collector(self, token: CancellationToken) {
+        let a = &self.settings.autoscaler;
+        let mut every = tokio::time::interval(a.metrics.interval);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            let sample = match a.metrics.source.as_str() {
+                "pod_requests" => crate::kube::utilisation::requests_utilisation(
+                    &self.kube,
+                    &a.workers.name_prefix,
+                )
+                .await
+                .map(|u| u.into_sample("pod_requests"))
+                .map_err(|e| e.to_string()),
+                "metrics_api" => crate::kube::utilisation::metrics_utilisation(
+                    &self.kube,
+                    &a.workers.name_prefix,
+                )
+                .await
+                .map(|u| u.into_sample("metrics_api"))
+                .map_err(|e| e.to_string()),
+                _ => self
+                    .pool
+                    .usage()
+                    .await
+                    .map(|u| bus::event::MetricsSampled {
+                        workers: u32::try_from(u.nodes.len()).unwrap_or(u32::MAX),
+                        cpu_avg: u.cpu_avg,
+                        memory_avg: u.memory_avg,
+                        source: "docker_stats".into(),
+                        nodes: u.nodes,
+                    })
+                    .map_err(|e| e.to_string()),
+            };
+            match sample {
+                Ok(s) => {
+                    let env = Envelope::root("metrics_collector", s, self.metadata.clone());
+                    if self.tx.send(env).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, source = %a.metrics.source, "metrics: no sample this period")
+                }
+            }
+        }
+    }
+
+    /// Observes Kubernetes and Docker for the StateSynchronizer: on a timer, and soon after any event
+    /// that calls for it, with triggers collapsed (seed 003).
+    async fn cluster_observer(self, token: CancellationToken) {
+        let mut triggers = handlers::SyncTriggers::new(self.policy.sync.clone());
+        let audit = self.bus.audit();
+        let mut follower = match audit.last_id().await {
+            Ok(last) => audit.follow(last.as_deref().unwrap_or("0-0")).await.ok(),
+            Err(_) => None,
+        };
+        loop {
+            if triggers.due(Utc::now()) {
+                match self.observe().await {
+                    Ok(observed) => {
+                        let env = Envelope::root("state_observer", observed, self.metadata.clone());
+                        if self.tx.send(env).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cluster observation failed"),
+                }
+            }
+            let wake = triggers
+                .next_due()
+                .and_then(|t| (t - Utc::now()).to_std().ok())
+                .unwrap_or(Duration::from_millis(100));
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tokio::time::sleep(wake) => {}
+                batch = async {
+                    match follower.as_mut() {
+                        Some(f) => f.next_batch().await.ok(),
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    for entry in batch.unwrap_or_default() {
+                        if entry.decode().is_ok_and(|e| handlers::sync::wants_sync(&e.event)) {
+                            triggers.trigger();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn observe(&self) -> Result<ClusterObserved, String> {
+        let prefix = &self.settings.autoscaler.workers.name_prefix;
+        let nodes: kube::Api<Node> = kube::Api::all(self.kube.clone());
+        let list = nodes
+            .list(&Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let k8s_nodes = list
+            .items
+            .iter()
+            .filter_map(|n| {
+                let name = n.metadata.name.clone()?;
+                if !name.starts_with(prefix.as_str()) {
+                    return None;
+                }
+                let ready = n
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+                    .is_some_and(|c| c.status == "True");
+                let scale_down_disabled = n
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get("cluster-autoscaler.kubernetes.io/scale-down-disabled"))
+                    .is_some_and(|v| v == "true");
+                Some(ObservedNode {
+                    name,
+                    ready,
+                    scale_down_disabled,
+                })
+            })
+            .collect();
+        let docker_containers = self
+            .pool
+            .list_workers()
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|w| w.name)
+            .collect();
+        Ok(ClusterObserved {
+            k8s_nodes,
+            docker_containers,
+        })
+    }
+
+    /// A handler's timer work (minimum check, provisioning timeouts) on the leader's view of history.
+    async fn ticker(self, handler: handlers::Handler, every: Duration, token: CancellationToken) {
+        let mut projection = Projection::new(Model::new(&self.policy), self.bus.audit());
+        let mut interval = tokio::time::interval(every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = interval.tick() => {}
+            }
+            if let Err(e) = projection.catch_up_all().await {
+                tracing::warn!(error = %e, handler = handler.name(), "tick: cannot read the stream");
+                continue;
+            }
+            let outcome = handler.tick(projection.model(), &self.policy, Utc::now());
+            let mut events = outcome.events;
+            events.extend(
+                Decider::execute(self.world.as_deref(), handler.name(), &outcome.commands).await,
+            );
+            for e in events {
+                if self.tx.send(e).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn spawn_logged<E: std::fmt::Display + Send + 'static>(
+    what: &'static str,
+    fut: impl std::future::Future<Output = Result<(), E>> + Send + 'static,
+) {
+    tokio::spawn(async move {
+        if let Err(e) = fut.await {
+            tracing::error!(error = %e, "{what} stopped");
+        }
+    });
+}

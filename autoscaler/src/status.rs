@@ -1,0 +1,262 @@
+//! `autoscaler status` and `/status`: workers as Kubernetes, Docker and the record see them; limits;
+//! the leader; pending and lag per group; the last decision and the last blocked reason.
+//!
+//! Each source is read on its own: one that cannot be reached is reported under `errors`, the others
+//! still show.
+
+use bus::{Bus, Query};
+use serde_json::{json, Value};
+
+use crate::config::Settings;
+use crate::docker::DockerWorkerPool;
+
+/// Where status reads from; any source may be missing.
+pub struct Sources<'a> {
+    pub settings: &'a Settings,
+    pub bus: Option<&'a Bus>,
+    pub pool: Option<&'a DockerWorkerPool>,
+    pub kube: Option<&'a kube::Client>,
+}
+
+const DECISIONS: &[&str] = &[
+    "ScaleUpDecision",
+    "ScaleDownDecision",
+    "AutoScaleUpToMinimum",
+    "EmergencyScaleUp",
+    "ManualScaleRequested",
+];
+
+/// The status document.
+pub async fn collect(src: Sources<'_>) -> Value {
+    let a = &src.settings.autoscaler;
+    let mut errors: Vec<String> = Vec::new();
+    let prefix = a.workers.name_prefix.as_str();
+
+    let docker = match src.pool {
+        Some(pool) => match pool.list_workers().await {
+            Ok(ws) => Some(
+                ws.iter()
+                    .map(|w| json!({"name": w.name, "state": format!("{:?}", w.state).to_lowercase()}))
+                    .collect::<Vec<_>>(),
+            ),
+            Err(e) => {
+                errors.push(format!("docker: {e}"));
+                None
+            }
+        },
+        None => None,
+    };
+
+    let kubernetes = match src.kube {
+        Some(client) => {
+            let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+            match nodes.list(&Default::default()).await {
+                Ok(list) => Some(
+                    list.items
+                        .iter()
+                        .filter_map(|n| {
+                            let name = n.metadata.name.clone()?;
+                            name.starts_with(prefix).then(|| {
+                                let ready = n
+                                    .status
+                                    .as_ref()
+                                    .and_then(|s| s.conditions.as_ref())
+                                    .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+                                    .map(|c| c.status.clone())
+                                    .unwrap_or_else(|| "Unknown".into());
+                                let cordoned = n
+                                    .spec
+                                    .as_ref()
+                                    .and_then(|s| s.unschedulable)
+                                    .unwrap_or(false);
+                                json!({"name": name, "ready": ready, "cordoned": cordoned})
+                            })
+                        })
+                        .collect::<Vec<_>>(),
+                ),
+                Err(e) => {
+                    errors.push(format!("kubernetes: {e}"));
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+
+    let mut record = None;
+    let mut groups = None;
+    let mut leader = Value::Null;
+    let mut dlq_length = Value::Null;
+    let mut last_decision = Value::Null;
+    let mut last_blocked = Value::Null;
+    if let Some(bus) = src.bus {
+        let audit = bus.audit();
+        match audit.query(&Query::default()).await {
+            Ok(entries) => {
+                let envelopes: Vec<bus::Envelope> =
+                    entries.iter().filter_map(|e| e.decode().ok()).collect();
+                let model = handlers::model::Model::from_events(
+                    &crate::runtime::policy(src.settings),
+                    &envelopes,
+                );
+                record = Some(
+                    model
+                        .workers
+                        .values()
+                        .filter(|w| !w.state.is_gone())
+                        .map(|w| json!({"name": w.name, "state": crate::runtime::run::state_label(w.state), "since": bus::envelope::format_timestamp(w.since)}))
+                        .collect::<Vec<_>>(),
+                );
+                let newest = |types: &[&str]| {
+                    envelopes
+                        .iter()
+                        .rev()
+                        .find(|e| types.contains(&e.event_type()))
+                        .map(|e| e.to_json())
+                        .unwrap_or(Value::Null)
+                };
+                last_decision = newest(DECISIONS);
+                last_blocked = newest(&["ScaleDownBlocked"]);
+            }
+            Err(e) => errors.push(format!("redis: {e}")),
+        }
+        match audit.groups().await {
+            Ok(gs) => {
+                groups = Some(
+                    gs.iter()
+                        .map(|g| {
+                            json!({
+                                "name": g.name,
+                                "pending": g.pending,
+                                "lag": g.lag,
+                                "consumers": g.consumers.iter().map(|c| json!({"name": c.name, "pending": c.pending, "idle_ms": c.idle_ms})).collect::<Vec<_>>(),
+                            })
+                        })
+                        .collect::<Vec<_>>(),
+                )
+            }
+            Err(e) => errors.push(format!("redis: {e}")),
+        }
+        match audit.dlq_len().await {
+            Ok(n) => dlq_length = json!(n),
+            Err(e) => errors.push(format!("redis: {e}")),
+        }
+        let mut conn = bus.connection();
+        match crate::leader::current_holder(&mut conn, &bus.config().stream).await {
+            Ok(Some(holder)) => {
+                let (replica, token) = holder.split_once('|').unwrap_or((holder.as_str(), ""));
+                leader = json!({"replica": replica, "fencing_token": token});
+            }
+            Ok(None) => {}
+            Err(e) => errors.push(format!("redis: {e}")),
+        }
+    }
+
+    json!({
+        "cluster_id": a.cluster_id,
+        "limits": {"min_nodes": a.limits.min_nodes, "max_nodes": a.limits.max_nodes},
+        "dry_run": a.dry_run,
+        "workers": {"kubernetes": kubernetes, "docker": docker, "record": record},
+        "leader": leader,
+        "groups": groups,
+        "dlq_length": dlq_length,
+        "last_decision": last_decision,
+        "last_blocked": last_blocked,
+        "errors": errors,
+    })
+}
+
+/// The human form of the status document.
+pub fn render(doc: &Value) -> String {
+    let mut out = String::new();
+    let names = |v: &Value| -> String {
+        match v.as_array() {
+            None => "unavailable".into(),
+            Some(a) if a.is_empty() => "none".into(),
+            Some(a) => a
+                .iter()
+                .map(|w| {
+                    let name = w["name"].as_str().unwrap_or("?");
+                    let state = w["state"].as_str().or(w["ready"].as_str()).unwrap_or("");
+                    format!("{name}({state})")
+                })
+                .collect::<Vec<_>>()
+                .join(" "),
+        }
+    };
+    let count = |v: &Value| {
+        v.as_array()
+            .map(|a| a.len().to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    out.push_str(&format!(
+        "cluster {}   limits {}..={}{}\n",
+        doc["cluster_id"].as_str().unwrap_or("?"),
+        doc["limits"]["min_nodes"],
+        doc["limits"]["max_nodes"],
+        if doc["dry_run"].as_bool() == Some(true) {
+            "   DRY RUN"
+        } else {
+            ""
+        }
+    ));
+    let w = &doc["workers"];
+    out.push_str(&format!(
+        "workers  kubernetes {:>2}: {}\n",
+        count(&w["kubernetes"]),
+        names(&w["kubernetes"])
+    ));
+    out.push_str(&format!(
+        "         docker     {:>2}: {}\n",
+        count(&w["docker"]),
+        names(&w["docker"])
+    ));
+    out.push_str(&format!(
+        "         record     {:>2}: {}\n",
+        count(&w["record"]),
+        names(&w["record"])
+    ));
+    match doc["leader"]["replica"].as_str() {
+        Some(r) => out.push_str(&format!(
+            "leader   {r} (fencing token {})\n",
+            doc["leader"]["fencing_token"].as_str().unwrap_or("?")
+        )),
+        None => out.push_str("leader   none\n"),
+    }
+    if let Some(groups) = doc["groups"].as_array() {
+        for g in groups {
+            out.push_str(&format!(
+                "group    {:<22} pending {:>4}  lag {:>4}  consumers {}\n",
+                g["name"].as_str().unwrap_or("?"),
+                g["pending"],
+                if g["lag"].is_null() {
+                    "?".to_string()
+                } else {
+                    g["lag"].to_string()
+                },
+                g["consumers"].as_array().map(|c| c.len()).unwrap_or(0)
+            ));
+        }
+    }
+    out.push_str(&format!("dead letters {}\n", doc["dlq_length"]));
+    let line = |label: &str, e: &Value| -> String {
+        if e.is_null() {
+            return format!("{label} none\n");
+        }
+        format!(
+            "{label} {} {} {} ({})\n",
+            e["timestamp"].as_str().unwrap_or(""),
+            e["event_type"].as_str().unwrap_or(""),
+            e["data"],
+            e["event_id"].as_str().unwrap_or("")
+        )
+    };
+    out.push_str(&line("last decision", &doc["last_decision"]));
+    out.push_str(&line("last blocked ", &doc["last_blocked"]));
+    if let Some(errors) = doc["errors"].as_array() {
+        for e in errors {
+            out.push_str(&format!("unavailable: {}\n", e.as_str().unwrap_or("")));
+        }
+    }
+    out
+}
