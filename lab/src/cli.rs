@@ -146,7 +146,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         ..defaults
     };
     let server = LabServer::start(opts).await?;
-    println!("lab cluster serving on {} (kubeconfig: {})", server.url(), server.kubeconfig_path().display());
+    println!(
+        "lab cluster serving on {} (kubeconfig: {})",
+        server.url(),
+        server.kubeconfig_path().display()
+    );
     tokio::select! {
         _ = terminated() => {}
         _ = server.stopped() => {}
@@ -155,7 +159,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn run_node(client: kube::Client, name: Option<String>, spec: NodeSpecArgs) -> anyhow::Result<ExitCode> {
+async fn run_node(
+    client: kube::Client,
+    name: Option<String>,
+    spec: NodeSpecArgs,
+) -> anyhow::Result<ExitCode> {
     let name = match name.filter(|n| !n.is_empty()) {
         Some(n) => n,
         None => hostname()?,

@@ -30,7 +30,11 @@ pub fn apply(kind: Kind, obj: &mut Value) {
             set(spec, "replicas", json!(1));
             set(spec, "revisionHistoryLimit", json!(10));
             set(spec, "progressDeadlineSeconds", json!(600));
-            set(spec, "strategy", json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}));
+            set(
+                spec,
+                "strategy",
+                json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}),
+            );
             obj["status"] = json!({});
         }
         Kind::ReplicaSet => {
@@ -62,23 +66,34 @@ pub fn validate(kind: Kind, obj: &Value) -> Result<(), String> {
             let what = kind.info().kind_name;
             let selector = &obj["spec"]["selector"];
             if !selector.is_object() {
-                return Err(format!("{what}.apps \"{name}\" is invalid: spec.selector: Required value"));
+                return Err(format!(
+                    "{what}.apps \"{name}\" is invalid: spec.selector: Required value"
+                ));
             }
-            let template = json!({"metadata": {"labels": obj["spec"]["template"]["metadata"]["labels"]}});
+            let template =
+                json!({"metadata": {"labels": obj["spec"]["template"]["metadata"]["labels"]}});
             let sel = LabelSelector::from_object(selector);
             if sel.is_empty() || !sel.matches(&template) {
                 return Err(format!(
                     "{what}.apps \"{name}\" is invalid: spec.template.metadata.labels: Invalid value: `selector` does not match template `labels`"
                 ));
             }
-            if obj["spec"]["template"]["spec"]["containers"].as_array().is_none_or(Vec::is_empty) {
+            if obj["spec"]["template"]["spec"]["containers"]
+                .as_array()
+                .is_none_or(Vec::is_empty)
+            {
                 return Err(format!("{what}.apps \"{name}\" is invalid: spec.template.spec.containers: Required value"));
             }
             Ok(())
         }
         Kind::Pod => {
-            if obj["spec"]["containers"].as_array().is_none_or(Vec::is_empty) {
-                return Err(format!("Pod \"{name}\" is invalid: spec.containers: Required value"));
+            if obj["spec"]["containers"]
+                .as_array()
+                .is_none_or(Vec::is_empty)
+            {
+                return Err(format!(
+                    "Pod \"{name}\" is invalid: spec.containers: Required value"
+                ));
             }
             Ok(())
         }

@@ -40,7 +40,10 @@ pub fn selects(pdb: &Value, pod: &Value) -> bool {
 
 /// Evaluates a PDB over the pods of its namespace.
 pub fn evaluate(pdb: &Value, pods: &[Arc<Value>]) -> Budget {
-    let selected: Vec<&Arc<Value>> = pods.iter().filter(|p| selects(pdb, p) && !pod_is_terminal(p)).collect();
+    let selected: Vec<&Arc<Value>> = pods
+        .iter()
+        .filter(|p| selects(pdb, p) && !pod_is_terminal(p))
+        .collect();
     let expected = selected.len() as i64;
     let current_healthy = selected.iter().filter(|p| pod_is_ready(p)).count() as i64;
     let spec = &pdb["spec"];
@@ -76,8 +79,10 @@ mod tests {
     use serde_json::json;
 
     fn pod(name: &str, ready: bool) -> Arc<Value> {
-        Arc::new(json!({"metadata": {"name": name, "namespace": "default", "labels": {"app": "web"}},
-            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}}]}}))
+        Arc::new(
+            json!({"metadata": {"name": name, "namespace": "default", "labels": {"app": "web"}},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}}]}}),
+        )
     }
 
     #[test]

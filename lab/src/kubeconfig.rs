@@ -8,7 +8,11 @@ pub fn render(server: &str, token: Option<&str>) -> String {
         Some(t) => format!("    token: {t}\n"),
         None => "    {}\n".to_string(),
     };
-    let user = if token.is_some() { format!("  user:\n{user}") } else { "  user: {}\n".to_string() };
+    let user = if token.is_some() {
+        format!("  user:\n{user}")
+    } else {
+        "  user: {}\n".to_string()
+    };
     format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: {server}\ncontexts:\n- name: lab\n  context:\n    cluster: lab\n    user: lab\n    namespace: default\ncurrent-context: lab\nusers:\n- name: lab\n{user}preferences: {{}}\n"
     )
@@ -38,7 +42,10 @@ mod tests {
         for token in [None, Some("s3cret")] {
             let text = render("http://127.0.0.1:1234", token);
             let v: serde_json::Value = serde_yaml::from_str(&text).unwrap();
-            assert_eq!(v["clusters"][0]["cluster"]["server"], "http://127.0.0.1:1234");
+            assert_eq!(
+                v["clusters"][0]["cluster"]["server"],
+                "http://127.0.0.1:1234"
+            );
             assert_eq!(v["current-context"], "lab");
             assert_eq!(v["users"][0]["user"]["token"].as_str(), token);
         }

@@ -18,8 +18,14 @@ pub fn pod_requests(pod: &Value) -> (u64, u64) {
     let mut mem = 0;
     for c in pod["spec"]["containers"].as_array().into_iter().flatten() {
         let req = &c["resources"]["requests"];
-        cpu += req["cpu"].as_str().and_then(quantity::cpu_millis).unwrap_or(0);
-        mem += req["memory"].as_str().and_then(quantity::bytes).unwrap_or(0);
+        cpu += req["cpu"]
+            .as_str()
+            .and_then(quantity::cpu_millis)
+            .unwrap_or(0);
+        mem += req["memory"]
+            .as_str()
+            .and_then(quantity::bytes)
+            .unwrap_or(0);
     }
     (cpu, mem)
 }
@@ -82,19 +88,31 @@ pub fn pod_is_ready(pod: &Value) -> bool {
 
 /// Whether the pod has finished (Succeeded or Failed).
 pub fn pod_is_terminal(pod: &Value) -> bool {
-    matches!(pod["status"]["phase"].as_str(), Some("Succeeded") | Some("Failed"))
+    matches!(
+        pod["status"]["phase"].as_str(),
+        Some("Succeeded") | Some("Failed")
+    )
 }
 
 /// Sets (or adds) the condition `kind` in `obj.status.conditions`; `lastTransitionTime` moves only when
 /// the status changes. Extra fields (like `lastHeartbeatTime`) are merged in.
-pub fn set_condition(obj: &mut Value, kind: &str, status: &str, reason: &str, message: &str, extra: Value) {
+pub fn set_condition(
+    obj: &mut Value,
+    kind: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+    extra: Value,
+) {
     if !obj["status"].is_object() {
         obj["status"] = json!({});
     }
     if !obj["status"]["conditions"].is_array() {
         obj["status"]["conditions"] = json!([]);
     }
-    let Some(conds) = obj["status"]["conditions"].as_array_mut() else { return };
+    let Some(conds) = obj["status"]["conditions"].as_array_mut() else {
+        return;
+    };
     let pos = conds.iter().position(|c| c["type"] == kind);
     let transition = match pos {
         Some(i) if conds[i]["status"] == status => conds[i]["lastTransitionTime"].clone(),
@@ -151,17 +169,21 @@ pub fn tolerates(pod: &Value, taint: &Value) -> bool {
     let key = taint["key"].as_str().unwrap_or("");
     let value = taint["value"].as_str().unwrap_or("");
     let effect = taint["effect"].as_str().unwrap_or("");
-    pod["spec"]["tolerations"].as_array().into_iter().flatten().any(|t| {
-        let t_effect = t["effect"].as_str().unwrap_or("");
-        if !t_effect.is_empty() && t_effect != effect {
-            return false;
-        }
-        let t_key = t["key"].as_str().unwrap_or("");
-        match t["operator"].as_str().unwrap_or("Equal") {
-            "Exists" => t_key.is_empty() || t_key == key,
-            _ => t_key == key && t["value"].as_str().unwrap_or("") == value,
-        }
-    })
+    pod["spec"]["tolerations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|t| {
+            let t_effect = t["effect"].as_str().unwrap_or("");
+            if !t_effect.is_empty() && t_effect != effect {
+                return false;
+            }
+            let t_key = t["key"].as_str().unwrap_or("");
+            match t["operator"].as_str().unwrap_or("Equal") {
+                "Exists" => t_key.is_empty() || t_key == key,
+                _ => t_key == key && t["value"].as_str().unwrap_or("") == value,
+            }
+        })
 }
 
 /// How long a pod tolerates a NoExecute taint, if it sets `tolerationSeconds` for it.
@@ -194,11 +216,23 @@ mod tests {
     fn tolerations_match_key_value_and_effect() {
         let taint = json!({"key": "dedicated", "value": "gpu", "effect": "NoSchedule"});
         let pod = |t: Value| json!({"spec": {"tolerations": [t]}});
-        assert!(tolerates(&pod(json!({"key": "dedicated", "value": "gpu"})), &taint));
-        assert!(tolerates(&pod(json!({"key": "dedicated", "operator": "Exists"})), &taint));
+        assert!(tolerates(
+            &pod(json!({"key": "dedicated", "value": "gpu"})),
+            &taint
+        ));
+        assert!(tolerates(
+            &pod(json!({"key": "dedicated", "operator": "Exists"})),
+            &taint
+        ));
         assert!(tolerates(&pod(json!({"operator": "Exists"})), &taint));
-        assert!(!tolerates(&pod(json!({"key": "dedicated", "value": "cpu"})), &taint));
-        assert!(!tolerates(&pod(json!({"key": "dedicated", "operator": "Exists", "effect": "NoExecute"})), &taint));
+        assert!(!tolerates(
+            &pod(json!({"key": "dedicated", "value": "cpu"})),
+            &taint
+        ));
+        assert!(!tolerates(
+            &pod(json!({"key": "dedicated", "operator": "Exists", "effect": "NoExecute"})),
+            &taint
+        ));
         assert!(!tolerates(&json!({}), &taint));
     }
 
@@ -207,7 +241,14 @@ mod tests {
         let mut node = json!({});
         set_condition(&mut node, "Ready", "True", "KubeletReady", "", json!({}));
         let t0 = node["status"]["conditions"][0]["lastTransitionTime"].clone();
-        set_condition(&mut node, "Ready", "True", "KubeletReady", "", json!({"lastHeartbeatTime": "x"}));
+        set_condition(
+            &mut node,
+            "Ready",
+            "True",
+            "KubeletReady",
+            "",
+            json!({"lastHeartbeatTime": "x"}),
+        );
         assert_eq!(node["status"]["conditions"][0]["lastTransitionTime"], t0);
         assert_eq!(node["status"]["conditions"][0]["lastHeartbeatTime"], "x");
         assert!(node_is_ready(&node));

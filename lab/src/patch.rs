@@ -31,9 +31,8 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 /// The merge key of the lists strategic merge patch merges by key rather than replacing.
 fn merge_key(field: &str) -> Option<&'static str> {
     match field {
-        "containers" | "initContainers" | "env" | "volumes" | "volumeMounts" | "imagePullSecrets" => {
-            Some("name")
-        }
+        "containers" | "initContainers" | "env" | "volumes" | "volumeMounts"
+        | "imagePullSecrets" => Some("name"),
         "conditions" => Some("type"),
         "ports" => Some("containerPort"),
         _ => None,
@@ -71,10 +70,14 @@ pub fn strategic_merge_patch(target: &mut Value, patch: &Value) {
                 if !existing.is_array() {
                     *existing = Value::Array(vec![]);
                 }
-                let Value::Array(list) = existing else { continue };
+                let Value::Array(list) = existing else {
+                    continue;
+                };
                 for item in items {
                     let id = item.get(key).cloned();
-                    let pos = id.as_ref().and_then(|id| list.iter().position(|e| e.get(key) == Some(id)));
+                    let pos = id
+                        .as_ref()
+                        .and_then(|id| list.iter().position(|e| e.get(key) == Some(id)));
                     let delete = item.get("$patch").and_then(Value::as_str) == Some("delete");
                     match (pos, delete) {
                         (Some(i), true) => {
@@ -86,7 +89,9 @@ pub fn strategic_merge_patch(target: &mut Value, patch: &Value) {
                     }
                 }
             }
-            (_, Value::Object(_)) => strategic_merge_patch(t.entry(k.clone()).or_insert(Value::Null), v),
+            (_, Value::Object(_)) => {
+                strategic_merge_patch(t.entry(k.clone()).or_insert(Value::Null), v)
+            }
             _ => {
                 t.insert(k.clone(), strip_directives(v));
             }
@@ -113,7 +118,9 @@ pub fn json_patch(target: &mut Value, ops: &Value) -> Result<(), PatchError> {
         .as_array()
         .ok_or_else(|| PatchError("a JSON patch is a list of operations".into()))?;
     for op in ops {
-        let path = op["path"].as_str().ok_or_else(|| PatchError("operation without path".into()))?;
+        let path = op["path"]
+            .as_str()
+            .ok_or_else(|| PatchError("operation without path".into()))?;
         match op["op"].as_str().unwrap_or("") {
             "add" => add(target, path, op["value"].clone())?,
             "remove" => {
@@ -124,12 +131,16 @@ pub fn json_patch(target: &mut Value, ops: &Value) -> Result<(), PatchError> {
                 add(target, path, op["value"].clone())?;
             }
             "move" => {
-                let from = op["from"].as_str().ok_or_else(|| PatchError("move without from".into()))?;
+                let from = op["from"]
+                    .as_str()
+                    .ok_or_else(|| PatchError("move without from".into()))?;
                 let v = remove(target, from)?;
                 add(target, path, v)?;
             }
             "copy" => {
-                let from = op["from"].as_str().ok_or_else(|| PatchError("copy without from".into()))?;
+                let from = op["from"]
+                    .as_str()
+                    .ok_or_else(|| PatchError("copy without from".into()))?;
                 let v = target
                     .pointer(from)
                     .cloned()
@@ -141,14 +152,20 @@ pub fn json_patch(target: &mut Value, ops: &Value) -> Result<(), PatchError> {
                     return Err(PatchError(format!("test failed at {path}")));
                 }
             }
-            other => return Err(PatchError(format!("unknown JSON patch operation {other:?}"))),
+            other => {
+                return Err(PatchError(format!(
+                    "unknown JSON patch operation {other:?}"
+                )))
+            }
         }
     }
     Ok(())
 }
 
 fn split_pointer(path: &str) -> Result<(String, String), PatchError> {
-    let i = path.rfind('/').ok_or_else(|| PatchError(format!("bad path {path:?}")))?;
+    let i = path
+        .rfind('/')
+        .ok_or_else(|| PatchError(format!("bad path {path:?}")))?;
     let last = path[i + 1..].replace("~1", "/").replace("~0", "~");
     Ok((path[..i].to_string(), last))
 }
@@ -170,7 +187,9 @@ fn add(target: &mut Value, path: &str, value: Value) -> Result<(), PatchError> {
             if last == "-" {
                 a.push(value);
             } else {
-                let i: usize = last.parse().map_err(|_| PatchError(format!("bad index {last}")))?;
+                let i: usize = last
+                    .parse()
+                    .map_err(|_| PatchError(format!("bad index {last}")))?;
                 if i > a.len() {
                     return Err(PatchError(format!("index {i} out of range")));
                 }
@@ -188,7 +207,9 @@ fn remove(target: &mut Value, path: &str) -> Result<Value, PatchError> {
     match target.pointer_mut(&parent).ok_or_else(missing)? {
         Value::Object(m) => m.remove(&last).ok_or_else(missing),
         Value::Array(a) => {
-            let i: usize = last.parse().map_err(|_| PatchError(format!("bad index {last}")))?;
+            let i: usize = last
+                .parse()
+                .map_err(|_| PatchError(format!("bad index {last}")))?;
             if i >= a.len() {
                 return Err(missing());
             }
@@ -222,7 +243,10 @@ mod tests {
             &json!({"$setElementOrder/containers": [{"name": "a"}],
                     "spec": {"containers": [{"name": "a", "image": "z"}, {"name": "b", "$patch": "delete"}]}}),
         );
-        assert_eq!(pod, json!({"spec": {"containers": [{"name": "a", "image": "z"}]}}));
+        assert_eq!(
+            pod,
+            json!({"spec": {"containers": [{"name": "a", "image": "z"}]}})
+        );
     }
 
     #[test]
@@ -236,7 +260,10 @@ mod tests {
                     {"op": "test", "path": "/spec/unschedulable", "value": true}]),
         )
         .unwrap();
-        assert_eq!(v, json!({"spec": {"taints": [{"key": "b"}], "unschedulable": true}}));
+        assert_eq!(
+            v,
+            json!({"spec": {"taints": [{"key": "b"}], "unschedulable": true}})
+        );
         assert!(json_patch(&mut v, &json!([{"op": "remove", "path": "/nope"}])).is_err());
     }
 }

@@ -98,8 +98,14 @@ impl LabServer {
     pub async fn start(opts: ServeOptions) -> Result<LabServer, ServeError> {
         let listener = tokio::net::TcpListener::bind(opts.listen)
             .await
-            .map_err(|source| ServeError::Bind { addr: opts.listen, source })?;
-        let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: opts.listen, source })?;
+            .map_err(|source| ServeError::Bind {
+                addr: opts.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+            addr: opts.listen,
+            source,
+        })?;
         let store = Store::new(opts.history_limit);
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             let mut obj = json!({"metadata": {"name": ns}});
@@ -112,8 +118,12 @@ impl LabServer {
             .clone()
             .unwrap_or_else(|| format!("http://127.0.0.1:{}", addr.port()));
         let kubeconfig_path = opts.lab_dir.join("kubeconfig");
-        kubeconfig::write(&kubeconfig_path, &url, opts.token.as_deref())
-            .map_err(|source| ServeError::Kubeconfig { path: kubeconfig_path.clone(), source })?;
+        kubeconfig::write(&kubeconfig_path, &url, opts.token.as_deref()).map_err(|source| {
+            ServeError::Kubeconfig {
+                path: kubeconfig_path.clone(),
+                source,
+            }
+        })?;
         let shutdown = CancellationToken::new();
         let state = Arc::new(ApiState {
             store: store.clone(),
@@ -132,9 +142,20 @@ impl LabServer {
                 tracing::error!(error = %e, "lab API server stopped");
             }
         });
-        let ctrl = tokio::spawn(controllers::run(store.clone(), opts.controllers.clone(), shutdown.clone()));
+        let ctrl = tokio::spawn(controllers::run(
+            store.clone(),
+            opts.controllers.clone(),
+            shutdown.clone(),
+        ));
         tracing::info!(%addr, url = %url, kubeconfig = %kubeconfig_path.display(), "lab cluster serving");
-        Ok(LabServer { addr, url, kubeconfig_path, store, shutdown, tasks: Mutex::new(vec![http, ctrl]) })
+        Ok(LabServer {
+            addr,
+            url,
+            kubeconfig_path,
+            store,
+            shutdown,
+            tasks: Mutex::new(vec![http, ctrl]),
+        })
     }
 
     /// The bound address.
@@ -165,7 +186,8 @@ impl LabServer {
     /// Stops serving (open watches end) and the controllers, and waits for them.
     pub async fn shutdown(&self) {
         self.shutdown.cancel();
-        let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        let tasks: Vec<_> =
+            std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
         for t in tasks {
             // Graceful shutdown waits for open connections; watches may hold one for long.
             let _ = tokio::time::timeout(Duration::from_secs(2), t).await;

@@ -179,9 +179,16 @@ impl Store {
             .map(|o| o.entry("metadata").or_insert_with(|| json!({})))
             .and_then(Value::as_object_mut)
             .ok_or_else(|| StoreError::Invalid("metadata is not an object".into()))?;
-        let mut name = meta.get("name").and_then(Value::as_str).unwrap_or("").to_string();
+        let mut name = meta
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         if name.is_empty() {
-            let prefix = meta.get("generateName").and_then(Value::as_str).unwrap_or("");
+            let prefix = meta
+                .get("generateName")
+                .and_then(Value::as_str)
+                .unwrap_or("");
             if prefix.is_empty() {
                 return Err(StoreError::Invalid(format!(
                     "{} \"\" is invalid: metadata.name: Required value: name or generateName is required",
@@ -197,8 +204,15 @@ impl Store {
             )));
         }
         let key = (ns.to_string(), name.clone());
-        if inner.objects.get(&kind).is_some_and(|m| m.contains_key(&key)) {
-            return Err(StoreError::AlreadyExists { kind: info.plural, name });
+        if inner
+            .objects
+            .get(&kind)
+            .is_some_and(|m| m.contains_key(&key))
+        {
+            return Err(StoreError::AlreadyExists {
+                kind: info.plural,
+                name,
+            });
         }
         inner.rv += 1;
         let rv = inner.rv;
@@ -217,7 +231,11 @@ impl Store {
             o.insert("kind".into(), json!(info.kind_name));
         }
         let obj = Arc::new(obj);
-        inner.objects.entry(kind).or_default().insert(key, obj.clone());
+        inner
+            .objects
+            .entry(kind)
+            .or_default()
+            .insert(key, obj.clone());
         self.record(&mut inner, kind, EventType::Added, obj.clone());
         Ok(obj)
     }
@@ -245,11 +263,19 @@ impl Store {
             .get(&kind)
             .and_then(|m| m.get(&key))
             .cloned()
-            .ok_or_else(|| StoreError::NotFound { kind: info.plural, name: name.to_string() })?;
-        let current_rv = current["metadata"]["resourceVersion"].as_str().unwrap_or("");
+            .ok_or_else(|| StoreError::NotFound {
+                kind: info.plural,
+                name: name.to_string(),
+            })?;
+        let current_rv = current["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or("");
         if let Some(want) = expected_rv.filter(|v| !v.is_empty()) {
             if want != current_rv {
-                return Err(StoreError::Conflict { kind: info.plural, name: name.to_string() });
+                return Err(StoreError::Conflict {
+                    kind: info.plural,
+                    name: name.to_string(),
+                });
             }
         }
         let mut new = f(&current)?;
@@ -263,7 +289,13 @@ impl Store {
                 new["metadata"] = json!({});
             }
             let meta = &mut new["metadata"];
-            for field in ["name", "namespace", "uid", "creationTimestamp", "generation"] {
+            for field in [
+                "name",
+                "namespace",
+                "uid",
+                "creationTimestamp",
+                "generation",
+            ] {
                 match old_meta.get(field) {
                     Some(v) => meta[field] = v.clone(),
                     None => {
@@ -288,7 +320,11 @@ impl Store {
         let rv = inner.rv;
         new["metadata"]["resourceVersion"] = json!(rv.to_string());
         let new = Arc::new(new);
-        inner.objects.entry(kind).or_default().insert(key, new.clone());
+        inner
+            .objects
+            .entry(kind)
+            .or_default()
+            .insert(key, new.clone());
         self.record(&mut inner, kind, EventType::Modified, new.clone());
         Ok(new)
     }
@@ -302,7 +338,10 @@ impl Store {
             .objects
             .get_mut(&kind)
             .and_then(|m| m.remove(&key))
-            .ok_or_else(|| StoreError::NotFound { kind: info.plural, name: name.to_string() })?;
+            .ok_or_else(|| StoreError::NotFound {
+                kind: info.plural,
+                name: name.to_string(),
+            })?;
         inner.rv += 1;
         let mut last = (*removed).clone();
         last["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
@@ -320,7 +359,10 @@ impl Store {
     ) -> Result<(Vec<Change>, broadcast::Receiver<Change>), StoreError> {
         let inner = self.lock();
         if from < inner.oldest_watchable {
-            return Err(StoreError::Gone { asked: from, oldest: inner.oldest_watchable });
+            return Err(StoreError::Gone {
+                asked: from,
+                oldest: inner.oldest_watchable,
+            });
         }
         let past = inner
             .history
@@ -352,7 +394,12 @@ impl Store {
     }
 
     fn record(&self, inner: &mut Inner, kind: Kind, event_type: EventType, object: Arc<Value>) {
-        let change = Change { rv: inner.rv, kind, event_type, object };
+        let change = Change {
+            rv: inner.rv,
+            kind,
+            event_type,
+            object,
+        };
         inner.history.push_back(change.clone());
         while inner.history.len() > self.history_limit {
             if let Some(dropped) = inner.history.pop_front() {
@@ -393,13 +440,22 @@ mod tests {
     fn create_fills_identity_and_update_bumps_versions() {
         let store = Store::new(100);
         let pod = store
-            .create(Kind::Pod, "default", json!({"metadata": {"name": "a"}, "spec": {"x": 1}}))
+            .create(
+                Kind::Pod,
+                "default",
+                json!({"metadata": {"name": "a"}, "spec": {"x": 1}}),
+            )
             .unwrap();
         assert_eq!(pod["metadata"]["resourceVersion"], "1");
         assert_eq!(pod["metadata"]["namespace"], "default");
         assert_eq!(pod["kind"], "Pod");
-        let same = store.update(Kind::Pod, "default", "a", None, |o| Ok(o.clone())).unwrap();
-        assert_eq!(same["metadata"]["resourceVersion"], "1", "a no-op update is not recorded");
+        let same = store
+            .update(Kind::Pod, "default", "a", None, |o| Ok(o.clone()))
+            .unwrap();
+        assert_eq!(
+            same["metadata"]["resourceVersion"], "1",
+            "a no-op update is not recorded"
+        );
         let changed = store
             .update(Kind::Pod, "default", "a", Some("1"), |o| {
                 let mut o = o.clone();
@@ -418,10 +474,17 @@ mod tests {
         let store = Store::new(2);
         for i in 0..5 {
             store
-                .create(Kind::Secret, "default", json!({"metadata": {"name": format!("s{i}")}}))
+                .create(
+                    Kind::Secret,
+                    "default",
+                    json!({"metadata": {"name": format!("s{i}")}}),
+                )
                 .unwrap();
         }
-        assert!(matches!(store.watch_from(Kind::Secret, 1), Err(StoreError::Gone { .. })));
+        assert!(matches!(
+            store.watch_from(Kind::Secret, 1),
+            Err(StoreError::Gone { .. })
+        ));
         let (past, _) = store.watch_from(Kind::Secret, 3).unwrap();
         assert_eq!(past.len(), 2);
     }
@@ -430,11 +493,19 @@ mod tests {
     fn generated_names_and_invalid_names() {
         let store = Store::new(10);
         let s = store
-            .create(Kind::Secret, "default", json!({"metadata": {"generateName": "x-"}}))
+            .create(
+                Kind::Secret,
+                "default",
+                json!({"metadata": {"generateName": "x-"}}),
+            )
             .unwrap();
         assert!(s["metadata"]["name"].as_str().unwrap().starts_with("x-"));
         assert!(matches!(
-            store.create(Kind::Secret, "default", json!({"metadata": {"name": "Bad_Name"}})),
+            store.create(
+                Kind::Secret,
+                "default",
+                json!({"metadata": {"name": "Bad_Name"}})
+            ),
             Err(StoreError::Invalid(_))
         ));
     }

@@ -14,7 +14,9 @@ pub fn now_micro() -> String {
 
 /// Parses a `Time` or `MicroTime`.
 pub fn parse(ts: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(ts).ok().map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(ts)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// A kubectl-style age: `45s`, `3m12s`, `5h`, `2d`.

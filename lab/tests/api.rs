@@ -21,41 +21,83 @@ fn node(name: &str, labels: serde_json::Value) -> Node {
 async fn the_kube_client_lists_watches_and_patches_nodes() {
     let (server, client) = start(fast_options("kube")).await;
     let nodes: Api<Node> = Api::all(client.clone());
-    nodes.create(&PostParams::default(), &node("a", json!({"pool": "x"}))).await.unwrap();
-    nodes.create(&PostParams::default(), &node("b", json!({"pool": "y"}))).await.unwrap();
-
-    let listed = nodes.list(&ListParams::default().labels("pool in (x,z)")).await.unwrap();
-    assert_eq!(listed.items.len(), 1);
-    assert_eq!(listed.items[0].metadata.name.as_deref(), Some("a"));
-    let rv = listed.metadata.resource_version.clone().unwrap();
-    let none = nodes.list(&ListParams::default().labels("pool!=x,pool!=y")).await.unwrap();
-    assert!(none.items.is_empty());
-    let schedulable = nodes.list(&ListParams::default().fields("spec.unschedulable=false")).await.unwrap();
-    assert_eq!(schedulable.items.len(), 2);
-
-    let mut events = nodes.watch(&WatchParams::default().disable_bookmarks(), &rv).await.unwrap().boxed();
-    // A merge patch (cordon), a strategic merge patch (a label) and a JSON patch (a taint).
     nodes
-        .patch("a", &PatchParams::default(), &Patch::Merge(json!({"spec": {"unschedulable": true}})))
+        .create(&PostParams::default(), &node("a", json!({"pool": "x"})))
         .await
         .unwrap();
     nodes
-        .patch("a", &PatchParams::default(), &Patch::Strategic(json!({"metadata": {"labels": {"extra": "1"}}})))
+        .create(&PostParams::default(), &node("b", json!({"pool": "y"})))
+        .await
+        .unwrap();
+
+    let listed = nodes
+        .list(&ListParams::default().labels("pool in (x,z)"))
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert_eq!(listed.items[0].metadata.name.as_deref(), Some("a"));
+    let rv = listed.metadata.resource_version.clone().unwrap();
+    let none = nodes
+        .list(&ListParams::default().labels("pool!=x,pool!=y"))
+        .await
+        .unwrap();
+    assert!(none.items.is_empty());
+    let schedulable = nodes
+        .list(&ListParams::default().fields("spec.unschedulable=false"))
+        .await
+        .unwrap();
+    assert_eq!(schedulable.items.len(), 2);
+
+    let mut events = nodes
+        .watch(&WatchParams::default().disable_bookmarks(), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    // A merge patch (cordon), a strategic merge patch (a label) and a JSON patch (a taint).
+    nodes
+        .patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"unschedulable": true}})),
+        )
+        .await
+        .unwrap();
+    nodes
+        .patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"metadata": {"labels": {"extra": "1"}}})),
+        )
         .await
         .unwrap();
     let taint = json!([{"op": "add", "path": "/spec/taints", "value": [{"key": "k", "value": "v", "effect": "NoSchedule"}]}]);
     let patched = nodes
-        .patch("a", &PatchParams::default(), &Patch::<()>::Json(serde_json::from_value(taint).unwrap()))
+        .patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::<()>::Json(serde_json::from_value(taint).unwrap()),
+        )
         .await
         .unwrap();
     assert_eq!(patched.spec.as_ref().unwrap().unschedulable, Some(true));
-    assert_eq!(patched.metadata.labels.as_ref().unwrap()["pool"], "x", "labels merge");
+    assert_eq!(
+        patched.metadata.labels.as_ref().unwrap()["pool"],
+        "x",
+        "labels merge"
+    );
     assert_eq!(patched.metadata.labels.as_ref().unwrap()["extra"], "1");
-    assert_eq!(patched.spec.as_ref().unwrap().taints.as_ref().unwrap()[0].key, "k");
+    assert_eq!(
+        patched.spec.as_ref().unwrap().taints.as_ref().unwrap()[0].key,
+        "k"
+    );
 
     let mut modified = 0;
     while modified < 3 {
-        let ev = tokio::time::timeout(Duration::from_secs(5), events.try_next()).await.unwrap().unwrap().unwrap();
+        let ev = tokio::time::timeout(Duration::from_secs(5), events.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         match ev {
             WatchEvent::Modified(n) => {
                 assert_eq!(n.metadata.name.as_deref(), Some("a"));
@@ -65,10 +107,21 @@ async fn the_kube_client_lists_watches_and_patches_nodes() {
         }
     }
 
-    let cordoned = nodes.list(&ListParams::default().fields("spec.unschedulable=true")).await.unwrap();
+    let cordoned = nodes
+        .list(&ListParams::default().fields("spec.unschedulable=true"))
+        .await
+        .unwrap();
     assert_eq!(cordoned.items.len(), 1);
     nodes.delete("b", &Default::default()).await.unwrap();
-    assert_eq!(nodes.list(&ListParams::default()).await.unwrap().items.len(), 1);
+    assert_eq!(
+        nodes
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
     server.shutdown().await;
 }
 
@@ -80,14 +133,24 @@ async fn errors_come_back_as_kubernetes_status_objects() {
         Err(kube::Error::Api(s)) => assert_eq!((s.code, s.reason.as_str()), (404, "NotFound")),
         other => panic!("expected 404, got {other:?}"),
     }
-    nodes.create(&PostParams::default(), &node("a", json!({}))).await.unwrap();
-    match nodes.create(&PostParams::default(), &node("a", json!({}))).await {
+    nodes
+        .create(&PostParams::default(), &node("a", json!({})))
+        .await
+        .unwrap();
+    match nodes
+        .create(&PostParams::default(), &node("a", json!({})))
+        .await
+    {
         Err(kube::Error::Api(s)) => assert_eq!((s.code, s.reason.as_str()), (409, "AlreadyExists")),
         other => panic!("expected 409, got {other:?}"),
     }
     let mut stale = nodes.get("a").await.unwrap();
     nodes
-        .patch("a", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"x": "1"}}})))
+        .patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"x": "1"}}})),
+        )
         .await
         .unwrap();
     stale.metadata.labels = Some([("y".to_string(), "2".to_string())].into());
@@ -96,7 +159,9 @@ async fn errors_come_back_as_kubernetes_status_objects() {
         other => panic!("expected a conflict, got {other:?}"),
     }
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let bad: Pod = serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": {"containers": []}})).unwrap();
+    let bad: Pod =
+        serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": {"containers": []}}))
+            .unwrap();
     match pods.create(&PostParams::default(), &bad).await {
         Err(kube::Error::Api(s)) => assert_eq!((s.code, s.reason.as_str()), (422, "Invalid")),
         other => panic!("expected 422, got {other:?}"),
@@ -111,10 +176,21 @@ async fn a_watch_from_a_version_older_than_the_kept_history_gets_410_gone() {
     let (server, client) = start(opts).await;
     let nodes: Api<Node> = Api::all(client.clone());
     for i in 0..10 {
-        nodes.create(&PostParams::default(), &node(&format!("n{i}"), json!({}))).await.unwrap();
+        nodes
+            .create(&PostParams::default(), &node(&format!("n{i}"), json!({})))
+            .await
+            .unwrap();
     }
-    let mut events = nodes.watch(&WatchParams::default(), "1").await.unwrap().boxed();
-    match tokio::time::timeout(Duration::from_secs(5), events.try_next()).await.unwrap().unwrap() {
+    let mut events = nodes
+        .watch(&WatchParams::default(), "1")
+        .await
+        .unwrap()
+        .boxed();
+    match tokio::time::timeout(Duration::from_secs(5), events.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+    {
         Some(WatchEvent::Error(s)) => {
             assert_eq!(s.code, 410);
             assert_eq!(s.reason, "Expired");
@@ -122,10 +198,26 @@ async fn a_watch_from_a_version_older_than_the_kept_history_gets_410_gone() {
         other => panic!("expected a 410 error event, got {other:?}"),
     }
     // A recent version still works.
-    let rv = nodes.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
-    let mut events = nodes.watch(&WatchParams::default().disable_bookmarks(), &rv).await.unwrap().boxed();
-    nodes.create(&PostParams::default(), &node("late", json!({}))).await.unwrap();
-    let ev = tokio::time::timeout(Duration::from_secs(5), events.try_next()).await.unwrap().unwrap();
+    let rv = nodes
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let mut events = nodes
+        .watch(&WatchParams::default().disable_bookmarks(), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    nodes
+        .create(&PostParams::default(), &node("late", json!({})))
+        .await
+        .unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(5), events.try_next())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(matches!(ev, Some(WatchEvent::Added(n)) if n.metadata.name.as_deref() == Some("late")));
     server.shutdown().await;
 }
@@ -134,18 +226,39 @@ async fn a_watch_from_a_version_older_than_the_kept_history_gets_410_gone() {
 async fn bookmarks_come_only_when_asked_for() {
     let (server, client) = start(fast_options("bookmarks")).await;
     let nodes: Api<Node> = Api::all(client.clone());
-    let rv = nodes.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
+    let rv = nodes
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
 
-    let mut with = nodes.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
-    let ev = tokio::time::timeout(Duration::from_secs(3), with.try_next()).await.unwrap().unwrap();
+    let mut with = nodes
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    let ev = tokio::time::timeout(Duration::from_secs(3), with.try_next())
+        .await
+        .unwrap()
+        .unwrap();
     match ev {
         Some(WatchEvent::Bookmark(b)) => assert!(!b.metadata.resource_version.is_empty()),
         other => panic!("expected a bookmark, got {other:?}"),
     }
 
-    let mut without = nodes.watch(&WatchParams::default().disable_bookmarks(), &rv).await.unwrap().boxed();
+    let mut without = nodes
+        .watch(&WatchParams::default().disable_bookmarks(), &rv)
+        .await
+        .unwrap()
+        .boxed();
     // Several bookmark intervals (200 ms) pass with nothing sent.
-    assert!(tokio::time::timeout(Duration::from_millis(1200), without.try_next()).await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1200), without.try_next())
+            .await
+            .is_err()
+    );
     server.shutdown().await;
 }
 
@@ -159,7 +272,11 @@ async fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String) 
         .output()
         .await
         .expect("kubectl must be installed for this test (it is on the project's machines)");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
@@ -190,7 +307,9 @@ spec:
 
 #[tokio::test]
 async fn unmodified_kubectl_gets_creates_cordons_drains_and_deletes() {
-    let which = std::process::Command::new("kubectl").args(["version", "--client"]).output();
+    let which = std::process::Command::new("kubectl")
+        .args(["version", "--client"])
+        .output();
     assert!(
         which.is_ok_and(|o| o.status.success()),
         "kubectl is not installed: this test needs the real kubectl"
@@ -209,7 +328,11 @@ async fn unmodified_kubectl_gets_creates_cordons_drains_and_deletes() {
     })
     .await;
 
-    let file = server.kubeconfig_path().parent().unwrap().join("deployment.yaml");
+    let file = server
+        .kubeconfig_path()
+        .parent()
+        .unwrap()
+        .join("deployment.yaml");
     std::fs::write(&file, DEPLOYMENT).unwrap();
     let out = kubectl_ok(&kc, &["create", "-f", file.to_str().unwrap()]).await;
     assert!(out.contains("deployment.apps/web created"), "{out}");
@@ -217,7 +340,14 @@ async fn unmodified_kubectl_gets_creates_cordons_drains_and_deletes() {
     let k = kc.clone();
     eventually("both pods Running", Duration::from_secs(10), || {
         let k = k.clone();
-        async move { (kubectl_ok(&k, &["get", "pods"]).await.matches("Running").count() == 2).then_some(()) }
+        async move {
+            (kubectl_ok(&k, &["get", "pods"])
+                .await
+                .matches("Running")
+                .count()
+                == 2)
+                .then_some(())
+        }
     })
     .await;
     let out = kubectl_ok(&kc, &["get", "deployments"]).await;
@@ -227,18 +357,31 @@ async fn unmodified_kubectl_gets_creates_cordons_drains_and_deletes() {
 
     let out = kubectl_ok(&kc, &["cordon", "w1"]).await;
     assert!(out.contains("node/w1 cordoned"), "{out}");
-    assert!(kubectl_ok(&kc, &["get", "nodes"]).await.contains("SchedulingDisabled"));
+    assert!(kubectl_ok(&kc, &["get", "nodes"])
+        .await
+        .contains("SchedulingDisabled"));
     let out = kubectl_ok(&kc, &["uncordon", "w1"]).await;
     assert!(out.contains("node/w1 uncordoned"), "{out}");
-    assert!(!kubectl_ok(&kc, &["get", "nodes"]).await.contains("SchedulingDisabled"));
+    assert!(!kubectl_ok(&kc, &["get", "nodes"])
+        .await
+        .contains("SchedulingDisabled"));
 
     let w2 = agent(&client, "w2", "2", "2Gi");
     let out = kubectl_ok(
         &kc,
-        &["drain", "w1", "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=30s"],
+        &[
+            "drain",
+            "w1",
+            "--ignore-daemonsets",
+            "--delete-emptydir-data",
+            "--timeout=30s",
+        ],
     )
     .await;
-    assert!(out.contains("evicted") && out.contains("node/w1 drained"), "{out}");
+    assert!(
+        out.contains("evicted") && out.contains("node/w1 drained"),
+        "{out}"
+    );
     let k = kc.clone();
     eventually("the pods run on w2", Duration::from_secs(10), || {
         let k = k.clone();
@@ -254,7 +397,12 @@ async fn unmodified_kubectl_gets_creates_cordons_drains_and_deletes() {
     let k = kc.clone();
     eventually("the pods are gone", Duration::from_secs(10), || {
         let k = k.clone();
-        async move { kubectl_ok(&k, &["get", "pods"]).await.contains("No resources found").then_some(()) }
+        async move {
+            kubectl_ok(&k, &["get", "pods"])
+                .await
+                .contains("No resources found")
+                .then_some(())
+        }
     })
     .await;
     let (ok, out) = kubectl(&kc, &["get", "deployment", "web"]).await;

@@ -60,13 +60,17 @@ async fn wait_node_ready(client: &Client, name: &str) {
 }
 
 async fn running_pods(pods: &Api<Pod>, selector: &str) -> Vec<Pod> {
-    pods.list(&ListParams::default().labels(selector).fields("status.phase=Running"))
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|p| condition(p, "Ready").is_some_and(|c| c.0 == "True"))
-        .collect()
+    pods.list(
+        &ListParams::default()
+            .labels(selector)
+            .fields("status.phase=Running"),
+    )
+    .await
+    .unwrap()
+    .items
+    .into_iter()
+    .filter(|p| condition(p, "Ready").is_some_and(|c| c.0 == "True"))
+    .collect()
 }
 
 #[tokio::test]
@@ -76,16 +80,27 @@ async fn an_agent_registers_a_ready_node_that_runs_pods_and_goes_not_ready_when_
     wait_node_ready(&client, "w1").await;
 
     let node = Api::<Node>::all(client.clone()).get("w1").await.unwrap();
-    assert_eq!(node.metadata.labels.as_ref().unwrap()["kubernetes.io/hostname"], "w1");
+    assert_eq!(
+        node.metadata.labels.as_ref().unwrap()["kubernetes.io/hostname"],
+        "w1"
+    );
     let capacity = node.status.as_ref().unwrap().capacity.as_ref().unwrap();
     assert_eq!(capacity["cpu"].0, "2");
     assert_eq!(capacity["memory"].0, "2Gi");
-    Api::<Secret>::namespaced(client.clone(), "kube-system").get("w1.node-password.k3s").await.unwrap();
-    let lease = Api::<Lease>::namespaced(client.clone(), "kube-node-lease").get("w1").await.unwrap();
+    Api::<Secret>::namespaced(client.clone(), "kube-system")
+        .get("w1.node-password.k3s")
+        .await
+        .unwrap();
+    let lease = Api::<Lease>::namespaced(client.clone(), "kube-node-lease")
+        .get("w1")
+        .await
+        .unwrap();
     assert!(lease.spec.unwrap().renew_time.is_some());
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    pods.create(&PostParams::default(), &pod("p", "500m")).await.unwrap();
+    pods.create(&PostParams::default(), &pod("p", "500m"))
+        .await
+        .unwrap();
     let running = eventually("the pod Running on w1", WAIT, || {
         let pods = pods.clone();
         async move {
@@ -94,7 +109,10 @@ async fn an_agent_registers_a_ready_node_that_runs_pods_and_goes_not_ready_when_
         }
     })
     .await;
-    assert_eq!(running.spec.as_ref().unwrap().node_name.as_deref(), Some("w1"));
+    assert_eq!(
+        running.spec.as_ref().unwrap().node_name.as_deref(),
+        Some("w1")
+    );
     assert_eq!(condition(&running, "Ready").unwrap().0, "True");
 
     // Stopping the agent is a `docker kill` of the worker: heartbeats stop, the 2 s grace passes.
@@ -109,7 +127,9 @@ async fn an_agent_registers_a_ready_node_that_runs_pods_and_goes_not_ready_when_
     })
     .await;
     let taints = node.spec.unwrap().taints.unwrap();
-    assert!(taints.iter().any(|t| t.key == "node.kubernetes.io/unreachable" && t.effect == "NoExecute"));
+    assert!(taints
+        .iter()
+        .any(|t| t.key == "node.kubernetes.io/unreachable" && t.effect == "NoExecute"));
     // Then, after the 2 s eviction timeout, its pod is evicted.
     eventually("the pod evicted from the unreachable node", WAIT, || {
         let pods = pods.clone();
@@ -138,32 +158,53 @@ async fn a_pod_requesting_more_than_any_node_has_stays_pending_with_reason_unsch
     let w1 = agent(&client, "w1", "1", "1Gi");
     wait_node_ready(&client, "w1").await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    pods.create(&PostParams::default(), &pod("big", "4")).await.unwrap();
-    let (_, reason, message) = eventually("PodScheduled=False", WAIT, || {
-        let pods = pods.clone();
-        async move { condition(&pods.get("big").await.ok()?, "PodScheduled").filter(|c| c.0 == "False") }
-    })
-    .await;
+    pods.create(&PostParams::default(), &pod("big", "4"))
+        .await
+        .unwrap();
+    let (_, reason, message) =
+        eventually("PodScheduled=False", WAIT, || {
+            let pods = pods.clone();
+            async move {
+                condition(&pods.get("big").await.ok()?, "PodScheduled").filter(|c| c.0 == "False")
+            }
+        })
+        .await;
     assert_eq!(reason.as_deref(), Some("Unschedulable"));
-    assert_eq!(message.as_deref(), Some("0/1 nodes are available: 1 Insufficient cpu."));
+    assert_eq!(
+        message.as_deref(),
+        Some("0/1 nodes are available: 1 Insufficient cpu.")
+    );
     tokio::time::sleep(Duration::from_millis(600)).await;
     let big = pods.get("big").await.unwrap();
     assert_eq!(big.status.unwrap().phase.as_deref(), Some("Pending"));
     assert!(big.spec.unwrap().node_name.is_none());
 
     // The listing the autoscaler's PendingPodsWatcher makes.
-    let pending = pods.list(&ListParams::default().fields("status.phase=Pending,spec.nodeName=")).await.unwrap();
+    let pending = pods
+        .list(&ListParams::default().fields("status.phase=Pending,spec.nodeName="))
+        .await
+        .unwrap();
     assert_eq!(pending.items.len(), 1);
 
     // Taints keep pods off unless tolerated.
     let nodes: Api<Node> = Api::all(client.clone());
-    let taint = json!({"spec": {"taints": [{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]}});
-    nodes.patch("w1", &PatchParams::default(), &Patch::Strategic(taint)).await.unwrap();
-    pods.create(&PostParams::default(), &pod("plain", "100m")).await.unwrap();
+    let taint =
+        json!({"spec": {"taints": [{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]}});
+    nodes
+        .patch("w1", &PatchParams::default(), &Patch::Strategic(taint))
+        .await
+        .unwrap();
+    pods.create(&PostParams::default(), &pod("plain", "100m"))
+        .await
+        .unwrap();
     let mut tolerant = pod("tolerant", "100m");
-    tolerant.spec.as_mut().unwrap().tolerations =
-        Some(vec![serde_json::from_value(json!({"key": "dedicated", "operator": "Exists"})).unwrap()]);
-    pods.create(&PostParams::default(), &tolerant).await.unwrap();
+    tolerant.spec.as_mut().unwrap().tolerations = Some(vec![serde_json::from_value(
+        json!({"key": "dedicated", "operator": "Exists"}),
+    )
+    .unwrap()]);
+    pods.create(&PostParams::default(), &tolerant)
+        .await
+        .unwrap();
     eventually("the tolerant pod bound", WAIT, || {
         let pods = pods.clone();
         async move { pods.get("tolerant").await.ok()?.spec?.node_name.map(|_| ()) }
@@ -171,10 +212,14 @@ async fn a_pod_requesting_more_than_any_node_has_stays_pending_with_reason_unsch
     .await;
     let (_, _, message) = eventually("the plain pod unschedulable", WAIT, || {
         let pods = pods.clone();
-        async move { condition(&pods.get("plain").await.ok()?, "PodScheduled").filter(|c| c.0 == "False") }
+        async move {
+            condition(&pods.get("plain").await.ok()?, "PodScheduled").filter(|c| c.0 == "False")
+        }
     })
     .await;
-    assert!(message.unwrap().contains("untolerated taint {dedicated: gpu}"));
+    assert!(message
+        .unwrap()
+        .contains("untolerated taint {dedicated: gpu}"));
     w1.stop().await;
     server.shutdown().await;
 }
@@ -186,7 +231,10 @@ async fn a_pdb_blocks_an_eviction_until_another_replica_is_ready() {
     wait_node_ready(&client, "w1").await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    deployments.create(&PostParams::default(), &deployment("web", 1)).await.unwrap();
+    deployments
+        .create(&PostParams::default(), &deployment("web", 1))
+        .await
+        .unwrap();
     let pdb: PodDisruptionBudget = serde_json::from_value(json!({"metadata": {"name": "web"},
         "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "web"}}}}))
     .unwrap();
@@ -209,7 +257,11 @@ async fn a_pdb_blocks_an_eviction_until_another_replica_is_ready() {
     }
 
     deployments
-        .patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 2}})))
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 2}})),
+        )
         .await
         .unwrap();
     eventually("two replicas Ready", WAIT, || {
@@ -218,7 +270,10 @@ async fn a_pdb_blocks_an_eviction_until_another_replica_is_ready() {
     })
     .await;
     pods.evict(&name, &EvictParams::default()).await.unwrap();
-    assert!(pods.get_opt(&name).await.unwrap().is_none(), "the evicted pod is gone");
+    assert!(
+        pods.get_opt(&name).await.unwrap().is_none(),
+        "the evicted pod is gone"
+    );
     w1.stop().await;
     server.shutdown().await;
 }
@@ -230,7 +285,10 @@ async fn deployment_replicas_come_back_after_an_eviction_and_follow_scaling() {
     wait_node_ready(&client, "w1").await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    deployments.create(&PostParams::default(), &deployment("api", 2)).await.unwrap();
+    deployments
+        .create(&PostParams::default(), &deployment("api", 2))
+        .await
+        .unwrap();
     let running = eventually("two replicas Ready", WAIT, || {
         let pods = pods.clone();
         async move { Some(running_pods(&pods, "app=api").await).filter(|p| p.len() == 2) }
@@ -240,11 +298,21 @@ async fn deployment_replicas_come_back_after_an_eviction_and_follow_scaling() {
     // Pod → ReplicaSet → Deployment.
     let owner = &running[0].metadata.owner_references.as_ref().unwrap()[0];
     assert_eq!(owner.kind, "ReplicaSet");
-    let rs = Api::<ReplicaSet>::namespaced(client.clone(), "default").get(&owner.name).await.unwrap();
+    let rs = Api::<ReplicaSet>::namespaced(client.clone(), "default")
+        .get(&owner.name)
+        .await
+        .unwrap();
     assert_eq!(rs.metadata.owner_references.unwrap()[0].kind, "Deployment");
     let status = eventually("deployment status 2 ready", WAIT, || {
         let deployments = deployments.clone();
-        async move { deployments.get("api").await.ok()?.status.filter(|s| s.ready_replicas == Some(2)) }
+        async move {
+            deployments
+                .get("api")
+                .await
+                .ok()?
+                .status
+                .filter(|s| s.ready_replicas == Some(2))
+        }
     })
     .await;
     assert_eq!(status.available_replicas, Some(2));
@@ -252,7 +320,11 @@ async fn deployment_replicas_come_back_after_an_eviction_and_follow_scaling() {
     // With the only node cordoned, the evicted replica comes back Pending and unschedulable.
     let nodes: Api<Node> = Api::all(client.clone());
     nodes
-        .patch("w1", &PatchParams::default(), &Patch::Merge(json!({"spec": {"unschedulable": true}})))
+        .patch(
+            "w1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"unschedulable": true}})),
+        )
         .await
         .unwrap();
     let evicted = running[0].metadata.name.clone().unwrap();
@@ -260,17 +332,30 @@ async fn deployment_replicas_come_back_after_an_eviction_and_follow_scaling() {
     let replacement = eventually("a Pending replacement", WAIT, || {
         let pods = pods.clone();
         async move {
-            pods.list(&ListParams::default().labels("app=api")).await.ok()?.items.into_iter().find(|p| {
-                condition(p, "PodScheduled").is_some_and(|c| c.1.as_deref() == Some("Unschedulable"))
-            })
+            pods.list(&ListParams::default().labels("app=api"))
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|p| {
+                    condition(p, "PodScheduled")
+                        .is_some_and(|c| c.1.as_deref() == Some("Unschedulable"))
+                })
         }
     })
     .await;
     assert_ne!(replacement.metadata.name.as_deref(), Some(evicted.as_str()));
-    assert_eq!(replacement.status.unwrap().phase.as_deref(), Some("Pending"));
+    assert_eq!(
+        replacement.status.unwrap().phase.as_deref(),
+        Some("Pending")
+    );
 
     nodes
-        .patch("w1", &PatchParams::default(), &Patch::Merge(json!({"spec": {"unschedulable": false}})))
+        .patch(
+            "w1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"unschedulable": false}})),
+        )
         .await
         .unwrap();
     eventually("two replicas Ready again", WAIT, || {
@@ -280,20 +365,43 @@ async fn deployment_replicas_come_back_after_an_eviction_and_follow_scaling() {
     .await;
 
     deployments
-        .patch("api", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 1}})))
+        .patch(
+            "api",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 1}})),
+        )
         .await
         .unwrap();
     eventually("scaled down to one pod", WAIT, || {
         let pods = pods.clone();
-        async move { (pods.list(&ListParams::default().labels("app=api")).await.ok()?.items.len() == 1).then_some(()) }
+        async move {
+            (pods
+                .list(&ListParams::default().labels("app=api"))
+                .await
+                .ok()?
+                .items
+                .len()
+                == 1)
+                .then_some(())
+        }
     })
     .await;
 
     // Deleting the Deployment takes its ReplicaSet and pods with it.
-    deployments.delete("api", &DeleteParams::default()).await.unwrap();
+    deployments
+        .delete("api", &DeleteParams::default())
+        .await
+        .unwrap();
     eventually("the pods garbage-collected", WAIT, || {
         let pods = pods.clone();
-        async move { pods.list(&ListParams::default()).await.ok()?.items.is_empty().then_some(()) }
+        async move {
+            pods.list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .is_empty()
+                .then_some(())
+        }
     })
     .await;
     w1.stop().await;
@@ -306,14 +414,19 @@ async fn pods_bound_to_a_deleted_node_are_garbage_collected() {
     let w1 = agent(&client, "w1", "2", "2Gi");
     wait_node_ready(&client, "w1").await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    pods.create(&PostParams::default(), &pod("p", "100m")).await.unwrap();
+    pods.create(&PostParams::default(), &pod("p", "100m"))
+        .await
+        .unwrap();
     eventually("the pod bound", WAIT, || {
         let pods = pods.clone();
         async move { pods.get("p").await.ok()?.spec?.node_name.map(|_| ()) }
     })
     .await;
     w1.stop().await;
-    Api::<Node>::all(client.clone()).delete("w1", &DeleteParams::default()).await.unwrap();
+    Api::<Node>::all(client.clone())
+        .delete("w1", &DeleteParams::default())
+        .await
+        .unwrap();
     Api::<Secret>::namespaced(client.clone(), "kube-system")
         .delete("w1.node-password.k3s", &DeleteParams::default())
         .await

@@ -58,7 +58,11 @@ impl LoadGenerator {
             let stop = Arc::new(AtomicBool::new(false));
             let (m, s) = (millis.clone(), stop.clone());
             let handle = std::thread::spawn(move || burn(&m, &s));
-            self.burners.push(Burner { millis, stop, handle });
+            self.burners.push(Burner {
+                millis,
+                stop,
+                handle,
+            });
         }
         let mut left = cpu_millis;
         for b in &self.burners {

@@ -80,7 +80,9 @@ pub fn parse_taint(s: &str) -> Result<(String, String, String), AgentError> {
         .rsplit_once(':')
         .ok_or_else(|| AgentError::Invalid(format!("taint {s:?} is not key=value:Effect")))?;
     if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
-        return Err(AgentError::Invalid(format!("taint {s:?} has an unknown effect {effect:?}")));
+        return Err(AgentError::Invalid(format!(
+            "taint {s:?} has an unknown effect {effect:?}"
+        )));
     }
     let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
     Ok((k.to_string(), v.to_string(), effect.to_string()))
@@ -88,10 +90,20 @@ pub fn parse_taint(s: &str) -> Result<(String, String, String), AgentError> {
 
 /// Runs the agent until `shutdown` resolves. The Node is left in place on exit (as a k3s agent
 /// leaves it), so it goes NotReady once its heartbeats are missed.
-pub async fn run(client: Client, opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
-    let cpu = quantity::cpu_millis(&opts.cpu).ok_or_else(|| AgentError::Invalid(format!("cpu {:?}", opts.cpu)))?;
-    let mem = quantity::bytes(&opts.memory).ok_or_else(|| AgentError::Invalid(format!("memory {:?}", opts.memory)))?;
-    let agent = Agent { client, opts, started: now_rfc3339() };
+pub async fn run(
+    client: Client,
+    opts: AgentOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let cpu = quantity::cpu_millis(&opts.cpu)
+        .ok_or_else(|| AgentError::Invalid(format!("cpu {:?}", opts.cpu)))?;
+    let mem = quantity::bytes(&opts.memory)
+        .ok_or_else(|| AgentError::Invalid(format!("memory {:?}", opts.memory)))?;
+    let agent = Agent {
+        client,
+        opts,
+        started: now_rfc3339(),
+    };
     agent.register().await?;
     tracing::info!(node = %agent.opts.node_name, cpu = %agent.opts.cpu, memory = %agent.opts.memory, "node registered");
     let mut load = LoadGenerator::new();
@@ -137,15 +149,29 @@ impl Agent {
         let mut labels: BTreeMap<String, String> = BTreeMap::from([
             ("kubernetes.io/hostname".to_string(), name.clone()),
             ("kubernetes.io/os".to_string(), "linux".to_string()),
-            ("kubernetes.io/arch".to_string(), std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64")),
-            ("node.kubernetes.io/instance-type".to_string(), "k3s".to_string()),
+            (
+                "kubernetes.io/arch".to_string(),
+                std::env::consts::ARCH
+                    .replace("x86_64", "amd64")
+                    .replace("aarch64", "arm64"),
+            ),
+            (
+                "node.kubernetes.io/instance-type".to_string(),
+                "k3s".to_string(),
+            ),
         ]);
         labels.extend(self.opts.labels.clone());
         let taints: Vec<Value> = self
             .opts
             .taints
             .iter()
-            .map(|(k, v, e)| if v.is_empty() { json!({"key": k, "effect": e}) } else { json!({"key": k, "value": v, "effect": e}) })
+            .map(|(k, v, e)| {
+                if v.is_empty() {
+                    json!({"key": k, "effect": e})
+                } else {
+                    json!({"key": k, "value": v, "effect": e})
+                }
+            })
             .collect();
         json!({
             "apiVersion": "v1",
@@ -186,7 +212,10 @@ impl Agent {
     async fn register(&self) -> Result<(), AgentError> {
         let nodes: Api<Node> = Api::all(self.client.clone());
         let name = &self.opts.node_name;
-        let err = |source| AgentError::Register { node: name.clone(), source };
+        let err = |source| AgentError::Register {
+            node: name.clone(),
+            source,
+        };
         let obj = self.node_object();
         let node: Node = serde_json::from_value(obj.clone())
             .map_err(|e| AgentError::Invalid(format!("node object: {e}")))?;
@@ -195,12 +224,19 @@ impl Agent {
             Err(kube::Error::Api(e)) if e.code == 409 => {
                 // A restart: bring labels and taints up to date.
                 let patch = json!({"metadata": {"labels": obj["metadata"]["labels"]}, "spec": {"taints": obj["spec"]["taints"]}});
-                nodes.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(err)?;
+                nodes
+                    .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map_err(err)?;
             }
             Err(e) => return Err(err(e)),
         }
         nodes
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(&json!({"status": self.status()})))
+            .patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"status": self.status()})),
+            )
             .await
             .map_err(err)?;
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), "kube-system");
@@ -227,7 +263,10 @@ impl Agent {
         let name = &self.opts.node_name;
         let leases: Api<Lease> = Api::namespaced(self.client.clone(), NODE_LEASE_NAMESPACE);
         let renew = json!({"spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": now_micro()}});
-        match leases.patch(name, &PatchParams::default(), &Patch::Merge(&renew)).await {
+        match leases
+            .patch(name, &PatchParams::default(), &Patch::Merge(&renew))
+            .await
+        {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 404 => {
                 let lease: Result<Lease, _> = serde_json::from_value(json!({
@@ -263,7 +302,11 @@ impl Agent {
             }
         }
         if let Err(e) = nodes
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(&json!({"status": status})))
+            .patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"status": status})),
+            )
             .await
         {
             tracing::warn!(node = %name, error = %e, "posting node status failed");
@@ -290,7 +333,8 @@ impl Agent {
             let (c, m) = pod_usage(&v);
             cpu += c;
             mem += m;
-            let running = v["status"]["phase"] == "Running" && condition_status(&v, "Ready") == Some("True");
+            let running =
+                v["status"]["phase"] == "Running" && condition_status(&v, "Ready") == Some("True");
             if running {
                 continue;
             }
@@ -298,7 +342,11 @@ impl Agent {
             let name = v["metadata"]["name"].as_str().unwrap_or("");
             let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
             if let Err(e) = api
-                .patch_status(name, &PatchParams::default(), &Patch::Merge(&running_status(&v, i)))
+                .patch_status(
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&running_status(&v, i)),
+                )
                 .await
             {
                 tracing::warn!(pod = name, namespace = ns, error = %e, "marking pod Running failed");
@@ -312,7 +360,10 @@ impl Agent {
 
 fn running_status(pod: &Value, index: usize) -> Value {
     let now = now_rfc3339();
-    let started = pod["status"]["startTime"].as_str().map(String::from).unwrap_or_else(|| now.clone());
+    let started = pod["status"]["startTime"]
+        .as_str()
+        .map(String::from)
+        .unwrap_or_else(|| now.clone());
     let cond = |t: &str| json!({"type": t, "status": "True", "lastTransitionTime": now});
     let containers: Vec<Value> = pod["spec"]["containers"]
         .as_array()
@@ -340,8 +391,14 @@ mod tests {
 
     #[test]
     fn taint_flags_parse_with_and_without_values() {
-        assert_eq!(parse_taint("a=b:NoSchedule").unwrap(), ("a".into(), "b".into(), "NoSchedule".into()));
-        assert_eq!(parse_taint("a:NoExecute").unwrap(), ("a".into(), "".into(), "NoExecute".into()));
+        assert_eq!(
+            parse_taint("a=b:NoSchedule").unwrap(),
+            ("a".into(), "b".into(), "NoSchedule".into())
+        );
+        assert_eq!(
+            parse_taint("a:NoExecute").unwrap(),
+            ("a".into(), "".into(), "NoExecute".into())
+        );
         assert!(parse_taint("a=b").is_err());
         assert!(parse_taint("a=b:Sometimes").is_err());
     }

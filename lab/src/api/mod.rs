@@ -62,8 +62,14 @@ async fn dispatch(
             return ApiError::new(401, "Unauthorized", "Unauthorized").into_response();
         }
     }
-    let params: Params = Query::try_from_uri(&uri).map(|q: Query<Params>| q.0).unwrap_or_default();
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let params: Params = Query::try_from_uri(&uri)
+        .map(|q: Query<Params>| q.0)
+        .unwrap_or_default();
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -76,21 +82,37 @@ async fn dispatch(
         (&Method::GET, Route::Health) => Ok((StatusCode::OK, "ok").into_response()),
         (&Method::GET, Route::CoreVersions) => Ok(json(discovery::core_versions())),
         (&Method::GET, Route::Groups) => Ok(json(discovery::group_list())),
-        (&Method::GET, Route::Group(g)) => {
-            discovery::group(&g).map(json).ok_or_else(|| ApiError::not_found("the server could not find the requested resource"))
-        }
-        (&Method::GET, Route::ResourceList { group, version }) => discovery::resource_list(&group, &version)
+        (&Method::GET, Route::Group(g)) => discovery::group(&g)
             .map(json)
             .ok_or_else(|| ApiError::not_found("the server could not find the requested resource")),
+        (&Method::GET, Route::ResourceList { group, version }) => {
+            discovery::resource_list(&group, &version)
+                .map(json)
+                .ok_or_else(|| {
+                    ApiError::not_found("the server could not find the requested resource")
+                })
+        }
         (_, Route::Resource(target)) => {
-            let req = verbs::Request { target, params, accept, content_type, body };
+            let req = verbs::Request {
+                target,
+                params,
+                accept,
+                content_type,
+                body,
+            };
             verbs::handle(&state, &method, req).await
         }
-        (&Method::GET, Route::Unknown) if uri.path().trim_end_matches('/') == "/openapi/v3" => Ok(json(openapi::index())),
-        (&Method::GET, Route::Unknown) if uri.path().starts_with("/openapi/v3/") => openapi::document(uri.path())
-            .map(json)
-            .ok_or_else(|| ApiError::not_found("the server could not find the requested resource")),
-        _ => Err(ApiError::not_found("the server could not find the requested resource")),
+        (&Method::GET, Route::Unknown) if uri.path().trim_end_matches('/') == "/openapi/v3" => {
+            Ok(json(openapi::index()))
+        }
+        (&Method::GET, Route::Unknown) if uri.path().starts_with("/openapi/v3/") => {
+            openapi::document(uri.path()).map(json).ok_or_else(|| {
+                ApiError::not_found("the server could not find the requested resource")
+            })
+        }
+        _ => Err(ApiError::not_found(
+            "the server could not find the requested resource",
+        )),
     };
     result.unwrap_or_else(IntoResponse::into_response)
 }
@@ -102,5 +124,9 @@ pub fn json(v: Value) -> Response {
 
 /// A JSON reply with a status code.
 pub fn json_code(code: u16, v: Value) -> Response {
-    (StatusCode::from_u16(code).unwrap_or(StatusCode::OK), axum::Json(v)).into_response()
+    (
+        StatusCode::from_u16(code).unwrap_or(StatusCode::OK),
+        axum::Json(v),
+    )
+        .into_response()
 }

@@ -19,15 +19,24 @@ pub fn index() -> Value {
     let mut paths = Map::new();
     for g in std::iter::once("").chain(groups()) {
         let p = gv_path(g);
-        paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash=lab")}));
+        paths.insert(
+            p.clone(),
+            json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash=lab")}),
+        );
     }
     json!({"paths": paths})
 }
 
 /// `/openapi/v3/api/v1` or `/openapi/v3/apis/<group>/v1`, if served.
 pub fn document(path: &str) -> Option<Value> {
-    let gv = path.trim_start_matches("/openapi/v3/").trim_end_matches('/');
-    let group = if gv == "api/v1" { "" } else { gv.strip_prefix("apis/")?.strip_suffix("/v1")? };
+    let gv = path
+        .trim_start_matches("/openapi/v3/")
+        .trim_end_matches('/');
+    let group = if gv == "api/v1" {
+        ""
+    } else {
+        gv.strip_prefix("apis/")?.strip_suffix("/v1")?
+    };
     let mut paths = Map::new();
     for r in RESOURCES.iter().filter(|r| r.group == group) {
         let prefix = format!("/{}", gv_path(group));
@@ -54,6 +63,8 @@ pub fn document(path: &str) -> Option<Value> {
     if paths.is_empty() {
         return None;
     }
-    Some(json!({"openapi": "3.0.0", "info": {"title": "Kubernetes (lab)", "version": "v1.33.0"}, "paths": paths,
-        "components": {"schemas": {}}}))
+    Some(
+        json!({"openapi": "3.0.0", "info": {"title": "Kubernetes (lab)", "version": "v1.33.0"}, "paths": paths,
+        "components": {"schemas": {}}}),
+    )
 }

@@ -43,15 +43,25 @@ pub struct Target {
 
 /// Decodes a path (without query).
 pub fn route(path: &str) -> Route {
-    let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
     match segs.as_slice() {
         ["version"] => Route::Version,
         ["healthz"] | ["livez"] | ["readyz"] => Route::Health,
         ["api"] => Route::CoreVersions,
         ["apis"] => Route::Groups,
         ["apis", g] => Route::Group(g.to_string()),
-        ["api", v] => Route::ResourceList { group: String::new(), version: v.to_string() },
-        ["apis", g, v] => Route::ResourceList { group: g.to_string(), version: v.to_string() },
+        ["api", v] => Route::ResourceList {
+            group: String::new(),
+            version: v.to_string(),
+        },
+        ["apis", g, v] => Route::ResourceList {
+            group: g.to_string(),
+            version: v.to_string(),
+        },
         ["api", v, rest @ ..] => resource("", v, rest),
         ["apis", g, v, rest @ ..] => resource(g, v, rest),
         _ => Route::Unknown,
@@ -61,7 +71,9 @@ pub fn route(path: &str) -> Route {
 fn resource(group: &str, version: &str, rest: &[&str]) -> Route {
     let (namespace, rest) = match rest {
         // `/api/v1/namespaces/<ns>/<plural>…`; `/api/v1/namespaces/<ns>` is the namespace itself.
-        ["namespaces", ns, plural, tail @ ..] if Kind::from_path(group, version, plural).is_some() => {
+        ["namespaces", ns, plural, tail @ ..]
+            if Kind::from_path(group, version, plural).is_some() =>
+        {
             (Some(ns.to_string()), {
                 let mut v = vec![*plural];
                 v.extend_from_slice(tail);
@@ -70,7 +82,10 @@ fn resource(group: &str, version: &str, rest: &[&str]) -> Route {
         }
         _ => (None, rest.to_vec()),
     };
-    let Some(kind) = rest.first().and_then(|p| Kind::from_path(group, version, p)) else {
+    let Some(kind) = rest
+        .first()
+        .and_then(|p| Kind::from_path(group, version, p))
+    else {
         return Route::Unknown;
     };
     if rest.len() > 3 {
@@ -100,9 +115,18 @@ mod tests {
     #[test]
     fn paths_decode_to_their_targets() {
         assert_eq!(route("/api/v1/nodes"), target(Kind::Node, None, None, None));
-        assert_eq!(route("/api/v1/nodes/w1/status"), target(Kind::Node, None, Some("w1"), Some("status")));
-        assert_eq!(route("/api/v1/namespaces/default"), target(Kind::Namespace, None, Some("default"), None));
-        assert_eq!(route("/api/v1/namespaces"), target(Kind::Namespace, None, None, None));
+        assert_eq!(
+            route("/api/v1/nodes/w1/status"),
+            target(Kind::Node, None, Some("w1"), Some("status"))
+        );
+        assert_eq!(
+            route("/api/v1/namespaces/default"),
+            target(Kind::Namespace, None, Some("default"), None)
+        );
+        assert_eq!(
+            route("/api/v1/namespaces"),
+            target(Kind::Namespace, None, None, None)
+        );
         assert_eq!(
             route("/api/v1/namespaces/default/pods/p/eviction"),
             target(Kind::Pod, Some("default"), Some("p"), Some("eviction"))
@@ -111,8 +135,17 @@ mod tests {
             route("/apis/apps/v1/namespaces/x/deployments"),
             target(Kind::Deployment, Some("x"), None, None)
         );
-        assert_eq!(route("/apis/apps/v1/deployments"), target(Kind::Deployment, None, None, None));
-        assert_eq!(route("/apis/policy/v1"), Route::ResourceList { group: "policy".into(), version: "v1".into() });
+        assert_eq!(
+            route("/apis/apps/v1/deployments"),
+            target(Kind::Deployment, None, None, None)
+        );
+        assert_eq!(
+            route("/apis/policy/v1"),
+            Route::ResourceList {
+                group: "policy".into(),
+                version: "v1".into()
+            }
+        );
         assert_eq!(route("/apis/nope/v1/things"), Route::Unknown);
         assert_eq!(route("/openapi/v2"), Route::Unknown);
     }

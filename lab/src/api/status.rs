@@ -22,7 +22,12 @@ pub struct ApiError {
 impl ApiError {
     /// An error with no details.
     pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
-        ApiError { code, reason, message: message.into(), details: None }
+        ApiError {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+        }
     }
 
     /// 400 BadRequest.
@@ -37,12 +42,20 @@ impl ApiError {
 
     /// 405 MethodNotAllowed.
     pub fn method_not_allowed() -> Self {
-        Self::new(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+        Self::new(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        )
     }
 
     /// 415 UnsupportedMediaType.
     pub fn unsupported_media(ct: &str) -> Self {
-        Self::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format: {ct}"))
+        Self::new(
+            415,
+            "UnsupportedMediaType",
+            format!("the body of the request was in an unknown format: {ct}"),
+        )
     }
 
     /// The `Status` object.
@@ -67,15 +80,26 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         let message = e.to_string();
         let (code, reason, details) = match &e {
-            StoreError::NotFound { kind, name } => (404, "NotFound", Some(json!({"name": name, "kind": kind}))),
-            StoreError::AlreadyExists { kind, name } => {
-                (409, "AlreadyExists", Some(json!({"name": name, "kind": kind})))
+            StoreError::NotFound { kind, name } => {
+                (404, "NotFound", Some(json!({"name": name, "kind": kind})))
             }
-            StoreError::Conflict { kind, name } => (409, "Conflict", Some(json!({"name": name, "kind": kind}))),
+            StoreError::AlreadyExists { kind, name } => (
+                409,
+                "AlreadyExists",
+                Some(json!({"name": name, "kind": kind})),
+            ),
+            StoreError::Conflict { kind, name } => {
+                (409, "Conflict", Some(json!({"name": name, "kind": kind})))
+            }
             StoreError::Invalid(_) => (422, "Invalid", None),
             StoreError::Gone { .. } => (410, "Expired", None),
         };
-        ApiError { code, reason, message, details }
+        ApiError {
+            code,
+            reason,
+            message,
+            details,
+        }
     }
 }
 

@@ -10,7 +10,10 @@ use crate::time::age;
 
 /// Whether the `Accept` header asks for a Table.
 pub fn wants_table(accept: &str) -> bool {
-    accept.split(',').next().is_some_and(|first| first.contains("as=Table"))
+    accept
+        .split(',')
+        .next()
+        .is_some_and(|first| first.contains("as=Table"))
 }
 
 fn col(name: &str, ty: &str, priority: u8) -> Value {
@@ -69,7 +72,11 @@ fn columns(kind: Kind) -> Vec<Value> {
             col("Allowed Disruptions", "integer", 0),
             col("Age", "string", 0),
         ]),
-        Kind::Secret => c.extend([col("Type", "string", 0), col("Data", "integer", 0), col("Age", "string", 0)]),
+        Kind::Secret => c.extend([
+            col("Type", "string", 0),
+            col("Data", "integer", 0),
+            col("Age", "string", 0),
+        ]),
         Kind::Lease => c.extend([col("Holder", "string", 0), col("Age", "string", 0)]),
         Kind::Namespace => c.extend([col("Status", "string", 0), col("Age", "string", 0)]),
         _ => c.push(col("Age", "string", 0)),
@@ -91,34 +98,72 @@ fn cells(kind: Kind, o: &Value) -> Vec<Value> {
     let int = |v: &Value| json!(v.as_i64().unwrap_or(0));
     match kind {
         Kind::Node => {
-            let mut status = if node_is_ready(o) { "Ready".to_string() } else if condition_status(o, "Ready").is_some() { "NotReady".into() } else { "Unknown".into() };
+            let mut status = if node_is_ready(o) {
+                "Ready".to_string()
+            } else if condition_status(o, "Ready").is_some() {
+                "NotReady".into()
+            } else {
+                "Unknown".into()
+            };
             if o["spec"]["unschedulable"].as_bool().unwrap_or(false) {
                 status.push_str(",SchedulingDisabled");
             }
             let roles: Vec<&str> = o["metadata"]["labels"]
                 .as_object()
-                .map(|m| m.keys().filter_map(|k| k.strip_prefix("node-role.kubernetes.io/")).collect())
+                .map(|m| {
+                    m.keys()
+                        .filter_map(|k| k.strip_prefix("node-role.kubernetes.io/"))
+                        .collect()
+                })
                 .unwrap_or_default();
-            let roles = if roles.is_empty() { "<none>".to_string() } else { roles.join(",") };
+            let roles = if roles.is_empty() {
+                "<none>".to_string()
+            } else {
+                roles.join(",")
+            };
             let ip = o["status"]["addresses"]
                 .as_array()
                 .and_then(|a| a.iter().find(|x| x["type"] == "InternalIP"))
                 .map(|x| text(&x["address"]))
                 .unwrap_or(json!("<none>"));
-            vec![name, json!(status), json!(roles), json!(created), text(&o["status"]["nodeInfo"]["kubeletVersion"]), ip]
+            vec![
+                name,
+                json!(status),
+                json!(roles),
+                json!(created),
+                text(&o["status"]["nodeInfo"]["kubeletVersion"]),
+                ip,
+            ]
         }
         Kind::Pod => {
             let containers = o["spec"]["containers"].as_array().map_or(0, Vec::len);
-            let ready = o["status"]["containerStatuses"]
-                .as_array()
-                .map_or(0, |a| a.iter().filter(|c| c["ready"].as_bool().unwrap_or(false)).count());
+            let ready = o["status"]["containerStatuses"].as_array().map_or(0, |a| {
+                a.iter()
+                    .filter(|c| c["ready"].as_bool().unwrap_or(false))
+                    .count()
+            });
             let status = if !o["metadata"]["deletionTimestamp"].is_null() {
                 "Terminating".to_string()
             } else {
-                o["status"]["phase"].as_str().unwrap_or("Pending").to_string()
+                o["status"]["phase"]
+                    .as_str()
+                    .unwrap_or("Pending")
+                    .to_string()
             };
-            let node = if o["spec"]["nodeName"].is_string() { text(&o["spec"]["nodeName"]) } else { json!("<none>") };
-            vec![name, json!(format!("{ready}/{containers}")), json!(status), json!("0"), json!(created), text(&o["status"]["podIP"]), node]
+            let node = if o["spec"]["nodeName"].is_string() {
+                text(&o["spec"]["nodeName"])
+            } else {
+                json!("<none>")
+            };
+            vec![
+                name,
+                json!(format!("{ready}/{containers}")),
+                json!(status),
+                json!("0"),
+                json!(created),
+                text(&o["status"]["podIP"]),
+                node,
+            ]
         }
         Kind::Deployment => {
             let want = o["spec"]["replicas"].as_i64().unwrap_or(1);
@@ -126,8 +171,14 @@ fn cells(kind: Kind, o: &Value) -> Vec<Value> {
             vec![
                 name,
                 json!(format!("{ready}/{want}")),
-                json!(o["status"]["updatedReplicas"].as_i64().unwrap_or(0).to_string()),
-                json!(o["status"]["availableReplicas"].as_i64().unwrap_or(0).to_string()),
+                json!(o["status"]["updatedReplicas"]
+                    .as_i64()
+                    .unwrap_or(0)
+                    .to_string()),
+                json!(o["status"]["availableReplicas"]
+                    .as_i64()
+                    .unwrap_or(0)
+                    .to_string()),
                 json!(created),
             ]
         }
@@ -140,8 +191,16 @@ fn cells(kind: Kind, o: &Value) -> Vec<Value> {
         ],
         Kind::PodDisruptionBudget => vec![
             name,
-            if o["spec"]["minAvailable"].is_null() { json!("N/A") } else { text(&o["spec"]["minAvailable"]) },
-            if o["spec"]["maxUnavailable"].is_null() { json!("N/A") } else { text(&o["spec"]["maxUnavailable"]) },
+            if o["spec"]["minAvailable"].is_null() {
+                json!("N/A")
+            } else {
+                text(&o["spec"]["minAvailable"])
+            },
+            if o["spec"]["maxUnavailable"].is_null() {
+                json!("N/A")
+            } else {
+                text(&o["spec"]["maxUnavailable"])
+            },
             int(&o["status"]["disruptionsAllowed"]),
             json!(created),
         ],
@@ -152,7 +211,11 @@ fn cells(kind: Kind, o: &Value) -> Vec<Value> {
             json!(created),
         ],
         Kind::Lease => vec![name, text(&o["spec"]["holderIdentity"]), json!(created)],
-        Kind::Namespace => vec![name, json!(o["status"]["phase"].as_str().unwrap_or("Active")), json!(created)],
+        Kind::Namespace => vec![
+            name,
+            json!(o["status"]["phase"].as_str().unwrap_or("Active")),
+            json!(created),
+        ],
         _ => vec![name, json!(created)],
     }
 }

@@ -32,12 +32,22 @@ pub struct Request {
 }
 
 /// Dispatches a resource request by method and target shape.
-pub async fn handle(state: &Arc<ApiState>, method: &Method, req: Request) -> Result<Response, ApiError> {
+pub async fn handle(
+    state: &Arc<ApiState>,
+    method: &Method,
+    req: Request,
+) -> Result<Response, ApiError> {
     let t = &req.target;
     let info = t.kind.info();
-    let ns = if info.namespaced { t.namespace.clone().unwrap_or_default() } else { String::new() };
+    let ns = if info.namespaced {
+        t.namespace.clone().unwrap_or_default()
+    } else {
+        String::new()
+    };
     if info.namespaced && t.name.is_some() && t.namespace.is_none() {
-        return Err(ApiError::not_found("the server could not find the requested resource"));
+        return Err(ApiError::not_found(
+            "the server could not find the requested resource",
+        ));
     }
     let store = &state.store;
     let name = t.name.clone();
@@ -47,10 +57,17 @@ pub async fn handle(state: &Arc<ApiState>, method: &Method, req: Request) -> Res
             let selectors = Selectors::from_params(&req.params)?;
             let ns_filter = t.namespace.as_deref().filter(|_| info.namespaced);
             if is_true(req.params.get("watch")) {
-                return watch::serve(state, t.kind, ns_filter.map(String::from), selectors, &req.params);
+                return watch::serve(
+                    state,
+                    t.kind,
+                    ns_filter.map(String::from),
+                    selectors,
+                    &req.params,
+                );
             }
             let (items, rv) = store.list(t.kind, ns_filter);
-            let items: Vec<Arc<Value>> = items.into_iter().filter(|o| selectors.matches(o)).collect();
+            let items: Vec<Arc<Value>> =
+                items.into_iter().filter(|o| selectors.matches(o)).collect();
             if table::wants_table(&req.accept) {
                 return Ok(ok_json(table::table(t.kind, &items, rv)));
             }
@@ -64,22 +81,34 @@ pub async fn handle(state: &Arc<ApiState>, method: &Method, req: Request) -> Res
         (Method::GET, Some(name), None | Some("status")) => {
             let obj = get(store, t.kind, &ns, &name)?;
             if table::wants_table(&req.accept) {
-                return Ok(ok_json(table::table(t.kind, &[obj], store.resource_version())));
+                return Ok(ok_json(table::table(
+                    t.kind,
+                    &[obj],
+                    store.resource_version(),
+                )));
             }
             Ok(ok_json((*obj).clone()))
         }
-        (Method::GET, Some(name), Some("scale")) => Ok(ok_json(scale_of(&*get(store, t.kind, &ns, &name)?))),
+        (Method::GET, Some(name), Some("scale")) => {
+            Ok(ok_json(scale_of(&*get(store, t.kind, &ns, &name)?)))
+        }
         (Method::POST, None, None) => create(store, t.kind, &ns, &req),
-        (Method::POST, Some(name), Some("eviction")) if t.kind == Kind::Pod => evict(state, &ns, &name),
+        (Method::POST, Some(name), Some("eviction")) if t.kind == Kind::Pod => {
+            evict(state, &ns, &name)
+        }
         (Method::PUT, Some(name), None | Some("status")) => {
             let body = decode(&req)?;
-            let expected = body["metadata"]["resourceVersion"].as_str().map(String::from);
+            let expected = body["metadata"]["resourceVersion"]
+                .as_str()
+                .map(String::from);
             let obj = store.update(t.kind, &ns, &name, expected.as_deref(), |old| {
                 Ok(merge_subresource(t.kind, old, body, sub))
             })?;
             Ok(ok_json((*obj).clone()))
         }
-        (Method::PATCH, Some(name), None | Some("status")) => patch_object(store, t.kind, &ns, &name, sub, &req),
+        (Method::PATCH, Some(name), None | Some("status")) => {
+            patch_object(store, t.kind, &ns, &name, sub, &req)
+        }
         (Method::PUT | Method::PATCH, Some(name), Some("scale")) => {
             let scale = get(store, t.kind, &ns, &name).map(|o| scale_of(&o))?;
             let new_scale = if *method == Method::PUT {
@@ -152,16 +181,22 @@ impl Selectors {
 }
 
 fn get(store: &Store, kind: Kind, ns: &str, name: &str) -> Result<Arc<Value>, ApiError> {
-    store
-        .get(kind, ns, name)
-        .ok_or_else(|| StoreError::NotFound { kind: kind.info().plural, name: name.to_string() }.into())
+    store.get(kind, ns, name).ok_or_else(|| {
+        StoreError::NotFound {
+            kind: kind.info().plural,
+            name: name.to_string(),
+        }
+        .into()
+    })
 }
 
 fn decode(req: &Request) -> Result<Value, ApiError> {
     let v: Value = if req.content_type.contains("yaml") {
-        serde_yaml::from_slice(&req.body).map_err(|e| ApiError::bad_request(format!("invalid YAML body: {e}")))?
+        serde_yaml::from_slice(&req.body)
+            .map_err(|e| ApiError::bad_request(format!("invalid YAML body: {e}")))?
     } else if req.content_type.contains("json") || req.content_type.is_empty() {
-        serde_json::from_slice(&req.body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
+        serde_json::from_slice(&req.body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
     } else {
         return Err(ApiError::unsupported_media(&req.content_type));
     };
@@ -176,21 +211,35 @@ fn create(store: &Store, kind: Kind, ns: &str, req: &Request) -> Result<Response
     let info = kind.info();
     if let Some(k) = obj["kind"].as_str() {
         if k != info.kind_name {
-            return Err(ApiError::bad_request(format!("the body's kind {k} is not {}", info.kind_name)));
+            return Err(ApiError::bad_request(format!(
+                "the body's kind {k} is not {}",
+                info.kind_name
+            )));
         }
     }
     let mut ns = ns.to_string();
     if info.namespaced {
-        let body_ns = obj["metadata"]["namespace"].as_str().unwrap_or("").to_string();
+        let body_ns = obj["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
         if ns.is_empty() {
-            ns = if body_ns.is_empty() { "default".into() } else { body_ns };
+            ns = if body_ns.is_empty() {
+                "default".into()
+            } else {
+                body_ns
+            };
         } else if !body_ns.is_empty() && body_ns != ns {
             return Err(ApiError::bad_request(
                 "the namespace of the provided object does not match the namespace sent on the request",
             ));
         }
         if store.get(Kind::Namespace, "", &ns).is_none() {
-            return Err(StoreError::NotFound { kind: "namespaces", name: ns }.into());
+            return Err(StoreError::NotFound {
+                kind: "namespaces",
+                name: ns,
+            }
+            .into());
         }
     }
     defaults::apply(kind, &mut obj);
@@ -231,10 +280,11 @@ fn apply_patch(target: &mut Value, req: &Request) -> Result<(), ApiError> {
     let ct = req.content_type.split(';').next().unwrap_or("").trim();
     match ct {
         "application/merge-patch+json" => patch::merge_patch(target, &parse_json(&req.body)?),
-        "application/strategic-merge-patch+json" => patch::strategic_merge_patch(target, &parse_json(&req.body)?),
-        "application/json-patch+json" => {
-            patch::json_patch(target, &parse_json(&req.body)?).map_err(|e| ApiError::new(422, "Invalid", e.0))?
+        "application/strategic-merge-patch+json" => {
+            patch::strategic_merge_patch(target, &parse_json(&req.body)?)
         }
+        "application/json-patch+json" => patch::json_patch(target, &parse_json(&req.body)?)
+            .map_err(|e| ApiError::new(422, "Invalid", e.0))?,
         "application/apply-patch+yaml" | "application/apply-patch+cbor" => {
             let p: Value = serde_yaml::from_slice(&req.body)
                 .map_err(|e| ApiError::bad_request(format!("invalid apply patch: {e}")))?;
@@ -275,7 +325,10 @@ fn patch_object(
             return Err(StoreError::Invalid(String::new()));
         }
         if new["metadata"]["resourceVersion"] != old["metadata"]["resourceVersion"] {
-            return Err(StoreError::Conflict { kind: kind.info().plural, name: name.to_string() });
+            return Err(StoreError::Conflict {
+                kind: kind.info().plural,
+                name: name.to_string(),
+            });
         }
         Ok(merge_subresource(kind, old, new, sub))
     });
@@ -290,7 +343,11 @@ fn patch_object(
 pub fn delete(store: &Store, kind: Kind, ns: &str, name: &str) -> Result<Arc<Value>, ApiError> {
     if kind == Kind::Namespace {
         if name == "default" || name == "kube-system" {
-            return Err(ApiError::new(403, "Forbidden", format!("namespace \"{name}\" may not be deleted")));
+            return Err(ApiError::new(
+                403,
+                "Forbidden",
+                format!("namespace \"{name}\" may not be deleted"),
+            ));
         }
         for r in RESOURCES.iter().filter(|r| r.namespaced) {
             for o in store.list(r.kind, Some(name)).0 {
@@ -321,7 +378,10 @@ fn scale_of(obj: &Value) -> Value {
 /// The Eviction API: deletes the pod unless a PodDisruptionBudget forbids it (429).
 fn evict(state: &ApiState, ns: &str, name: &str) -> Result<Response, ApiError> {
     let store = &state.store;
-    let _serial = state.eviction_lock.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = state
+        .eviction_lock
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let pod = get(store, Kind::Pod, ns, name)?;
     let (pdbs, _) = store.list(Kind::PodDisruptionBudget, Some(ns));
     let (pods, _) = store.list(Kind::Pod, Some(ns));
@@ -339,12 +399,23 @@ fn evict(state: &ApiState, ns: &str, name: &str) -> Result<Response, ApiError> {
                 "message": format!("The disruption budget {pdb_name} needs {} healthy pods and has {} currently",
                     budget.desired_healthy, budget.current_healthy),
             }]}));
-            tracing::info!(pod = name, namespace = ns, pdb = pdb_name, "eviction refused by disruption budget");
+            tracing::info!(
+                pod = name,
+                namespace = ns,
+                pdb = pdb_name,
+                "eviction refused by disruption budget"
+            );
             return Err(e);
         }
     }
     store.delete(Kind::Pod, ns, name)?;
     let node = pod["spec"]["nodeName"].as_str().unwrap_or("");
-    tracing::info!(pod = name, namespace = ns, node, ready = objects::pod_is_ready(&pod), "evicted");
+    tracing::info!(
+        pod = name,
+        namespace = ns,
+        node,
+        ready = objects::pod_is_ready(&pod),
+        "evicted"
+    );
     Ok(json_code(201, success(201)))
 }

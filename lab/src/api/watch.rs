@@ -32,12 +32,16 @@ struct WatchSpec {
 
 impl WatchSpec {
     fn wants(&self, obj: &Value) -> bool {
-        self.namespace.as_deref().is_none_or(|ns| obj["metadata"]["namespace"] == ns) && self.selectors.matches(obj)
+        self.namespace
+            .as_deref()
+            .is_none_or(|ns| obj["metadata"]["namespace"] == ns)
+            && self.selectors.matches(obj)
     }
 }
 
 fn line(event_type: &str, object: &Value) -> Bytes {
-    let mut s = serde_json::to_vec(&json!({"type": event_type, "object": object})).unwrap_or_default();
+    let mut s =
+        serde_json::to_vec(&json!({"type": event_type, "object": object})).unwrap_or_default();
     s.push(b'\n');
     Bytes::from(s)
 }
@@ -64,7 +68,10 @@ pub fn serve(
         kind,
         namespace,
         selectors,
-        bookmarks: matches!(params.get("allowWatchBookmarks").map(String::as_str), Some("true") | Some("1")),
+        bookmarks: matches!(
+            params.get("allowWatchBookmarks").map(String::as_str),
+            Some("true") | Some("1")
+        ),
         bookmark_interval: state.bookmark_interval,
         timeout: params
             .get("timeoutSeconds")
@@ -72,11 +79,17 @@ pub fn serve(
             .map(Duration::from_secs)
             .unwrap_or(DEFAULT_TIMEOUT),
     };
-    let send_initial = matches!(params.get("sendInitialEvents").map(String::as_str), Some("true"));
+    let send_initial = matches!(
+        params.get("sendInitialEvents").map(String::as_str),
+        Some("true")
+    );
     let from: Option<u64> = params
         .get("resourceVersion")
         .filter(|v| !v.is_empty() && *v != "0")
-        .map(|v| v.parse().map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {v:?}"))))
+        .map(|v| {
+            v.parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {v:?}")))
+        })
         .transpose()?;
     let store = &state.store;
     // The first lines (replayed or synthetic events) and where live events pick up.
@@ -116,7 +129,10 @@ pub fn serve(
     Ok(stream_response(first, Some(body_rx)))
 }
 
-fn stream_response(first: Vec<Bytes>, live: Option<mpsc::Receiver<Result<Bytes, Infallible>>>) -> Response {
+fn stream_response(
+    first: Vec<Bytes>,
+    live: Option<mpsc::Receiver<Result<Bytes, Infallible>>>,
+) -> Response {
     let head = futures::stream::iter(first.into_iter().map(Ok::<_, Infallible>));
     let body = match live {
         Some(mut rx) => Body::from_stream(futures::StreamExt::chain(
@@ -125,7 +141,14 @@ fn stream_response(first: Vec<Bytes>, live: Option<mpsc::Receiver<Result<Bytes, 
         )),
         None => Body::from_stream(head),
     };
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-cache")], body)
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
         .into_response()
 }
 
@@ -176,7 +199,12 @@ async fn pump(
     }
 }
 
-async fn forward(spec: &WatchSpec, c: &Change, last_rv: &mut u64, tx: &mpsc::Sender<Result<Bytes, Infallible>>) -> bool {
+async fn forward(
+    spec: &WatchSpec,
+    c: &Change,
+    last_rv: &mut u64,
+    tx: &mpsc::Sender<Result<Bytes, Infallible>>,
+) -> bool {
     if c.rv <= *last_rv {
         return true;
     }
@@ -184,5 +212,7 @@ async fn forward(spec: &WatchSpec, c: &Change, last_rv: &mut u64, tx: &mpsc::Sen
     if c.kind != spec.kind || !spec.wants(&c.object) {
         return true;
     }
-    tx.send(Ok(line(c.event_type.as_str(), &c.object))).await.is_ok()
+    tx.send(Ok(line(c.event_type.as_str(), &c.object)))
+        .await
+        .is_ok()
 }

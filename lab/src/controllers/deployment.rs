@@ -40,7 +40,9 @@ pub fn reconcile(store: &Store) {
             .iter()
             .filter(|rs| controller_of(rs).is_some_and(|(_, _, u)| u == uid))
             .collect();
-        let current = owned.iter().find(|rs| rs["metadata"]["name"] == rs_name.as_str());
+        let current = owned
+            .iter()
+            .find(|rs| rs["metadata"]["name"] == rs_name.as_str());
         match current {
             None => {
                 let mut labels = template["metadata"]["labels"].clone();
@@ -70,7 +72,10 @@ pub fn reconcile(store: &Store) {
             }
             Some(_) => {}
         }
-        for old in owned.iter().filter(|rs| rs["metadata"]["name"] != rs_name.as_str()) {
+        for old in owned
+            .iter()
+            .filter(|rs| rs["metadata"]["name"] != rs_name.as_str())
+        {
             if old["spec"]["replicas"].as_i64() != Some(0) {
                 let (ons, oname) = id(old);
                 log_err(
@@ -83,9 +88,18 @@ pub fn reconcile(store: &Store) {
                 );
             }
         }
-        let sum = |field: &str| owned.iter().map(|rs| rs["status"][field].as_i64().unwrap_or(0)).sum::<i64>();
+        let sum = |field: &str| {
+            owned
+                .iter()
+                .map(|rs| rs["status"][field].as_i64().unwrap_or(0))
+                .sum::<i64>()
+        };
         let updated = current.map_or(0, |rs| rs["status"]["replicas"].as_i64().unwrap_or(0));
-        let (replicas, ready, available) = (sum("replicas"), sum("readyReplicas"), sum("availableReplicas"));
+        let (replicas, ready, available) = (
+            sum("replicas"),
+            sum("readyReplicas"),
+            sum("availableReplicas"),
+        );
         let generation = d["metadata"]["generation"].clone();
         log_err(
             "update deployment status",
@@ -107,7 +121,11 @@ pub fn reconcile(store: &Store) {
                     ("False", "MinimumReplicasUnavailable")
                 };
                 set_condition(&mut o, "Available", status, reason, "", json!({}));
-                let reason = if updated == want && available == want { "NewReplicaSetAvailable" } else { "ReplicaSetUpdated" };
+                let reason = if updated == want && available == want {
+                    "NewReplicaSetAvailable"
+                } else {
+                    "ReplicaSetUpdated"
+                };
                 set_condition(&mut o, "Progressing", "True", reason, "", json!({}));
                 Ok(o)
             }),

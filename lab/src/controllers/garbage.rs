@@ -11,7 +11,10 @@ use crate::store::Store;
 /// One pass.
 pub fn reconcile(store: &Store) {
     let (nodes, _) = store.list(Kind::Node, None);
-    let node_names: HashSet<&str> = nodes.iter().filter_map(|n| n["metadata"]["name"].as_str()).collect();
+    let node_names: HashSet<&str> = nodes
+        .iter()
+        .filter_map(|n| n["metadata"]["name"].as_str())
+        .collect();
     let mut owner_uids: HashSet<String> = HashSet::new();
     for kind in [Kind::Deployment, Kind::ReplicaSet, Kind::DaemonSet] {
         for o in store.list(kind, None).0 {
@@ -26,7 +29,12 @@ pub fn reconcile(store: &Store) {
             let (ns, name) = id(&o);
             if let Some((owner_kind, _, uid)) = controller_of(&o) {
                 if owned_kinds.contains(&owner_kind) && !owner_uids.contains(uid) {
-                    tracing::debug!(kind = kind.info().kind_name, namespace = ns, name, "owner is gone: deleting");
+                    tracing::debug!(
+                        kind = kind.info().kind_name,
+                        namespace = ns,
+                        name,
+                        "owner is gone: deleting"
+                    );
                     log_err("delete orphan", store.delete(kind, ns, name));
                     continue;
                 }
@@ -34,7 +42,12 @@ pub fn reconcile(store: &Store) {
             if kind == Kind::Pod {
                 if let Some(n) = o["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
                     if !node_names.contains(n) {
-                        tracing::info!(pod = name, namespace = ns, node = n, "node is gone: deleting its pod");
+                        tracing::info!(
+                            pod = name,
+                            namespace = ns,
+                            node = n,
+                            "node is gone: deleting its pod"
+                        );
                         log_err("delete pod of deleted node", store.delete(kind, ns, name));
                     }
                 }

@@ -8,7 +8,9 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use super::{id, log_err, ControllerConfig};
-use crate::objects::{condition_status, set_condition, toleration_seconds, tolerates, UNREACHABLE_TAINT};
+use crate::objects::{
+    condition_status, set_condition, tolerates, toleration_seconds, UNREACHABLE_TAINT,
+};
 use crate::resources::Kind;
 use crate::store::Store;
 use crate::time;
@@ -28,7 +30,9 @@ pub fn last_heartbeat(store: &Store, node: &Value) -> Option<DateTime<Utc>> {
         .flatten()
         .find(|c| c["type"] == "Ready")
         .and_then(|c| c["lastHeartbeatTime"].as_str().and_then(time::parse));
-    let created = node["metadata"]["creationTimestamp"].as_str().and_then(time::parse);
+    let created = node["metadata"]["creationTimestamp"]
+        .as_str()
+        .and_then(time::parse);
     [lease, ready, created].into_iter().flatten().max()
 }
 
@@ -43,21 +47,31 @@ fn has_taint(node: &Value, key: &str, effect: &str) -> bool {
 /// One pass over every node.
 pub fn reconcile(store: &Store, config: &ControllerConfig, now: DateTime<Utc>) {
     let (nodes, _) = store.list(Kind::Node, None);
-    let grace = chrono::Duration::from_std(config.node_monitor_grace).unwrap_or(chrono::Duration::seconds(40));
+    let grace = chrono::Duration::from_std(config.node_monitor_grace)
+        .unwrap_or(chrono::Duration::seconds(40));
     for node in &nodes {
         let (_, name) = id(node);
         let silent = last_heartbeat(store, node).is_none_or(|hb| now - hb > grace);
         let unreachable = has_taint(node, UNREACHABLE_TAINT, "NoExecute");
         if silent {
             if condition_status(node, "Ready") != Some("Unknown") || !unreachable {
-                tracing::info!(node = name, "node stopped posting status: marking it NotReady");
-                log_err("mark node unknown", store.update(Kind::Node, "", name, None, |old| Ok(mark_unknown(old, now))));
+                tracing::info!(
+                    node = name,
+                    "node stopped posting status: marking it NotReady"
+                );
+                log_err(
+                    "mark node unknown",
+                    store.update(Kind::Node, "", name, None, |old| Ok(mark_unknown(old, now))),
+                );
                 mark_pods_not_ready(store, name);
             }
         } else if condition_status(node, "Ready") == Some("True")
             && (unreachable || has_taint(node, UNREACHABLE_TAINT, "NoSchedule"))
         {
-            tracing::info!(node = name, "node is posting status again: removing the unreachable taints");
+            tracing::info!(
+                node = name,
+                "node is posting status again: removing the unreachable taints"
+            );
             log_err(
                 "untaint node",
                 store.update(Kind::Node, "", name, None, |old| {
@@ -81,7 +95,11 @@ fn mark_unknown(old: &Value, now: DateTime<Utc>) -> Value {
         .flatten()
         .filter_map(|c| c["type"].as_str().map(String::from))
         .collect();
-    let types = if types.iter().any(|t| t == "Ready") { types } else { vec!["Ready".to_string()] };
+    let types = if types.iter().any(|t| t == "Ready") {
+        types
+    } else {
+        vec!["Ready".to_string()]
+    };
     for t in types {
         let heartbeat = n["status"]["conditions"]
             .as_array()
@@ -149,19 +167,31 @@ fn evict_from_unreachable(store: &Store, config: &ControllerConfig, now: DateTim
         else {
             continue;
         };
-        let added = taint["timeAdded"].as_str().and_then(time::parse).unwrap_or(now);
+        let added = taint["timeAdded"]
+            .as_str()
+            .and_then(time::parse)
+            .unwrap_or(now);
         let (_, node_name) = id(node);
         for p in pods.iter().filter(|p| p["spec"]["nodeName"] == node_name) {
             let tolerated_for = match toleration_seconds(p, UNREACHABLE_TAINT) {
                 Some(s) => chrono::Duration::seconds(s),
                 // Tolerating the taint with no time set: stays forever.
                 None if tolerates(p, taint) => continue,
-                None => chrono::Duration::from_std(config.pod_eviction_timeout).unwrap_or(chrono::Duration::seconds(300)),
+                None => chrono::Duration::from_std(config.pod_eviction_timeout)
+                    .unwrap_or(chrono::Duration::seconds(300)),
             };
             if now - added >= tolerated_for {
                 let (ns, name) = id(p);
-                tracing::info!(pod = name, namespace = ns, node = node_name, "evicting pod from unreachable node");
-                log_err("evict pod from unreachable node", store.delete(Kind::Pod, ns, name));
+                tracing::info!(
+                    pod = name,
+                    namespace = ns,
+                    node = node_name,
+                    "evicting pod from unreachable node"
+                );
+                log_err(
+                    "evict pod from unreachable node",
+                    store.delete(Kind::Pod, ns, name),
+                );
             }
         }
     }

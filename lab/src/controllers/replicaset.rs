@@ -62,9 +62,16 @@ fn reconcile_one(store: &Store, rs: &Value, pods: &[Arc<Value>]) {
         // Remove the least useful first: unscheduled, then not ready, then the newest.
         owned.sort_by_key(|p| {
             (
-                p["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty()),
+                p["spec"]["nodeName"]
+                    .as_str()
+                    .is_some_and(|n| !n.is_empty()),
                 pod_is_ready(p),
-                std::cmp::Reverse(p["metadata"]["creationTimestamp"].as_str().unwrap_or("").to_string()),
+                std::cmp::Reverse(
+                    p["metadata"]["creationTimestamp"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string(),
+                ),
             )
         });
         for p in owned.iter().take(owned.len() - want) {

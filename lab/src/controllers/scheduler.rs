@@ -8,7 +8,9 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::{id, log_err};
-use crate::objects::{node_allocatable, node_is_ready, pod_is_terminal, pod_requests, set_condition, tolerates};
+use crate::objects::{
+    node_allocatable, node_is_ready, pod_is_terminal, pod_requests, set_condition, tolerates,
+};
 use crate::resources::Kind;
 use crate::store::Store;
 
@@ -62,7 +64,13 @@ fn misfit(node: &Value, used: Used, pod: &Value) -> Option<String> {
 fn score(node: &Value, used: Used, pod: &Value) -> f64 {
     let (cpu, mem, _) = node_allocatable(node);
     let (req_cpu, req_mem) = pod_requests(pod);
-    let frac = |u: u64, r: u64, a: u64| if a == 0 { 1.0 } else { (u + r) as f64 / a as f64 };
+    let frac = |u: u64, r: u64, a: u64| {
+        if a == 0 {
+            1.0
+        } else {
+            (u + r) as f64 / a as f64
+        }
+    };
     frac(used.cpu, req_cpu, cpu) + frac(used.mem, req_mem, mem)
 }
 
@@ -129,14 +137,26 @@ pub fn reconcile(store: &Store) {
                 let message = if nodes.is_empty() {
                     "no nodes available to schedule pods".to_string()
                 } else {
-                    let parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
-                    format!("0/{} nodes are available: {}.", nodes.len(), parts.join(", "))
+                    let parts: Vec<String> =
+                        reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
+                    format!(
+                        "0/{} nodes are available: {}.",
+                        nodes.len(),
+                        parts.join(", ")
+                    )
                 };
                 log_err(
                     "mark pod unschedulable",
                     store.update(Kind::Pod, ns, pod_name, None, |old| {
                         let mut p = old.clone();
-                        set_condition(&mut p, "PodScheduled", "False", "Unschedulable", &message, json!({}));
+                        set_condition(
+                            &mut p,
+                            "PodScheduled",
+                            "False",
+                            "Unschedulable",
+                            &message,
+                            json!({}),
+                        );
                         Ok(p)
                     }),
                 );

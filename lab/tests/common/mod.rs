@@ -81,7 +81,9 @@ pub fn agent(client: &Client, name: &str, cpu: &str, memory: &str) -> TestAgent 
     let stop = CancellationToken::new();
     let s = stop.clone();
     let client = client.clone();
-    let task = tokio::spawn(async move { lab::agent::run(client, opts, async move { s.cancelled().await }).await });
+    let task = tokio::spawn(async move {
+        lab::agent::run(client, opts, async move { s.cancelled().await }).await
+    });
     TestAgent { stop, task }
 }
 
