@@ -121,8 +121,19 @@ pub struct ConsumerInfo {
     pub name: String,
     /// Entries delivered to it and not acknowledged.
     pub pending: u64,
-    /// Milliseconds since it last read or claimed.
+    /// Milliseconds since it last read or claimed (as XINFO CONSUMERS reports it, or since its heartbeat
+    /// when Redis does not list it).
     pub idle_ms: u64,
+    /// Milliseconds since its last heartbeat, if a bus consumer runs (or ran) under this name.
+    pub heartbeat_ms_ago: Option<u64>,
+}
+
+impl ConsumerInfo {
+    /// Read, claimed or heartbeat within `window`.
+    pub fn active_within(&self, window: std::time::Duration) -> bool {
+        let w = window.as_millis() as u64;
+        self.idle_ms < w || self.heartbeat_ms_ago.is_some_and(|h| h < w)
+    }
 }
 
 /// One consumer group: for `status` and `replay --execute`.
@@ -306,19 +317,42 @@ impl Audit {
                 conn.xinfo_consumers(stream, &g.name)
                     .await
                     .map_err(BusError::redis("XINFO CONSUMERS"))?;
+            let beats: std::collections::HashMap<String, i64> = conn
+                .hgetall(crate::consumer::heartbeat_key(stream, &g.name))
+                .await
+                .map_err(BusError::redis("HGETALL (heartbeats)"))?;
+            let now = chrono::Utc::now().timestamp_millis();
+            let age = |name: &str| {
+                beats
+                    .get(name)
+                    .map(|t| now.saturating_sub(*t).max(0) as u64)
+            };
+            let mut list: Vec<ConsumerInfo> = consumers
+                .consumers
+                .into_iter()
+                .map(|c| ConsumerInfo {
+                    heartbeat_ms_ago: age(&c.name),
+                    name: c.name,
+                    pending: c.pending as u64,
+                    idle_ms: c.idle as u64,
+                })
+                .collect();
+            for name in beats.keys() {
+                if !list.iter().any(|c| &c.name == name) {
+                    let a = age(name);
+                    list.push(ConsumerInfo {
+                        name: name.clone(),
+                        pending: 0,
+                        idle_ms: a.unwrap_or(u64::MAX),
+                        heartbeat_ms_ago: a,
+                    });
+                }
+            }
             out.push(GroupInfo {
                 pending: g.pending as u64,
                 lag: g.lag.map(|l| l as u64),
                 last_delivered_id: g.last_delivered_id,
-                consumers: consumers
-                    .consumers
-                    .into_iter()
-                    .map(|c| ConsumerInfo {
-                        name: c.name,
-                        pending: c.pending as u64,
-                        idle_ms: c.idle as u64,
-                    })
-                    .collect(),
+                consumers: list,
                 name: g.name,
             });
         }

@@ -53,6 +53,9 @@ use crate::Envelope;
 /// The fields a dead letter adds after the original ones.
 pub const DLQ_FIELDS: [&str; 5] = ["original_id", "group", "error", "deliveries", "failed_at"];
 
+/// How often a running consumer writes its heartbeat (see [`heartbeat_key`]).
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+
 /// How often buffered plain acks are flushed at the latest.
 const ACK_FLUSH_INTERVAL: Duration = Duration::from_millis(5);
 
@@ -426,6 +429,14 @@ impl Consumer {
                 "could not acknowledge handled entries before stopping; they will be redelivered"
             );
         }
+        // No longer alive: a replay need not wait for this consumer's heartbeat to age.
+        let mut conn = ctx.conn.clone();
+        let gone: redis::RedisResult<()> = conn
+            .hdel(heartbeat_key(&config.stream, group), consumer_name)
+            .await;
+        if let Err(e) = gone {
+            debug!(error = %e, "could not remove the heartbeat");
+        }
         info!(group, consumer = consumer_name, "consumer stopped");
         Ok(())
     }
@@ -494,6 +505,27 @@ fn settle(
     }
 }
 
+/// The hash where running consumers of `group` write `consumer → unix ms` every [`HEARTBEAT_EVERY`]
+/// (at most BLOCK + 1 s apart). Redis 7.0 neither lists a consumer that has only read nothing nor updates
+/// its idle time then, so XINFO CONSUMERS cannot tell a live consumer on a quiet stream from a dead one.
+pub fn heartbeat_key(stream: &str, group: &str) -> String {
+    format!("{stream}:consumers:{group}")
+}
+
+async fn heartbeat(
+    conn: &mut ConnectionManager,
+    cfg: &BusConfig,
+    group: &str,
+    consumer: &str,
+) -> Result<()> {
+    let now = chrono::Utc::now().timestamp_millis();
+    let _: () = conn
+        .hset(heartbeat_key(&cfg.stream, group), consumer, now)
+        .await
+        .map_err(BusError::redis("HSET (heartbeat)"))?;
+    Ok(())
+}
+
 /// `XGROUP CREATE stream group 0 MKSTREAM`; `BUSYGROUP` (it exists) is success.
 pub(crate) async fn ensure_group(
     conn: &mut ConnectionManager,
@@ -552,6 +584,8 @@ struct ReadState {
     next_claim: Instant,
     /// The blocking reader's connection, made on first use.
     blocking: Option<ConnectionManager>,
+    /// When the liveness heartbeat was last written.
+    last_beat: Option<Instant>,
 }
 
 impl ReadState {
@@ -569,6 +603,7 @@ async fn read_loop(ctx: Arc<Ctx>, bus: Bus, permits: Arc<Semaphore>, tx: mpsc::S
         claim_from: "0-0".into(),
         next_claim: Instant::now(),
         blocking: None,
+        last_beat: None,
     };
     let mut backoff = Backoff::default();
     loop {
@@ -605,6 +640,13 @@ async fn read_once(
     if !state.group_ready {
         ensure_group(&mut conn, &cfg.stream, &ctx.group).await?;
         state.group_ready = true;
+    }
+    if state
+        .last_beat
+        .is_none_or(|t| t.elapsed() >= HEARTBEAT_EVERY)
+    {
+        heartbeat(&mut conn, cfg, &ctx.group, &ctx.consumer).await?;
+        state.last_beat = Some(Instant::now());
     }
     let want = (1 + permits.available_permits()).min(cfg.batch_size.max(1));
     let group_opts = || StreamReadOptions::default().group(&ctx.group, &ctx.consumer);

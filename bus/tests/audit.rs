@@ -215,3 +215,38 @@ async fn rewinding_a_group_redelivers_from_the_chosen_entry_and_group_info_shows
         Err(bus::BusError::NoSuchGroup { .. })
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_consumer_on_a_quiet_stream_is_seen_as_active_and_not_after_it_stops() {
+    let server = RedisServer::start();
+    let bus = connect(config(&server, "quiet")).await;
+    let consumer = bus.consumer();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let handler = handler_fn(|_d: Delivery| async { Ok(Vec::new()) });
+        consumer
+            .run(handler, "G", "replica-1", async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+    });
+    let audit = bus.audit();
+    wait_until(Duration::from_secs(5), "replica-1 is listed", || async {
+        audit
+            .group("G")
+            .await
+            .unwrap()
+            .is_some_and(|g| g.consumers.iter().any(|c| c.name == "replica-1"))
+    })
+    .await;
+    // Well past BLOCK with nothing to read: Redis 7.0 alone would not list it at all.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let g = audit.group("G").await.unwrap().unwrap();
+    let c = g.consumers.iter().find(|c| c.name == "replica-1").unwrap();
+    assert!(c.active_within(Duration::from_millis(1400)), "{c:?}");
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    let g = audit.group("G").await.unwrap().unwrap();
+    assert!(g.consumers.iter().all(|c| c.heartbeat_ms_ago.is_none()));
+}
