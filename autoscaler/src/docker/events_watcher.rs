@@ -22,8 +22,9 @@
 //! After the stream fails (engine restart, socket gone) the watcher reconnects with exponential
 //! backoff, re-lists the managed containers and reports what changed while it was away: a worker that
 //! vanished (`container_destroyed`) or stopped (cause from its inspected exit state), and one that
-//! appeared running (`NodeCreated`). It subscribes with `since` a moment before each listing, so no
-//! event falls between the list and the stream; replayed events are absorbed by the de-duplication.
+//! appeared running (`NodeCreated`). It subscribes with `since` the moment of each listing, so no event
+//! falls between the list and the stream; replayed events older than the listing are skipped (this
+//! compares the engine's clock with ours: right for a local engine).
 //!
 //! With several replicas, every replica's watcher sees every event; run it on the leader only, or rely
 //! on the consumers' idempotence.
@@ -142,6 +143,11 @@ impl Tracker {
         expected: bool,
         at: DateTime<Utc>,
     ) -> Vec<Event> {
+        // Only a `start` introduces a container: any other event about one the watcher never saw
+        // running (a replay after a reconnect, a container that never started) says nothing new.
+        if action != "start" && !self.containers.contains_key(name) {
+            return Vec::new();
+        }
         let entry = self
             .containers
             .entry(name.to_string())
@@ -391,8 +397,12 @@ impl DockerEventsWatcher {
         let mut backoff = Backoff::new(self.reconnect_initial, self.reconnect_max);
         let mut seeded = false;
         loop {
-            // `since` a moment before the listing, so nothing between list and subscribe is missed.
-            let since = Utc::now().timestamp() - 1;
+            // Subscribe from the moment of the listing, so nothing between list and subscribe is
+            // missed; events before that moment (the engine replays whole seconds) are already in the
+            // listing and are skipped.
+            let listed_at = Utc::now();
+            let since = listed_at.timestamp();
+            let not_before = listed_at.timestamp_nanos_opt().unwrap_or(i64::MIN);
             let listed = tokio::select! {
                 _ = &mut shutdown => return Ok(()),
                 r = self.relist(&tracker) => r,
@@ -449,6 +459,9 @@ impl DockerEventsWatcher {
                 match item {
                     Some(Ok(message)) => {
                         backoff.reset();
+                        if message.time_nano.is_some_and(|t| t < not_before) {
+                            continue;
+                        }
                         let events = self.on_message(&mut tracker, &message);
                         if !self.emit(&tx, events).await {
                             return Ok(());
@@ -662,6 +675,20 @@ mod tests {
         let mut t = Tracker::default();
         t.seed(&[worker("w1", "id1", WorkerState::Exited)]);
         assert!(run(&mut t, &[("die", &[("exitCode", "0")], false)]).is_empty());
+    }
+
+    #[test]
+    fn docker_events_of_containers_never_seen_running_are_ignored() {
+        let mut t = Tracker::default();
+        let got = run(
+            &mut t,
+            &[
+                ("kill", &[("signal", "9")], false),
+                ("die", &[("exitCode", "137")], false),
+                ("destroy", &[], false),
+            ],
+        );
+        assert!(got.is_empty(), "{got:?}");
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub const LABEL_BINARY: &str = "k3s-autoscaler/binary";
 /// How long a build may take (a ~20 MB context on a busy 2-core machine).
 const BUILD_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// The host's CA bundle (Debian's path), copied into the image.
+const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 /// The Dockerfile of the context.
 const DOCKERFILE: &str = "FROM scratch\nCOPY rootfs/ /\nENTRYPOINT [\"/bin/autoscaler\"]\n";
 
@@ -224,6 +227,11 @@ pub fn build_context(binary: &Path) -> std::result::Result<Vec<u8>, String> {
         let data = std::fs::read(lib).map_err(|e| format!("reading {}: {e}", lib.display()))?;
         let rel = lib.to_string_lossy();
         add(&format!("rootfs{rel}"), &data, 0o755)?;
+    }
+    // rustls (the kube client of the node agent) refuses to start without a root store, even for
+    // plain-HTTP servers: ship the host's CA bundle when it has one.
+    if let Ok(bundle) = std::fs::read(CA_BUNDLE) {
+        add(&format!("rootfs{CA_BUNDLE}"), &bundle, 0o644)?;
     }
     let mut dir = tar::Header::new_gnu();
     dir.set_entry_type(tar::EntryType::Directory);

@@ -1,0 +1,230 @@
+//! Engine outages, simulated with a Unix-socket proxy in front of the real engine that the test takes
+//! down and brings back: pool calls fail as retryable and open the circuit breaker, the events watcher
+//! reconnects and reports, from a fresh listing, what happened while it was away.
+
+mod docker_support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use autoscaler::docker::{
+    self, CreateWorker, DockerError, DockerEventsWatcher, DockerWorkerPool, PoolConfig,
+};
+use bollard::query_parameters::{KillContainerOptions, RemoveContainerOptions};
+use bus::event::Event;
+use bus::{Envelope, Metadata};
+use docker_support::TestEnv;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// Forwards a Unix socket to the engine's; `down` drops every connection and the socket file.
+struct EngineProxy {
+    path: PathBuf,
+    engine: PathBuf,
+    accept: Option<JoinHandle<()>>,
+    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl EngineProxy {
+    fn start(path: PathBuf) -> Self {
+        let address = docker::engine_address("");
+        let engine = PathBuf::from(
+            address
+                .strip_prefix("unix://")
+                .unwrap_or_else(|| panic!("this test needs a unix-socket engine, not {address}")),
+        );
+        let mut p = Self {
+            path,
+            engine,
+            accept: None,
+            connections: Arc::new(Mutex::new(Vec::new())),
+        };
+        p.up();
+        p
+    }
+
+    fn up(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let listener = UnixListener::bind(&self.path).expect("binding the proxy socket");
+        let engine = self.engine.clone();
+        let connections = self.connections.clone();
+        self.accept = Some(tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let engine = engine.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut upstream) = UnixStream::connect(&engine).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    }
+                });
+                connections.lock().unwrap().push(task);
+            }
+        }));
+    }
+
+    fn down(&mut self) {
+        if let Some(a) = self.accept.take() {
+            a.abort();
+        }
+        for c in self.connections.lock().unwrap().drain(..) {
+            c.abort();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+
+    fn uri(&self) -> String {
+        format!("unix://{}", self.path.display())
+    }
+}
+
+impl Drop for EngineProxy {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+fn summary(e: &Envelope) -> String {
+    match &e.event {
+        Event::NodeCreated(c) => format!("NodeCreated {}", c.node_name),
+        Event::NodeInterruptionNotice(n) => {
+            format!("NodeInterruptionNotice {} {}", n.node_name, n.cause)
+        }
+        Event::NodeUnexpectedlyLost(l) => {
+            format!("NodeUnexpectedlyLost {} {}", l.node_name, l.cause)
+        }
+        other => other.event_type().to_string(),
+    }
+}
+
+async fn next(rx: &mut mpsc::Receiver<Envelope>) -> String {
+    let e = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        .await
+        .expect("no event from the watcher in time")
+        .expect("watcher channel closed");
+    summary(&e)
+}
+
+fn socket_path(id: &str) -> PathBuf {
+    Path::new(&std::env::temp_dir()).join(format!("k3sas-{id}.sock"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_outage_opens_the_breaker_and_the_watcher_reports_what_it_missed() {
+    let env = TestEnv::new("outage").await;
+    let mut proxy = EngineProxy::start(socket_path(&env.id));
+    let direct = DockerWorkerPool::new(env.docker.clone(), env.config());
+    let req = |e: &str| CreateWorker {
+        name: None,
+        requested_by: e.to_string(),
+        extra_labels: BTreeMap::new(),
+    };
+    let w1 = direct.create_worker(&req("evt-1")).await.unwrap();
+    let w2 = direct.create_worker(&req("evt-2")).await.unwrap();
+    let w3 = direct.create_worker(&req("evt-3")).await.unwrap();
+
+    // The autoscaler's view of the engine goes through the proxy.
+    let proxied = DockerWorkerPool::connect(PoolConfig {
+        host: proxy.uri(),
+        timeout: Duration::from_secs(3),
+        breaker_failures: 2,
+        breaker_cool_off: Duration::from_secs(1),
+        ..env.config()
+    })
+    .await
+    .unwrap();
+    let (tx, mut rx) = mpsc::channel(64);
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let watcher = DockerEventsWatcher::for_pool(&proxied, Metadata::new("lab-test", "local"))
+        .with_reconnect_backoff(Duration::from_millis(100), Duration::from_millis(500));
+    let task = tokio::spawn(watcher.run(tx, async {
+        let _ = stop_rx.await;
+    }));
+
+    // Live: a kill by another actor arrives (and shows the watcher is subscribed).
+    env.docker
+        .kill_container(
+            &w3.name,
+            Some(KillContainerOptions {
+                signal: "SIGKILL".into(),
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut rx).await,
+        format!("NodeInterruptionNotice {} docker_kill", w3.name)
+    );
+    assert_eq!(
+        next(&mut rx).await,
+        format!("NodeUnexpectedlyLost {} container_killed", w3.name)
+    );
+
+    // The engine goes away.
+    proxy.down();
+    let err = proxied.list_workers().await.unwrap_err();
+    assert!(err.retryable(), "{err}");
+    assert!(
+        matches!(
+            err,
+            DockerError::Unreachable { .. } | DockerError::CircuitOpen { .. }
+        ),
+        "{err}"
+    );
+    let err = proxied.list_workers().await.unwrap_err();
+    assert!(matches!(err, DockerError::CircuitOpen { .. }), "{err}");
+    assert!(err.retryable());
+
+    // Meanwhile, out of the watcher's sight: w1 is killed, w2 removed.
+    env.docker
+        .kill_container(
+            &w1.name,
+            Some(KillContainerOptions {
+                signal: "SIGKILL".into(),
+            }),
+        )
+        .await
+        .unwrap();
+    env.docker
+        .remove_container(
+            &w2.name,
+            Some(RemoveContainerOptions {
+                force: true,
+                v: true,
+                link: false,
+            }),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The engine is back: the watcher re-lists and reports both, w3 (already reported) not again.
+    proxy.up();
+    assert_eq!(
+        next(&mut rx).await,
+        format!("NodeUnexpectedlyLost {} container_crash", w1.name)
+    );
+    assert_eq!(
+        next(&mut rx).await,
+        format!("NodeUnexpectedlyLost {} container_destroyed", w2.name)
+    );
+    if let Ok(Some(extra)) = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
+        panic!("nothing else expected, got {}", summary(&extra));
+    }
+
+    // After the cool-off the breaker lets a probe through and closes.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let listed = proxied.list_workers().await.unwrap();
+    assert_eq!(listed.len(), 2, "w1 and w3 remain, stopped");
+
+    let _ = stop_tx.send(());
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("watcher stops on shutdown")
+        .unwrap()
+        .unwrap();
+    for w in [&w1, &w2, &w3] {
+        direct.remove_worker(&w.name).await.unwrap();
+    }
+}
