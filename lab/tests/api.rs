@@ -262,6 +262,49 @@ async fn bookmarks_come_only_when_asked_for() {
     server.shutdown().await;
 }
 
+#[tokio::test]
+async fn kube_runtime_watchers_list_then_follow_with_both_initial_list_strategies() {
+    use kube::runtime::watcher;
+    let (server, client) = start(fast_options("watcher")).await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes
+        .create(&PostParams::default(), &node("before", json!({})))
+        .await
+        .unwrap();
+    for config in [
+        watcher::Config::default(),
+        watcher::Config::default().streaming_lists(),
+    ] {
+        let mut stream = watcher(nodes.clone(), config).boxed();
+        macro_rules! next {
+            () => {
+                tokio::time::timeout(Duration::from_secs(5), stream.try_next())
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .unwrap()
+            };
+        }
+        assert!(matches!(next!(), watcher::Event::Init));
+        assert!(
+            matches!(next!(), watcher::Event::InitApply(n) if n.metadata.name.as_deref() == Some("before"))
+        );
+        assert!(matches!(next!(), watcher::Event::InitDone));
+        nodes
+            .create(&PostParams::default(), &node("after", json!({})))
+            .await
+            .unwrap();
+        assert!(
+            matches!(next!(), watcher::Event::Apply(n) if n.metadata.name.as_deref() == Some("after"))
+        );
+        nodes.delete("after", &Default::default()).await.unwrap();
+        assert!(
+            matches!(next!(), watcher::Event::Delete(n) if n.metadata.name.as_deref() == Some("after"))
+        );
+    }
+    server.shutdown().await;
+}
+
 // ---- kubectl ----
 
 async fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String) {

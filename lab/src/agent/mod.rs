@@ -6,6 +6,7 @@ pub mod load;
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -104,36 +105,22 @@ pub async fn run(
         opts,
         started: now_rfc3339(),
     };
-    agent.register().await?;
-    tracing::info!(node = %agent.opts.node_name, cpu = %agent.opts.cpu, memory = %agent.opts.memory, "node registered");
-    let mut load = LoadGenerator::new();
-    let mut heartbeat = tokio::time::interval(agent.opts.heartbeat);
-    let mut pod_sync = tokio::time::interval(agent.opts.pod_sync);
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            _ = heartbeat.tick() => agent.heartbeat().await,
-            _ = pod_sync.tick() => {
-                if let Some((c, m)) = agent.sync_pods().await {
-                    if agent.opts.simulate_load {
-                        // Never more than the node has: the container would be killed, not the pod.
-                        let target = (c.min(cpu), m.min(mem));
-                        if target != load.target() {
-                            tracing::info!(cpu_millis = target.0, memory_bytes = target.1, "load target");
-                            // Joining a stopped burner takes up to one duty cycle: off the async threads.
-                            load = tokio::task::spawn_blocking(move || { load.set_target(target.0, target.1); load })
-                                .await
-                                .unwrap_or_default();
-                        }
-                    }
-                }
-            }
-        }
+    let load = Arc::new(Mutex::new(LoadGenerator::new()));
+    // The work is dropped at any await when shutdown comes: a heartbeat to an unreachable server
+    // must not hold up `docker stop`.
+    tokio::select! {
+        _ = shutdown => {}
+        _ = agent.work(&load, (cpu, mem)) => {}
     }
-    tokio::task::spawn_blocking(move || load.stop()).await.ok();
+    tokio::task::spawn_blocking(move || lock(&load).stop())
+        .await
+        .ok();
     tracing::info!(node = %agent.opts.node_name, "agent stopped");
     Ok(())
+}
+
+fn lock(load: &Mutex<LoadGenerator>) -> std::sync::MutexGuard<'_, LoadGenerator> {
+    load.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 struct Agent {
@@ -144,6 +131,44 @@ struct Agent {
 }
 
 impl Agent {
+    /// Registers (retrying until the server answers, as a k3s agent waits for its server), then
+    /// heartbeats and syncs pods forever.
+    async fn work(&self, load: &Arc<Mutex<LoadGenerator>>, capacity: (u64, u64)) {
+        let mut pause = Duration::from_millis(500);
+        loop {
+            match self.register().await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(node = %self.opts.node_name, error = %e, retry_in = ?pause, "registration failed");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        tracing::info!(node = %self.opts.node_name, cpu = %self.opts.cpu, memory = %self.opts.memory, "node registered");
+        let mut heartbeat = tokio::time::interval(self.opts.heartbeat);
+        let mut pod_sync = tokio::time::interval(self.opts.pod_sync);
+        loop {
+            tokio::select! {
+                _ = heartbeat.tick() => self.heartbeat().await,
+                _ = pod_sync.tick() => {
+                    let Some((c, m)) = self.sync_pods().await else { continue };
+                    if !self.opts.simulate_load {
+                        continue;
+                    }
+                    // Never more than the node has: the container would be killed, not the pod.
+                    let target = (c.min(capacity.0), m.min(capacity.1));
+                    if target != lock(load).target() {
+                        tracing::info!(cpu_millis = target.0, memory_bytes = target.1, "load target");
+                        // Stopping a burner joins its thread (up to one duty cycle): off the async threads.
+                        let l = load.clone();
+                        tokio::task::spawn_blocking(move || lock(&l).set_target(target.0, target.1)).await.ok();
+                    }
+                }
+            }
+        }
+    }
+
     fn node_object(&self) -> Value {
         let name = &self.opts.node_name;
         let mut labels: BTreeMap<String, String> = BTreeMap::from([
@@ -372,8 +397,12 @@ fn running_status(pod: &Value, index: usize) -> Value {
         .map(|c| json!({"name": c["name"], "image": c["image"], "imageID": "", "ready": true, "started": true,
             "restartCount": 0, "state": {"running": {"startedAt": started}}}))
         .collect();
-    // An address that looks like a pod IP; nothing routes to it.
-    let ip = format!("10.42.{}.{}", (index / 250) % 250, index % 250 + 2);
+    // An address that looks like a pod IP (from the uid, so distinct); nothing routes to it.
+    let uid = pod["metadata"]["uid"].as_str().unwrap_or("");
+    let h = uid.bytes().fold(index as u32, |h, b| {
+        h.wrapping_mul(31).wrapping_add(u32::from(b))
+    });
+    let ip = format!("10.42.{}.{}", (h >> 8) % 256, h % 250 + 2);
     json!({"status": {
         "phase": "Running",
         "conditions": [cond("PodReadyToStartContainers"), cond("Initialized"), cond("Ready"), cond("ContainersReady"), cond("PodScheduled")],
