@@ -657,18 +657,26 @@ async fn kube_drain_waits_for_a_pdb_then_evicts_once_another_replica_is_ready() 
         .list(&ListParams::default().fields(&format!("spec.nodeName={a}")))
         .await
         .unwrap();
-    assert!(
-        left.items.iter().all(|p| !p
-            .metadata
-            .labels
-            .as_ref()
-            .is_some_and(|l| l.get("app").map(String::as_str) == Some("web"))),
-        "web pods left on {a}: {:?}",
-        left.items
-            .iter()
-            .map(|p| &p.metadata.name)
-            .collect::<Vec<_>>()
-    );
+    let web_left: Vec<_> = left
+        .items
+        .iter()
+        .filter(|p| {
+            p.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("app"))
+                .is_some_and(|app| app == "web")
+        })
+        .map(|p| p.metadata.name.clone())
+        .collect();
+    assert!(web_left.is_empty(), "web pods left on {a}: {web_left:?}");
+    // The Deployment brought the evicted replica back on the other node, not on the cordoned one.
+    wait_for(
+        Duration::from_secs(15),
+        "both replicas Ready on b",
+        || async { ready_pods_on(&client, "web", b).await.len() == 2 },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
