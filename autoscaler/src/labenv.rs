@@ -14,7 +14,7 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 
-use crate::docker::{self, LABEL_CLUSTER_ID, LABEL_MANAGED_BY, MANAGED_BY_VALUE};
+use crate::docker::{self, LABEL_CLUSTER_ID, LABEL_MANAGED_BY};
 
 /// The port the lab API server listens on inside its container.
 pub const API_PORT: u16 = 6443;
@@ -114,9 +114,11 @@ impl LabEnv {
         tracing::info!(image = %options.image, ?status, "lab: image ready");
         let network = options.name.clone();
         let server_container = format!("{}-server", options.name);
+        // The cluster id (for `down`), but a managed-by value of its own: the server is not a worker
+        // (the image's own managed-by label would otherwise make it look like one).
         let mut labels = options.extra_labels.clone();
-        labels.insert(LABEL_MANAGED_BY.into(), MANAGED_BY_VALUE.into());
         labels.insert(LABEL_CLUSTER_ID.into(), options.name.clone());
+        labels.insert(LABEL_MANAGED_BY.into(), "k3s-autoscaler-lab".into());
         labels.insert(LABEL_LAB_ROLE.into(), "server".into());
 
         if docker.inspect_network(&network, None).await.is_err() {

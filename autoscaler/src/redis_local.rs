@@ -1,5 +1,5 @@
 //! A Redis for `autoscaler lab`: the one at the configured URL when it answers, else a `redis-server`
-//! started here (AOF on, files in `$LAB_DIR/redis`) and stopped with the lab.
+//! started here (fresh, AOF on, files in `$LAB_DIR/redis`) and stopped with the lab.
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -69,7 +69,10 @@ pub async fn ensure(url: &str, lab_dir: &Path) -> Result<LocalRedis, LocalRedisE
             child: None,
         });
     }
+    // A lab started here starts afresh: its workers were removed when the last one stopped, so old
+    // history would only describe containers that are gone.
     let dir = lab_dir.join("redis");
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|source| LocalRedisError::Dir {
         path: dir.display().to_string(),
         source,
