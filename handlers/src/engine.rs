@@ -61,7 +61,10 @@ pub fn up_need(model: &Model, event: &Envelope, policy: &Policy) -> UpNeed {
         let base = planned - model.provisioning();
         // Workers already being created count as capacity for these pods (like Karpenter's in-flight
         // node claims), so a repeated report does not add more.
-        let target = (base + packing.workers).max(planned).min(max);
+        let target = (base + packing.workers)
+            .max(planned)
+            .max(policy.limits.min_nodes)
+            .min(max);
         return if target > planned {
             UpNeed::ScaleUp {
                 target_workers: target,
@@ -76,7 +79,9 @@ pub fn up_need(model: &Model, event: &Envelope, policy: &Policy) -> UpNeed {
             .last_scale_up
             .is_some_and(|t| event.timestamp - t < chrono(policy.scaling.scale_up_cooldown));
         if model.provisioning() == 0 && !cooling {
-            let target = (planned + policy.scaling.scale_up_step.max(1)).min(max);
+            let target = (planned + policy.scaling.scale_up_step.max(1))
+                .max(policy.limits.min_nodes)
+                .min(max);
             if target > planned {
                 return UpNeed::ScaleUp {
                     target_workers: target,

@@ -56,10 +56,13 @@ impl NodeManager {
             }
             Event::ScaleDownDecision(d) => self.shrink(model, policy, event, d, &mut out),
             Event::NodeInterruptionNotice(n) => {
-                let first = model
-                    .worker(&n.node_name)
-                    .and_then(|w| w.interruption.as_ref())
-                    .is_some_and(|i| i.event_id == event.event_id);
+                // Only the first notice, and only once (a redelivery finds the replacement named).
+                let first = model.worker(&n.node_name).is_some_and(|w| {
+                    w.replacement.is_none()
+                        && w.interruption
+                            .as_ref()
+                            .is_some_and(|i| i.event_id == event.event_id)
+                });
                 if first {
                     let names = model.next_names(1);
                     let started = out.emit(ScaleUpStarted {

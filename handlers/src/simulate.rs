@@ -68,7 +68,10 @@ pub struct Simulation {
     queue: VecDeque<Envelope>,
     published: BTreeSet<Uuid>,
     scheduled: Vec<(DateTime<Utc>, u64, Envelope)>,
+    /// Orders scheduled facts.
     seq: u64,
+    /// Numbers observations (their ids), apart from `seq` so re-executed commands do not shift them.
+    observations: u64,
     next_tick: DateTime<Utc>,
 }
 
@@ -90,6 +93,7 @@ impl Simulation {
             published: BTreeSet::new(),
             scheduled: Vec::new(),
             seq: 0,
+            observations: 0,
             next_tick,
         }
     }
@@ -107,9 +111,9 @@ impl Simulation {
 
     /// A root observation at the current time (deterministic id from a counter).
     pub fn root(&mut self, source: &str, event: impl Into<Event>) -> Envelope {
-        self.seq += 1;
+        self.observations += 1;
         Envelope::root(source, event, self.metadata.clone())
-            .with_deterministic_id(&format!("sim:obs:{}", self.seq))
+            .with_deterministic_id(&format!("sim:obs:{}", self.observations))
             .with_timestamp(self.now)
     }
 
