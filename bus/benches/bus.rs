@@ -1,1 +1,275 @@
-fn main() {}
+//! `cargo bench -p bus`: the bus against a real redis-server, in one run:
+//! - the raw pipelined XADD rate of `redis-benchmark -P 32` on the same server (the ceiling);
+//! - the bus's publish rate: one event per call (sequential, and 32 callers), and batches of 100;
+//! - end-to-end rate: publish → handler → ack, one group, 4 consumers;
+//! - publish → handler latency p50/p99 at a steady 1,000 events/s for 5 s.
+//!
+//! Targets (issue 3): end-to-end ≥ 25 % of the raw pipelined XADD rate; p99 ≤ 2 ms.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bus::testing::RedisServer;
+use bus::{handler_fn, BusConfig, Delivery, Envelope, Event, Metadata};
+use hdrhistogram::Histogram;
+use serde_json::json;
+
+const E2E_EVENTS: u64 = 100_000;
+const CONSUMERS: usize = 4;
+/// Publishing tasks of the end-to-end run (batches of 100 each, on the shared multiplexed connection).
+const PUBLISHERS: usize = 2;
+/// Consumers of the latency run: one handler's group as it runs in production (one replica).
+const LATENCY_CONSUMERS: usize = 1;
+
+fn event(i: u64) -> Envelope {
+    let data = json!({"workers": 3, "cpu_avg": 41.5, "memory_avg": 37.25, "source": "docker_stats",
+                      "nodes": [{"node_name": format!("k3s-worker-{}", i % 8), "cpu": 41.5, "memory": 37.25}]});
+    let e = Event::from_value("MetricsSampled", data).expect("sample event");
+    Envelope::root("metrics_collector", e, Metadata::new("bench", "local"))
+}
+
+fn config(server: &RedisServer, stream: &str) -> BusConfig {
+    let mut c = BusConfig::new(server.url(), stream);
+    c.max_len = 1_000_000;
+    c.batch_size = 256;
+    c.concurrency = 256;
+    c.block = Duration::from_secs(2);
+    c
+}
+
+fn raw_xadd_rate(port: u16) -> Option<f64> {
+    let out = Command::new("redis-benchmark")
+        .args(["-p", &port.to_string(), "-P", "32", "-n", "200000", "-q"])
+        .args(["XADD", "benchstream", "*", "f", "v"])
+        .output();
+    let out = match out {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("redis-benchmark not runnable ({e}): apt-get install -y redis-tools");
+            return None;
+        }
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    // `-q` rewrites one line with \r; the last piece holds the final figure.
+    let last = text
+        .split(['\r', '\n'])
+        .rev()
+        .find(|l| l.contains("requests per second"))?;
+    let rate = last
+        .split(':')
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(rate)
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(run());
+}
+
+async fn run() {
+    let server = RedisServer::start();
+    println!(
+        "bus benchmark against redis-server on 127.0.0.1:{}",
+        server.port()
+    );
+
+    let raw = raw_xadd_rate(server.port());
+    match raw {
+        Some(r) => println!("raw XADD, redis-benchmark -P 32 -n 200000:      {r:>10.0} entries/s"),
+        None => println!("raw XADD: redis-benchmark output not understood"),
+    }
+
+    // ---- publish ----
+    let bus = bus::connect(config(&server, "bench_publish"))
+        .await
+        .expect("connect");
+    let p = bus.publisher();
+    let events: Vec<Envelope> = (0..20_000).map(event).collect();
+    let t = Instant::now();
+    for e in &events {
+        p.publish(e).await.expect("publish");
+    }
+    let single = events.len() as f64 / t.elapsed().as_secs_f64();
+    println!("bus publish, one call at a time:                 {single:>10.0} events/s");
+
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for chunk in events.chunks(events.len() / 32) {
+        let (p, chunk) = (p.clone(), chunk.to_vec());
+        tasks.push(tokio::spawn(async move {
+            for e in &chunk {
+                p.publish(e).await.expect("publish");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let concurrent = events.len() as f64 / t.elapsed().as_secs_f64();
+    println!("bus publish, one event per call, 32 callers:     {concurrent:>10.0} events/s");
+
+    let batch_events: Vec<Envelope> = (0..200_000).map(event).collect();
+    let t = Instant::now();
+    for chunk in batch_events.chunks(100) {
+        p.publish_batch(chunk).await.expect("publish_batch");
+    }
+    let batched = batch_events.len() as f64 / t.elapsed().as_secs_f64();
+    println!("bus publish_batch, 100 per batch:                {batched:>10.0} events/s");
+    drop(batch_events);
+
+    // ---- end to end ----
+    let bus = bus::connect(config(&server, "bench_e2e"))
+        .await
+        .expect("connect");
+    let handled = Arc::new(AtomicU64::new(0));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut consumers = Vec::new();
+    let mut stats = Vec::new();
+    for i in 0..CONSUMERS {
+        let consumer = bus.consumer();
+        stats.push(consumer.stats().clone());
+        let handled = handled.clone();
+        let mut stop = stop_rx.clone();
+        consumer.ensure_group("Bench").await.expect("group");
+        consumers.push(tokio::spawn(async move {
+            let handler = handler_fn(move |_d: Delivery| {
+                handled.fetch_add(1, Ordering::Relaxed);
+                async { Ok(Vec::new()) }
+            });
+            consumer
+                .run(handler, "Bench", &format!("bench-{i}"), async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+                .expect("run");
+        }));
+    }
+    // Events are built before the clock starts: the figure is the bus's, not the fixture's.
+    let all: Vec<Envelope> = (0..E2E_EVENTS).map(event).collect();
+    let t = Instant::now();
+    let mut publishers = Vec::new();
+    for part in all.chunks(all.len() / PUBLISHERS) {
+        let (p, part) = (bus.publisher(), part.to_vec());
+        publishers.push(tokio::spawn(async move {
+            for batch in part.chunks(100) {
+                p.publish_batch(batch).await.expect("publish_batch");
+            }
+        }));
+    }
+    for p in publishers {
+        p.await.expect("publisher");
+    }
+    let published_in = t.elapsed();
+    let acked = || stats.iter().map(|s| s.acks("Bench").acked).sum::<u64>();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while acked() < E2E_EVENTS && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let e2e_time = t.elapsed();
+    let e2e = acked() as f64 / e2e_time.as_secs_f64();
+    println!(
+        "end to end, publish → handler → ack, 1 group, {CONSUMERS} consumers, {PUBLISHERS} publishers: {e2e:>10.0} events/s \
+         ({} handled, {} acked in {:.2} s; publishing took {:.2} s)",
+        handled.load(Ordering::Relaxed),
+        acked(),
+        e2e_time.as_secs_f64(),
+        published_in.as_secs_f64()
+    );
+    if let Some(r) = raw {
+        let share = 100.0 * e2e / r;
+        println!(
+            "  = {share:.1} % of the raw pipelined XADD rate (target ≥ 25 %): {}",
+            if share >= 25.0 { "met" } else { "NOT met" }
+        );
+    }
+    let _ = stop_tx.send(true);
+    for c in consumers {
+        c.await.expect("consumer");
+    }
+
+    // ---- latency at a steady 1,000 events/s ----
+    let bus = bus::connect(config(&server, "bench_latency"))
+        .await
+        .expect("connect");
+    let base = Instant::now();
+    let hist = Arc::new(Mutex::new(
+        Histogram::<u64>::new_with_bounds(1, 10_000_000, 3).expect("histogram"),
+    ));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut consumers = Vec::new();
+    for i in 0..LATENCY_CONSUMERS {
+        let consumer = bus.consumer();
+        consumer.ensure_group("Latency").await.expect("group");
+        let hist = hist.clone();
+        let mut stop = stop_rx.clone();
+        consumers.push(tokio::spawn(async move {
+            let handler = handler_fn(move |d: Delivery| {
+                let sent = d
+                    .envelope
+                    .metadata
+                    .extra
+                    .get("sent_us")
+                    .and_then(|v| v.as_u64());
+                if let Some(sent) = sent {
+                    let now = base.elapsed().as_micros() as u64;
+                    let mut h = hist.lock().unwrap_or_else(|p| p.into_inner());
+                    let _ = h.record(now.saturating_sub(sent).max(1));
+                }
+                async { Ok(Vec::new()) }
+            });
+            consumer
+                .run(handler, "Latency", &format!("lat-{i}"), async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+                .expect("run");
+        }));
+    }
+    // Let the consumers reach their blocking reads.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let p = bus.publisher();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let mut sent = 0u64;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(5) {
+        tick.tick().await;
+        let mut e = event(sent);
+        e.metadata
+            .extra
+            .insert("sent_us".into(), json!(base.elapsed().as_micros() as u64));
+        p.publish(&e).await.expect("publish");
+        sent += 1;
+    }
+    let rate = sent as f64 / t.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = stop_tx.send(true);
+    for c in consumers {
+        c.await.expect("consumer");
+    }
+    let h = hist.lock().unwrap_or_else(|p| p.into_inner());
+    let ms = |us: u64| us as f64 / 1000.0;
+    println!(
+        "latency publish → handler, {LATENCY_CONSUMERS} consumer, {rate:.0} events/s for 5 s ({} of {sent} seen): \
+         p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms (target p99 ≤ 2 ms: {})",
+        h.len(),
+        ms(h.value_at_quantile(0.50)),
+        ms(h.value_at_quantile(0.99)),
+        ms(h.value_at_quantile(0.999)),
+        ms(h.max()),
+        if h.value_at_quantile(0.99) <= 2000 {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+}

@@ -172,7 +172,7 @@ impl Audit {
                     .xrevrange_count(stream, &end, &q.start, PAGE)
                     .await
                     .map_err(BusError::redis("XREVRANGE"))?;
-                let page = present(parse_entries("XREVRANGE", &v)?);
+                let page = present(parse_entries("XREVRANGE", v)?);
                 let Some(last) = page.last() else { break };
                 end = format!("({}", last.id);
                 let full = page.len() == PAGE;
@@ -190,7 +190,7 @@ impl Audit {
                     .xrange_count(stream, &start, &q.end, PAGE)
                     .await
                     .map_err(BusError::redis("XRANGE"))?;
-                let page = present(parse_entries("XRANGE", &v)?);
+                let page = present(parse_entries("XRANGE", v)?);
                 let Some(last) = page.last() else { break };
                 start = format!("({}", last.id);
                 let full = page.len() == PAGE;
@@ -211,7 +211,7 @@ impl Audit {
             .xrevrange_count(&self.bus.config().stream, "+", "-", 1)
             .await
             .map_err(BusError::redis("XREVRANGE"))?;
-        Ok(parse_entries("XREVRANGE", &v)?
+        Ok(parse_entries("XREVRANGE", v)?
             .into_iter()
             .next()
             .map(|e| e.id))
@@ -247,7 +247,7 @@ impl Audit {
             .xrange_count(&self.bus.config().dlq, "-", "+", count)
             .await
             .map_err(BusError::redis("XRANGE (dlq)"))?;
-        Ok(present(parse_entries("XRANGE", &v)?)
+        Ok(present(parse_entries("XRANGE", v)?)
             .into_iter()
             .map(DeadLetter::from_entry)
             .collect())
@@ -403,7 +403,7 @@ impl Follower {
             .xread_options(&[&self.stream], &[&self.last], &opts)
             .await
             .map_err(BusError::redis("XREAD"))?;
-        let entries = present(parse_read("XREAD", &v)?);
+        let entries = present(parse_read("XREAD", v)?);
         if let Some(last) = entries.last() {
             self.last = last.id.clone();
         }

@@ -656,7 +656,7 @@ async fn read_once(
             .xread_options(&[&cfg.stream], &[&from], &group_opts().count(want))
             .await
             .map_err(BusError::redis("XREADGROUP (own pending)"))?;
-        let entries = parse_read("XREADGROUP", &v)?;
+        let entries = parse_read("XREADGROUP", v)?;
         let Some(last) = entries.last() else {
             debug!("own pending list drained");
             state.pending_from = None;
@@ -678,7 +678,7 @@ async fn read_once(
             )
             .await
             .map_err(BusError::redis("XAUTOCLAIM"))?;
-        let (next, claimed, deleted) = parse_autoclaim(&v)?;
+        let (next, claimed, deleted) = parse_autoclaim(v)?;
         if next == "0-0" {
             state.claim_from = next;
             state.next_claim = Instant::now() + claim_every(cfg);
@@ -721,7 +721,7 @@ async fn read_once(
             )
             .await
             .map_err(BusError::redis("XREADGROUP"))?;
-        parse_read("XREADGROUP", &v)?
+        parse_read("XREADGROUP", v)?
             .into_iter()
             .map(|e| (e, 1))
             .collect()

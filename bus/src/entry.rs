@@ -69,6 +69,21 @@ pub(crate) fn string(v: &Value) -> Option<String> {
     bytes(v).map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 
+/// As [`bytes`], moving the buffer out instead of copying it (replies are parsed once).
+fn into_bytes(v: Value) -> Vec<u8> {
+    match v {
+        Value::BulkString(b) => b,
+        other => bytes(&other).unwrap_or_default(),
+    }
+}
+
+fn into_items(v: Value) -> Option<Vec<Value>> {
+    match v {
+        Value::Array(a) | Value::Set(a) => Some(a),
+        _ => None,
+    }
+}
+
 fn bad(op: &'static str, detail: impl Into<String>) -> BusError {
     BusError::Reply {
         op,
@@ -76,71 +91,64 @@ fn bad(op: &'static str, detail: impl Into<String>) -> BusError {
     }
 }
 
-fn items(v: &Value) -> Option<&[Value]> {
-    match v {
-        Value::Array(a) | Value::Set(a) => Some(a),
-        _ => None,
-    }
-}
-
 /// One `[id, [f, v, …]]` (or `[id, nil]`).
-pub(crate) fn parse_entry(op: &'static str, v: &Value) -> Result<ReadEntry> {
-    let parts = items(v).ok_or_else(|| bad(op, "entry is not an array"))?;
+pub(crate) fn parse_entry(op: &'static str, v: Value) -> Result<ReadEntry> {
+    let mut parts = into_items(v)
+        .ok_or_else(|| bad(op, "entry is not an array"))?
+        .into_iter();
     let id = parts
-        .first()
+        .next()
+        .as_ref()
         .and_then(string)
         .ok_or_else(|| bad(op, "entry without id"))?;
-    let fields = match parts.get(1) {
+    let fields = match parts.next() {
         None | Some(Value::Nil) => None,
         Some(Value::Map(pairs)) => Some(
             pairs
-                .iter()
-                .map(|(k, v)| (bytes(k).unwrap_or_default(), bytes(v).unwrap_or_default()))
+                .into_iter()
+                .map(|(k, v)| (into_bytes(k), into_bytes(v)))
                 .collect(),
         ),
         Some(other) => {
-            let flat = items(other).ok_or_else(|| bad(op, "entry fields are not an array"))?;
-            Some(
-                flat.chunks(2)
-                    .map(|kv| {
-                        (
-                            bytes(&kv[0]).unwrap_or_default(),
-                            kv.get(1).and_then(bytes).unwrap_or_default(),
-                        )
-                    })
-                    .collect(),
-            )
+            let flat = into_items(other).ok_or_else(|| bad(op, "entry fields are not an array"))?;
+            let mut fields = Vec::with_capacity(flat.len() / 2);
+            let mut it = flat.into_iter();
+            while let Some(k) = it.next() {
+                let v = it.next().map(into_bytes).unwrap_or_default();
+                fields.push((into_bytes(k), v));
+            }
+            Some(fields)
         }
     };
     Ok(ReadEntry { id, fields })
 }
 
 /// A list of entries (`XRANGE`, one stream of `XREAD`, XAUTOCLAIM's second element).
-pub(crate) fn parse_entries(op: &'static str, v: &Value) -> Result<Vec<ReadEntry>> {
+pub(crate) fn parse_entries(op: &'static str, v: Value) -> Result<Vec<ReadEntry>> {
     match v {
         Value::Nil => Ok(Vec::new()),
-        other => items(other)
+        other => into_items(other)
             .ok_or_else(|| bad(op, "entries are not an array"))?
-            .iter()
+            .into_iter()
             .map(|e| parse_entry(op, e))
             .collect(),
     }
 }
 
 /// The entries of the first (only) stream of an `XREAD`/`XREADGROUP` reply; nil (timeout) is empty.
-pub(crate) fn parse_read(op: &'static str, v: &Value) -> Result<Vec<ReadEntry>> {
+pub(crate) fn parse_read(op: &'static str, v: Value) -> Result<Vec<ReadEntry>> {
     match v {
         Value::Nil => Ok(Vec::new()),
-        Value::Map(streams) => match streams.first() {
+        Value::Map(streams) => match streams.into_iter().next() {
             Some((_, entries)) => parse_entries(op, entries),
             None => Ok(Vec::new()),
         },
         other => {
-            let streams = items(other).ok_or_else(|| bad(op, "reply is not an array"))?;
-            match streams.first() {
+            let streams = into_items(other).ok_or_else(|| bad(op, "reply is not an array"))?;
+            match streams.into_iter().next() {
                 Some(s) => {
-                    let pair = items(s).ok_or_else(|| bad(op, "stream is not an array"))?;
-                    match pair.get(1) {
+                    let pair = into_items(s).ok_or_else(|| bad(op, "stream is not an array"))?;
+                    match pair.into_iter().nth(1) {
                         Some(entries) => parse_entries(op, entries),
                         None => Ok(Vec::new()),
                     }
@@ -160,18 +168,21 @@ pub(crate) fn present(entries: Vec<ReadEntry>) -> Vec<RawEntry> {
 }
 
 /// XAUTOCLAIM's reply: next cursor, claimed entries, ids deleted from the stream (Redis ≥ 7).
-pub(crate) fn parse_autoclaim(v: &Value) -> Result<(String, Vec<ReadEntry>, Vec<String>)> {
+pub(crate) fn parse_autoclaim(v: Value) -> Result<(String, Vec<ReadEntry>, Vec<String>)> {
     const OP: &str = "XAUTOCLAIM";
-    let parts = items(v).ok_or_else(|| bad(OP, "reply is not an array"))?;
+    let mut parts = into_items(v)
+        .ok_or_else(|| bad(OP, "reply is not an array"))?
+        .into_iter();
     let next = parts
-        .first()
+        .next()
+        .as_ref()
         .and_then(string)
         .ok_or_else(|| bad(OP, "no cursor"))?;
-    let claimed = match parts.get(1) {
+    let claimed = match parts.next() {
         Some(v) => parse_entries(OP, v)?,
         None => Vec::new(),
     };
-    let deleted = match parts.get(2).and_then(items) {
+    let deleted = match parts.next().and_then(into_items) {
         Some(ids) => ids.iter().filter_map(string).collect(),
         None => Vec::new(),
     };
