@@ -75,6 +75,19 @@ pub struct Issued {
 }
 
 impl Issued {
+    /// A stable id for this command (the id its fact will have): an executor can skip a command whose
+    /// fact is already on the stream, so a redelivered input does not repeat an effect.
+    pub fn id(&self) -> Uuid {
+        self.fact(
+            crate::executor::SOURCE,
+            Event::NodeRemoved(bus::event::NodeRemoved {
+                node_name: String::new(),
+            }),
+            self.cause.timestamp,
+        )
+        .event_id
+    }
+
     /// A fact reported by the executor about this command, with a deterministic id
     /// (`executor:<cause>:<command>:<node>`), so a retried command reports the same fact once.
     pub fn fact(&self, source: &str, event: impl Into<Event>, now: DateTime<Utc>) -> Envelope {

@@ -79,7 +79,22 @@ fn key_data(e: &Envelope) -> String {
                     let items: Vec<&str> = a.iter().filter_map(|x| x.as_str()).collect();
                     format!("[{}]", items.join(","))
                 }
-                serde_json::Value::Array(a) => format!("[{} items]", a.len()),
+                serde_json::Value::Array(a) => {
+                    // Objects with a name (observed nodes, pods, node usage) show their names.
+                    let names: Vec<&str> = a
+                        .iter()
+                        .filter_map(|x| {
+                            x.get("name")
+                                .or_else(|| x.get("node_name"))
+                                .and_then(|n| n.as_str())
+                        })
+                        .collect();
+                    if names.len() == a.len() && a.len() <= 12 {
+                        format!("[{}]", names.join(","))
+                    } else {
+                        format!("[{} items]", a.len())
+                    }
+                }
                 serde_json::Value::Null => return None,
                 serde_json::Value::Object(_) => return None,
             };

@@ -396,7 +396,7 @@ impl Model {
                 let fresh: Vec<String> = s
                     .nodes
                     .iter()
-                    .filter(|n| !self.workers.get(*n).is_some_and(|w| !w.state.is_gone()))
+                    .filter(|n| self.workers.get(*n).is_none_or(|w| w.state.is_gone()))
                     .cloned()
                     .collect();
                 for n in &fresh {
@@ -671,7 +671,7 @@ impl Model {
             .filter(|c| self.workers.get(*c).is_none_or(|w| w.state.is_gone()))
             .collect();
         self.unknown_containers
-            .retain(|name, _| unknown.iter().any(|u| *u == name));
+            .retain(|name, _| unknown.contains(&name));
         for u in unknown {
             self.unknown_containers
                 .entry(u.clone())
