@@ -804,11 +804,42 @@ async fn kube_a_pod_bigger_than_any_node_is_reported_pending_with_its_deployment
     assert_eq!(u.nodes[0].node_name, "k3s-worker-small");
     assert!((u.nodes[0].cpu - 10.0).abs() < 1e-9, "{u:?}");
     assert!((u.cpu_avg - 10.0).abs() < 1e-9);
-    match utilisation::metrics_utilisation(&client, PREFIX).await {
-        Err(KubeError::MetricsNotServed { status }) => assert_eq!(status, 404),
-        other => panic!("expected MetricsNotServed, got {other:?}"),
-    }
+    // The lab serves metrics.k8s.io with usage = what Running pods declare.
+    let m = utilisation::metrics_utilisation(&client, PREFIX)
+        .await
+        .expect("the lab serves metrics.k8s.io");
+    assert_eq!(m.nodes.len(), 1, "{m:?}");
+    assert!((m.nodes[0].cpu - 10.0).abs() < 1e-6, "{m:?}");
 
     stop.cancel();
     task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_metrics_api_not_served_is_a_clear_error_to_fall_back_on() {
+    // A stand-in API server that serves nothing (the lab serves metrics.k8s.io): every path is 404.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().fallback(|| async {
+        (
+            axum::http::StatusCode::NOT_FOUND,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                   "message": "the server could not find the requested resource",
+                   "reason": "NotFound", "code": 404})
+            .to_string(),
+        )
+    });
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut config = kube::Config::new(format!("http://{addr}").parse().unwrap());
+    config.default_retry = false;
+    let client = Client::try_from(config).unwrap();
+    match utilisation::metrics_utilisation(&client, PREFIX).await {
+        Err(e @ KubeError::MetricsNotServed { status: 404 }) => {
+            assert_eq!(e.code(), "metrics_not_served");
+            assert!(!e.retryable());
+        }
+        other => panic!("expected MetricsNotServed, got {other:?}"),
+    }
+    server.abort();
 }

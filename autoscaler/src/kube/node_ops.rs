@@ -209,7 +209,12 @@ impl KubeNodeOps {
 
     /// Evicts the pods of `node`; see the module doc. Bounded by the drain timeout.
     pub async fn drain(&self, node: &str) -> Result<DrainReport> {
-        let deadline = Instant::now() + self.drain_timeout;
+        self.drain_within(node, self.drain_timeout).await
+    }
+
+    /// As [`KubeNodeOps::drain`], bounded by `timeout` instead of the configured drain timeout.
+    pub async fn drain_within(&self, node: &str, timeout: Duration) -> Result<DrainReport> {
+        let deadline = Instant::now() + timeout;
         let n = self.get_node(node).await?;
         if annotation(
             n.metadata.annotations.as_ref(),
@@ -244,7 +249,7 @@ impl KubeNodeOps {
         loop {
             let mut refused = Vec::new();
             for pod in remaining {
-                match self.evict(&pod, deadline).await? {
+                match self.evict(&pod, deadline, timeout).await? {
                     Eviction::Done => debug!(node, pod = %pod_id(&pod), "evicted"),
                     Eviction::Refused => refused.push(pod),
                 }
@@ -258,7 +263,7 @@ impl KubeNodeOps {
                 return Err(KubeError::PdbBlocked {
                     node: node.into(),
                     pods: names,
-                    timeout: self.drain_timeout,
+                    timeout,
                 });
             }
             debug!(node, pods = ?names, ?pause, "evictions refused by a PodDisruptionBudget; retrying");
@@ -287,7 +292,7 @@ impl KubeNodeOps {
                 return Err(KubeError::DrainTimeout {
                     node: node.into(),
                     pods: still,
-                    timeout: self.drain_timeout,
+                    timeout,
                 });
             }
             tokio::time::sleep(self.poll_interval).await;
@@ -317,7 +322,7 @@ impl KubeNodeOps {
     }
 
     /// One eviction; transient failures are retried here until `deadline`.
-    async fn evict(&self, pod: &Pod, deadline: Instant) -> Result<Eviction> {
+    async fn evict(&self, pod: &Pod, deadline: Instant, timeout: Duration) -> Result<Eviction> {
         let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
         let name = pod.metadata.name.as_deref().unwrap_or_default();
         // A full policy/v1 Eviction: kube's `Api::evict` sends `delete_options` (snake case), which the
@@ -341,7 +346,7 @@ impl KubeNodeOps {
                     return Err(KubeError::DrainTimeout {
                         node: node_of(pod),
                         pods: vec![pod_id(pod)],
-                        timeout: self.drain_timeout,
+                        timeout,
                     })
                 }
             };
