@@ -438,3 +438,41 @@ async fn pods_bound_to_a_deleted_node_are_garbage_collected() {
     .await;
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn node_metrics_report_the_usage_running_pods_declare() {
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    let (server, client) = start(fast_options("metrics")).await;
+    let w1 = agent(&client, "w1", "2", "2Gi");
+    wait_node_ready(&client, "w1").await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let mut busy = pod("busy", "100m");
+    busy.metadata.annotations = Some(
+        [(
+            "lab.k3s-autoscaler/cpu-usage".to_string(),
+            "750".to_string(),
+        )]
+        .into(),
+    );
+    pods.create(&PostParams::default(), &busy).await.unwrap();
+    pods.create(&PostParams::default(), &pod("quiet", "250m"))
+        .await
+        .unwrap();
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("metrics.k8s.io", "v1beta1", "NodeMetrics"),
+        "nodes",
+    );
+    let metrics: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    let usage = eventually("w1's metrics with both pods running", WAIT, || {
+        let metrics = metrics.clone();
+        async move {
+            let m = metrics.get("w1").await.ok()?;
+            let usage = m.data["usage"].clone();
+            (usage["cpu"] == "1000000000n").then_some(usage)
+        }
+    })
+    .await;
+    assert_eq!(usage["memory"], "32768Ki", "16Mi + 16Mi of requests");
+    w1.stop().await;
+    server.shutdown().await;
+}

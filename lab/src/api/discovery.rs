@@ -28,22 +28,28 @@ pub fn core_versions() -> Value {
 
 /// `/apis`.
 pub fn group_list() -> Value {
-    let groups: Vec<Value> = groups()
+    let mut groups: Vec<Value> = groups()
         .into_iter()
         .map(|g| {
             let gv = json!({"groupVersion": format!("{g}/v1"), "version": "v1"});
             json!({"name": g, "versions": [gv.clone()], "preferredVersion": gv})
         })
         .collect();
+    let metrics = json!({"groupVersion": "metrics.k8s.io/v1beta1", "version": "v1beta1"});
+    groups.push(json!({"name": "metrics.k8s.io", "versions": [metrics.clone()], "preferredVersion": metrics}));
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 /// `/apis/<group>` (the group with its one version), if served.
 pub fn group(group: &str) -> Option<Value> {
-    if !groups().contains(&group) {
+    let version = if group == "metrics.k8s.io" {
+        "v1beta1"
+    } else if groups().contains(&group) {
+        "v1"
+    } else {
         return None;
-    }
-    let gv = json!({"groupVersion": format!("{group}/v1"), "version": "v1"});
+    };
+    let gv = json!({"groupVersion": format!("{group}/{version}"), "version": version});
     Some(
         json!({"kind": "APIGroup", "apiVersion": "v1", "name": group, "versions": [gv.clone()], "preferredVersion": gv}),
     )

@@ -2,6 +2,7 @@
 //! dispatches to discovery ([`discovery`]), the verbs ([`verbs`]) or a watch ([`watch`]).
 
 pub mod discovery;
+pub mod metrics;
 pub mod openapi;
 pub mod path;
 pub mod status;
@@ -42,6 +43,9 @@ pub struct ApiState {
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new().fallback(dispatch).with_state(state)
 }
+
+/// Where computed metrics are served.
+const METRICS_PREFIX: &str = "/apis/metrics.k8s.io/v1beta1/";
 
 /// The query parameters of a request.
 pub type Params = HashMap<String, String>;
@@ -85,6 +89,18 @@ async fn dispatch(
         (&Method::GET, Route::Group(g)) => discovery::group(&g)
             .map(json)
             .ok_or_else(|| ApiError::not_found("the server could not find the requested resource")),
+        (&Method::GET, Route::ResourceList { group, version })
+            if group == metrics::GROUP && version == metrics::VERSION =>
+        {
+            Ok(json(metrics::resource_list()))
+        }
+        (&Method::GET, Route::Unknown) if uri.path().starts_with(METRICS_PREFIX) => {
+            let rest: Vec<&str> = uri.path()[METRICS_PREFIX.len()..]
+                .split('/')
+                .filter(|s| !s.is_empty())
+                .collect();
+            metrics::get(&state.store, &rest).map(json)
+        }
         (&Method::GET, Route::ResourceList { group, version }) => {
             discovery::resource_list(&group, &version)
                 .map(json)

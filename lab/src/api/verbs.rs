@@ -63,6 +63,7 @@ pub async fn handle(
                     ns_filter.map(String::from),
                     selectors,
                     &req.params,
+                    &req.accept,
                 );
             }
             let (items, rv) = store.list(t.kind, ns_filter);

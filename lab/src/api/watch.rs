@@ -13,7 +13,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::status::ApiError;
 use super::verbs::Selectors;
-use super::{ApiState, Params};
+use super::{table, ApiState, Params};
 use crate::resources::Kind;
 use crate::store::{Change, StoreError};
 
@@ -28,9 +28,23 @@ struct WatchSpec {
     bookmarks: bool,
     bookmark_interval: Duration,
     timeout: Duration,
+    /// Whether objects go out as one-row Tables (`kubectl get -w`).
+    table: bool,
 }
 
 impl WatchSpec {
+    /// The line for an ADDED/MODIFIED/DELETED event, as a Table row when the client asked for tables.
+    fn event(&self, event_type: &str, obj: &Arc<Value>, rv: u64) -> Bytes {
+        if self.table {
+            line(
+                event_type,
+                &table::table(self.kind, std::slice::from_ref(obj), rv),
+            )
+        } else {
+            line(event_type, obj)
+        }
+    }
+
     fn wants(&self, obj: &Value) -> bool {
         self.namespace
             .as_deref()
@@ -63,8 +77,10 @@ pub fn serve(
     namespace: Option<String>,
     selectors: Selectors,
     params: &Params,
+    accept: &str,
 ) -> Result<Response, ApiError> {
     let spec = WatchSpec {
+        table: table::wants_table(accept),
         kind,
         namespace,
         selectors,
@@ -101,7 +117,7 @@ pub fn serve(
                 for c in past {
                     last = c.rv;
                     if spec.wants(&c.object) {
-                        first.push(line(c.event_type.as_str(), &c.object));
+                        first.push(spec.event(c.event_type.as_str(), &c.object, c.rv));
                     }
                 }
                 (rx, last)
@@ -116,7 +132,7 @@ pub fn serve(
         _ => {
             let (items, rv, rx) = store.snapshot_and_subscribe(kind, spec.namespace.as_deref());
             for o in items.iter().filter(|o| spec.wants(o)) {
-                first.push(line("ADDED", o));
+                first.push(spec.event("ADDED", o, rv));
             }
             if send_initial && spec.bookmarks {
                 first.push(bookmark(kind, rv, true));
