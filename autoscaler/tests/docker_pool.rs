@@ -284,3 +284,82 @@ async fn docker_stats_give_percentages_per_worker_and_averages() {
         pool.remove_worker(&w.name).await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn docker_pool_through_the_handlers_trait_is_idempotent_by_name() {
+    use handlers::traits::WorkerPool;
+    let env = TestEnv::new("trait").await;
+    let pool = DockerWorkerPool::new(env.docker.clone(), env.config());
+    let name = format!("{}3", pool.config().name_prefix);
+    let id = WorkerPool::create_worker(&pool, &name).await.unwrap();
+    assert_eq!(WorkerPool::create_worker(&pool, &name).await.unwrap(), id);
+    let w = pool.inspect_worker(&name).await.unwrap().unwrap();
+    assert_eq!(w.id, id);
+    assert_eq!(w.requested_by(), None, "the trait carries no event id");
+    WorkerPool::remove_worker(&pool, &name).await.unwrap();
+    WorkerPool::remove_worker(&pool, &name).await.unwrap();
+    assert!(env.container_names().await.is_empty());
+    assert!(env.volume_names().await.is_empty());
+}
+
+#[tokio::test]
+async fn docker_lab_image_is_built_once_per_binary() {
+    use autoscaler::docker::image::{ensure_lab_image, ImageStatus, LABEL_BINARY};
+    use bollard::query_parameters::RemoveImageOptions;
+    let env = TestEnv::new("image").await;
+    // A copy of the binary of its own, so this test decides when it changes.
+    let dir = std::env::temp_dir().join(format!("k3sas-{}", env.id));
+    std::fs::create_dir_all(&dir).unwrap();
+    let binary = dir.join("autoscaler");
+    std::fs::copy(env!("CARGO_BIN_EXE_autoscaler"), &binary).unwrap();
+    let tag = format!("k3s-autoscaler-lab:{}", env.id);
+
+    let result = async {
+        assert_eq!(
+            ensure_lab_image(&env.docker, &binary, &tag).await.unwrap(),
+            ImageStatus::Built
+        );
+        assert_eq!(
+            ensure_lab_image(&env.docker, &binary, &tag).await.unwrap(),
+            ImageStatus::UpToDate
+        );
+        let image = env.docker.inspect_image(&tag).await.unwrap();
+        let labels = image.config.unwrap().labels.unwrap();
+        assert_eq!(
+            labels[LABEL_BINARY],
+            autoscaler::docker::image::fingerprint(&binary).unwrap()
+        );
+        // Stripped of debug info and without the build machinery, the image stays small.
+        let size = image.size.unwrap();
+        assert!(size < 100 * 1024 * 1024, "image is {size} bytes");
+        // A rebuilt binary rebuilds the image.
+        let before = env.docker.inspect_image(&tag).await.unwrap().id.unwrap();
+        // Make the new binary differ in content too, so the image does.
+        std::fs::write(
+            &binary,
+            [std::fs::read(&binary).unwrap(), vec![0u8; 16]].concat(),
+        )
+        .unwrap();
+        assert_eq!(
+            ensure_lab_image(&env.docker, &binary, &tag).await.unwrap(),
+            ImageStatus::Built
+        );
+        // The replaced image is gone, not left dangling.
+        let gone = env.docker.inspect_image(&before).await;
+        assert!(gone.is_err(), "the replaced image {before} is still there");
+    }
+    .await;
+    let _ = env
+        .docker
+        .remove_image(
+            &tag,
+            Some(RemoveImageOptions {
+                force: true,
+                ..Default::default()
+            }),
+            None,
+        )
+        .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}

@@ -48,8 +48,10 @@ pub async fn ensure_lab_image(docker: &Docker, binary: &Path, tag: &str) -> Resu
     };
     let fp = fingerprint(binary).map_err(|e| ctx_err(format!("{}: {e}", binary.display())))?;
 
+    let mut previous: Option<String> = None;
     match docker.inspect_image(tag).await {
         Ok(image) => {
+            previous = image.id.clone();
             let current = image
                 .config
                 .as_ref()
@@ -116,7 +118,10 @@ pub async fn ensure_lab_image(docker: &Docker, binary: &Path, tag: &str) -> Resu
         Ok(())
     };
     match tokio::time::timeout(BUILD_TIMEOUT, build).await {
-        Ok(Ok(())) => Ok(ImageStatus::Built),
+        Ok(Ok(())) => {
+            remove_replaced(docker, tag, previous).await;
+            Ok(ImageStatus::Built)
+        }
         Ok(Err(message)) => Err(DockerError::ImageBuild {
             tag: tag.to_string(),
             message,
@@ -125,6 +130,33 @@ pub async fn ensure_lab_image(docker: &Docker, binary: &Path, tag: &str) -> Resu
             operation: "build_image",
             timeout: BUILD_TIMEOUT,
         }),
+    }
+}
+
+/// Removes the image `tag` pointed to before a rebuild, so rebuilds leave no dangling images. Only
+/// when nothing else uses it: an image still tagged elsewhere stays, and one used by a container
+/// stays too (the engine answers 409 and that is fine).
+async fn remove_replaced(docker: &Docker, tag: &str, previous: Option<String>) {
+    let Some(old) = previous else { return };
+    // Only a now-untagged image: deleting by id would also untag every other tag of it (e.g. the
+    // lab's own tag of the same build).
+    let still_tagged = match docker.inspect_image(&old).await {
+        Ok(image) => image.repo_tags.is_some_and(|t| !t.is_empty()),
+        Err(_) => return,
+    };
+    if still_tagged {
+        return;
+    }
+    match docker
+        .remove_image(
+            &old,
+            None::<bollard::query_parameters::RemoveImageOptions>,
+            None,
+        )
+        .await
+    {
+        Ok(_) => debug!(%tag, image = %old, "removed the replaced lab image"),
+        Err(e) => debug!(%tag, image = %old, error = %e, "kept the replaced lab image"),
     }
 }
 

@@ -26,6 +26,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use chrono::{DateTime, Datelike, Utc};
 use futures::{StreamExt, TryStreamExt};
+use handlers::traits::ActionError;
 use tracing::{debug, info, warn};
 
 use super::intents::{Intent, Intents};
@@ -301,7 +302,9 @@ impl DockerWorkerPool {
         let c = &self.config;
         let mut labels = self.base_labels();
         labels.extend(req.extra_labels.iter().map(|(k, v)| (k.clone(), v.clone())));
-        labels.insert(LABEL_REQUESTED_BY.into(), req.requested_by.clone());
+        if !req.requested_by.is_empty() {
+            labels.insert(LABEL_REQUESTED_BY.into(), req.requested_by.clone());
+        }
 
         let mut env: Vec<String> = Vec::new();
         if !c.k3s_url.is_empty() {
@@ -472,6 +475,8 @@ impl DockerWorkerPool {
     pub async fn start_worker(&self, name: &str) -> Result<Worker> {
         self.intents.record(name, Intent::Start);
         self.intents.clear(name, Intent::Stop);
+        // Started by whatever path (acquire, a create that met the stopped container): no longer warm.
+        self.warm_lock().remove(name);
         let docker = self.engine.docker();
         match self
             .engine
@@ -778,6 +783,43 @@ pub fn managed_filters(cluster_id: &str) -> HashMap<String, Vec<String>> {
             format!("{LABEL_CLUSTER_ID}={cluster_id}"),
         ],
     )])
+}
+
+/// The handlers' boundary. Names come from the handlers; the event id is not part of the trait, so
+/// such workers carry no `requested-by` label. With `warm_pool > 0`, `remove_worker` is
+/// [`DockerWorkerPool::release`]: the worker may be stopped into the warm pool instead of removed
+/// (its Node was already drained and deleted by then), and a later `create_worker` of the same name
+/// starts it again through the 409 path.
+impl handlers::traits::WorkerPool for DockerWorkerPool {
+    async fn create_worker(&self, name: &str) -> std::result::Result<String, ActionError> {
+        let req = CreateWorker {
+            name: Some(name.to_string()),
+            ..CreateWorker::default()
+        };
+        DockerWorkerPool::create_worker(self, &req)
+            .await
+            .map(|w| w.id)
+            .map_err(action_error)
+    }
+
+    async fn remove_worker(&self, name: &str) -> std::result::Result<(), ActionError> {
+        if self.config.warm_pool > 0 {
+            self.release(name).await.map(|_| ()).map_err(action_error)
+        } else {
+            DockerWorkerPool::remove_worker(self, name)
+                .await
+                .map_err(action_error)
+        }
+    }
+}
+
+/// The handlers' error: the message (never holding the token: no error of this module carries
+/// configuration values) and whether to retry.
+pub fn action_error(e: DockerError) -> ActionError {
+    ActionError {
+        message: e.to_string(),
+        retryable: e.retryable(),
+    }
 }
 
 #[cfg(test)]
