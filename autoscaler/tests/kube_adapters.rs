@@ -843,3 +843,76 @@ async fn kube_metrics_api_not_served_is_a_clear_error_to_fall_back_on() {
     }
     server.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_drain_leaves_daemonset_and_mirror_pods_and_evicts_the_rest() {
+    let mut lab = Lab::start(Duration::from_secs(30)).await;
+    let node = "k3s-worker-mixed";
+    lab.start_agent(node, "2", "2Gi");
+    let client = lab.client.clone();
+    wait_for(Duration::from_secs(15), "node registered", || async {
+        Api::<Node>::all(client.clone())
+            .get_opt(node)
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    let daemonsets: Api<k8s_openapi::api::apps::v1::DaemonSet> =
+        Api::namespaced(client.clone(), "default");
+    let ds = apply_yaml(
+        &daemonsets,
+        json!({
+            "apiVersion": "apps/v1", "kind": "DaemonSet",
+            "metadata": {"name": "agentd", "namespace": "default"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "agentd"}},
+                "template": {"metadata": {"labels": {"app": "agentd"}},
+                             "spec": {"containers": [{"name": "c", "image": "registry.local/agentd:1"}]}},
+            },
+        }),
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let container = json!([{"name": "c", "image": "registry.local/app:1"}]);
+    apply_yaml(
+        &pods,
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "agentd-x", "namespace": "default", "labels": {"app": "agentd"},
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "agentd",
+                                              "uid": ds.metadata.uid, "controller": true}]},
+            "spec": {"nodeName": node, "containers": container},
+        }),
+    )
+    .await;
+    apply_yaml(
+        &pods,
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "static-web", "namespace": "default",
+                         "annotations": {"kubernetes.io/config.mirror": "abc"}},
+            "spec": {"nodeName": node, "containers": container},
+        }),
+    )
+    .await;
+    apply_yaml(
+        &pods,
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "plain", "namespace": "default"},
+            "spec": {"nodeName": node, "containers": container},
+        }),
+    )
+    .await;
+
+    let ops = KubeNodeOps::new(client.clone(), Duration::from_secs(10));
+    ops.cordon(node).await.unwrap();
+    let mut report = ops.drain(node).await.unwrap();
+    report.skipped.sort();
+    assert_eq!(report.evicted, ["default/plain"]);
+    assert_eq!(report.skipped, ["default/agentd-x", "default/static-web"]);
+    assert!(pods.get_opt("plain").await.unwrap().is_none());
+    assert!(pods.get_opt("agentd-x").await.unwrap().is_some());
+    assert!(pods.get_opt("static-web").await.unwrap().is_some());
+}
