@@ -388,15 +388,25 @@ impl DockerWorkerPool {
     /// Creates and starts a worker. A 409 for its name means it exists already: if it is ours, that is
     /// success and the existing worker is returned (and started); if not, [`DockerError::NameTaken`].
     pub async fn create_worker(&self, req: &CreateWorker) -> Result<Worker> {
-        let _serialised = self.create_lock.lock().await;
-        let name = match &req.name {
-            Some(n) => n.clone(),
-            None => self.next_name().await?,
+        let name = {
+            // Held from choosing the name until the engine has reserved it, not during the start.
+            let _serialised = self.create_lock.lock().await;
+            let name = match &req.name {
+                Some(n) => n.clone(),
+                None => self.next_name().await?,
+            };
+            self.create_container(&name, req).await?;
+            name
         };
-        let body = self.container_body(&name, req)?;
+        self.start_worker(&name).await
+    }
+
+    /// Creates the container (and its volume); an existing one of ours is success.
+    async fn create_container(&self, name: &str, req: &CreateWorker) -> Result<()> {
+        let body = self.container_body(name, req)?;
         info!(worker = %name, image = %self.config.image, requested_by = %req.requested_by, "creating worker");
-        self.ensure_volume(&name, req).await?;
-        self.intents.record(&name, Intent::Start);
+        self.ensure_volume(name, req).await?;
+        self.intents.record(name, Intent::Start);
 
         let docker = self.engine.docker();
         let created = self
@@ -406,7 +416,7 @@ impl DockerWorkerPool {
                 Duration::ZERO,
                 docker.create_container(
                     Some(CreateContainerOptions {
-                        name: Some(name.clone()),
+                        name: Some(name.to_string()),
                         ..Default::default()
                     }),
                     body,
@@ -414,28 +424,30 @@ impl DockerWorkerPool {
             )
             .await;
         match created {
-            Ok(resp) => debug!(worker = %name, id = %resp.id, "container created"),
+            Ok(resp) => {
+                debug!(worker = %name, id = %resp.id, "container created");
+                Ok(())
+            }
             Err(e) if e.status_code() == Some(409) => {
-                match self.inspect_conflicting(&name).await? {
+                match self.inspect_conflicting(name).await? {
                     Some(existing) if self.is_ours(&existing.labels) => {
                         info!(worker = %name, id = %existing.id, "worker exists already (created by another replica): idempotent success");
+                        Ok(())
                     }
-                    Some(_) => {
-                        return Err(DockerError::NameTaken {
-                            name,
-                            cluster_id: self.config.cluster_id.clone(),
-                        })
-                    }
+                    Some(_) => Err(DockerError::NameTaken {
+                        name: name.to_string(),
+                        cluster_id: self.config.cluster_id.clone(),
+                    }),
                     // Removed between the 409 and the inspect: let the caller retry.
-                    None => return Err(e),
+                    None => Err(e),
                 }
             }
             Err(e) => {
-                self.remove_volume_best_effort(&name).await;
-                return Err(e);
+                // No container of that name holds the volume (a concurrent one keeps it: 409).
+                self.remove_volume_best_effort(name).await;
+                Err(e)
             }
         }
-        self.start_worker(&name).await
     }
 
     /// The container whose name answered 409. Another replica's create may still be in flight: the
