@@ -305,6 +305,29 @@ async fn kube_runtime_watchers_list_then_follow_with_both_initial_list_strategie
     server.shutdown().await;
 }
 
+#[tokio::test]
+async fn with_a_token_set_only_clients_presenting_it_are_served() {
+    let mut opts = fast_options("token");
+    opts.token = Some("t0ken".into());
+    let (server, client) = start(opts).await;
+    // The kubeconfig carries the token.
+    Api::<Node>::all(client)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let mut config = kube::Config::new(server.url().parse().unwrap());
+    config.default_retry = false;
+    let anonymous = kube::Client::try_from(config).unwrap();
+    match Api::<Node>::all(anonymous)
+        .list(&ListParams::default())
+        .await
+    {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 401),
+        other => panic!("expected 401, got {other:?}"),
+    }
+    server.shutdown().await;
+}
+
 // ---- kubectl ----
 
 async fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String) {

@@ -20,6 +20,9 @@ use crate::store::{Change, StoreError};
 /// How a watch ends when the client sets no `timeoutSeconds` (the API server picks 30–60 minutes).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
 
+/// The media type of a watch streaming Tables.
+const TABLE_CONTENT_TYPE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io";
+
 /// What one watch streams.
 struct WatchSpec {
     kind: Kind,
@@ -125,7 +128,7 @@ pub fn serve(
             Err(e @ StoreError::Gone { .. }) => {
                 // As the API server does: a 200 whose only event is an ERROR carrying the 410 Status.
                 let status = ApiError::from(e).to_status();
-                return Ok(stream_response(vec![line("ERROR", &status)], None));
+                return Ok(stream_response(vec![line("ERROR", &status)], None, false));
             }
             Err(e) => return Err(e.into()),
         },
@@ -140,15 +143,23 @@ pub fn serve(
             (rx, rv)
         }
     };
+    let table = spec.table;
     let (tx, body_rx) = mpsc::channel::<Result<Bytes, Infallible>>(64);
     tokio::spawn(pump(spec, rx, start_rv, tx, state.shutdown.clone()));
-    Ok(stream_response(first, Some(body_rx)))
+    Ok(stream_response(first, Some(body_rx), table))
 }
 
 fn stream_response(
     first: Vec<Bytes>,
     live: Option<mpsc::Receiver<Result<Bytes, Infallible>>>,
+    table: bool,
 ) -> Response {
+    // client-go picks the watch decoder by the response's media type: Table events need it said.
+    let content_type = if table {
+        TABLE_CONTENT_TYPE
+    } else {
+        "application/json"
+    };
     let head = futures::stream::iter(first.into_iter().map(Ok::<_, Infallible>));
     let body = match live {
         Some(mut rx) => Body::from_stream(futures::StreamExt::chain(
@@ -160,7 +171,7 @@ fn stream_response(
     (
         StatusCode::OK,
         [
-            (header::CONTENT_TYPE, "application/json"),
+            (header::CONTENT_TYPE, content_type),
             (header::CACHE_CONTROL, "no-cache"),
         ],
         body,
