@@ -1,1 +1,380 @@
-//! End-to-end test support: real Redis, real Docker and the lab cluster.
+//! End-to-end test support: a real `redis-server`, the real Docker engine, the lab cluster (its API
+//! server as a container on a network of its own) and `autoscaler run` as real processes.
+//!
+//! [`Lab::start`] lays it all out with a unique cluster id, so tests can run side by side; dropping the
+//! [`Lab`] kills the autoscaler processes and removes every container, volume and network it made,
+//! also when the test panics.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use autoscaler::labenv::{LabEnv, LabEnvOptions};
+use bus::testing::RedisServer;
+use bus::{Envelope, Query};
+
+/// Label on everything an end-to-end test creates.
+pub const TEST_LABEL: &str = "k3s-autoscaler/e2e-test";
+
+/// The `autoscaler` binary of this build (`target/<profile>/autoscaler`).
+pub fn autoscaler_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current test executable");
+    // target/<profile>/deps/<test> -> target/<profile>/autoscaler
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("autoscaler"))
+        .expect("target directory");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build -p autoscaler`; scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Knobs of one lab.
+#[derive(Debug, Clone)]
+pub struct LabOptions {
+    pub min_nodes: u32,
+    pub max_nodes: u32,
+    pub replicas: usize,
+    pub dry_run: bool,
+    /// Extra YAML lines under `autoscaler:` (indented by two spaces).
+    pub extra_yaml: String,
+}
+
+impl Default for LabOptions {
+    fn default() -> Self {
+        Self {
+            min_nodes: 2,
+            max_nodes: 4,
+            replicas: 1,
+            dry_run: false,
+            extra_yaml: String::new(),
+        }
+    }
+}
+
+/// A running lab with its autoscaler replicas.
+pub struct Lab {
+    pub redis: RedisServer,
+    pub env: LabEnv,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub cluster_id: String,
+    pub prefix: String,
+    replicas: Vec<Child>,
+}
+
+impl Lab {
+    /// Redis, the lab API server, and `options.replicas` autoscaler processes.
+    pub async fn start(options: LabOptions) -> Lab {
+        let id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+        let cluster_id = format!("e2e-{id}");
+        let prefix = format!("e2e{id}-w-");
+        let dir = std::env::temp_dir().join(format!("k3s-autoscaler-{cluster_id}"));
+        std::fs::create_dir_all(&dir).expect("test dir");
+        let redis = RedisServer::start();
+        let docker = autoscaler::docker::connect("", Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("the end-to-end tests need the Docker engine: {e}"));
+        let mut env_options = LabEnvOptions::new(&cluster_id, &dir, autoscaler_binary());
+        env_options.image = "k3s-autoscaler-lab:e2e".into();
+        // Longer than the node agent's 10 s heartbeat.
+        env_options.node_monitor_grace = Duration::from_secs(15);
+        env_options.pod_eviction_timeout = Duration::from_secs(5);
+        env_options.extra_labels = HashMap::from([(TEST_LABEL.to_string(), "1".to_string())]);
+        let env = LabEnv::up(docker, env_options)
+            .await
+            .unwrap_or_else(|e| panic!("cannot start the lab: {e}"));
+        let config = dir.join("config.yaml");
+        std::fs::write(
+            &config,
+            config_yaml(&options, &cluster_id, &prefix, &redis.url(), &env),
+        )
+        .expect("write config");
+        let mut lab = Lab {
+            redis,
+            env,
+            dir,
+            config,
+            cluster_id,
+            prefix,
+            replicas: Vec::new(),
+        };
+        for i in 0..options.replicas {
+            lab.spawn_replica(i, options.dry_run);
+        }
+        lab
+    }
+
+    /// Starts replica `i` (`replica-<i>`, a stable consumer name).
+    pub fn spawn_replica(&mut self, i: usize, dry_run: bool) {
+        let log =
+            std::fs::File::create(self.dir.join(format!("replica-{i}.log"))).expect("log file");
+        let mut cmd = Command::new(autoscaler_binary());
+        cmd.arg("--config").arg(&self.config).arg("run");
+        if dry_run {
+            cmd.arg("--dry-run");
+        }
+        cmd.env("AUTOSCALER_REPLICA_ID", format!("replica-{i}"))
+            .env("RUST_LOG", "info")
+            .env_remove("REDIS_URL")
+            .env_remove("KUBECONFIG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log));
+        let child = cmd.spawn().expect("spawn autoscaler run");
+        if i < self.replicas.len() {
+            self.replicas[i] = child;
+        } else {
+            self.replicas.push(child);
+        }
+    }
+
+    /// `kill -9` of replica `i`.
+    pub fn kill_replica(&mut self, i: usize) {
+        let _ = self.replicas[i].kill();
+        let _ = self.replicas[i].wait();
+    }
+
+    /// The bus of this lab.
+    pub async fn bus(&self) -> bus::Bus {
+        bus::connect(bus::BusConfig::new(self.redis.url(), "autoscaler_events"))
+            .await
+            .expect("connect to the test redis")
+    }
+
+    /// Every decodable event on the stream, oldest first.
+    pub async fn events(&self) -> Vec<Envelope> {
+        let bus = self.bus().await;
+        bus.audit()
+            .query(&Query::default())
+            .await
+            .expect("XRANGE")
+            .iter()
+            .filter_map(|e| e.decode().ok())
+            .collect()
+    }
+
+    /// Polls the stream until `pred` holds, or panics after `within` with the trail.
+    pub async fn wait_for_events(
+        &self,
+        what: &str,
+        within: Duration,
+        pred: impl Fn(&[Envelope]) -> bool,
+    ) -> Vec<Envelope> {
+        let deadline = Instant::now() + within;
+        loop {
+            let events = self.events().await;
+            if pred(&events) {
+                return events;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}; the stream:\n{}\n{}",
+                    trail(&events),
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// `kubectl --kubeconfig <lab> …`, returning stdout; panics on failure.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.env.kubeconfig)
+            .args(args)
+            .output()
+            .expect("kubectl is installed");
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Applies a manifest given as YAML text.
+    pub fn kubectl_apply(&self, yaml: &str) {
+        let path = self
+            .dir
+            .join(format!("manifest-{}.yaml", uuid::Uuid::new_v4().simple()));
+        std::fs::write(&path, yaml).expect("write manifest");
+        self.kubectl(&["create", "-f", path.to_str().unwrap_or_default()]);
+    }
+
+    /// Names of this lab's worker containers that are running.
+    pub fn running_workers(&self) -> Vec<String> {
+        let out = Command::new("docker")
+            .args(["ps", "--filter"])
+            .arg(format!(
+                "label=k3s-autoscaler/cluster-id={}",
+                self.cluster_id
+            ))
+            .args([
+                "--filter",
+                "label=k3s-autoscaler/managed-by=k3s-autoscaler",
+                "--format",
+                "{{.Names}}",
+            ])
+            .output()
+            .expect("docker ps");
+        let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .filter(|n| !n.is_empty())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The replicas' logs (for failure messages).
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for i in 0..self.replicas.len() {
+            let text = std::fs::read_to_string(self.dir.join(format!("replica-{i}.log")))
+                .unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            out.push_str(&format!("--- replica-{i} (last lines) ---\n"));
+            for l in tail.into_iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.replicas {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Remove the lab's containers, volumes and network even when the test failed. The docker CLI:
+        // a Drop cannot await, and may run while the test's runtime is unwinding.
+        let label = format!("label=k3s-autoscaler/cluster-id={}", self.cluster_id);
+        let ids = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &label])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if !ids.is_empty() {
+            let _ = Command::new("docker")
+                .args(["rm", "-fv"])
+                .args(&ids)
+                .output();
+        }
+        let _ = Command::new("docker")
+            .args(["volume", "prune", "-f", "--filter", &label])
+            .output();
+        let _ = Command::new("docker")
+            .args(["network", "rm", &self.env.network])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The trail as lines, for failure messages.
+pub fn trail(events: &[Envelope]) -> String {
+    events
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {:<24} {:<22} {} <- {}  {}",
+                bus::envelope::format_timestamp(e.timestamp),
+                e.event_type(),
+                e.source,
+                &e.event_id.to_string()[..8],
+                e.causation_id
+                    .map(|c| c.to_string()[..8].to_string())
+                    .unwrap_or_default(),
+                e.event.data_json()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn config_yaml(
+    o: &LabOptions,
+    cluster_id: &str,
+    prefix: &str,
+    redis_url: &str,
+    env: &LabEnv,
+) -> String {
+    format!(
+        r#"autoscaler:
+  cluster_id: "{cluster_id}"
+  limits:
+    min_nodes: {min}
+    max_nodes: {max}
+  enforcement:
+    auto_scale_to_min: true
+    min_violation_check_interval: 2
+    emergency_scale_threshold: 2
+  events:
+    event_bus:
+      type: "redis_streams"
+      stream_name: "autoscaler_events"
+      max_stream_length: 10000
+      url: "{redis_url}"
+      claim_idle: 5s
+      block: 1s
+    handlers: ["MetricsListener", "ScalingDecisionEngine", "NodeManager", "MinimumNodeEnforcer", "StateSynchronizer"]
+  thresholds:
+    consecutive_periods: 2
+  scaling:
+    underutilized_for: 6s
+    scale_up_cooldown: 3s
+    scale_down_cooldown: 3s
+    max_node_provision_time: 60s
+    drain_timeout: 30s
+  workers:
+    name_prefix: "{prefix}"
+    image: "{image}"
+    network: "{network}"
+    k3s_url: "{k3s_url}"
+    privileged: false
+    restart_policy: "no"
+    cpu: 1.0
+    memory: "1Gi"
+  metrics:
+    interval: 2s
+  kubernetes:
+    kubeconfig: "{kubeconfig}"
+    pending_batch_idle: 500ms
+    pending_batch_max: 2s
+  leader:
+    lease_ttl: 3s
+  http:
+    listen: "127.0.0.1:0"
+{extra}"#,
+        min = o.min_nodes,
+        max = o.max_nodes,
+        image = env.options.image,
+        network = env.network,
+        k3s_url = env.network_url,
+        kubeconfig = env.kubeconfig.display(),
+        extra = o.extra_yaml,
+    )
+}
+
+/// The first event of `event_type` after index `from` satisfying `pred`, with its index.
+pub fn find<'a>(
+    events: &'a [Envelope],
+    from: usize,
+    event_type: &str,
+    pred: impl Fn(&Envelope) -> bool,
+) -> Option<(usize, &'a Envelope)> {
+    events
+        .iter()
+        .enumerate()
+        .skip(from)
+        .find(|(_, e)| e.event_type() == event_type && pred(e))
+}

@@ -84,6 +84,7 @@ impl bus::Handler for Decider {
         let name = self.handler.name();
         let mut events = outcome.events;
         events.extend(Self::execute(self.world.as_deref(), name, &outcome.commands).await);
+        mark_dry_run(self.world.is_none(), &mut events);
         for e in &events {
             self.metrics.observe_published(&e.event);
         }
@@ -96,5 +97,14 @@ impl bus::Handler for Decider {
             );
         }
         Ok(events)
+    }
+}
+
+/// In a dry run every decision says so, whatever its cause carried.
+pub fn mark_dry_run(dry_run: bool, events: &mut [Envelope]) {
+    if dry_run {
+        for e in events {
+            e.metadata.dry_run = true;
+        }
     }
 }

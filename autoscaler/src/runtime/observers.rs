@@ -280,6 +280,7 @@ impl Observers {
             events.extend(
                 Decider::execute(self.world.as_deref(), handler.name(), &outcome.commands).await,
             );
+            super::decider::mark_dry_run(self.world.is_none(), &mut events);
             for e in events {
                 if self.tx.send(e).await.is_err() {
                     return;
