@@ -184,6 +184,9 @@ pub struct Model {
     pub actions: BTreeMap<Uuid, Action>,
     pub last_blocked: Option<(String, DateTime<Utc>)>,
     pub last_decision: Option<DecisionRecord>,
+    /// Decisions by (cause, type) → the first one's id: a second decision with the same cause (another
+    /// replica's copy) is the same decision, and the NodeManager acts on the first only.
+    pub decisions: BTreeMap<(Uuid, String), Uuid>,
     /// The open `MinimumNodesViolation`, if any.
     pub violation: Option<(Cause, DateTime<Utc>)>,
     /// Workers lost recently (within the emergency window), for `EmergencyScaleUp`.
@@ -234,6 +237,7 @@ impl Model {
             actions: BTreeMap::new(),
             last_blocked: None,
             last_decision: None,
+            decisions: BTreeMap::new(),
             violation: None,
             recent_losses: Vec::new(),
             scale_up_goal: None,
@@ -664,6 +668,18 @@ impl Model {
             }
         }
         let in_k8s: BTreeSet<&str> = o.k8s_nodes.iter().map(|n| n.name.as_str()).collect();
+        // A worker being removed that neither Kubernetes nor Docker shows any more is removed, even
+        // if the executor's report was lost or its last step failed after doing its work.
+        let vanished: Vec<String> = self
+            .workers
+            .values()
+            .filter(|w| w.state.is_leaving())
+            .filter(|w| !in_k8s.contains(w.name.as_str()) && !o.docker_containers.contains(&w.name))
+            .map(|w| w.name.clone())
+            .collect();
+        for name in vanished {
+            self.transition(&name, WorkerState::Removed, env);
+        }
         let unknown: Vec<&String> = o
             .docker_containers
             .iter()
@@ -696,7 +712,30 @@ impl Model {
         }
     }
 
+    /// Whether `env` is the first decision of its type for its cause (see [`Model::decisions`]).
+    pub fn is_first_decision(&self, env: &Envelope) -> bool {
+        let key = (
+            env.causation_id.unwrap_or(env.event_id),
+            env.event_type().to_string(),
+        );
+        self.decisions
+            .get(&key)
+            .is_none_or(|id| *id == env.event_id)
+    }
+
     fn decided(&mut self, env: &Envelope, target: Option<u32>) {
+        let key = (
+            env.causation_id.unwrap_or(env.event_id),
+            env.event_type().to_string(),
+        );
+        self.decisions.entry(key).or_insert(env.event_id);
+        if self.decisions.len() > 4096 {
+            // Oldest causes are not ordered by key; dropping any old entry only weakens coalescing of
+            // very late copies, which absolute targets still make harmless.
+            if let Some(k) = self.decisions.keys().next().cloned() {
+                self.decisions.remove(&k);
+            }
+        }
         self.last_decision = Some(DecisionRecord {
             event_type: env.event_type().to_string(),
             target_workers: target,

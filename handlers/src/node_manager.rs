@@ -44,6 +44,16 @@ impl NodeManager {
     ) -> Outcome {
         let cause = Cause::from(event);
         let mut out = Emitter::new(HANDLER, &cause, now);
+        let decision = matches!(
+            event.event,
+            Event::ScaleUpDecision(_)
+                | Event::AutoScaleUpToMinimum(_)
+                | Event::EmergencyScaleUp(_)
+                | Event::ScaleDownDecision(_)
+        );
+        if decision && !model.is_first_decision(event) {
+            return out.finish(); // another replica's copy of a decision already acted on
+        }
         match &event.event {
             Event::ScaleUpDecision(d) => {
                 self.grow(model, policy, event, d.target_workers, &mut out)

@@ -186,7 +186,11 @@ impl StateSynchronizer {
                     WorkerState::Ready | WorkerState::NotReady | WorkerState::Registered
                 )
             });
-            let leaving = model.worker(name).is_some_and(|w| w.state.is_leaving());
+            // Cordoning/Draining workers still have their container; a Removing one whose container
+            // is gone but whose Node remains had its DeleteNode fail: retry it.
+            let leaving = model
+                .worker(name)
+                .is_some_and(|w| matches!(w.state, WorkerState::Cordoning | WorkerState::Draining));
             if !docker.contains(name) && !known_live && !leaving {
                 differ += 1;
                 out.command(

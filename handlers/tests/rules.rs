@@ -858,3 +858,117 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
         }
     }
 }
+
+#[test]
+fn a_failed_node_deletion_is_retried_by_the_next_observation_and_the_scale_down_completes() {
+    let mut sim = Simulation::new(Policy::default(), t0()).with_workers(3);
+    sim.execute = false;
+    sim.observe(
+        "operator",
+        ScaleDownDecision {
+            current_workers: 3,
+            target_workers: 2,
+            nodes: vec!["k3s-worker-3".into()],
+            reason: "test".into(),
+        },
+    );
+    let started = first(&sim.log, "ScaleDownStarted").clone();
+    let cordoned = bus::Envelope::caused_by(
+        &started,
+        "executor",
+        NodeCordoned {
+            node_name: "k3s-worker-3".into(),
+        },
+    )
+    .with_timestamp(sim.now);
+    sim.publish(cordoned.clone());
+    let drained = bus::Envelope::caused_by(
+        &cordoned,
+        "executor",
+        NodeDrained {
+            node_name: "k3s-worker-3".into(),
+            evicted_pods: 2,
+        },
+    )
+    .with_timestamp(sim.now);
+    sim.publish(drained.clone());
+    // The container went, deleting the Node failed.
+    sim.world.containers.remove("k3s-worker-3");
+    sim.publish(
+        bus::Envelope::caused_by(
+            &drained,
+            "executor",
+            ScalingActionFailed {
+                action: ScalingAction::ScaleDown,
+                node_name: Some("k3s-worker-3".into()),
+                error: "apiserver unavailable".into(),
+                retryable: true,
+            },
+        )
+        .with_timestamp(sim.now),
+    );
+    assert!(
+        commands(&sim, "uncordon").is_empty(),
+        "a removed container is not rolled back"
+    );
+    sim.observe_cluster();
+    assert_eq!(
+        commands(&sim, "delete_node"),
+        ["k3s-worker-3", "k3s-worker-3"]
+    );
+    assert!(events_of(&sim, "NodeUnexpectedlyLost").is_empty());
+    // Once the Node is gone the record sees it, and the action completes.
+    sim.world.nodes.remove("k3s-worker-3");
+    sim.observe_cluster();
+    assert_eq!(events_of(&sim, "ScalingActionCompleted").len(), 1);
+    assert!(sim.model.actions.is_empty());
+    assert_eq!(sim.model.current_workers(), 2);
+}
+
+#[test]
+fn a_failed_drain_puts_the_node_back_into_service() {
+    let mut sim = Simulation::new(Policy::default(), t0()).with_workers(3);
+    sim.execute = false;
+    sim.observe(
+        "operator",
+        ScaleDownDecision {
+            current_workers: 3,
+            target_workers: 2,
+            nodes: vec!["k3s-worker-3".into()],
+            reason: "test".into(),
+        },
+    );
+    let started = first(&sim.log, "ScaleDownStarted").clone();
+    let cordoned = bus::Envelope::caused_by(
+        &started,
+        "executor",
+        NodeCordoned {
+            node_name: "k3s-worker-3".into(),
+        },
+    )
+    .with_timestamp(sim.now);
+    sim.publish(cordoned.clone());
+    sim.publish(
+        bus::Envelope::caused_by(
+            &cordoned,
+            "executor",
+            ScalingActionFailed {
+                action: ScalingAction::ScaleDown,
+                node_name: Some("k3s-worker-3".into()),
+                error: "pdb: cannot evict default/db-0".into(),
+                retryable: true,
+            },
+        )
+        .with_timestamp(sim.now),
+    );
+    assert_eq!(commands(&sim, "uncordon"), ["k3s-worker-3"]);
+    assert_eq!(
+        sim.model.worker("k3s-worker-3").unwrap().state,
+        handlers::WorkerState::Ready
+    );
+    assert!(
+        sim.model.actions.is_empty(),
+        "no action left in progress to block the next scale-down"
+    );
+    assert_eq!(sim.model.current_workers(), 3);
+}
