@@ -33,8 +33,15 @@ fn event(i: u64) -> Envelope {
 fn config(server: &RedisServer, stream: &str) -> BusConfig {
     let mut c = BusConfig::new(server.url(), stream);
     c.max_len = 1_000_000;
-    c.batch_size = 256;
-    c.concurrency = 256;
+    // Overridable for experiments: BUS_BENCH_BATCH, BUS_BENCH_CONCURRENCY.
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    c.batch_size = env("BUS_BENCH_BATCH", 256);
+    c.concurrency = env("BUS_BENCH_CONCURRENCY", 256);
     c.block = Duration::from_secs(2);
     c
 }
@@ -89,8 +96,20 @@ async fn run() {
         None => println!("raw XADD: redis-benchmark output not understood"),
     }
 
-    // ---- publish ----
-    let bus = bus::connect(config(&server, "bench_publish"))
+    // `BUS_BENCH=e2e` runs only the end-to-end part (for profiling).
+    let only_e2e = std::env::var("BUS_BENCH").is_ok_and(|v| v == "e2e");
+
+    if !only_e2e {
+        publish_rates(&server).await;
+    }
+    end_to_end(&server, raw).await;
+    if !only_e2e {
+        latency(&server).await;
+    }
+}
+
+async fn publish_rates(server: &RedisServer) {
+    let bus = bus::connect(config(server, "bench_publish"))
         .await
         .expect("connect");
     let p = bus.publisher();
@@ -126,9 +145,10 @@ async fn run() {
     let batched = batch_events.len() as f64 / t.elapsed().as_secs_f64();
     println!("bus publish_batch, 100 per batch:                {batched:>10.0} events/s");
     drop(batch_events);
+}
 
-    // ---- end to end ----
-    let bus = bus::connect(config(&server, "bench_e2e"))
+async fn end_to_end(server: &RedisServer, raw: Option<f64>) {
+    let bus = bus::connect(config(server, "bench_e2e"))
         .await
         .expect("connect");
     let handled = Arc::new(AtomicU64::new(0));
@@ -197,8 +217,44 @@ async fn run() {
         c.await.expect("consumer");
     }
 
-    // ---- latency at a steady 1,000 events/s ----
-    let bus = bus::connect(config(&server, "bench_latency"))
+    // The consuming side alone: a new group drains the 100,000 entries now on the stream.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut consumers = Vec::new();
+    let mut stats = Vec::new();
+    for i in 0..CONSUMERS {
+        let consumer = bus.consumer();
+        stats.push(consumer.stats().clone());
+        let mut stop = stop_rx.clone();
+        consumer.ensure_group("Drain").await.expect("group");
+        consumers.push(tokio::spawn(async move {
+            let handler = handler_fn(|_d: Delivery| async { Ok(Vec::new()) });
+            consumer
+                .run(handler, "Drain", &format!("drain-{i}"), async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+                .expect("run");
+        }));
+    }
+    let t = Instant::now();
+    let acked = || stats.iter().map(|s| s.acks("Drain").acked).sum::<u64>();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while acked() < E2E_EVENTS && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let drain = acked() as f64 / t.elapsed().as_secs_f64();
+    println!(
+        "consume only, a backlog of {E2E_EVENTS} → handler → ack, {CONSUMERS} consumers: {drain:>10.0} events/s"
+    );
+    let _ = stop_tx.send(true);
+    for c in consumers {
+        c.await.expect("consumer");
+    }
+}
+
+/// Publish → handler latency at a steady 1,000 events/s.
+async fn latency(server: &RedisServer) {
+    let bus = bus::connect(config(server, "bench_latency"))
         .await
         .expect("connect");
     let base = Instant::now();

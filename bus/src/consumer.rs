@@ -38,7 +38,7 @@ use redis::streams::{StreamAutoClaimOptions, StreamPendingCountReply, StreamRead
 use redis::{AsyncCommands, Value};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -55,9 +55,6 @@ pub const DLQ_FIELDS: [&str; 5] = ["original_id", "group", "error", "deliveries"
 
 /// How often a running consumer writes its heartbeat (see [`heartbeat_key`]).
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
-
-/// How often buffered plain acks are flushed at the latest.
-const ACK_FLUSH_INTERVAL: Duration = Duration::from_millis(5);
 
 /// One delivered event.
 #[derive(Debug, Clone)]
@@ -353,7 +350,6 @@ impl Consumer {
     ) -> Result<()> {
         let config = self.bus.shared_config();
         let concurrency = config.concurrency.max(1);
-        let batch_size = config.batch_size.max(1);
         let ctx = Arc::new(Ctx {
             conn: self.bus.connection(),
             config: config.clone(),
@@ -372,9 +368,11 @@ impl Consumer {
             ));
         let mut tasks: JoinSet<Finish> = JoinSet::new();
         let mut task_ids: HashMap<tokio::task::Id, String> = HashMap::new();
-        let mut acks = AckBuffer::default();
-        let mut tick = tokio::time::interval(ACK_FLUSH_INTERVAL);
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Plain acks go to a task of their own, so the dispatch loop never waits on Redis: while one XACK
+        // is in flight the next batch gathers (one XACK per event when quiet, large batches under load).
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel::<String>();
+        let acker = tokio::spawn(ack_loop(ctx.clone(), ack_rx));
+        let acks = &ack_tx;
         tokio::pin!(shutdown);
         info!(
             group,
@@ -389,10 +387,7 @@ impl Consumer {
                 biased;
                 () = &mut shutdown => break,
                 Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
-                    settle(&ctx, done, &mut task_ids, &mut acks);
-                    if acks.ids.len() >= batch_size || tasks.is_empty() {
-                        acks.flush(&ctx).await;
-                    }
+                    settle(&ctx, done, &mut task_ids, acks);
                 }
                 work = rx.recv() => match work {
                     Some(work) => {
@@ -403,7 +398,6 @@ impl Consumer {
                     // The reader only ends when aborted; nothing more will come.
                     None => break,
                 },
-                _ = tick.tick(), if !acks.ids.is_empty() => acks.flush(&ctx).await,
             }
         }
 
@@ -412,22 +406,12 @@ impl Consumer {
         drop(reader);
         drop(rx);
         while let Some(done) = tasks.join_next_with_id().await {
-            settle(&ctx, done, &mut task_ids, &mut acks);
+            settle(&ctx, done, &mut task_ids, acks);
         }
-        let mut backoff = Backoff::default();
-        for _ in 0..5 {
-            acks.flush(&ctx).await;
-            if acks.ids.is_empty() {
-                break;
-            }
-            tokio::time::sleep(backoff.next_delay()).await;
-        }
-        if !acks.ids.is_empty() {
-            warn!(
-                group,
-                unacked = acks.ids.len(),
-                "could not acknowledge handled entries before stopping; they will be redelivered"
-            );
+        // The acker flushes what is left and ends once the channel is closed and empty.
+        drop(ack_tx);
+        if let Err(e) = acker.await {
+            warn!(group, error = %e, "ack task failed; unacknowledged entries will be redelivered");
         }
         // No longer alive: a replay need not wait for this consumer's heartbeat to age.
         let mut conn = ctx.conn.clone();
@@ -442,39 +426,53 @@ impl Consumer {
     }
 }
 
-/// Plain acks waiting for the next batched XACK.
-#[derive(Default)]
-struct AckBuffer {
-    ids: Vec<String>,
-    /// After a failed XACK, not before this instant.
-    not_before: Option<Instant>,
-    backoff: Backoff,
-}
-
-impl AckBuffer {
-    async fn flush(&mut self, ctx: &Ctx) {
-        if self.ids.is_empty() || self.not_before.is_some_and(|t| Instant::now() < t) {
-            return;
+/// Batched XACK of plain acks: takes whatever has gathered (up to `batch_size`), acks it, repeats. After
+/// the channel closes it flushes the rest, giving up after a few failed attempts (those entries stay
+/// pending and are redelivered).
+async fn ack_loop(ctx: Arc<Ctx>, mut rx: mpsc::UnboundedReceiver<String>) {
+    let batch = ctx.config.batch_size.max(1);
+    let mut ids: Vec<String> = Vec::with_capacity(batch);
+    let mut backoff = Backoff::default();
+    let mut failures = 0u32;
+    loop {
+        if ids.len() < batch {
+            if ids.is_empty() {
+                if rx.recv_many(&mut ids, batch).await == 0 {
+                    return;
+                }
+            } else {
+                while ids.len() < batch {
+                    match rx.try_recv() {
+                        Ok(id) => ids.push(id),
+                        Err(_) => break,
+                    }
+                }
+            }
         }
         let mut conn = ctx.conn.clone();
-        let res: redis::RedisResult<u64> =
-            conn.xack(&ctx.config.stream, &ctx.group, &self.ids).await;
+        let res: redis::RedisResult<u64> = conn.xack(&ctx.config.stream, &ctx.group, &ids).await;
         match res {
             Ok(n) => {
-                let sent = self.ids.len() as u64;
+                let sent = ids.len() as u64;
                 ctx.stats
                     .record_acks(&ctx.group, n.min(sent), sent.saturating_sub(n));
                 let mut inflight = ctx.inflight();
-                for id in self.ids.drain(..) {
+                for id in ids.drain(..) {
                     inflight.remove(&id);
                 }
-                self.not_before = None;
-                self.backoff.reset();
+                backoff.reset();
+                failures = 0;
             }
             Err(e) => {
-                let delay = self.backoff.next_delay();
-                warn!(group = %ctx.group, error = %e, pending = self.ids.len(), retry_in_ms = delay.as_millis() as u64, "XACK failed");
-                self.not_before = Some(Instant::now() + delay);
+                failures += 1;
+                if rx.is_closed() && failures >= 5 {
+                    warn!(group = %ctx.group, error = %e, unacked = ids.len() + rx.len(),
+                        "could not acknowledge handled entries before stopping; they will be redelivered");
+                    return;
+                }
+                let delay = backoff.next_delay();
+                warn!(group = %ctx.group, error = %e, pending = ids.len(), retry_in_ms = delay.as_millis() as u64, "XACK failed");
+                tokio::time::sleep(delay).await;
             }
         }
     }
@@ -484,12 +482,15 @@ fn settle(
     ctx: &Ctx,
     done: std::result::Result<(tokio::task::Id, Finish), tokio::task::JoinError>,
     task_ids: &mut HashMap<tokio::task::Id, String>,
-    acks: &mut AckBuffer,
+    acks: &mpsc::UnboundedSender<String>,
 ) {
     match done {
         Ok((task, Finish::Ack(id))) => {
             task_ids.remove(&task);
-            acks.ids.push(id);
+            if let Err(unsent) = acks.send(id) {
+                // Only after the acker ended: the entry stays pending and is redelivered.
+                ctx.inflight().remove(&unsent.0);
+            }
         }
         Ok((task, Finish::Settled(id))) => {
             task_ids.remove(&task);
