@@ -41,8 +41,8 @@ pub struct LabOptions {
     pub max_nodes: u32,
     pub replicas: usize,
     pub dry_run: bool,
-    /// Extra YAML lines under `autoscaler:` (indented by two spaces).
-    pub extra_yaml: String,
+    /// `scaling.underutilized_for`: how long underuse lasts before a scale-down.
+    pub underutilized_for: Duration,
 }
 
 impl Default for LabOptions {
@@ -52,7 +52,7 @@ impl Default for LabOptions {
             max_nodes: 4,
             replicas: 1,
             dry_run: false,
-            extra_yaml: String::new(),
+            underutilized_for: Duration::from_secs(6),
         }
     }
 }
@@ -330,7 +330,7 @@ fn config_yaml(
   thresholds:
     consecutive_periods: 2
   scaling:
-    underutilized_for: 6s
+    underutilized_for: {underutilized_for}s
     scale_up_cooldown: 3s
     scale_down_cooldown: 3s
     max_node_provision_time: 60s
@@ -354,14 +354,14 @@ fn config_yaml(
     lease_ttl: 3s
   http:
     listen: "127.0.0.1:0"
-{extra}"#,
+"#,
         min = o.min_nodes,
         max = o.max_nodes,
         image = env.options.image,
         network = env.network,
         k3s_url = env.network_url,
         kubeconfig = env.kubeconfig.display(),
-        extra = o.extra_yaml,
+        underutilized_for = o.underutilized_for.as_secs(),
     )
 }
 

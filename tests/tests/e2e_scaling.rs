@@ -245,14 +245,15 @@ async fn e2e_dry_run_publishes_decisions_and_creates_no_container() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_three_replicas_and_100_identical_pending_events_make_one_scale_up() {
-    let mut options = LabOptions {
+    let lab = Lab::start(LabOptions {
         replicas: 3,
         min_nodes: 1,
         max_nodes: 6,
+        // No scale-down while the test counts workers.
+        underutilized_for: Duration::from_secs(600),
         ..LabOptions::default()
-    };
-    options.extra_yaml = String::new();
-    let lab = Lab::start(options).await;
+    })
+    .await;
     settled_at(&lab, 1).await;
 
     // One observation published 100 times at once over 10 connections, as racing replicas would (the
