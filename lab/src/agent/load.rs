@@ -11,6 +11,9 @@ const PERIOD: Duration = Duration::from_millis(100);
 /// The page size touched to make memory resident.
 const PAGE: usize = 4096;
 
+/// How often the duty cycle is corrected against the CPU the process really got.
+const CORRECTION_PERIOD: Duration = Duration::from_secs(2);
+
 struct Burner {
     /// This thread's share, in millicores (at most 1000).
     millis: Arc<AtomicU64>,
@@ -23,6 +26,10 @@ struct Burner {
 #[derive(Default)]
 pub struct LoadGenerator {
     burners: Vec<Burner>,
+    /// The duty-cycle correction (f64 bits; 1.0 = none), shared with the burners and the corrector.
+    gain: Arc<AtomicU64>,
+    /// The thread measuring the process's CPU and adjusting `gain`, while any burner runs.
+    corrector: Option<Burner>,
     /// The memory held.
     memory: Vec<u8>,
     /// The last targets, to skip no-op updates.
@@ -47,6 +54,9 @@ impl LoadGenerator {
         }
         self.target = (cpu_millis, memory_bytes);
         let threads = cpu_millis.div_ceil(1000) as usize;
+        if self.gain.load(Ordering::Relaxed) == 0 {
+            self.gain.store(1.0f64.to_bits(), Ordering::Relaxed);
+        }
         while self.burners.len() > threads {
             if let Some(b) = self.burners.pop() {
                 b.stop.store(true, Ordering::Relaxed);
@@ -56,8 +66,8 @@ impl LoadGenerator {
         while self.burners.len() < threads {
             let millis = Arc::new(AtomicU64::new(0));
             let stop = Arc::new(AtomicBool::new(false));
-            let (m, s) = (millis.clone(), stop.clone());
-            let handle = std::thread::spawn(move || burn(&m, &s));
+            let (m, s, g) = (millis.clone(), stop.clone(), self.gain.clone());
+            let handle = std::thread::spawn(move || burn(&m, &s, &g));
             self.burners.push(Burner {
                 millis,
                 stop,
@@ -69,6 +79,25 @@ impl LoadGenerator {
             let share = left.min(1000);
             b.millis.store(share, Ordering::Relaxed);
             left -= share;
+        }
+        match (&self.corrector, cpu_millis) {
+            (Some(c), 0) => {
+                c.stop.store(true, Ordering::Relaxed);
+                self.corrector = None;
+            }
+            (Some(c), t) => c.millis.store(t, Ordering::Relaxed),
+            (None, 0) => {}
+            (None, t) => {
+                let millis = Arc::new(AtomicU64::new(t));
+                let stop = Arc::new(AtomicBool::new(false));
+                let (m, s, g) = (millis.clone(), stop.clone(), self.gain.clone());
+                let handle = std::thread::spawn(move || correct(&m, &s, &g));
+                self.corrector = Some(Burner {
+                    millis,
+                    stop,
+                    handle,
+                });
+            }
         }
         let want = usize::try_from(memory_bytes).unwrap_or(usize::MAX);
         if want < self.memory.len() {
@@ -94,21 +123,61 @@ impl LoadGenerator {
 
 impl Drop for LoadGenerator {
     fn drop(&mut self) {
-        for b in &self.burners {
+        for b in self.burners.iter().chain(self.corrector.iter()) {
             b.stop.store(true, Ordering::Relaxed);
         }
     }
 }
 
-fn burn(millis: &AtomicU64, stop: &AtomicBool) {
+fn burn(millis: &AtomicU64, stop: &AtomicBool, gain: &AtomicU64) {
     while !stop.load(Ordering::Relaxed) {
-        let busy = PERIOD.mul_f64(millis.load(Ordering::Relaxed).min(1000) as f64 / 1000.0);
+        let share = millis.load(Ordering::Relaxed).min(1000) as f64 / 1000.0;
+        let busy =
+            PERIOD.mul_f64((share * f64::from_bits(gain.load(Ordering::Relaxed))).clamp(0.0, 1.0));
         let start = Instant::now();
         let mut x: u64 = 0;
         while start.elapsed() < busy {
             x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
         }
         std::thread::sleep(PERIOD.saturating_sub(start.elapsed()));
+    }
+}
+
+/// The CPU time this process has used (user + system), from `/proc/self/stat`; None off Linux.
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on every Linux the lab runs on.
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// Wall-clock duty cycles fall short when the host is busy (a descheduled burner still counts its
+/// busy window as spent). Every couple of seconds, compare the CPU the process got with the target and
+/// scale the duty cycle, within bounds.
+fn correct(target: &AtomicU64, stop: &AtomicBool, gain: &AtomicU64) {
+    let Some(mut last_cpu) = process_cpu() else {
+        return;
+    };
+    let mut last = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        if last.elapsed() < CORRECTION_PERIOD {
+            continue;
+        }
+        let Some(cpu) = process_cpu() else { return };
+        let got = (cpu - last_cpu).as_secs_f64() * 1000.0 / last.elapsed().as_secs_f64();
+        let want = target.load(Ordering::Relaxed) as f64;
+        if got > 0.0 && want > 0.0 {
+            let g = f64::from_bits(gain.load(Ordering::Relaxed));
+            // Half a step towards the ratio: steady without oscillating.
+            let next = (g * (want / got).sqrt()).clamp(0.5, 3.0);
+            gain.store(next.to_bits(), Ordering::Relaxed);
+        }
+        last_cpu = cpu;
+        last = Instant::now();
     }
 }
 
@@ -128,7 +197,9 @@ mod tests {
         load.set_target(20, 0);
         assert_eq!(load.burners.len(), 1);
         assert!(load.memory.is_empty());
+        assert!(load.corrector.is_some());
         load.stop();
         assert!(load.burners.is_empty());
+        assert!(load.corrector.is_none());
     }
 }
