@@ -135,13 +135,25 @@ impl Observers {
                 .await
                 .map(|u| u.into_sample("pod_requests"))
                 .map_err(|e| e.to_string()),
-                "metrics_api" => crate::kube::utilisation::metrics_utilisation(
+                // metrics.k8s.io where it is served, else what cluster-autoscaler uses: requests.
+                "metrics_api" => match crate::kube::utilisation::metrics_utilisation(
                     &self.kube,
                     &a.workers.name_prefix,
                 )
                 .await
-                .map(|u| u.into_sample("metrics_api"))
-                .map_err(|e| e.to_string()),
+                {
+                    Ok(u) => Ok(u.into_sample("metrics_api")),
+                    Err(e) if e.code() == "metrics_not_served" => {
+                        crate::kube::utilisation::requests_utilisation(
+                            &self.kube,
+                            &a.workers.name_prefix,
+                        )
+                        .await
+                        .map(|u| u.into_sample("pod_requests"))
+                        .map_err(|e| e.to_string())
+                    }
+                    Err(e) => Err(e.to_string()),
+                },
                 _ => self
                     .pool
                     .usage()

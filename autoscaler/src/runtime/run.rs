@@ -298,9 +298,8 @@ pub async fn run(
     let _ = leader_task.await;
     // The observers' senders are gone with the supervisor; flush what they left.
     let _ = tokio::time::timeout(Duration::from_secs(5), sink_task).await;
-    match http_task.await {
-        Ok(Err(e)) => tracing::warn!(error = %e, "http server failed"),
-        _ => {}
+    if let Ok(Err(e)) = http_task.await {
+        tracing::warn!(error = %e, "http server failed");
     }
     tracing::info!("stopped");
     Ok(())

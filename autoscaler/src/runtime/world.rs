@@ -74,11 +74,13 @@ impl NodeOps for KubeNodes {
         self.ops.uncordon(node).await.map_err(kube_err)
     }
 
-    /// The drain is bounded by `scaling.drain_timeout`, which `KubeNodeOps` was built with and the
-    /// command's `timeout` comes from.
-    async fn drain(&self, node: &str, _timeout: Duration) -> Result<u32, ActionError> {
+    async fn drain(&self, node: &str, timeout: Duration) -> Result<u32, ActionError> {
         self.intents.removing(node, REMOVAL_INTENT);
-        let report = self.ops.drain(node).await.map_err(kube_err)?;
+        let report = self
+            .ops
+            .drain_within(node, timeout)
+            .await
+            .map_err(kube_err)?;
         Ok(u32::try_from(report.evicted.len()).unwrap_or(u32::MAX))
     }
 
