@@ -45,7 +45,12 @@ pub enum UpNeed {
         reason: &'static str,
     },
     /// Pods are pending but capacity for them is already on its way (or `max_nodes` is reached).
-    Covered { pending: u32 },
+    Covered {
+        pending: u32,
+        /// Why more workers would not help, when that is the case: `max_nodes_reached` (more were
+        /// needed than the limit allows) or `pods_too_large` (some pod fits no worker).
+        short: Option<String>,
+    },
     /// No pending pods and nothing else asks for more.
     Nothing(NoPendingPods),
 }
@@ -71,7 +76,21 @@ pub fn up_need(model: &Model, event: &Envelope, policy: &Policy) -> UpNeed {
                 reason: "pending_pods",
             }
         } else {
-            UpNeed::Covered { pending }
+            let wanted = base + packing.workers;
+            let short = if wanted > max && planned >= max {
+                Some(format!(
+                    "max_nodes_reached: {pending} pending pods need {} workers, max_nodes is {max}",
+                    wanted
+                ))
+            } else if !packing.unschedulable.is_empty() {
+                Some(format!(
+                    "pods_too_large: {} fit no worker of the template",
+                    packing.unschedulable.join(",")
+                ))
+            } else {
+                None
+            };
+            UpNeed::Covered { pending, short }
         };
     }
     if let Event::ResourcePressureAlert(_) = &event.event {
@@ -277,7 +296,18 @@ impl ScalingDecisionEngine {
                             reason: reason.into(),
                         });
                     }
-                    UpNeed::Covered { pending } => {
+                    UpNeed::Covered { pending, short } => {
+                        // Say once per report why pending pods get no new worker (alerted, and
+                        // visible in `explain`), instead of staying silent.
+                        if let (Event::PendingPodsDetected(_), Some(error)) = (&event.event, short)
+                        {
+                            out.emit(ScalingActionFailed {
+                                action: ScalingAction::ScaleUp,
+                                node_name: None,
+                                error,
+                                retryable: false,
+                            });
+                        }
                         if matches!(event.event, Event::UnderutilizationWarning(_))
                             && !matches!(scale_down_due(model, event, policy), Down::NotDue)
                         {

@@ -556,7 +556,10 @@ impl Model {
                 }
             }
             Event::ScalingActionFailed(f) => {
-                if f.action == ScalingAction::ScaleUp && f.node_name.is_none() && !f.retryable {
+                if f.action == ScalingAction::ScaleUp
+                    && f.node_name.is_none()
+                    && f.error.starts_with("giving_up")
+                {
                     self.scale_up_goal = None;
                 }
                 if let Some(node) = &f.node_name {

@@ -972,3 +972,44 @@ fn a_failed_drain_puts_the_node_back_into_service() {
     );
     assert_eq!(sim.model.current_workers(), 3);
 }
+
+#[test]
+fn pending_pods_that_no_new_worker_can_help_are_reported_not_ignored() {
+    let mut policy = Policy::default();
+    policy.limits.max_nodes = 3;
+    let mut sim = Simulation::new(policy, t0()).with_workers(3);
+    sim.observe(
+        "pending_pods_watcher",
+        pending(vec![pod("a", 500, 1 << 20)], 1),
+    );
+    sim.observe(
+        "pending_pods_watcher",
+        pending(vec![pod("huge", 8000, 1 << 20)], 1),
+    );
+    let errors: Vec<String> = events_of(&sim, "ScalingActionFailed")
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::ScalingActionFailed(f) => Some(f.error.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(errors[0].starts_with("max_nodes_reached"));
+    assert!(errors[1].starts_with("max_nodes_reached") || errors[1].starts_with("pods_too_large"));
+    assert!(commands(&sim, "create_worker").is_empty());
+
+    let mut sim = Simulation::new(Policy::default(), t0()).with_workers(2);
+    sim.observe(
+        "pending_pods_watcher",
+        pending(vec![pod("huge", 8000, 1 << 20)], 1),
+    );
+    let f = first(&sim.log, "ScalingActionFailed");
+    let Event::ScalingActionFailed(f) = &f.event else {
+        unreachable!()
+    };
+    assert_eq!(
+        f.error,
+        "pods_too_large: default/huge fit no worker of the template"
+    );
+    assert!(decision_targets(&sim).is_empty());
+}
