@@ -14,6 +14,20 @@
 //! - [`simulate`]: a whole-system driver with a simulated world (tests, what-if);
 //! - [`explain`]: a causation chain as readable lines; [`replay`]: what-if replays.
 //!
+//! Choices worth knowing (each documented where it is made):
+//! - handlers act on the model *with* the event folded; rule time is the event's timestamp;
+//! - output ids are `v5(<handler>:<input id>:<n>)`, or keyed by what they resolve (one
+//!   `MinimumNodesRestored` per violation, one `ScalingActionCompleted` per action), so redelivery and
+//!   several replicas publish each output once;
+//! - a decision names an absolute target; the NodeManager acts only on the first decision of a type
+//!   per cause and only on the event that made a node's transition (single-flight);
+//! - pending pods are cleared by a report of 0, by a completed scale-up started after them, or after
+//!   `pending_pods_ttl` ([`model`]); pods without requests count as one pod slot each ([`binpack`]);
+//! - `NodeReady` comes from the node watcher as a root, so a scale-up's `ScalingActionCompleted` is
+//!   caused by it (the chain back to the decision is the worker's `ScaleUpStarted`);
+//! - the executor reports `NodeCordoned`, `NodeDrained`, `NodeRemoved` after acting; the NodeManager
+//!   issues the next step on each report ([`executor`]).
+//!
 //! Runtime contract: fold every event into the model in stream order ([`Model::apply`]); call a
 //! handler with a model that has folded the event it handles; publish the outcome's events (their ids
 //! are deterministic, so a redelivered input republishes nothing new) and hand its commands to the
@@ -129,4 +143,22 @@ impl Handler {
 /// The `source` values of the handlers' own events (to tell decisions from observations).
 pub fn is_handler_source(source: &str) -> bool {
     Handler::ALL.iter().any(|h| h.name() == source)
+}
+
+/// What one replica does with one event: fold it, then run `handlers` on it (in the given order).
+/// Returns the outputs of all of them; an event already folded (a redelivery) is handled again, and
+/// its outputs carry the same ids as the first time.
+pub fn step(
+    model: &mut Model,
+    event: &Envelope,
+    policy: &Policy,
+    now: DateTime<Utc>,
+    handlers: &[Handler],
+) -> Outcome {
+    model.apply(event);
+    let mut out = Outcome::default();
+    for h in handlers {
+        out.extend(h.handle(model, event, policy, now));
+    }
+    out
 }
