@@ -397,3 +397,21 @@ fn random_scenarios_reach_every_rule() {
         );
     }
 }
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Two replicas folding the same observations publish the same events with the same ids, so the
+    /// bus's idempotent publish keeps one of each.
+    #[test]
+    fn two_replicas_fed_the_same_observations_decide_the_same((policy, workers, ops) in scenario()) {
+        let a = run(&policy, workers, &ops, false, |_| {});
+        let b = run(&policy, workers, &ops, false, |_| {});
+        prop_assert_eq!(&a.log, &b.log);
+        prop_assert_eq!(
+            a.commands.iter().map(|c| c.id()).collect::<Vec<_>>(),
+            b.commands.iter().map(|c| c.id()).collect::<Vec<_>>()
+        );
+        prop_assert_eq!(&a.model, &b.model);
+    }
+}

@@ -1013,3 +1013,41 @@ fn pending_pods_that_no_new_worker_can_help_are_reported_not_ignored() {
     );
     assert!(decision_targets(&sim).is_empty());
 }
+
+#[test]
+fn what_if_with_a_higher_maximum_shortens_the_time_pods_wait() {
+    let mut tight = Policy::default();
+    tight.limits.max_nodes = 2;
+    let mut sim = Simulation::new(tight, t0()).with_workers(2);
+    sim.advance(Duration::from_secs(30));
+    let pods = (0..4)
+        .map(|i| pod(&format!("p{i}"), 1500, 1 << 20))
+        .collect();
+    sim.observe("pending_pods_watcher", pending(pods, 4));
+    sim.advance(Duration::from_secs(900));
+    sim.observe_cluster();
+    let recorded = sim.log.clone();
+
+    let report = handlers::replay::what_if(&recorded, &Policy::default());
+    let text = report.render();
+    assert!(report.recorded.pending_seconds >= 590.0, "{text}");
+    assert!(report.replayed.pending_seconds < 120.0, "{text}");
+    assert!(
+        report.replayed.node_minutes > report.recorded.node_minutes,
+        "{text}"
+    );
+    let pair = report
+        .pairs
+        .iter()
+        .find(|p| p.root_type == "PendingPodsDetected")
+        .expect(&text);
+    assert_eq!(
+        pair.recorded.as_ref().map(|d| d.event_type.as_str()),
+        Some("ScalingActionFailed")
+    );
+    assert_eq!(
+        pair.replayed.as_ref().and_then(|d| d.target_workers),
+        Some(6)
+    );
+    assert!(pair.changed);
+}
