@@ -104,7 +104,7 @@ impl TestEnv {
             extra_labels: BTreeMap::from([(TEST_LABEL.to_string(), self.id.clone())]),
             privileged: false,
             timeout: Duration::from_secs(30),
-            stop_grace: Duration::from_secs(5),
+            stop_grace: Duration::from_secs(2),
             ..PoolConfig::default()
         }
     }
