@@ -12,8 +12,8 @@
 //!    consumers, and its own entries left pending by a handler error (that is the retry). Ids that
 //!    XAUTOCLAIM reports deleted from the stream (trimmed before being acknowledged) are recorded in the DLQ.
 //! 4. At most `concurrency` deliveries are handled at once. A handler returns its output events; outputs
-//!    and the input's XACK go in one MULTI/EXEC, so no input is acknowledged without its outputs and no
-//!    acknowledged input has its outputs twice. Plain acks (no outputs) are batched.
+//!    and the input's XACK go in one Lua script (each output at most once per event id), so no input
+//!    is acknowledged without its outputs and no output is published twice. Plain acks (no outputs) are batched.
 //! 5. A handler error leaves the entry pending ([`HandlerError::Retry`]) or dead-letters it at once
 //!    ([`HandlerError::DeadLetter`]). Once an entry has been delivered `max_deliveries` times and fails,
 //!    it moves to `<stream>:dlq` — the original fields plus `original_id`, `group`, `error`, `deliveries`,
@@ -896,20 +896,56 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// The handler's outputs and the input's XACK in one MULTI/EXEC.
+/// The handler's outputs and the input's XACK in one script, so they happen together or not at all.
+/// Each output is written only if its event id was not written within `idempotency_ttl` (the same key
+/// `publish_idempotent` uses for `event:<id>`): handlers give their outputs deterministic ids, so a
+/// redelivered input, or two inputs that mean the same thing, publish each output once.
+///
+/// KEYS: stream. ARGV: group, input id, ttl ms, max length, idempotency key prefix, number of outputs,
+/// then per output: event id, number of field/value items, the items.
+const OUTPUTS_AND_ACK: &str = r#"
+local stream = KEYS[1]
+local i = 7
+for _ = 1, tonumber(ARGV[6]) do
+  local key = ARGV[5] .. ARGV[i]
+  local n = tonumber(ARGV[i + 1])
+  i = i + 2
+  if redis.call('SET', key, '', 'NX', 'PX', ARGV[3]) then
+    local id = redis.call('XADD', stream, 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, i, i + n - 1))
+    redis.call('SET', key, id, 'KEEPTTL')
+  end
+  i = i + n
+end
+return redis.call('XACK', stream, ARGV[1], ARGV[2])
+"#;
+
+/// The handler's outputs (each at most once per event id) and the input's XACK, atomically.
 async fn publish_and_ack(ctx: &Ctx, id: &str, outputs: &[Envelope]) -> Result<()> {
-    let opts = add_options(ctx.config.max_len);
-    let mut pipe = redis::pipe();
-    pipe.atomic();
+    // Hashed once; EVALSHA falls back to EVAL after a Redis restart flushed the script cache.
+    static SCRIPT: std::sync::LazyLock<redis::Script> =
+        std::sync::LazyLock::new(|| redis::Script::new(OUTPUTS_AND_ACK));
+    let mut invocation = SCRIPT.prepare_invoke();
+    invocation
+        .key(&ctx.config.stream)
+        .arg(&ctx.group)
+        .arg(id)
+        .arg(ctx.config.idempotency_ttl.as_millis().max(1).to_string())
+        .arg(ctx.config.max_len)
+        .arg(format!("{}:idem:event:", ctx.config.stream))
+        .arg(outputs.len());
     for e in outputs {
-        pipe.xadd_options(&ctx.config.stream, "*", e.to_fields(), &opts)
-            .ignore();
+        let fields = e.to_fields();
+        invocation.arg(e.event_id.to_string()).arg(fields.len() * 2);
+        for (field, value) in fields {
+            invocation.arg(field).arg(value);
+        }
     }
-    pipe.xack(&ctx.config.stream, &ctx.group, &[id]).ignore();
     let mut conn = ctx.conn.clone();
-    pipe.query_async::<()>(&mut conn)
+    invocation
+        .invoke_async::<i64>(&mut conn)
         .await
-        .map_err(BusError::redis("MULTI XADD+XACK"))
+        .map(|_| ())
+        .map_err(BusError::redis("outputs + XACK script"))
 }
 
 /// Moves an entry to the DLQ atomically with its XACK. On failure the entry stays pending (retried later).

@@ -463,3 +463,50 @@ async fn a_handlers_outputs_are_published_with_its_cause_and_the_input_is_acked(
         0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_with_an_event_id_already_published_is_not_published_again() {
+    let server = RedisServer::start();
+    let bus = connect(config(&server, "dedup")).await;
+    // Two inputs that mean the same thing: the handler derives the same output id from both.
+    for _ in 0..2 {
+        bus.publisher()
+            .publish(&envelope_of(sample("PendingPodsDetected")))
+            .await
+            .unwrap();
+    }
+    let handler = handler_fn(|d: Delivery| async move {
+        if d.envelope.event_type() != "PendingPodsDetected" {
+            return Ok(Vec::new());
+        }
+        Ok(vec![Envelope::caused_by(
+            &d.envelope,
+            "ScalingDecisionEngine",
+            sample("ScaleUpDecision"),
+        )
+        .with_deterministic_id("one-decision-for-both")])
+    });
+    let (task, stats, stop) = spawn_consumer(&bus, handler, "ScalingDecisionEngine", "c1");
+    wait_until(
+        Duration::from_secs(5),
+        "both inputs and the one decision are handled",
+        || async { stats.totals("ScalingDecisionEngine").handled == 3 },
+    )
+    .await;
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    let entries = bus.audit().query(&bus::Query::default()).await.unwrap();
+    let decisions = entries
+        .iter()
+        .filter(|e| {
+            e.decode()
+                .is_ok_and(|d| d.event_type() == "ScaleUpDecision")
+        })
+        .count();
+    assert_eq!(decisions, 1, "the second copy of the output is suppressed");
+    assert_eq!(
+        pending(&server.url(), "dedup", "ScalingDecisionEngine").await,
+        0,
+        "both inputs are acked"
+    );
+}
