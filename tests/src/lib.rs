@@ -133,6 +133,11 @@ impl Lab {
         }
     }
 
+    /// The process id of replica `i`.
+    pub fn replica_pid(&self, i: usize) -> u32 {
+        self.replicas[i].id()
+    }
+
     /// `kill -9` of replica `i`.
     pub fn kill_replica(&mut self, i: usize) {
         let _ = self.replicas[i].kill();

@@ -10,14 +10,15 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
 
-use crate::docker::{CreateWorker, DockerWorkerPool};
+use crate::docker::DockerWorkerPool;
 use crate::intents::Intents;
 use crate::kube::KubeNodeOps;
 
 /// How long our own removal of a node silences the watchers (drain + stop + delete).
 const REMOVAL_INTENT: Duration = Duration::from_secs(600);
 
-/// Workers through the Docker pool.
+/// Workers through the Docker pool (its own `WorkerPool` implementation, warm-pool aware), recording
+/// our removals so the watchers do not report them.
 pub struct DockerWorkers {
     pub pool: Arc<DockerWorkerPool>,
     pub intents: Intents,
@@ -25,25 +26,12 @@ pub struct DockerWorkers {
 
 impl WorkerPool for DockerWorkers {
     async fn create_worker(&self, name: &str) -> Result<String, ActionError> {
-        let req = CreateWorker {
-            name: Some(name.to_string()),
-            requested_by: String::new(),
-            ..CreateWorker::default()
-        };
-        match self.pool.create_worker(&req).await {
-            Ok(w) => Ok(w.id),
-            Err(e) if e.retryable() => Err(ActionError::retryable(e.to_string())),
-            Err(e) => Err(ActionError::permanent(e.to_string())),
-        }
+        WorkerPool::create_worker(self.pool.as_ref(), name).await
     }
 
     async fn remove_worker(&self, name: &str) -> Result<(), ActionError> {
         self.intents.removing(name, REMOVAL_INTENT);
-        match self.pool.remove_worker(name).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.retryable() => Err(ActionError::retryable(e.to_string())),
-            Err(e) => Err(ActionError::permanent(e.to_string())),
-        }
+        WorkerPool::remove_worker(self.pool.as_ref(), name).await
     }
 }
 
