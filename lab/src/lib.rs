@@ -14,7 +14,9 @@
 //! - [`store`]: objects as JSON, one resourceVersion counter, the change history watches replay.
 //! - [`api`]: the HTTP side: [`api::path`] decodes paths, [`api::discovery`], [`api::verbs`] (get,
 //!   list, create, update, patch, delete, eviction, scale), [`api::watch`], [`api::table`] (what
-//!   `kubectl get` prints), [`api::status`] (errors as `Status`).
+//!   `kubectl get` prints), [`api::status`] (errors as `Status`), [`api::openapi`] (the minimal
+//!   OpenAPI v3 that lets kubectl validate on the server), [`api::metrics`] (`metrics.k8s.io`
+//!   computed from the pods' declared usage).
 //! - [`selectors`] (label and field selectors), [`patch`] (merge, strategic merge, JSON patch),
 //!   [`defaults`] (defaulting and validation on create), [`disruption`] (PDB arithmetic).
 //! - [`controllers`]: scheduler, Deployment and ReplicaSet controllers, node lifecycle, garbage

@@ -179,6 +179,15 @@ async fn a_pod_requesting_more_than_any_node_has_stays_pending_with_reason_unsch
     assert_eq!(big.status.unwrap().phase.as_deref(), Some("Pending"));
     assert!(big.spec.unwrap().node_name.is_none());
 
+    // As kube-scheduler does, it says so in an Event (what `kubectl describe pod` shows).
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "default");
+    let failed = events
+        .list(&ListParams::default().fields("involvedObject.name=big,reason=FailedScheduling"))
+        .await
+        .unwrap();
+    assert_eq!(failed.items.len(), 1, "one event per change of reason, not one per pass");
+    assert_eq!(failed.items[0].type_.as_deref(), Some("Warning"));
+
     // The listing the autoscaler's PendingPodsWatcher makes.
     let pending = pods
         .list(&ListParams::default().fields("status.phase=Pending,spec.nodeName="))

@@ -37,6 +37,16 @@ pub fn table(kind: Kind, items: &[Arc<Value>], rv: u64) -> Value {
 }
 
 fn columns(kind: Kind) -> Vec<Value> {
+    if kind == Kind::Event {
+        return vec![
+            col("Last Seen", "string", 0),
+            col("Type", "string", 0),
+            col("Reason", "string", 0),
+            col("Object", "string", 0),
+            col("Message", "string", 0),
+            col("Name", "string", 1),
+        ];
+    }
     let mut c = vec![col("Name", "string", 0)];
     match kind {
         Kind::Node => c.extend([
@@ -216,6 +226,22 @@ fn cells(kind: Kind, o: &Value) -> Vec<Value> {
             json!(o["status"]["phase"].as_str().unwrap_or("Active")),
             json!(created),
         ],
+        Kind::Event => {
+            let involved = &o["involvedObject"];
+            let object = format!(
+                "{}/{}",
+                involved["kind"].as_str().unwrap_or("").to_lowercase(),
+                involved["name"].as_str().unwrap_or("")
+            );
+            vec![
+                json!(age(o["lastTimestamp"].as_str().unwrap_or(""))),
+                text(&o["type"]),
+                text(&o["reason"]),
+                json!(object),
+                text(&o["message"]),
+                name,
+            ]
+        }
         _ => vec![name, json!(created)],
     }
 }

@@ -4,7 +4,10 @@
 
 use serde_json::{json, Value};
 
-use super::{id, log_err};
+use super::{events, id, log_err};
+
+/// The event source.
+const COMPONENT: &str = "deployment-controller";
 use crate::objects::{controller_of, owner_reference, set_condition};
 use crate::resources::Kind;
 use crate::store::Store;
@@ -58,9 +61,16 @@ pub fn reconcile(store: &Store) {
                     "spec": {"replicas": want, "selector": selector, "template": rs_template},
                     "status": {"replicas": 0},
                 });
-                log_err("create replicaset", store.create(Kind::ReplicaSet, ns, rs));
+                if log_err("create replicaset", store.create(Kind::ReplicaSet, ns, rs)).is_some() {
+                    let message = format!("Scaled up replica set {rs_name} from 0 to {want}");
+                    events::record(store, d, false, "ScalingReplicaSet", &message, COMPONENT);
+                }
             }
             Some(rs) if rs["spec"]["replicas"].as_i64() != Some(want) => {
+                let from = rs["spec"]["replicas"].as_i64().unwrap_or(0);
+                let verb = if want > from { "up" } else { "down" };
+                let message = format!("Scaled {verb} replica set {rs_name} from {from} to {want}");
+                events::record(store, d, false, "ScalingReplicaSet", &message, COMPONENT);
                 log_err(
                     "scale replicaset",
                     store.update(Kind::ReplicaSet, ns, &rs_name, None, |old| {

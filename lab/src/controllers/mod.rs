@@ -4,6 +4,7 @@
 
 pub mod deployment;
 pub mod disruption_budget;
+pub mod events;
 pub mod garbage;
 pub mod node_lifecycle;
 pub mod replicaset;
@@ -60,6 +61,7 @@ pub fn run_once(store: &Store, config: &ControllerConfig, now: DateTime<Utc>) {
     garbage::reconcile(store);
     scheduler::reconcile(store);
     disruption_budget::reconcile(store);
+    events::expire(store, now);
 }
 
 /// A `metav1.LabelSelector` object as a selector string (`a=b,c in (d)`), for `Scale.status.selector`.

@@ -7,7 +7,10 @@
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
-use super::{id, log_err, ControllerConfig};
+use super::{events, id, log_err, ControllerConfig};
+
+/// The event source.
+const COMPONENT: &str = "node-controller";
 use crate::objects::{
     condition_status, set_condition, tolerates, toleration_seconds, UNREACHABLE_TAINT,
 };
@@ -59,6 +62,8 @@ pub fn reconcile(store: &Store, config: &ControllerConfig, now: DateTime<Utc>) {
                     node = name,
                     "node stopped posting status: marking it NotReady"
                 );
+                let message = format!("Node {name} status is now: NodeNotReady");
+                events::record(store, node, false, "NodeNotReady", &message, COMPONENT);
                 log_err(
                     "mark node unknown",
                     store.update(Kind::Node, "", name, None, |old| Ok(mark_unknown(old, now))),
@@ -187,6 +192,15 @@ fn evict_from_unreachable(store: &Store, config: &ControllerConfig, now: DateTim
                     namespace = ns,
                     node = node_name,
                     "evicting pod from unreachable node"
+                );
+                let message = format!("Marking for deletion Pod {ns}/{name}");
+                events::record(
+                    store,
+                    p,
+                    false,
+                    "TaintManagerEviction",
+                    &message,
+                    "taint-eviction-controller",
                 );
                 log_err(
                     "evict pod from unreachable node",

@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::{id, log_err};
+use super::{events, id, log_err};
+
+/// The event source.
+const COMPONENT: &str = "replicaset-controller";
 use crate::defaults;
 use crate::objects::{controller_of, owner_reference, pod_is_ready, pod_is_terminal};
 use crate::resources::Kind;
@@ -53,9 +56,14 @@ fn reconcile_one(store: &Store, rs: &Value, pods: &[Arc<Value>]) {
             pod["metadata"]["annotations"] = template["metadata"]["annotations"].clone();
         }
         defaults::apply(Kind::Pod, &mut pod);
-        if log_err("create pod", store.create(Kind::Pod, ns, pod)).is_none() {
+        let Some(created) = log_err("create pod", store.create(Kind::Pod, ns, pod)) else {
             break;
-        }
+        };
+        let message = format!(
+            "Created pod: {}",
+            created["metadata"]["name"].as_str().unwrap_or("")
+        );
+        events::record(store, rs, false, "SuccessfulCreate", &message, COMPONENT);
         count += 1;
     }
     if owned.len() > want {
@@ -76,7 +84,16 @@ fn reconcile_one(store: &Store, rs: &Value, pods: &[Arc<Value>]) {
         });
         for p in owned.iter().take(owned.len() - want) {
             let (pns, pname) = id(p);
-            log_err("delete surplus pod", store.delete(Kind::Pod, pns, pname));
+            if log_err("delete surplus pod", store.delete(Kind::Pod, pns, pname)).is_some() {
+                events::record(
+                    store,
+                    rs,
+                    false,
+                    "SuccessfulDelete",
+                    &format!("Deleted pod: {pname}"),
+                    COMPONENT,
+                );
+            }
             count -= 1;
         }
     }

@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::{id, log_err};
+use super::{events, id, log_err};
+
+/// The event source.
+const COMPONENT: &str = "default-scheduler";
 use crate::objects::{
     node_allocatable, node_is_ready, pod_is_terminal, pod_requests, set_condition, tolerates,
 };
@@ -124,8 +127,10 @@ pub fn reconcile(store: &Store) {
                         Ok(p)
                     }),
                 );
-                if bound.is_some() {
+                if let Some(bound) = bound {
                     tracing::debug!(pod = pod_name, namespace = ns, node = %node_name, "bound");
+                    let message = format!("Successfully assigned {ns}/{pod_name} to {node_name}");
+                    events::record(store, &bound, false, "Scheduled", &message, COMPONENT);
                     let (c, m) = pod_requests(pod);
                     let u = used.entry(node_name).or_default();
                     u.cpu += c;
@@ -145,6 +150,18 @@ pub fn reconcile(store: &Store) {
                         parts.join(", ")
                     )
                 };
+                let already = pod["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| {
+                        c["type"] == "PodScheduled"
+                            && c["status"] == "False"
+                            && c["message"] == message.as_str()
+                    });
+                if !already {
+                    events::record(store, pod, true, "FailedScheduling", &message, COMPONENT);
+                }
                 log_err(
                     "mark pod unschedulable",
                     store.update(Kind::Pod, ns, pod_name, None, |old| {
