@@ -62,8 +62,9 @@ pub struct NodeSpecArgs {
     /// A node taint `key=value:Effect` (repeatable).
     #[arg(long = "node-taint", env = "K3S_NODE_TAINT", value_delimiter = ',')]
     pub node_taints: Vec<String>,
-    /// Heartbeat period (Lease and Ready condition).
-    #[arg(long, env = "LAB_HEARTBEAT", default_value = "10s", value_parser = humantime::parse_duration)]
+    /// Heartbeat period (Lease and Ready condition); keep the server's `--node-monitor-grace` at
+    /// least twice this, or live nodes flap NotReady between beats.
+    #[arg(long, env = "LAB_HEARTBEAT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub heartbeat: Duration,
     /// Do not burn the CPU and memory of Running pods.
     #[arg(long, env = "LAB_NO_LOAD")]

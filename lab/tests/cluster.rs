@@ -185,7 +185,11 @@ async fn a_pod_requesting_more_than_any_node_has_stays_pending_with_reason_unsch
         .list(&ListParams::default().fields("involvedObject.name=big,reason=FailedScheduling"))
         .await
         .unwrap();
-    assert_eq!(failed.items.len(), 1, "one event per change of reason, not one per pass");
+    assert_eq!(
+        failed.items.len(),
+        1,
+        "one event per change of reason, not one per pass"
+    );
     assert_eq!(failed.items[0].type_.as_deref(), Some("Warning"));
 
     // The listing the autoscaler's PendingPodsWatcher makes.

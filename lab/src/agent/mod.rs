@@ -43,7 +43,7 @@ pub struct AgentOptions {
 }
 
 impl AgentOptions {
-    /// Options for a node with this name and capacity, heartbeating every 10 s, with real load.
+    /// Options for a node with this name and capacity, heartbeating every 5 s, with real load.
     pub fn new(node_name: &str, cpu: &str, memory: &str) -> Self {
         AgentOptions {
             node_name: node_name.into(),
@@ -51,7 +51,7 @@ impl AgentOptions {
             memory: memory.into(),
             labels: BTreeMap::new(),
             taints: Vec::new(),
-            heartbeat: Duration::from_secs(10),
+            heartbeat: Duration::from_secs(5),
             pod_sync: Duration::from_secs(1),
             simulate_load: true,
         }
