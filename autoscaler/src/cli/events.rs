@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bus::stream_id::{parse_position, StreamId};
-use bus::{Audit, BusConfig, Envelope, Event, Metadata, Query, RawEntry, EVENT_TYPES};
+use bus::{Audit, Envelope, Event, Metadata, Query, RawEntry, EVENT_TYPES};
 use chrono::Utc;
 use uuid::Uuid;
 
@@ -92,8 +92,12 @@ pub enum DlqCommand {
 #[derive(Debug, clap::Args)]
 pub struct ReplayArgs {
     /// The consumer group (= handler name) to re-deliver to.
-    #[arg(long)]
-    pub group: String,
+    #[arg(long, required_unless_present = "what_if")]
+    pub group: Option<String>,
+    /// Run the recorded observations through the handlers under `--config` (no side effects) and print
+    /// each decision beside the recorded one, then a summary.
+    #[arg(long, conflicts_with_all = ["execute", "force", "group"])]
+    pub what_if: bool,
     /// First entry to re-deliver: a stream id, an RFC 3339 time or a duration ago (`1h`).
     #[arg(long, value_name = "ID|TIME")]
     pub from: String,
@@ -110,20 +114,6 @@ pub struct ReplayArgs {
     /// Entries printed by the dry run.
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
-}
-
-/// The bus settings of `autoscaler.events.event_bus`.
-pub fn bus_config(settings: &Settings) -> BusConfig {
-    let b = &settings.autoscaler.events.event_bus;
-    let mut c = BusConfig::new(&b.url, &b.stream_name);
-    c.max_len = usize::try_from(b.max_stream_length).unwrap_or(usize::MAX);
-    c.claim_idle = b.claim_idle;
-    c.max_deliveries = b.max_deliveries;
-    c.block = b.block;
-    c.batch_size = b.batch_size;
-    c.concurrency = b.concurrency;
-    c.idempotency_ttl = b.idempotency_ttl;
-    c
 }
 
 pub async fn run(cmd: EventsCommand, config: &Path) -> anyhow::Result<ExitCode> {
@@ -150,7 +140,7 @@ fn usage(message: impl std::fmt::Display) -> anyhow::Result<ExitCode> {
 }
 
 async fn connect(settings: &Settings) -> anyhow::Result<bus::Bus> {
-    bus::connect(bus_config(settings))
+    bus::connect(crate::runtime::bus_config(settings))
         .await
         .context("connecting to the event bus")
 }
@@ -504,8 +494,12 @@ async fn replay(settings: &Settings, args: ReplayArgs) -> anyhow::Result<ExitCod
     }
     let bus = connect(settings).await?;
     let audit = bus.audit();
+    if args.what_if {
+        return what_if(settings, &audit, from, to).await;
+    }
+    let group_name = args.group.clone().unwrap_or_default();
     let group = audit
-        .group(&args.group)
+        .group(&group_name)
         .await
         .context("reading the consumer groups")?;
 
@@ -513,7 +507,7 @@ async fn replay(settings: &Settings, args: ReplayArgs) -> anyhow::Result<ExitCod
         if group.is_none() {
             eprintln!(
                 "note: group `{}` does not exist yet; it will read the whole stream when created",
-                args.group
+                group_name
             );
         }
         let entries = audit
@@ -529,7 +523,7 @@ async fn replay(settings: &Settings, args: ReplayArgs) -> anyhow::Result<ExitCod
             entries.len(),
             if entries.len() == 1 { "y" } else { "ies" },
             from,
-            args.group
+            group_name
         ));
         for e in entries.iter().take(args.limit) {
             if !emit(&format!("  {}", render(e, false))) {
@@ -546,7 +540,7 @@ async fn replay(settings: &Settings, args: ReplayArgs) -> anyhow::Result<ExitCod
     let Some(group) = group else {
         eprintln!(
             "error: no consumer group `{}` on {}",
-            args.group,
+            group_name,
             bus.config().stream
         );
         return Ok(ExitCode::FAILURE);
@@ -599,4 +593,26 @@ mod tests {
             "affected_deployments=[app1,app2] pending_count=3 pods=[1 items]"
         );
     }
+}
+
+/// `events replay --what-if`: the recorded observations between `from` and `to` through the handlers under
+/// this configuration's policy, with a simulated world; nothing is published or changed.
+async fn what_if(
+    settings: &Settings,
+    audit: &Audit,
+    from: StreamId,
+    to: Option<StreamId>,
+) -> anyhow::Result<ExitCode> {
+    let entries = audit
+        .query(&Query {
+            start: from.to_string(),
+            end: to.map(|t| t.to_string()).unwrap_or_else(|| "+".into()),
+            ..Query::default()
+        })
+        .await
+        .context("reading the stream")?;
+    let recorded: Vec<Envelope> = entries.iter().filter_map(|e| e.decode().ok()).collect();
+    let report = handlers::replay::what_if(&recorded, &crate::runtime::policy(settings));
+    emit(&report.render());
+    Ok(ExitCode::SUCCESS)
 }
