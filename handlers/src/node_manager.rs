@@ -105,7 +105,17 @@ impl NodeManager {
                         match f.action {
                             ScalingAction::ScaleUp => remove(node, event, &mut out),
                             ScalingAction::ScaleDown => {
-                                out.command(Command::Uncordon { node: node.clone() }, event)
+                                // The node is back in service: say why the scale-down did not happen,
+                                // with the executor's stable code (`pdb`, `drain_timeout`, …).
+                                out.command(Command::Uncordon { node: node.clone() }, event);
+                                out.emit(ScaleDownBlocked {
+                                    reason: failure_code(&f.error),
+                                    workers: model.current_workers(),
+                                    min_workers: policy.limits.min_nodes,
+                                    pending_count: None,
+                                    node_name: Some(node.clone()),
+                                    detail: Some(f.error.clone()),
+                                });
                             }
                         }
                     }
@@ -326,6 +336,18 @@ impl NodeManager {
                 &started,
             );
         }
+    }
+}
+
+/// The stable code an executor error starts with (`pdb: …` → `pdb`), else `action_failed`.
+fn failure_code(error: &str) -> String {
+    match error.split_once(':') {
+        Some((code, _))
+            if !code.is_empty() && code.chars().all(|c| c.is_ascii_lowercase() || c == '_') =>
+        {
+            code.to_string()
+        }
+        _ => "action_failed".to_string(),
     }
 }
 

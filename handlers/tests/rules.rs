@@ -962,6 +962,14 @@ fn a_failed_drain_puts_the_node_back_into_service() {
         .with_timestamp(sim.now),
     );
     assert_eq!(commands(&sim, "uncordon"), ["k3s-worker-3"]);
+    let b = first(&sim.log, "ScaleDownBlocked");
+    let Event::ScaleDownBlocked(b) = &b.event else {
+        unreachable!()
+    };
+    assert_eq!(
+        (b.reason.as_str(), b.node_name.as_deref()),
+        ("pdb", Some("k3s-worker-3"))
+    );
     assert_eq!(
         sim.model.worker("k3s-worker-3").unwrap().state,
         handlers::WorkerState::Ready
