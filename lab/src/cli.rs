@@ -223,3 +223,81 @@ async fn terminated() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Debug, Parser)]
+    enum Cli {
+        #[command(subcommand)]
+        Lab(LabCommand),
+        Agent(AgentArgs),
+    }
+
+    #[test]
+    fn the_commands_are_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn agent_flags_parse_like_a_k3s_agent() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "agent",
+            "--server",
+            "http://lab:6443",
+            "--node-name",
+            "w1",
+            "--cpu",
+            "1500m",
+            "--memory",
+            "1Gi",
+            "--node-label",
+            "pool=a",
+            "--node-label",
+            "tier=b",
+            "--node-taint",
+            "k=v:NoSchedule",
+            "--heartbeat",
+            "2s",
+            "--no-load",
+        ])
+        .unwrap();
+        let Cli::Agent(a) = cli else {
+            panic!("not agent")
+        };
+        assert_eq!(a.server, "http://lab:6443");
+        assert_eq!(a.node_name.as_deref(), Some("w1"));
+        assert_eq!(a.node.node_labels, ["pool=a", "tier=b"]);
+        assert_eq!(a.node.node_taints, ["k=v:NoSchedule"]);
+        assert_eq!(a.node.heartbeat, Duration::from_secs(2));
+        assert!(a.node.no_load);
+    }
+
+    #[test]
+    fn serve_flags_parse_durations_and_addresses() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "lab",
+            "serve",
+            "--listen",
+            "0.0.0.0:6443",
+            "--advertise",
+            "http://127.0.0.1:16443",
+            "--node-monitor-grace",
+            "2s",
+            "--pod-eviction-timeout",
+            "1m",
+        ])
+        .unwrap();
+        let Cli::Lab(LabCommand::Serve(s)) = cli else {
+            panic!("not serve")
+        };
+        assert_eq!(s.listen.port(), 6443);
+        assert_eq!(s.node_monitor_grace, Duration::from_secs(2));
+        assert_eq!(s.pod_eviction_timeout, Duration::from_secs(60));
+        assert_eq!(s.advertise.as_deref(), Some("http://127.0.0.1:16443"));
+    }
+}
