@@ -1,8 +1,9 @@
 //! MinimumNodeEnforcer: the cluster never stays below `min_nodes`.
 //!
 //! - fewer live workers than the minimum → `MinimumNodesViolation` (once per violation), then
-//!   `AutoScaleUpToMinimum {target_workers: min}` (when `auto_scale_to_min`) caused by it, unless
-//!   workers already being created cover the gap;
+//!   `AutoScaleUpToMinimum {target_workers: min}` (when `auto_scale_to_min`) caused by it — also when
+//!   workers already being created cover the gap (absolute target: nothing more is created); while
+//!   the violation lasts, the decision is repeated only if nothing being created covers the gap;
 //! - `emergency_scale_threshold` or more workers lost within `emergency_window` →
 //!   `EmergencyScaleUp` (the NodeManager applies no cooldown to any decision);
 //! - back at the minimum after a violation → `MinimumNodesRestored` (its id is derived from the
@@ -152,9 +153,12 @@ impl MinimumNodeEnforcer {
         violation: &Envelope,
         out: &mut Emitter<'_>,
     ) {
+        // Always decided when a violation opens (seed 001's flow), even if workers already being
+        // created (e.g. an interruption's replacement) cover the gap: the target is absolute, so the
+        // NodeManager then creates nothing more.
         let current = model.current_workers();
         let min = policy.limits.min_nodes;
-        if policy.enforcement.auto_scale_to_min && current + model.provisioning() < min {
+        if policy.enforcement.auto_scale_to_min {
             out.emit_after(violation, auto(current, min, "minimum_violation"));
         }
     }

@@ -1059,3 +1059,46 @@ fn what_if_with_a_higher_maximum_shortens_the_time_pods_wait() {
     );
     assert!(pair.changed);
 }
+
+#[test]
+fn a_killed_worker_at_the_minimum_is_replaced_once_and_the_minimum_decision_is_still_explicit() {
+    // `docker kill` gives an interruption notice (replacement first), then the loss.
+    let mut sim = Simulation::new(Policy::default(), t0()).with_workers(2);
+    sim.observe(
+        "docker_events",
+        NodeInterruptionNotice {
+            node_name: "k3s-worker-2".into(),
+            cause: "docker_kill".into(),
+        },
+    );
+    sim.kill("k3s-worker-2");
+    sim.observe(
+        "docker_events",
+        NodeUnexpectedlyLost {
+            node_name: "k3s-worker-2".into(),
+            last_seen: t0(),
+            cause: "container_crash".into(),
+        },
+    );
+    sim.advance(Duration::from_secs(120));
+    let types = sim.types();
+    assert_in_order(
+        &types,
+        &[
+            "NodeUnexpectedlyLost",
+            "MinimumNodesViolation",
+            "AutoScaleUpToMinimum",
+            "NodeReady",
+            "MinimumNodesRestored",
+        ],
+    );
+    let lost = first(&sim.log, "NodeUnexpectedlyLost");
+    let v = first(&sim.log, "MinimumNodesViolation");
+    assert_eq!(v.causation_id, Some(lost.event_id));
+    assert_eq!(
+        commands(&sim, "create_worker"),
+        ["k3s-worker-3"],
+        "one replacement"
+    );
+    assert_eq!(sim.model.current_workers(), 2);
+}
