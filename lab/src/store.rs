@@ -46,6 +46,9 @@ pub struct Change {
     pub event_type: EventType,
     /// The object after the change (before it, for a deletion, with the deletion's resourceVersion).
     pub object: Arc<Value>,
+    /// The object before a modification: a selective watch turns a modification into ADDED or
+    /// DELETED when the object starts or stops matching its selectors.
+    pub previous: Option<Arc<Value>>,
 }
 
 /// Why a store operation failed; the API layer turns these into `Status` replies.
@@ -236,7 +239,7 @@ impl Store {
             .entry(kind)
             .or_default()
             .insert(key, obj.clone());
-        self.record(&mut inner, kind, EventType::Added, obj.clone());
+        self.record(&mut inner, kind, EventType::Added, obj.clone(), None);
         Ok(obj)
     }
 
@@ -325,7 +328,13 @@ impl Store {
             .entry(kind)
             .or_default()
             .insert(key, new.clone());
-        self.record(&mut inner, kind, EventType::Modified, new.clone());
+        self.record(
+            &mut inner,
+            kind,
+            EventType::Modified,
+            new.clone(),
+            Some(current),
+        );
         Ok(new)
     }
 
@@ -346,7 +355,7 @@ impl Store {
         let mut last = (*removed).clone();
         last["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
         let last = Arc::new(last);
-        self.record(&mut inner, kind, EventType::Deleted, last.clone());
+        self.record(&mut inner, kind, EventType::Deleted, last.clone(), None);
         Ok(last)
     }
 
@@ -393,10 +402,18 @@ impl Store {
         (items, inner.rv, self.changes.subscribe())
     }
 
-    fn record(&self, inner: &mut Inner, kind: Kind, event_type: EventType, object: Arc<Value>) {
+    fn record(
+        &self,
+        inner: &mut Inner,
+        kind: Kind,
+        event_type: EventType,
+        object: Arc<Value>,
+        previous: Option<Arc<Value>>,
+    ) {
         let change = Change {
             rv: inner.rv,
             kind,
+            previous,
             event_type,
             object,
         };

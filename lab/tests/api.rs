@@ -328,6 +328,54 @@ async fn with_a_token_set_only_clients_presenting_it_are_served() {
     server.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_selective_watch_sees_objects_leave_and_enter_its_selection() {
+    let (server, client) = start(fast_options("selective")).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let wp = WatchParams::default()
+        .fields("status.phase=Pending")
+        .disable_bookmarks();
+    let mut events = pods.watch(&wp, "0").await.unwrap().boxed();
+    let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "c", "image": "x"}]}}))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let running = json!({"status": {"phase": "Running"}});
+    let pending = json!({"status": {"phase": "Pending"}});
+    let mut seen = Vec::new();
+    let mut step = 0;
+    while seen.last().map(String::as_str) != Some("ADDED again") {
+        let ev = tokio::time::timeout(Duration::from_secs(5), events.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        match (step, ev) {
+            (0, WatchEvent::Added(_)) => {
+                seen.push("ADDED".to_string());
+                step = 1;
+                pods.patch_status("p", &PatchParams::default(), &Patch::Merge(&running))
+                    .await
+                    .unwrap();
+            }
+            // The scheduler may mark it unschedulable first: still Pending, still selected.
+            (1, WatchEvent::Modified(p)) => {
+                assert_eq!(p.status.unwrap().phase.as_deref(), Some("Pending"))
+            }
+            (1, WatchEvent::Deleted(_)) => {
+                seen.push("DELETED".to_string());
+                step = 2;
+                pods.patch_status("p", &PatchParams::default(), &Patch::Merge(&pending))
+                    .await
+                    .unwrap();
+            }
+            (2, WatchEvent::Added(_)) => seen.push("ADDED again".to_string()),
+            (_, other) => panic!("unexpected {other:?} at step {step}"),
+        }
+    }
+    server.shutdown().await;
+}
+
 // ---- kubectl ----
 
 async fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String) {

@@ -15,7 +15,7 @@ use super::status::ApiError;
 use super::verbs::Selectors;
 use super::{table, ApiState, Params};
 use crate::resources::Kind;
-use crate::store::{Change, StoreError};
+use crate::store::{Change, EventType, StoreError};
 
 /// How a watch ends when the client sets no `timeoutSeconds` (the API server picks 30–60 minutes).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
@@ -45,6 +45,26 @@ impl WatchSpec {
             )
         } else {
             line(event_type, obj)
+        }
+    }
+
+    /// The line a change makes for this watch, if any: a modification that makes an object start or
+    /// stop matching the selectors is ADDED or DELETED, as the API server's watch cache sends it.
+    fn change_line(&self, c: &Change) -> Option<Bytes> {
+        if c.kind != self.kind {
+            return None;
+        }
+        let now = self.wants(&c.object);
+        let before = c.previous.as_deref().map(|p| self.wants(p));
+        match (c.event_type, before, now) {
+            (EventType::Modified, Some(false), true) => Some(self.event("ADDED", &c.object, c.rv)),
+            (EventType::Modified, Some(true), false) => {
+                let mut last = c.previous.as_deref().cloned().unwrap_or_default();
+                last["metadata"]["resourceVersion"] = json!(c.rv.to_string());
+                Some(self.event("DELETED", &Arc::new(last), c.rv))
+            }
+            (_, _, true) => Some(self.event(c.event_type.as_str(), &c.object, c.rv)),
+            _ => None,
         }
     }
 
@@ -119,9 +139,7 @@ pub fn serve(
                 let mut last = rv;
                 for c in past {
                     last = c.rv;
-                    if spec.wants(&c.object) {
-                        first.push(spec.event(c.event_type.as_str(), &c.object, c.rv));
-                    }
+                    first.extend(spec.change_line(&c));
                 }
                 (rx, last)
             }
@@ -236,10 +254,8 @@ async fn forward(
         return true;
     }
     *last_rv = c.rv;
-    if c.kind != spec.kind || !spec.wants(&c.object) {
-        return true;
+    match spec.change_line(c) {
+        Some(line) => tx.send(Ok(line)).await.is_ok(),
+        None => true,
     }
-    tx.send(Ok(line(c.event_type.as_str(), &c.object)))
-        .await
-        .is_ok()
 }
