@@ -87,6 +87,11 @@ async fn an_agent_registers_a_ready_node_that_runs_pods_and_goes_not_ready_when_
     let capacity = node.status.as_ref().unwrap().capacity.as_ref().unwrap();
     assert_eq!(capacity["cpu"].0, "2");
     assert_eq!(capacity["memory"].0, "2Gi");
+    let allocatable = node.status.as_ref().unwrap().allocatable.as_ref().unwrap();
+    assert_eq!(
+        allocatable["memory"].0, "1994752Ki",
+        "2Gi less the 100Mi eviction reserve"
+    );
     Api::<Secret>::namespaced(client.clone(), "kube-system")
         .get("w1.node-password.k3s")
         .await

@@ -110,7 +110,7 @@ pub async fn run(
     // must not hold up `docker stop`.
     tokio::select! {
         _ = shutdown => {}
-        _ = agent.work(&load, (cpu, mem)) => {}
+        _ = agent.work(&load, (cpu, allocatable_memory(mem))) => {}
     }
     tokio::task::spawn_blocking(move || lock(&load).stop())
         .await
@@ -156,7 +156,8 @@ impl Agent {
                     if !self.opts.simulate_load {
                         continue;
                     }
-                    // Never more than the node has: the container would be killed, not the pod.
+                    // Never more than the node can give pods: past that the container would be
+                    // OOM-killed, not the pod.
                     let target = (c.min(capacity.0), m.min(capacity.1));
                     if target != lock(load).target() {
                         tracing::info!(cpu_millis = target.0, memory_bytes = target.1, "load target");
@@ -210,6 +211,9 @@ impl Agent {
 
     fn status(&self) -> Value {
         let resources = json!({"cpu": self.opts.cpu, "memory": self.opts.memory, "pods": "110", "ephemeral-storage": "10Gi"});
+        let mut allocatable = resources.clone();
+        let mem = quantity::bytes(&self.opts.memory).unwrap_or(0);
+        allocatable["memory"] = json!(format!("{}Ki", allocatable_memory(mem) / 1024));
         let now = now_rfc3339();
         let cond = |t: &str, s: &str, reason: &str, msg: &str| {
             json!({"type": t, "status": s, "reason": reason, "message": msg,
@@ -217,7 +221,7 @@ impl Agent {
         };
         json!({
             "capacity": resources,
-            "allocatable": resources,
+            "allocatable": allocatable,
             "conditions": [
                 cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
                 cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
@@ -383,6 +387,17 @@ impl Agent {
     }
 }
 
+/// Memory pods may use: capacity less the kubelet's default hard eviction threshold (100 MiB), which
+/// also leaves the agent's own memory room under a container limit of the node's size.
+pub fn allocatable_memory(capacity: u64) -> u64 {
+    const RESERVE: u64 = 100 << 20;
+    if capacity >= 2 * RESERVE {
+        capacity - RESERVE
+    } else {
+        capacity / 2
+    }
+}
+
 fn running_status(pod: &Value, index: usize) -> Value {
     let now = now_rfc3339();
     let started = pod["status"]["startTime"]
@@ -417,6 +432,12 @@ fn running_status(pod: &Value, index: usize) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allocatable_memory_keeps_the_eviction_reserve() {
+        assert_eq!(allocatable_memory(2 << 30), (2 << 30) - (100 << 20));
+        assert_eq!(allocatable_memory(100 << 20), 50 << 20);
+    }
 
     #[test]
     fn taint_flags_parse_with_and_without_values() {
