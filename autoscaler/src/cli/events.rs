@@ -581,20 +581,6 @@ async fn replay(settings: &Settings, args: ReplayArgs) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn data_summaries_show_scalars_join_lists_and_count_objects() {
-        let d = serde_json::json!({"pending_count": 3, "affected_deployments": ["app1", "app2"], "pods": [{"a": 1}]});
-        assert_eq!(
-            data_summary(&d),
-            "affected_deployments=[app1,app2] pending_count=3 pods=[1 items]"
-        );
-    }
-}
-
 /// `events replay --what-if`: the recorded observations between `from` and `to` through the handlers under
 /// this configuration's policy, with a simulated world; nothing is published or changed.
 async fn what_if(
@@ -615,4 +601,18 @@ async fn what_if(
     let report = handlers::replay::what_if(&recorded, &crate::runtime::policy(settings));
     emit(&report.render());
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_summaries_show_scalars_join_lists_and_count_objects() {
+        let d = serde_json::json!({"pending_count": 3, "affected_deployments": ["app1", "app2"], "pods": [{"a": 1}]});
+        assert_eq!(
+            data_summary(&d),
+            "affected_deployments=[app1,app2] pending_count=3 pods=[1 items]"
+        );
+    }
 }

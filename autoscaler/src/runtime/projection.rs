@@ -38,7 +38,6 @@ impl<M: Fold> Projection<M> {
     }
 
     /// Folds every entry after the cursor up to and including `id` (whose decoded form is `envelope`).
-    /// Undecodable entries are skipped here: the consumer runtime dead-letters them.
     pub async fn catch_up_through(
         &mut self,
         id: &str,
@@ -50,24 +49,7 @@ impl<M: Fold> Projection<M> {
         if self.cursor.is_some_and(|c| c >= target) {
             return Ok(());
         }
-        let start = match self.cursor {
-            Some(c) => format!("({}-{}", c.ms, c.seq),
-            None => "-".to_string(),
-        };
-        let entries = self
-            .audit
-            .query(&Query {
-                start,
-                end: format!("({id}"),
-                ..Query::default()
-            })
-            .await?;
-        for entry in entries {
-            if let Ok(e) = entry.decode() {
-                self.model.apply(&e);
-            }
-            self.cursor = StreamId::parse(&entry.id).or(self.cursor);
-        }
+        self.fold_until(format!("({id}")).await?;
         self.model.apply(envelope);
         self.cursor = Some(target);
         Ok(())
@@ -75,6 +57,12 @@ impl<M: Fold> Projection<M> {
 
     /// Folds everything up to the end of the stream (for `status`, ticks and the leader's timers).
     pub async fn catch_up_all(&mut self) -> Result<(), bus::BusError> {
+        self.fold_until("+".to_string()).await
+    }
+
+    /// Folds the entries after the cursor up to `end` (an XRANGE bound). Undecodable entries are
+    /// skipped: the consumer runtime dead-letters them.
+    async fn fold_until(&mut self, end: String) -> Result<(), bus::BusError> {
         let start = match self.cursor {
             Some(c) => format!("({}-{}", c.ms, c.seq),
             None => "-".to_string(),
@@ -83,12 +71,13 @@ impl<M: Fold> Projection<M> {
             .audit
             .query(&Query {
                 start,
+                end,
                 ..Query::default()
             })
             .await?;
         for entry in entries {
-            if let Ok(envelope) = entry.decode() {
-                self.model.apply(&envelope);
+            if let Ok(e) = entry.decode() {
+                self.model.apply(&e);
             }
             self.cursor = StreamId::parse(&entry.id).or(self.cursor);
         }
