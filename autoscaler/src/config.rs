@@ -287,7 +287,7 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self {
-            source: "docker_stats".into(),
+            source: "pod_requests".into(),
             interval: Duration::from_secs(15),
         }
     }

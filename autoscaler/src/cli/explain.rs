@@ -19,9 +19,14 @@ pub struct Chain {
 /// Finds `wanted` (an event id, or a stream id) among `entries` and walks its causation links.
 pub fn chain(entries: &[(String, Envelope)], wanted: &str) -> Option<Chain> {
     let by_id: HashMap<Uuid, &Envelope> = entries.iter().map(|(_, e)| (e.event_id, e)).collect();
+    // A full id, a stream id, or the 8-character prefix `events tail` prints.
+    let matches = |sid: &str, e: &Envelope| {
+        let id = e.event_id.to_string();
+        sid == wanted || id == wanted || (wanted.len() >= 8 && id.starts_with(wanted))
+    };
     let target = entries
         .iter()
-        .find(|(sid, e)| sid == wanted || e.event_id.to_string() == wanted)
+        .find(|(sid, e)| matches(sid, e))
         .map(|(_, e)| e)?;
     let mut ancestry = vec![target.clone()];
     let mut cursor = target.causation_id;
