@@ -45,6 +45,18 @@ pub struct NodeUsage {
     pub memory: f64,
 }
 
+/// Mean CPU % and memory % over `nodes` (0 for no nodes): the `cpu_avg`/`memory_avg` of a sample.
+pub fn mean_usage(nodes: &[NodeUsage]) -> (f64, f64) {
+    if nodes.is_empty() {
+        return (0.0, 0.0);
+    }
+    let n = nodes.len() as f64;
+    (
+        nodes.iter().map(|u| u.cpu).sum::<f64>() / n,
+        nodes.iter().map(|u| u.memory).sum::<f64>() / n,
+    )
+}
+
 // ---- Core -------------------------------------------------------------------------------------------
 
 /// Workers are at the minimum and resources are underused: the efficient state.

@@ -70,15 +70,7 @@ impl UsageSample {
     /// Builds a sample and its averages from per-worker figures.
     pub fn from_nodes(mut nodes: Vec<NodeUsage>) -> Self {
         nodes.sort_by(|a, b| a.node_name.cmp(&b.node_name));
-        let n = nodes.len() as f64;
-        let (cpu_avg, memory_avg) = if nodes.is_empty() {
-            (0.0, 0.0)
-        } else {
-            (
-                nodes.iter().map(|u| u.cpu).sum::<f64>() / n,
-                nodes.iter().map(|u| u.memory).sum::<f64>() / n,
-            )
-        };
+        let (cpu_avg, memory_avg) = bus::event::mean_usage(&nodes);
         Self {
             nodes,
             cpu_avg,
