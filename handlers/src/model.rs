@@ -385,8 +385,13 @@ impl Model {
             Event::ScaleDownDecision(d) => self.decided(env, Some(d.target_workers)),
             Event::AutoScaleUpToMinimum(d) => self.decided(env, Some(d.target_workers)),
             Event::EmergencyScaleUp(d) => {
+                // Only the decision itself answers the losses so far: a late copy of it (another
+                // replica's) must not wipe out losses that happened after it.
+                let first = self.is_first_decision(env);
                 self.decided(env, Some(d.target_workers));
-                self.recent_losses.clear();
+                if first {
+                    self.recent_losses.clear();
+                }
             }
             Event::ScaleDownBlocked(b) => self.last_blocked = Some((b.reason.clone(), ts)),
             Event::ScaleUpStarted(s) => {

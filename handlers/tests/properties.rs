@@ -415,3 +415,43 @@ proptest! {
         prop_assert_eq!(&a.model, &b.model);
     }
 }
+
+/// Found by `a_duplicated_event_causes_no_extra_action`: a late copy of an `EmergencyScaleUp` wiped out
+/// the losses that came after the original, so the next emergency was never decided.
+#[test]
+fn a_late_copy_of_an_emergency_does_not_forget_later_losses() {
+    let mut policy = Policy::default();
+    policy.limits.max_nodes = 4;
+    policy.thresholds.consecutive_periods = 1;
+    policy.scaling.underutilized_for = Duration::from_secs(277);
+    let ops = vec![
+        Op::Kill(0),
+        Op::Steady {
+            cpu: 86.86,
+            mem: 0.0,
+            samples: 8,
+        },
+        Op::Kill(1),
+        Op::Observe,
+        Op::Kill(0),
+        Op::Observe,
+        Op::Kill(0),
+        Op::Observe,
+    ];
+    let starts = |s: &Simulation| {
+        s.log
+            .iter()
+            .filter_map(|e| match &e.event {
+                Event::ScaleUpStarted(x) => Some(x.nodes.clone()),
+                _ => None,
+            })
+            .collect::<BTreeSet<_>>()
+    };
+    let once = run(&policy, 2, &ops, false, |_| {});
+    let twice = run(&policy, 2, &ops, true, |_| {});
+    assert_eq!(starts(&once), starts(&twice));
+    assert!(starts(&twice).contains(&vec![
+        "k3s-worker-7".to_string(),
+        "k3s-worker-8".to_string()
+    ]));
+}
