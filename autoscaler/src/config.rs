@@ -121,12 +121,15 @@ pub struct Enforcement {
     pub emergency_scale_threshold: u32,
 }
 
+// The defaults of the knobs the decision core reads are the core's own (`handlers::Policy`), so they
+// are written once.
 impl Default for Enforcement {
     fn default() -> Self {
+        let p = handlers::policy::Enforcement::default();
         Self {
-            auto_scale_to_min: true,
-            min_violation_check_interval: Duration::from_secs(10),
-            emergency_scale_threshold: 2,
+            auto_scale_to_min: p.auto_scale_to_min,
+            min_violation_check_interval: p.min_violation_check_interval,
+            emergency_scale_threshold: p.emergency_scale_threshold,
         }
     }
 }
@@ -188,12 +191,13 @@ pub struct Thresholds {
 
 impl Default for Thresholds {
     fn default() -> Self {
+        let p = handlers::policy::Thresholds::default();
         Self {
-            cpu_high: 80.0,
-            memory_high: 85.0,
-            cpu_low: 30.0,
-            memory_low: 40.0,
-            consecutive_periods: 3,
+            cpu_high: p.cpu_high,
+            memory_high: p.memory_high,
+            cpu_low: p.cpu_low,
+            memory_low: p.memory_low,
+            consecutive_periods: p.consecutive_periods,
         }
     }
 }
@@ -217,14 +221,15 @@ pub struct Scaling {
 
 impl Default for Scaling {
     fn default() -> Self {
+        let p = handlers::policy::Scaling::default();
         Self {
-            scale_up_step: 1,
-            underutilized_for: Duration::from_secs(300),
-            scale_up_cooldown: Duration::from_secs(60),
-            scale_down_cooldown: Duration::from_secs(300),
-            max_unhealthy_fraction: 0.45,
-            max_node_provision_time: Duration::from_secs(300),
-            drain_timeout: Duration::from_secs(120),
+            scale_up_step: p.scale_up_step,
+            underutilized_for: p.underutilized_for,
+            scale_up_cooldown: p.scale_up_cooldown,
+            scale_down_cooldown: p.scale_down_cooldown,
+            max_unhealthy_fraction: p.max_unhealthy_fraction,
+            max_node_provision_time: p.max_node_provision_time,
+            drain_timeout: p.drain_timeout,
         }
     }
 }
