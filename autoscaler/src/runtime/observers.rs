@@ -19,6 +19,7 @@ use super::world::World;
 use crate::config::Settings;
 use crate::docker::{DockerEventsWatcher, DockerWorkerPool};
 use crate::intents::Intents;
+use crate::kube::node_watcher::{NodeObservation, Readiness};
 use crate::kube::{BatchWindows, NodeWatcher, PendingPodsWatcher};
 use crate::leader::Leadership;
 
@@ -240,12 +241,8 @@ impl Observers {
                 if !name.starts_with(prefix.as_str()) {
                     return None;
                 }
-                let ready = n
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-                    .is_some_and(|c| c.status == "True");
+                let ready =
+                    NodeObservation::from_node(n).is_some_and(|o| o.readiness == Readiness::Ready);
                 let scale_down_disabled = n
                     .metadata
                     .annotations
