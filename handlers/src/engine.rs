@@ -60,6 +60,21 @@ pub fn up_need(model: &Model, event: &Envelope, policy: &Policy) -> UpNeed {
     let planned = model.planned_workers();
     let max = policy.limits.max_nodes;
     let pending = model.pending_count();
+    // One scale-up per pending-pods report: once a decision answered this report, its capacity is on
+    // its way even before the NodeManager's ScaleUpStarted is on the stream (a new worker can be seen
+    // Ready first), so another event must not size the same pods again. Pods still pending after
+    // that capacity arrives are reported again, and that report is sized afresh.
+    let answered = model.pending.as_ref().is_some_and(|p| {
+        model
+            .decisions
+            .contains_key(&(p.cause.event_id, "ScaleUpDecision".to_string()))
+    });
+    if pending > 0 && answered {
+        return UpNeed::Covered {
+            pending,
+            short: None,
+        };
+    }
     if pending > 0 {
         let pods = model.pending.as_ref().map_or(&[][..], |p| &p.pods[..]);
         let packing = binpack::workers_needed(pods, pending, &policy.workers);
