@@ -4,6 +4,8 @@
 //!   or every `sync.report_every`);
 //! - a recorded worker (Ready/NotReady/Registered) missing from both, or whose container is gone,
 //!   with no scale-down in flight for it → `NodeUnexpectedlyLost`;
+//! - a lost worker's leftovers (the exited container and NotReady Node a `docker kill` leaves) →
+//!   `RemoveWorker` + `DeleteNode`, once no worker is being provisioned;
 //! - a Node object without a container → `DeleteNode`; a managed container with no Node and no record
 //!   for longer than `max_node_provision_time` → `RemoveWorker` (an orphan). Workers the record is
 //!   creating are the NodeManager's to time out.
@@ -175,6 +177,33 @@ impl StateSynchronizer {
                     },
                     event,
                 );
+            }
+        }
+        // What a lost worker left behind: `docker kill` leaves an exited container and a NotReady Node
+        // (with k3s's node-password secret). The record keeps it Lost for good and a replacement takes its
+        // place, so nothing else would ever remove them. Once no worker is being provisioned (the
+        // replacement is in; the pods of the dead Node are not pushed out before), remove the container,
+        // then the Node and its secret.
+        if model.provisioning() == 0 {
+            for w in model.workers.values() {
+                if w.state != WorkerState::Lost || !docker.contains(w.name.as_str()) {
+                    continue; // a Node left alone is deleted below
+                }
+                differ += 1;
+                out.command(
+                    Command::RemoveWorker {
+                        node: w.name.clone(),
+                    },
+                    event,
+                );
+                if k8s.contains(w.name.as_str()) {
+                    out.command(
+                        Command::DeleteNode {
+                            node: w.name.clone(),
+                        },
+                        event,
+                    );
+                }
             }
         }
         // Node objects with no container that the record does not hold as live.

@@ -1102,3 +1102,42 @@ fn a_killed_worker_at_the_minimum_is_replaced_once_and_the_minimum_decision_is_s
     );
     assert_eq!(sim.model.current_workers(), 2);
 }
+
+#[test]
+fn a_lost_workers_exited_container_and_node_are_removed_once_its_replacement_is_in() {
+    let mut sim = Simulation::new(Policy::default(), t0()).with_workers(2);
+    // `docker kill`: the events watcher reports the loss; the exited container and the NotReady Node
+    // (with its node-password secret) stay behind.
+    sim.world.nodes.insert("k3s-worker-2".into(), false);
+    let last_seen = sim.now;
+    sim.observe(
+        "docker_events_watcher",
+        NodeUnexpectedlyLost {
+            node_name: "k3s-worker-2".into(),
+            last_seen,
+            cause: "container_killed".into(),
+        },
+    );
+    assert_eq!(commands(&sim, "create_worker"), ["k3s-worker-3"]);
+    // Not while the replacement is being provisioned: the dead Node's pods are not pushed out early.
+    sim.observe_cluster();
+    assert!(commands(&sim, "remove_worker").is_empty());
+    assert!(commands(&sim, "delete_node").is_empty());
+    sim.advance(Duration::from_secs(60));
+    assert_eq!(sim.model.current_workers(), 2);
+    sim.observe_cluster();
+    assert_eq!(commands(&sim, "remove_worker"), ["k3s-worker-2"]);
+    assert_eq!(commands(&sim, "delete_node"), ["k3s-worker-2"]);
+    sim.advance(Duration::from_secs(10));
+    assert!(!sim.world.containers.contains("k3s-worker-2"));
+    assert!(!sim.world.nodes.contains_key("k3s-worker-2"));
+    let last = sim.observe_cluster();
+    assert!(
+        events_of(&sim, "ClusterStateSynced")
+            .iter()
+            .any(|e| e.causation_id == Some(last.event_id)),
+        "the record agrees with the world again: {:?}",
+        sim.types()
+    );
+    assert_eq!(commands(&sim, "remove_worker"), ["k3s-worker-2"], "once");
+}
