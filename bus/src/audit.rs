@@ -99,7 +99,7 @@ impl DeadLetter {
                 .fields
                 .iter()
                 .rev()
-                .find(|(k, _)| k == name.as_bytes())
+                .find(|(k, _)| k.as_ref() == name.as_bytes())
                 .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
                 .unwrap_or_default()
         };

@@ -11,6 +11,7 @@ use crate::config::BusConfig;
 use crate::consumer::{Consumer, Stats};
 use crate::error::{BusError, Result};
 use crate::publisher::RedisPublisher;
+use crate::reader::StreamReader;
 
 /// Response timeout of non-blocking commands. redis-rs ≥ 1.0 defaults to 500 ms, which a busy server
 /// (or a large pipeline) can exceed without anything being wrong.
@@ -74,6 +75,11 @@ impl Bus {
     /// BLOCK, and a blocked read does not stall the shared connection's other commands.
     pub async fn blocking_connection(&self) -> Result<ConnectionManager> {
         manager(&self.client, self.config.block + BLOCK_MARGIN).await
+    }
+
+    /// A connection of its own for a consumer's blocking `XREADGROUP` (see [`crate::reader`]).
+    pub(crate) async fn stream_reader(&self) -> Result<StreamReader> {
+        StreamReader::connect(self.client.get_connection_info(), BLOCK_MARGIN).await
     }
 
     /// A publisher on the shared connection.

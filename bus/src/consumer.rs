@@ -31,6 +31,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::FutureExt;
 use rand::Rng;
 use redis::aio::ConnectionManager;
@@ -48,6 +49,7 @@ use crate::entry::{parse_autoclaim, parse_read, RawEntry, ReadEntry};
 use crate::envelope::format_timestamp;
 use crate::error::{BusError, Result};
 use crate::publisher::add_options;
+use crate::reader::StreamReader;
 use crate::Envelope;
 
 /// The fields a dead letter adds after the original ones.
@@ -583,8 +585,8 @@ struct ReadState {
     /// XAUTOCLAIM's cursor within the current claim round.
     claim_from: String,
     next_claim: Instant,
-    /// The blocking reader's connection, made on first use.
-    blocking: Option<ConnectionManager>,
+    /// The blocking reader's connection, made on first use and dropped after an error.
+    blocking: Option<StreamReader>,
     /// When the liveness heartbeat was last written.
     last_beat: Option<Instant>,
 }
@@ -704,28 +706,28 @@ async fn read_once(
         let counts = delivery_counts(ctx, &claimed).await?;
         with_counts(claimed, &counts)
     } else {
-        let mut reader = match &state.blocking {
-            Some(c) => c.clone(),
-            None => {
-                let c = bus.blocking_connection().await?;
-                state.blocking = Some(c.clone());
-                c
-            }
+        let reader = match &mut state.blocking {
+            Some(r) => r,
+            None => state.blocking.insert(bus.stream_reader().await?),
         };
         let until_claim = state.next_claim.saturating_duration_since(Instant::now());
-        let block_ms = cfg.block.min(until_claim).as_millis().max(1) as usize;
-        let v: Value = reader
-            .xread_options(
-                &[&cfg.stream],
-                &[">"],
-                &group_opts().count(want).block(block_ms),
+        let read = reader
+            .read_new(
+                &cfg.stream,
+                &ctx.group,
+                &ctx.consumer,
+                want,
+                cfg.block.min(until_claim),
             )
-            .await
-            .map_err(BusError::redis("XREADGROUP"))?;
-        parse_read("XREADGROUP", v)?
-            .into_iter()
-            .map(|e| (e, 1))
-            .collect()
+            .await;
+        match read {
+            Ok(entries) => entries.into_iter().map(|e| (e, 1)).collect(),
+            Err(e) => {
+                // The connection may be mid-reply: start over on a new one.
+                state.blocking = None;
+                return Err(e);
+            }
+        }
     };
 
     let mut first = Some(permit);
@@ -952,12 +954,15 @@ async fn publish_and_ack(ctx: &Ctx, id: &str, outputs: &[Envelope]) -> Result<()
 async fn dead_letter(
     ctx: &Ctx,
     id: &str,
-    fields: &[(Vec<u8>, Vec<u8>)],
+    fields: &[(Bytes, Bytes)],
     reason: &str,
     deliveries: u32,
     event_type: &str,
 ) {
-    let mut all: Vec<(Vec<u8>, Vec<u8>)> = fields.to_vec();
+    let mut all: Vec<(&[u8], &[u8])> = fields
+        .iter()
+        .map(|(k, v)| (k.as_ref(), v.as_ref()))
+        .collect();
     let added = [
         id.to_string(),
         ctx.group.clone(),
@@ -965,8 +970,8 @@ async fn dead_letter(
         deliveries.to_string(),
         format_timestamp(crate::envelope::now_millis()),
     ];
-    for (name, value) in DLQ_FIELDS.iter().zip(added) {
-        all.push((name.as_bytes().to_vec(), value.into_bytes()));
+    for (name, value) in DLQ_FIELDS.iter().zip(&added) {
+        all.push((name.as_bytes(), value.as_bytes()));
     }
     let mut pipe = redis::pipe();
     pipe.atomic()

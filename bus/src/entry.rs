@@ -4,6 +4,7 @@
 //! UTF-8 keys) so that field order and bytes survive exactly — a dead letter must carry the original
 //! fields, even those of a malformed entry — and so that one odd entry cannot make a whole read fail.
 
+use bytes::Bytes;
 use redis::Value;
 
 use crate::error::{BusError, Result};
@@ -15,7 +16,7 @@ pub struct RawEntry {
     /// The stream id, `<ms>-<seq>`.
     pub id: String,
     /// `(field, value)` pairs in the order they were written.
-    pub fields: Vec<(Vec<u8>, Vec<u8>)>,
+    pub fields: Vec<(Bytes, Bytes)>,
 }
 
 impl RawEntry {
@@ -23,8 +24,8 @@ impl RawEntry {
     pub fn get(&self, name: &str) -> Option<&[u8]> {
         self.fields
             .iter()
-            .find(|(k, _)| k == name.as_bytes())
-            .map(|(_, v)| v.as_slice())
+            .find(|(k, _)| k.as_ref() == name.as_bytes())
+            .map(|(_, v)| v.as_ref())
     }
 
     /// The first value of `name` as text (lossy).
@@ -51,7 +52,7 @@ impl RawEntry {
 #[derive(Debug, Clone)]
 pub(crate) struct ReadEntry {
     pub id: String,
-    pub fields: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+    pub fields: Option<Vec<(Bytes, Bytes)>>,
 }
 
 pub(crate) fn bytes(v: &Value) -> Option<Vec<u8>> {
@@ -70,10 +71,10 @@ pub(crate) fn string(v: &Value) -> Option<String> {
 }
 
 /// As [`bytes`], moving the buffer out instead of copying it (replies are parsed once).
-fn into_bytes(v: Value) -> Vec<u8> {
+fn into_bytes(v: Value) -> Bytes {
     match v {
-        Value::BulkString(b) => b,
-        other => bytes(&other).unwrap_or_default(),
+        Value::BulkString(b) => Bytes::from(b),
+        other => bytes(&other).map(Bytes::from).unwrap_or_default(),
     }
 }
 

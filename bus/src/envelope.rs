@@ -144,7 +144,7 @@ impl Envelope {
             ("event_type", self.event.event_type().to_string()),
             ("timestamp", format_timestamp(self.timestamp)),
             ("source", self.source.clone()),
-            ("data", self.event.data_json().to_string()),
+            ("data", self.event.data_string()),
             (
                 "metadata",
                 serde_json::to_string(&self.metadata).unwrap_or_else(|_| "{}".to_string()),

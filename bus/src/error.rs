@@ -13,6 +13,12 @@ pub enum BusError {
         #[source]
         source: redis::RedisError,
     },
+    /// Redis answered an error (on the consumer's own reader connection).
+    #[error("{op} failed: {message}")]
+    Server { op: &'static str, message: String },
+    /// The consumer's reader connection failed (connect, write, read, timeout).
+    #[error("{op} failed: {detail}")]
+    Io { op: &'static str, detail: String },
     /// Redis answered something this crate does not expect.
     #[error("unexpected reply to {op}: {detail}")]
     Reply { op: &'static str, detail: String },
@@ -34,6 +40,8 @@ impl BusError {
     pub fn code(&self) -> Option<&str> {
         match self {
             BusError::Redis { source, .. } | BusError::Connect(source) => source.code(),
+            // `NOGROUP No such key …`: the code is the first word, as Redis sends it.
+            BusError::Server { message, .. } => message.split_whitespace().next(),
             _ => None,
         }
     }
@@ -42,7 +50,9 @@ impl BusError {
     pub fn metric_label(&self) -> &'static str {
         match self {
             BusError::Connect(_) => "connect",
-            BusError::Redis { op, .. } => op,
+            BusError::Redis { op, .. } | BusError::Server { op, .. } | BusError::Io { op, .. } => {
+                op
+            }
             BusError::Reply { .. } => "reply",
             BusError::NoSuchEntry { .. } => "no_such_entry",
             BusError::NoSuchGroup { .. } => "no_such_group",

@@ -384,6 +384,14 @@ macro_rules! catalogue {
                 value.unwrap_or(serde_json::Value::Null)
             }
 
+            /// The data as JSON text, as the stream stores it (fields in declaration order).
+            pub fn data_string(&self) -> String {
+                let text = match self {
+                    $(Event::$name(d) => serde_json::to_string(d),)*
+                };
+                text.unwrap_or_else(|_| "null".to_string())
+            }
+
             /// Builds an event from its type name and JSON data, as stored on the stream.
             pub fn from_parts(event_type: &str, data: &str) -> Result<Self, crate::DecodeError> {
                 match event_type {

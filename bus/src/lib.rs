@@ -32,6 +32,8 @@ pub mod entry;
 pub mod error;
 #[cfg(feature = "redis")]
 pub mod publisher;
+#[cfg(feature = "redis")]
+mod reader;
 #[cfg(feature = "testing")]
 pub mod testing;
 

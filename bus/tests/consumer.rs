@@ -510,3 +510,52 @@ async fn an_output_with_an_event_id_already_published_is_not_published_again() {
         "both inputs are acked"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_reads_with_the_urls_password_and_database() {
+    let server = RedisServer::start();
+    let _: () = raw(
+        &server.url(),
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("requirepass")
+            .arg("s3cret"),
+    )
+    .await;
+    // Database 3, behind a password: the consumer's own reader connection must AUTH and SELECT.
+    let mut cfg = config(&server, "authed");
+    cfg.url = format!("redis://:s3cret@127.0.0.1:{}/3", server.port());
+    let bus = connect(cfg).await;
+    bus.publisher()
+        .publish_batch(&(0..5).map(numbered).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let seen = seen.clone();
+        handler_fn(move |_d: Delivery| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            async { Ok(Vec::new()) }
+        })
+    };
+    let (task, stats, stop) = spawn_consumer(&bus, handler, "G", "c1");
+    // Published after the consumer reached its blocking read, so the reader connection delivers them.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    bus.publisher()
+        .publish_batch(&(5..10).map(numbered).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(5), "all 10 handled", || async {
+        seen.load(Ordering::SeqCst) == 10
+    })
+    .await;
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    assert_eq!(stats.acks("G").acked, 10);
+    // The entries are in database 3, not 0.
+    let url3 = format!("redis://:s3cret@127.0.0.1:{}/3", server.port());
+    let url0 = format!("redis://:s3cret@127.0.0.1:{}/0", server.port());
+    let len3: usize = raw(&url3, redis::cmd("XLEN").arg("authed")).await;
+    let len0: usize = raw(&url0, redis::cmd("XLEN").arg("authed")).await;
+    assert_eq!((len3, len0), (10, 0));
+}
