@@ -1,0 +1,754 @@
+//! Crashes end to end (issue 7): `kill -9` of `autoscaler run` in the middle of a scale-up and of a
+//! scale-down, and of the leader of two replicas. Real Redis, real Docker containers running the lab's
+//! node agent, the lab cluster, and `autoscaler run` as real processes.
+//!
+//! After a crash the restarted process (same replica id, so the same consumer name: it first reads its
+//! own pending entries) must finish or repair the action: no duplicate, orphaned or half-removed
+//! worker, and every event acknowledged by every consumer group (or dead-lettered).
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bus::{Envelope, Event, Query};
+use tests::{find, trail, Lab, LabOptions};
+
+const STREAM: &str = "autoscaler_events";
+const HANDLERS: [&str; 5] = [
+    "MetricsListener",
+    "ScalingDecisionEngine",
+    "NodeManager",
+    "MinimumNodeEnforcer",
+    "StateSynchronizer",
+];
+
+/// A Deployment whose pods need a worker each (1 CPU worker template, 700m requests); the pods declare a
+/// tiny real load so the test machine is not burnt.
+fn deployment(name: &str, replicas: u32) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: {name}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+      annotations:
+        lab.k3s-autoscaler/cpu-usage: "5"
+        lab.k3s-autoscaler/memory-usage: "1048576"
+    spec:
+      containers:
+      - name: app
+        image: registry.invalid/app
+        resources:
+          requests: {{cpu: "700m", memory: "64Mi"}}
+"#
+    )
+}
+
+/// A small bare pod bound to `node`, labelled `app: guard` (a PDB below keeps it from being evicted).
+fn guard_pod(node: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: guard-{node}
+  labels: {{app: guard}}
+  annotations:
+    lab.k3s-autoscaler/cpu-usage: "1"
+    lab.k3s-autoscaler/memory-usage: "1048576"
+spec:
+  nodeName: {node}
+  containers:
+  - name: app
+    image: registry.invalid/guard
+    resources:
+      requests: {{cpu: "10m", memory: "16Mi"}}
+"#
+    )
+}
+
+/// No guard pod may be evicted while this exists.
+const GUARD_PDB: &str = r#"apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: guard
+spec:
+  maxUnavailable: 0
+  selector:
+    matchLabels: {app: guard}
+"#;
+
+/// Every decodable event, through one connection (fast enough to poll every few tens of ms).
+async fn events_of(bus: &bus::Bus) -> Vec<Envelope> {
+    bus.audit()
+        .query(&Query::default())
+        .await
+        .expect("XRANGE")
+        .iter()
+        .filter_map(|e| e.decode().ok())
+        .collect()
+}
+
+/// Waits until the minimum is restored and a later sync agrees on `workers` workers (after index `from`).
+async fn settled_at(lab: &Lab, from: usize, workers: u32, within: Duration) -> Vec<Envelope> {
+    lab.wait_for_events(
+        &format!("the cluster settled at {workers} workers"),
+        within,
+        |ev| {
+            find(ev, from, "ClusterStateSynced", |e| {
+                matches!(&e.event, Event::ClusterStateSynced(s) if s.db_workers == workers && s.k8s_nodes == workers && s.docker_containers == workers)
+            })
+            .is_some()
+        },
+    )
+    .await
+}
+
+/// This lab's managed worker containers, any state: name → state (`running`, `exited`, `created`, …).
+fn worker_containers(lab: &Lab) -> Vec<(String, String)> {
+    let out = Command::new("docker")
+        .args(["ps", "-a", "--filter"])
+        .arg(format!(
+            "label=k3s-autoscaler/cluster-id={}",
+            lab.cluster_id
+        ))
+        .args([
+            "--filter",
+            "label=k3s-autoscaler/managed-by=k3s-autoscaler",
+            "--format",
+            "{{.Names}} {{.State}}",
+        ])
+        .output()
+        .expect("docker ps");
+    let mut v: Vec<(String, String)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(n, s)| (n.to_string(), s.to_string()))
+        .collect();
+    v.sort();
+    v
+}
+
+/// A worker Node as the API server shows it.
+#[derive(Debug, Clone, PartialEq)]
+struct NodeView {
+    name: String,
+    ready: bool,
+    unschedulable: bool,
+}
+
+fn worker_nodes(lab: &Lab) -> Vec<NodeView> {
+    let out = lab.kubectl(&["get", "nodes", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("nodes as JSON");
+    let mut nodes: Vec<NodeView> = v["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|n| {
+            let name = n["metadata"]["name"].as_str()?.to_string();
+            if !name.starts_with(&lab.prefix) {
+                return None;
+            }
+            let ready = n["status"]["conditions"].as_array().is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            });
+            let unschedulable = n["spec"]["unschedulable"].as_bool().unwrap_or(false);
+            Some(NodeView {
+                name,
+                ready,
+                unschedulable,
+            })
+        })
+        .collect();
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    nodes
+}
+
+/// The nodes of this lab that have a `<node>.node-password.k3s` secret.
+fn node_password_secrets(lab: &Lab) -> BTreeSet<String> {
+    let out = lab.kubectl(&[
+        "get",
+        "secrets",
+        "-n",
+        "kube-system",
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ]);
+    out.split_whitespace()
+        .filter_map(|s| s.strip_suffix(".node-password.k3s"))
+        .filter(|n| n.starts_with(&lab.prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Docker, Kubernetes and k3s's secrets agree on exactly `workers` workers, all running, Ready and
+/// schedulable: no duplicate, orphaned or half-removed worker.
+fn world_consistent(lab: &Lab, workers: usize) -> Result<BTreeSet<String>, String> {
+    let containers = worker_containers(lab);
+    let nodes = worker_nodes(lab);
+    let secrets = node_password_secrets(lab);
+    let report = format!("containers {containers:?}\nnodes {nodes:?}\nsecrets {secrets:?}");
+    let names: BTreeSet<String> = containers.iter().map(|(n, _)| n.clone()).collect();
+    if names.len() != containers.len() {
+        return Err(format!("two containers for one name\n{report}"));
+    }
+    if let Some((n, s)) = containers.iter().find(|(_, s)| s != "running") {
+        return Err(format!(
+            "container {n} is {s} (left half-removed?)\n{report}"
+        ));
+    }
+    let node_names: BTreeSet<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    if names != node_names {
+        return Err(format!(
+            "containers and Nodes differ (orphans: containers without Node {:?}, Nodes without container {:?})\n{report}",
+            names.difference(&node_names).collect::<Vec<_>>(),
+            node_names.difference(&names).collect::<Vec<_>>()
+        ));
+    }
+    if secrets != node_names {
+        return Err(format!("node-password secrets and Nodes differ\n{report}"));
+    }
+    if let Some(n) = nodes.iter().find(|n| !n.ready || n.unschedulable) {
+        return Err(format!(
+            "node {} is not Ready and schedulable: {n:?}\n{report}",
+            n.name
+        ));
+    }
+    if names.len() != workers {
+        return Err(format!(
+            "{} workers, expected {workers}\n{report}",
+            names.len()
+        ));
+    }
+    Ok(names)
+}
+
+/// Polls until [`world_consistent`] holds, or panics with the last disagreement.
+async fn wait_consistent(lab: &Lab, workers: usize, within: Duration) -> BTreeSet<String> {
+    let deadline = Instant::now() + within;
+    loop {
+        match world_consistent(lab, workers) {
+            Ok(names) => return names,
+            Err(e) if Instant::now() > deadline => {
+                let events = lab.events().await;
+                panic!(
+                    "the world did not settle at {workers} consistent workers: {e}\n{}\n{}",
+                    trail(&events),
+                    lab.logs()
+                );
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+/// Waits until every consumer group has read every entry (lag 0) and acknowledged it (pending 0), then
+/// returns the dead letters (printed). Each group's snapshot proves that every event up to it was
+/// handled or dead-lettered by that group.
+async fn all_acked(lab: &Lab, within: Duration) -> Vec<bus::audit::DeadLetter> {
+    let bus = lab.bus().await;
+    let audit = bus.audit();
+    let deadline = Instant::now() + within;
+    loop {
+        let groups = audit.groups().await.expect("XINFO GROUPS");
+        let names: BTreeSet<&str> = groups.iter().map(|g| g.name.as_str()).collect();
+        let all_groups = HANDLERS.iter().all(|h| names.contains(h));
+        let done = groups.iter().all(|g| g.pending == 0 && g.lag == Some(0));
+        if all_groups && done {
+            for g in &groups {
+                println!(
+                    "group {:<22} pending {} lag {:?} last {}",
+                    g.name, g.pending, g.lag, g.last_delivered_id
+                );
+            }
+            break;
+        }
+        if Instant::now() > deadline {
+            let list: Vec<String> = groups
+                .iter()
+                .map(|g| {
+                    format!(
+                        "{} pending {} lag {:?} consumers {:?}",
+                        g.name, g.pending, g.lag, g.consumers
+                    )
+                })
+                .collect();
+            panic!(
+                "consumer groups did not catch up (pending 0, lag 0) within {within:?}:\n{}\n{}",
+                list.join("\n"),
+                lab.logs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let dlq = audit.dlq(1000).await.expect("XRANGE dlq");
+    for d in &dlq {
+        println!(
+            "DLQ {} original {} group {} deliveries {} error {}",
+            d.id, d.original_id, d.group, d.deliveries, d.error
+        );
+    }
+    dlq
+}
+
+/// The lines of a replica's log that say something went wrong (printed for the record).
+fn log_warnings(lab: &Lab, i: usize) -> Vec<String> {
+    std::fs::read_to_string(lab.dir.join(format!("replica-{i}.log")))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_kill_9_during_a_scale_up_is_finished_by_the_restarted_process() {
+    let mut lab = Lab::start(LabOptions {
+        // No scale-down while the test counts workers.
+        underutilized_for: Duration::from_secs(600),
+        ..LabOptions::default()
+    })
+    .await;
+    let started = Instant::now();
+    let from = settled_at(&lab, 0, 2, Duration::from_secs(90)).await.len();
+    let before = worker_containers(&lab);
+    assert_eq!(before.len(), 2, "{before:?}");
+
+    // Four pods of 700m on 1-CPU workers: two are pending, two more workers are needed.
+    lab.kubectl_apply(&deployment("web", 4));
+
+    // Kill as soon as the scale-up is under way: a new worker container exists (the executor is
+    // creating, and nothing of it may be on the stream yet) or its ScaleUpStarted is on the stream.
+    let bus = lab.bus().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (cause, at_kill) = loop {
+        let events = events_of(&bus).await;
+        let containers = worker_containers(&lab);
+        if containers.len() > before.len() {
+            break (format!("a new container {containers:?}"), events);
+        }
+        if find(&events, from, "ScaleUpStarted", |_| true).is_some() {
+            break ("ScaleUpStarted on the stream".to_string(), events);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no scale-up began\n{}\n{}",
+            trail(&events),
+            lab.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    lab.kill_replica(0);
+    let kill_index = at_kill.len();
+    let seen: Vec<&str> = at_kill
+        .iter()
+        .skip(from)
+        .map(|e| e.event_type())
+        .filter(|t| {
+            matches!(
+                *t,
+                "ScaleUpDecision" | "ScaleUpStarted" | "NodeCreated" | "NodeReady"
+            )
+        })
+        .collect();
+    println!("killed replica-0 on {cause}; on the stream then: {seen:?}");
+    println!(
+        "containers right after the kill: {:?}",
+        worker_containers(&lab)
+    );
+    let ready_before_kill = find(&at_kill, from, "ScaleUpDecision", |_| true)
+        .and_then(|(d, _)| find(&at_kill, d, "NodeReady", |_| true));
+    assert!(
+        ready_before_kill.is_none(),
+        "the kill came too late: a new worker was already Ready\n{}",
+        trail(&at_kill)
+    );
+
+    lab.spawn_replica(0, false);
+
+    // The restarted process finishes the scale-up: four workers, no more, each with its Node.
+    let events = lab
+        .wait_for_events(
+            "the scale-up to complete after the restart",
+            Duration::from_secs(120),
+            |ev| {
+                find(
+                    ev,
+                    from,
+                    "ScalingActionCompleted",
+                    |e| matches!(&e.event, Event::ScalingActionCompleted(c) if c.new_workers == 4),
+                )
+                .is_some()
+            },
+        )
+        .await;
+    let names = wait_consistent(&lab, 4, Duration::from_secs(60)).await;
+    println!("workers after the restart: {names:?}");
+    settled_at(&lab, kill_index, 4, Duration::from_secs(60)).await;
+
+    // One scale-up to the target, however often the decision was handled.
+    let starts: Vec<(u32, Vec<String>)> = events
+        .iter()
+        .skip(from)
+        .filter_map(|e| match &e.event {
+            Event::ScaleUpStarted(s) => Some((s.target_workers, s.nodes.clone())),
+            _ => None,
+        })
+        .collect();
+    println!("ScaleUpStarted: {starts:?}");
+    let created: BTreeSet<String> = starts.iter().flat_map(|(_, n)| n.clone()).collect();
+    let new: BTreeSet<String> = names
+        .iter()
+        .filter(|n| !before.iter().any(|(b, _)| b == *n))
+        .cloned()
+        .collect();
+    assert!(
+        new.is_subset(&created),
+        "every new worker was named by a ScaleUpStarted: new {new:?}, named {created:?}\n{}",
+        trail(&events)
+    );
+
+    // And the pods run.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = lab.kubectl(&[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={.items[*].status.phase}",
+        ]);
+        if out.split_whitespace().filter(|p| *p == "Running").count() == 4 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pods not all Running: {out}\n{}",
+            lab.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    let dlq = all_acked(&lab, Duration::from_secs(30)).await;
+    assert!(
+        dlq.is_empty(),
+        "a crash must not dead-letter events: {} dead letters",
+        dlq.len()
+    );
+    // Still four a little later: nothing left to repair, no late duplicate.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    world_consistent(&lab, 4).unwrap_or_else(|e| panic!("{e}"));
+    for w in log_warnings(&lab, 0) {
+        println!("log: {w}");
+    }
+    println!("scale-up crash test took {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_kill_9_during_a_scale_down_drain_leaves_no_half_removed_worker() {
+    scale_down_crash(KillAt::Drain).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_kill_9_right_after_a_scale_down_decision_leaves_no_half_removed_worker() {
+    scale_down_crash(KillAt::Decision).await;
+}
+
+/// Where a scale-down is hit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum KillAt {
+    /// As soon as the `ScaleDownDecision` is on the stream: the NodeManager is about to act or acting
+    /// (cordon, drain and removal of an empty node take a moment only, so the exact step varies).
+    Decision,
+    /// In the middle of the drain: a PodDisruptionBudget holds it (up to the 30 s drain timeout).
+    Drain,
+}
+
+async fn scale_down_crash(kill_at: KillAt) {
+    let mut lab = Lab::start(LabOptions::default()).await;
+    let started = Instant::now();
+    settled_at(&lab, 0, 2, Duration::from_secs(90)).await;
+
+    // Above the minimum: three pods of 700m need three 1-CPU workers.
+    lab.kubectl_apply(&deployment("web", 3));
+    let events = lab
+        .wait_for_events("the scale-up to three", Duration::from_secs(90), |ev| {
+            find(
+                ev,
+                0,
+                "ScalingActionCompleted",
+                |e| matches!(&e.event, Event::ScalingActionCompleted(c) if c.new_workers == 3),
+            )
+            .is_some()
+        })
+        .await;
+    let workers = wait_consistent(&lab, 3, Duration::from_secs(60)).await;
+
+    // Remove the load. For a crash mid-drain, leave on every worker a small pod that a
+    // PodDisruptionBudget keeps from being evicted: the drain of the chosen worker then waits.
+    if kill_at == KillAt::Drain {
+        lab.kubectl_apply(GUARD_PDB);
+        for w in &workers {
+            lab.kubectl_apply(&guard_pod(w));
+        }
+    }
+    let from = events.len();
+    lab.kubectl(&["delete", "deployment", "web"]);
+
+    let bus = lab.bus().await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let wanted = match kill_at {
+        KillAt::Decision => "ScaleDownDecision",
+        KillAt::Drain => "NodeCordoned",
+    };
+    let (victim, at_kill) = loop {
+        let events = events_of(&bus).await;
+        if let Some((_, e)) = find(&events, from, wanted, |_| true) {
+            let victim = match &e.event {
+                Event::ScaleDownDecision(d) => d.nodes.first().cloned().unwrap_or_default(),
+                other => other.node_name().unwrap_or_default().to_string(),
+            };
+            break (victim, events);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no scale-down began\n{}\n{}",
+            trail(&events),
+            lab.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let at_kill = if kill_at == KillAt::Drain {
+        // Let the drain meet the budget once, then crash in the middle of it.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let events = events_of(&bus).await;
+        assert!(
+            find(&events, from, "NodeDrained", |_| true).is_none()
+                && find(&events, from, "ScalingActionFailed", |_| true).is_none(),
+            "the drain should still be blocked\n{}",
+            trail(&events)
+        );
+        events
+    } else {
+        at_kill
+    };
+    lab.kill_replica(0);
+    let kill_index = at_kill.len();
+    let victim_node = worker_nodes(&lab).into_iter().find(|n| n.name == victim);
+    let victim_container = worker_containers(&lab)
+        .into_iter()
+        .find(|(n, _)| *n == victim);
+    let seen: Vec<&str> = at_kill
+        .iter()
+        .skip(from)
+        .map(|e| e.event_type())
+        .filter(|t| t.starts_with("ScaleDown") || t.starts_with("Node"))
+        .collect();
+    println!(
+        "killed replica-0 ({kill_at:?}) during the removal of {victim}: on the stream then {seen:?}; \
+         right after the kill its Node {victim_node:?}, its container {victim_container:?}"
+    );
+    if kill_at == KillAt::Drain {
+        assert!(
+            victim_node.is_some_and(|n| n.unschedulable),
+            "{victim} is cordoned when the process dies\n{}",
+            trail(&at_kill)
+        );
+        assert!(
+            victim_container.is_some(),
+            "its container still exists when the process dies"
+        );
+        // An operator lifts the budget while the autoscaler is down.
+        lab.kubectl(&["delete", "pdb", "guard"]);
+    }
+    lab.spawn_replica(0, false);
+
+    // Fully removed: drained, container and Node (and its secret) gone, the action completed.
+    let events = lab
+        .wait_for_events(
+            "the scale-down to complete after the restart",
+            Duration::from_secs(90),
+            |ev| {
+                find(ev, from, "ScalingActionCompleted", |e| {
+                    matches!(&e.event, Event::ScalingActionCompleted(c) if c.nodes.contains(&victim))
+                })
+                .is_some()
+            },
+        )
+        .await;
+    let (r, _) = find(&events, from, "NodeRemoved", |e| {
+        e.event.node_name() == Some(victim.as_str())
+    })
+    .unwrap_or_else(|| panic!("NodeRemoved for {victim}\n{}", trail(&events)));
+    assert!(
+        find(&events, from, "NodeDrained", |e| {
+            e.event.node_name() == Some(victim.as_str())
+        })
+        .is_some_and(|(d, _)| d < r),
+        "drained before removed\n{}",
+        trail(&events)
+    );
+    if kill_at == KillAt::Drain {
+        assert!(r >= kill_index, "removed after the restart");
+    }
+    let names = wait_consistent(&lab, 2, Duration::from_secs(60)).await;
+    assert!(!names.contains(&victim));
+    let survivors: BTreeSet<String> = workers.iter().filter(|w| **w != victim).cloned().collect();
+    assert_eq!(
+        names, survivors,
+        "the other two workers are kept, and no new one"
+    );
+    settled_at(&lab, r, 2, Duration::from_secs(60)).await;
+    if kill_at == KillAt::Drain {
+        let guards = lab.kubectl(&[
+            "get",
+            "pods",
+            "-l",
+            "app=guard",
+            "-o",
+            "jsonpath={.items[*].spec.nodeName}",
+        ]);
+        assert!(
+            !guards.split_whitespace().any(|n| n == victim),
+            "the victim's pod was evicted: {guards}"
+        );
+    }
+
+    let dlq = all_acked(&lab, Duration::from_secs(30)).await;
+    assert!(
+        dlq.is_empty(),
+        "a crash must not dead-letter events: {} dead letters",
+        dlq.len()
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    world_consistent(&lab, 2).unwrap_or_else(|e| panic!("{e}"));
+    for w in log_warnings(&lab, 0) {
+        println!("log: {w}");
+    }
+    println!(
+        "scale-down crash test ({kill_at:?}) took {:?}",
+        started.elapsed()
+    );
+}
+
+/// The holder of the lease (`replica-<i>|<token>`), if any.
+async fn leader(bus: &bus::Bus) -> Option<(String, u64)> {
+    let mut conn = bus.connection();
+    let holder = autoscaler::leader::current_holder(&mut conn, STREAM)
+        .await
+        .expect("GET the lease")?;
+    let (replica, token) = holder.split_once('|')?;
+    Some((replica.to_string(), token.parse().ok()?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_kill_9_of_the_leader_hands_over_within_the_lease_ttl() {
+    /// `leader.lease_ttl` of the harness's configuration.
+    const LEASE_TTL: Duration = Duration::from_secs(3);
+    let mut lab = Lab::start(LabOptions {
+        replicas: 2,
+        ..LabOptions::default()
+    })
+    .await;
+    let started = Instant::now();
+    let text = std::fs::read_to_string(&lab.config).expect("config");
+    assert!(
+        text.contains(&format!("lease_ttl: {}s", LEASE_TTL.as_secs())),
+        "the harness's lease TTL changed: {text}"
+    );
+    let events = settled_at(&lab, 0, 2, Duration::from_secs(90)).await;
+    let bus = lab.bus().await;
+    let (old, old_token) = leader(&bus).await.expect("a leader");
+    let old_index: usize = old
+        .strip_prefix("replica-")
+        .and_then(|i| i.parse().ok())
+        .expect("replica-<i>");
+    let other = format!("replica-{}", 1 - old_index);
+    println!("leader: {old} (token {old_token}); killing it");
+
+    lab.kill_replica(old_index);
+    let killed = Instant::now();
+    let (new, new_token, takeover) = loop {
+        if let Some((r, t)) = leader(&bus).await {
+            if r != old {
+                break (r, t, killed.elapsed());
+            }
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "nobody took over the lease\n{}",
+            lab.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    println!("TAKEOVER: {new} leads (token {new_token}) {takeover:?} after the kill -9 of {old}");
+    assert_eq!(new, other);
+    assert!(new_token > old_token, "a new fencing token");
+    // The dead leader renewed at most a renew period (ttl/3) before dying, so its lease expires within
+    // the TTL; the other replica tries every ttl/3; allow half a second for scheduling on a busy machine.
+    assert!(
+        takeover <= LEASE_TTL + LEASE_TTL / 3 + Duration::from_millis(500),
+        "takeover took {takeover:?}, lease TTL {LEASE_TTL:?}"
+    );
+
+    // Observations continue on the new leader: a worker killed at the minimum is noticed and replaced.
+    let victim = wait_consistent(&lab, 2, Duration::from_secs(30))
+        .await
+        .into_iter()
+        .next()
+        .expect("a worker");
+    let before = lab.events().await.len().max(events.len());
+    let out = Command::new("docker")
+        .args(["kill", &victim])
+        .output()
+        .expect("docker kill");
+    assert!(out.status.success());
+    let killed_worker = Instant::now();
+    let events = lab
+        .wait_for_events(
+            "the killed worker to be replaced by the new leader",
+            Duration::from_secs(90),
+            |ev| {
+                find(ev, before, "NodeUnexpectedlyLost", |e| {
+                    e.event.node_name() == Some(victim.as_str())
+                })
+                .and_then(|(l, _)| find(ev, l, "MinimumNodesRestored", |_| true))
+                .is_some()
+            },
+        )
+        .await;
+    println!(
+        "the lost worker {victim} was replaced {:?} after its docker kill",
+        killed_worker.elapsed()
+    );
+    let (_, lost) = find(&events, before, "NodeUnexpectedlyLost", |e| {
+        e.event.node_name() == Some(victim.as_str())
+    })
+    .expect("lost");
+    println!(
+        "NodeUnexpectedlyLost from {} with metadata {:?}",
+        lost.source,
+        serde_json::to_value(&lost.metadata).ok()
+    );
+    let names = wait_consistent(&lab, 2, Duration::from_secs(60)).await;
+    assert!(!names.contains(&victim), "{names:?}");
+
+    // The old leader comes back as a follower: the lease stays where it is.
+    lab.spawn_replica(old_index, false);
+    tokio::time::sleep(LEASE_TTL + Duration::from_secs(1)).await;
+    let (holder, token) = leader(&bus).await.expect("a leader");
+    assert_eq!(
+        (holder.as_str(), token),
+        (new.as_str(), new_token),
+        "the restarted replica does not take the lease back"
+    );
+    println!("leader takeover test took {:?}", started.elapsed());
+}
