@@ -738,6 +738,24 @@ async fn e2e_kill_9_of_the_leader_hands_over_within_the_lease_ttl() {
         lost.source,
         serde_json::to_value(&lost.metadata).ok()
     );
+    // Observations carry the fencing token of the tenure that made them.
+    let token_of = |e: &Envelope| {
+        e.metadata
+            .extra
+            .get("leader_token")
+            .and_then(|t| t.as_u64())
+    };
+    assert_eq!(
+        token_of(lost),
+        Some(new_token),
+        "the loss was observed in the new tenure"
+    );
+    let (_, first_obs) = find(&events, 0, "MetricsSampled", |_| true).expect("a sample");
+    assert_eq!(
+        token_of(first_obs),
+        Some(old_token),
+        "the first tenure's token"
+    );
     let names = wait_consistent(&lab, 2, Duration::from_secs(60)).await;
     assert!(!names.contains(&victim), "{names:?}");
 

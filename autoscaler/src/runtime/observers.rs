@@ -37,36 +37,51 @@ pub struct Observers {
     pub tx: mpsc::Sender<Envelope>,
 }
 
+/// The `metadata` key of the fencing token every observation carries: which leader's tenure published
+/// it, so a stale leader's late writes can be told apart in the audit trail (handlers' outputs inherit
+/// their cause's metadata, so a chain carries the token of the tenure that observed its root).
+pub const LEADER_TOKEN_KEY: &str = "leader_token";
+
 /// Starts the observers whenever this replica leads and stops them when it does not, until `stop`.
 pub async fn supervise(
     observers: Observers,
     mut leadership: watch::Receiver<Leadership>,
     stop: CancellationToken,
 ) {
-    let mut running: Option<CancellationToken> = None;
+    // The observers of the current tenure, with its fencing token.
+    let mut running: Option<(CancellationToken, u64)> = None;
     loop {
-        let leading = leadership.borrow_and_update().leader;
-        match (leading, running.is_some()) {
-            (true, false) => {
-                tracing::info!("leader: starting watchers and pollers");
-                let token = stop.child_token();
-                observers.clone().spawn_all(token.clone());
-                running = Some(token);
+        let now = *leadership.borrow_and_update();
+        // A new tenure (another token) restarts the observers, so what they publish carries its token.
+        if running
+            .as_ref()
+            .is_some_and(|(_, t)| !now.leader || *t != now.token)
+        {
+            tracing::info!("not leader (or a new tenure): stopping watchers and pollers");
+            if let Some((t, _)) = running.take() {
+                t.cancel();
             }
-            (false, true) => {
-                tracing::info!("not leader: stopping watchers and pollers");
-                if let Some(t) = running.take() {
-                    t.cancel();
-                }
-            }
-            _ => {}
+        }
+        if now.leader && running.is_none() {
+            tracing::info!(
+                fencing_token = now.token,
+                "leader: starting watchers and pollers"
+            );
+            let token = stop.child_token();
+            let mut tenure = observers.clone();
+            tenure.metadata.extra.insert(
+                LEADER_TOKEN_KEY.to_string(),
+                serde_json::Value::from(now.token),
+            );
+            tenure.spawn_all(token.clone());
+            running = Some((token, now.token));
         }
         tokio::select! {
             _ = stop.cancelled() => break,
             changed = leadership.changed() => if changed.is_err() { break },
         }
     }
-    if let Some(t) = running {
+    if let Some((t, _)) = running {
         t.cancel();
     }
 }
