@@ -3,9 +3,15 @@
 //! A pod counts as pending when its `PodScheduled` condition is `False` with reason `Unschedulable` (the
 //! scheduler tried and found no node), it is not bound and not being deleted. Pods are aggregated:
 //!
-//! - a batch opens with the first new pending pod and closes `pending_batch_idle` after the last new one,
-//!   or `pending_batch_max` after the first, whichever comes first; then one `PendingPodsDetected` lists
-//!   every pod still pending (count, seconds the oldest has waited, their Deployments, their requests);
+//! - the first new pending pod is reported at once (the leading edge: a lone pod, the common case, gets
+//!   its worker requested without waiting out a window), and opens a batch;
+//! - the batch closes `pending_batch_idle` after the last new pod, or `pending_batch_max` after the
+//!   first, whichever comes first; then, if pods joined after the leading report, one more
+//!   `PendingPodsDetected` lists every pod still pending (count, seconds the oldest has waited, their
+//!   Deployments, their requests). The decision engine counts workers already being created as capacity,
+//!   so the pod of the leading report is not provided for twice;
+//! - during a (re-)list the leading report waits for the list to complete, so a watcher that starts
+//!   amid many pending pods reports them together;
 //! - while pods stay pending with nothing new, the event is repeated every `reemit` (default
 //!   `pending_batch_max`), so one lost or ignored event does not strand them;
 //! - when the pending set empties after a non-empty report, one `PendingPodsDetected {pending_count: 0}`
@@ -194,6 +200,10 @@ impl BatchWindows {
 struct Batch {
     first: Instant,
     last: Instant,
+    /// The leading report (of the pod that opened the batch) has been made.
+    led: bool,
+    /// Pods joined after the last report of this batch.
+    unreported: bool,
 }
 
 /// The pure batching of pending pods; see the module doc.
@@ -231,11 +241,16 @@ impl PendingBatcher {
         self.pods.insert(entry.uid.clone(), entry);
         if is_new {
             match self.batch.as_mut() {
-                Some(b) => b.last = now,
+                Some(b) => {
+                    b.last = now;
+                    b.unreported = true;
+                }
                 None => {
                     self.batch = Some(Batch {
                         first: now,
                         last: now,
+                        led: false,
+                        unreported: true,
                     })
                 }
             }
@@ -269,12 +284,22 @@ impl PendingBatcher {
 
     /// The report due at `now`, if any; `wall` is the wall-clock time for `waiting_time`.
     pub fn poll(&mut self, now: Instant, wall: DateTime<Utc>) -> Option<PendingPodsDetected> {
-        if let Some(b) = self.batch {
+        if let Some(b) = self.batch.as_mut() {
+            if !b.led && self.relisting.is_none() {
+                b.led = true;
+                b.unreported = false;
+                return self.report(now, wall);
+            }
             if now < b.last + self.windows.idle && now < b.first + self.windows.max {
                 return None;
             }
+            let unreported = b.unreported;
             self.batch = None;
-            return self.report(now, wall);
+            return if unreported {
+                self.report(now, wall)
+            } else {
+                None
+            };
         }
         if self.pods.is_empty() {
             return if self.reported_nonempty {
@@ -292,6 +317,9 @@ impl PendingBatcher {
     /// When `poll` may next have something to say, if nothing else happens.
     pub fn next_due(&self) -> Option<Instant> {
         if let Some(b) = self.batch {
+            if !b.led && self.relisting.is_none() {
+                return Some(b.first);
+            }
             return Some((b.last + self.windows.idle).min(b.first + self.windows.max));
         }
         if self.pods.is_empty() {
@@ -512,6 +540,9 @@ mod tests {
         let wall = Utc::now();
         let mut b = PendingBatcher::new(windows());
         b.pending(entry("a", Some("web"), wall), t0);
+        // The leading edge: the first pod is reported at once.
+        assert_eq!(b.next_due(), Some(t0));
+        assert_eq!(b.poll(t0, wall).map(|r| r.pending_count), Some(1));
         assert!(b.poll(t0, wall).is_none());
         b.pending(
             entry("b", Some("web"), wall),
@@ -539,8 +570,11 @@ mod tests {
         for i in 0..20u64 {
             let now = t0 + Duration::from_millis(500 * i);
             b.pending(entry(&i.to_string(), None, wall), now);
-            if now < t0 + Duration::from_secs(10) {
-                assert!(b.poll(now, wall).is_none(), "at {i}");
+            let report = b.poll(now, wall);
+            if i == 0 {
+                assert_eq!(report.map(|r| r.pending_count), Some(1), "leading edge");
+            } else if now < t0 + Duration::from_secs(10) {
+                assert!(report.is_none(), "at {i}");
             }
         }
         let r = b.poll(t0 + Duration::from_secs(10), wall).unwrap();
@@ -554,13 +588,16 @@ mod tests {
         let wall = Utc::now();
         let mut b = PendingBatcher::new(windows());
         b.pending(entry("a", Some("web"), wall), t0);
-        assert!(b.poll(t0 + Duration::from_secs(1), wall).is_some());
+        assert!(b.poll(t0, wall).is_some());
+        // Nothing joined after the leading report: the batch closes without another.
+        assert!(b.poll(t0 + Duration::from_secs(1), wall).is_none());
         // The same pod updated: no new batch.
         b.pending(entry("a", Some("web"), wall), t0 + Duration::from_secs(2));
         assert!(b.poll(t0 + Duration::from_secs(3), wall).is_none());
-        assert_eq!(b.next_due(), Some(t0 + Duration::from_secs(11)));
+        // Repeated `reemit` after the last report, the leading one.
+        assert_eq!(b.next_due(), Some(t0 + Duration::from_secs(10)));
         assert_eq!(
-            b.poll(t0 + Duration::from_secs(11), wall)
+            b.poll(t0 + Duration::from_secs(10), wall)
                 .unwrap()
                 .pending_count,
             1
@@ -581,6 +618,19 @@ mod tests {
         b.pending(entry("a", None, wall), t0);
         b.not_pending("a");
         assert!(b.poll(t0 + Duration::from_secs(5), wall).is_none());
+    }
+
+    #[test]
+    fn a_watcher_starting_amid_pending_pods_reports_the_whole_list_at_once() {
+        let t0 = Instant::now();
+        let wall = Utc::now();
+        let mut b = PendingBatcher::new(windows());
+        b.relist_started();
+        b.pending(entry("a", None, wall), t0);
+        assert!(b.poll(t0, wall).is_none(), "no leading report mid-list");
+        b.pending(entry("b", None, wall), t0);
+        b.relist_done();
+        assert_eq!(b.poll(t0, wall).map(|r| r.pending_count), Some(2));
     }
 
     #[test]
