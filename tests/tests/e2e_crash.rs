@@ -768,5 +768,8 @@ async fn e2e_kill_9_of_the_leader_hands_over_within_the_lease_ttl() {
         (new.as_str(), new_token),
         "the restarted replica does not take the lease back"
     );
+    // The restarted replica (same consumer name) drains what it had pending when it was killed.
+    let dlq = all_acked(&lab, Duration::from_secs(30)).await;
+    assert!(dlq.is_empty(), "{} dead letters", dlq.len());
     println!("leader takeover test took {:?}", started.elapsed());
 }
