@@ -298,6 +298,27 @@ async fn all_acked(lab: &Lab, within: Duration) -> Vec<bus::audit::DeadLetter> {
     dlq
 }
 
+/// The event types after index `from`, in order, samples left out (printed for the record).
+fn chain(events: &[Envelope], from: usize) -> String {
+    events
+        .iter()
+        .skip(from)
+        .map(|e| e.event_type())
+        .filter(|t| *t != "MetricsSampled")
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// No worker was reported lost after index `from`: our own actions, finished after a crash, are not
+/// losses.
+fn assert_no_loss(events: &[Envelope], from: usize) {
+    assert!(
+        find(events, from, "NodeUnexpectedlyLost", |_| true).is_none(),
+        "a worker was reported lost\n{}",
+        trail(&events[from..])
+    );
+}
+
 /// The lines of a replica's log that say something went wrong (printed for the record).
 fn log_warnings(lab: &Lab, i: usize) -> Vec<String> {
     std::fs::read_to_string(lab.dir.join(format!("replica-{i}.log")))
@@ -437,6 +458,9 @@ async fn e2e_kill_9_during_a_scale_up_is_finished_by_the_restarted_process() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
+    let events = lab.events().await;
+    println!("after the settling: {}", chain(&events, from));
+    assert_no_loss(&events, from);
     let dlq = all_acked(&lab, Duration::from_secs(30)).await;
     assert!(
         dlq.is_empty(),
@@ -622,6 +646,9 @@ async fn scale_down_crash(kill_at: KillAt) {
         );
     }
 
+    let events = lab.events().await;
+    println!("after the load went: {}", chain(&events, from));
+    assert_no_loss(&events, from);
     let dlq = all_acked(&lab, Duration::from_secs(30)).await;
     assert!(
         dlq.is_empty(),
