@@ -486,14 +486,24 @@ async fn e2e_kill_9_right_after_a_scale_down_decision_leaves_no_half_removed_wor
     scale_down_crash(KillAt::Decision).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_kill_9_during_a_drain_that_cannot_finish_puts_the_worker_back_in_service() {
+    scale_down_crash(KillAt::DrainKept).await;
+}
+
 /// Where a scale-down is hit.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum KillAt {
     /// As soon as the `ScaleDownDecision` is on the stream: the NodeManager is about to act or acting
     /// (cordon, drain and removal of an empty node take a moment only, so the exact step varies).
     Decision,
-    /// In the middle of the drain: a PodDisruptionBudget holds it (up to the 30 s drain timeout).
+    /// In the middle of the drain: a PodDisruptionBudget holds it (up to the 30 s drain timeout). The
+    /// budget is lifted before the restart, so the worker is then removed.
     Drain,
+    /// As `Drain`, but the budget stays: the restarted process's drain times out and the worker must be
+    /// put back into service (uncordoned, kept), not left cordoned. It restarts with a 5 s drain timeout
+    /// and no further scale-down (`underutilized_for: 600s`), so the end state holds still.
+    DrainKept,
 }
 
 async fn scale_down_crash(kill_at: KillAt) {
@@ -518,7 +528,8 @@ async fn scale_down_crash(kill_at: KillAt) {
 
     // Remove the load. For a crash mid-drain, leave on every worker a small pod that a
     // PodDisruptionBudget keeps from being evicted: the drain of the chosen worker then waits.
-    if kill_at == KillAt::Drain {
+    let guarded = matches!(kill_at, KillAt::Drain | KillAt::DrainKept);
+    if guarded {
         lab.kubectl_apply(GUARD_PDB);
         for w in &workers {
             lab.kubectl_apply(&guard_pod(w));
@@ -531,7 +542,7 @@ async fn scale_down_crash(kill_at: KillAt) {
     let deadline = Instant::now() + Duration::from_secs(90);
     let wanted = match kill_at {
         KillAt::Decision => "ScaleDownDecision",
-        KillAt::Drain => "NodeCordoned",
+        KillAt::Drain | KillAt::DrainKept => "NodeCordoned",
     };
     let (victim, at_kill) = loop {
         let events = events_of(&bus).await;
@@ -550,7 +561,7 @@ async fn scale_down_crash(kill_at: KillAt) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let at_kill = if kill_at == KillAt::Drain {
+    let at_kill = if guarded {
         // Let the drain meet the budget once, then crash in the middle of it.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let events = events_of(&bus).await;
@@ -580,7 +591,7 @@ async fn scale_down_crash(kill_at: KillAt) {
         "killed replica-0 ({kill_at:?}) during the removal of {victim}: on the stream then {seen:?}; \
          right after the kill its Node {victim_node:?}, its container {victim_container:?}"
     );
-    if kill_at == KillAt::Drain {
+    if guarded {
         assert!(
             victim_node.is_some_and(|n| n.unschedulable),
             "{victim} is cordoned when the process dies\n{}",
@@ -590,10 +601,81 @@ async fn scale_down_crash(kill_at: KillAt) {
             victim_container.is_some(),
             "its container still exists when the process dies"
         );
+    }
+    if kill_at == KillAt::Drain {
         // An operator lifts the budget while the autoscaler is down.
         lab.kubectl(&["delete", "pdb", "guard"]);
     }
+    if kill_at == KillAt::DrainKept {
+        let config = std::fs::read_to_string(&lab.config).expect("config");
+        assert!(config.contains("drain_timeout: 30s") && config.contains("underutilized_for: 6s"));
+        let config = config
+            .replace("drain_timeout: 30s", "drain_timeout: 5s")
+            .replace("underutilized_for: 6s", "underutilized_for: 600s");
+        std::fs::write(&lab.config, config).expect("config");
+    }
     lab.spawn_replica(0, false);
+
+    if kill_at == KillAt::DrainKept {
+        // Kept: the drain fails on the budget, the node is uncordoned, the blocked reason says why.
+        let events = lab
+            .wait_for_events(
+                "the scale-down to be called off after the restart",
+                Duration::from_secs(60),
+                |ev| {
+                    find(ev, kill_index, "ScaleDownBlocked", |e| {
+                        matches!(&e.event, Event::ScaleDownBlocked(b) if b.node_name.as_deref() == Some(victim.as_str()))
+                    })
+                    .is_some()
+                },
+            )
+            .await;
+        let (_, blocked) = find(&events, kill_index, "ScaleDownBlocked", |e| {
+            matches!(&e.event, Event::ScaleDownBlocked(b) if b.node_name.as_deref() == Some(victim.as_str()))
+        })
+        .expect("blocked");
+        let Event::ScaleDownBlocked(b) = &blocked.event else {
+            unreachable!()
+        };
+        assert_eq!(b.reason, "pdb", "{b:?}");
+        assert!(
+            find(&events, from, "NodeRemoved", |e| e.event.node_name()
+                == Some(victim.as_str()))
+            .is_none(),
+            "{}",
+            trail(&events)
+        );
+        let names = wait_consistent(&lab, 3, Duration::from_secs(30)).await;
+        assert_eq!(names, workers, "the same three workers, all in service");
+        let guards = lab.kubectl(&[
+            "get",
+            "pods",
+            "-l",
+            "app=guard",
+            "-o",
+            "jsonpath={.items[*].spec.nodeName}",
+        ]);
+        assert!(
+            guards.split_whitespace().any(|n| n == victim),
+            "the victim's pod is still there: {guards}"
+        );
+        let events = lab.events().await;
+        println!("after the load went: {}", chain(&events, from));
+        assert_no_loss(&events, from);
+        let dlq = all_acked(&lab, Duration::from_secs(30)).await;
+        assert!(
+            dlq.is_empty(),
+            "a crash must not dead-letter events: {} dead letters",
+            dlq.len()
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        world_consistent(&lab, 3).unwrap_or_else(|e| panic!("{e}"));
+        println!(
+            "scale-down crash test ({kill_at:?}) took {:?}",
+            started.elapsed()
+        );
+        return;
+    }
 
     // Fully removed: drained, container and Node (and its secret) gone, the action completed.
     let events = lab
