@@ -3,6 +3,12 @@
 //! For each delivery: fold the stream up to and including the delivered entry, decide (pure), carry
 //! out the decision's commands through the world's adapters (unless this is a dry run), and return the
 //! decision's events plus the executor's facts — which the bus publishes atomically with the ack.
+//!
+//! A decision with commands is published *before* they run (creating or draining a worker takes
+//! seconds): other handlers then see e.g. `ScaleUpStarted`'s workers as being created instead of
+//! deciding the same thing again meanwhile. It is published under the key the ack script uses for its
+//! outputs (`event:<id>`, ids are deterministic), so returning it again with the facts, or deciding it
+//! again after a crash, writes it once.
 
 use std::sync::Arc;
 
@@ -29,6 +35,8 @@ pub struct Decider {
     pub projection: Mutex<Projection<Model>>,
     /// `None` in a dry run.
     pub world: Option<Arc<World>>,
+    /// Publishes decisions ahead of their commands.
+    pub publisher: bus::RedisPublisher,
     pub metrics: Arc<Metrics>,
 }
 
@@ -83,6 +91,14 @@ impl bus::Handler for Decider {
         );
         let name = self.handler.name();
         let mut events = outcome.events;
+        if self.world.is_some() && !outcome.commands.is_empty() {
+            for e in &events {
+                self.publisher
+                    .publish_idempotent(&format!("event:{}", e.event_id), e)
+                    .await
+                    .map_err(HandlerError::retry)?;
+            }
+        }
         events.extend(Self::execute(self.world.as_deref(), name, &outcome.commands).await);
         mark_dry_run(self.world.is_none(), &mut events);
         for e in &events {

@@ -194,6 +194,7 @@ pub async fn run(
             policy: policy.clone(),
             projection: Mutex::new(Projection::new(Model::new(&policy), handler_bus.audit())),
             world: world.clone(),
+            publisher: handler_bus.publisher(),
             metrics: metrics.clone(),
         };
         let group = name.clone();
