@@ -882,3 +882,78 @@ async fn e2e_kill_9_of_the_leader_hands_over_within_the_lease_ttl() {
     assert!(dlq.is_empty(), "{} dead letters", dlq.len());
     println!("leader takeover test took {:?}", started.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_kill_9_of_the_replica_carrying_out_a_scale_up_is_repaired_by_the_other() {
+    // Two replicas, no restart: the dead one's delivery of the decision waits for the handlers' claim
+    // time (60 s here), and a worker it left half-created is failed after max_node_provision_time
+    // (60 s) and replaced, unless the engine finished starting it anyway.
+    let mut lab = Lab::start(LabOptions {
+        replicas: 2,
+        underutilized_for: Duration::from_secs(600),
+        ..LabOptions::default()
+    })
+    .await;
+    let started = Instant::now();
+    let from = settled_at(&lab, 0, 2, Duration::from_secs(90)).await.len();
+    lab.kubectl_apply(&deployment("web", 4));
+    let bus = lab.bus().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Kill the replica whose NodeManager holds the decision, as soon as the ScaleUpStarted it publishes
+    // before acting is on the stream: the worker it names is then not (or only half) created.
+    let (victim, new) = loop {
+        let events = events_of(&bus).await;
+        if let Some((_, started)) = find(&events, from, "ScaleUpStarted", |_| true) {
+            let group = bus
+                .audit()
+                .group("NodeManager")
+                .await
+                .expect("XINFO")
+                .expect("the NodeManager group");
+            if let Some(c) = group.consumers.iter().find(|c| c.pending > 0) {
+                let i: usize = c
+                    .name
+                    .strip_prefix("replica-")
+                    .and_then(|i| i.parse().ok())
+                    .expect("replica-<i>");
+                let Event::ScaleUpStarted(s) = &started.event else {
+                    unreachable!()
+                };
+                break (i, s.nodes.clone());
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no scale-up began\n{}",
+            lab.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let holder = leader(&bus).await;
+    lab.kill_replica(victim);
+    let killed = Instant::now();
+    println!(
+        "killed replica-{victim} while it created {new:?} (leader then: {holder:?}); containers {:?}",
+        worker_containers(&lab)
+    );
+    let names = wait_consistent(&lab, 4, Duration::from_secs(150)).await;
+    println!(
+        "four consistent workers {:?} after the kill: {names:?}",
+        killed.elapsed()
+    );
+    let events = lab.events().await;
+    println!("chain: {}", chain(&events, from));
+    assert_no_loss(&events, from);
+    // The dead replica's unacknowledged deliveries are claimed by the other one once idle for the
+    // handlers' claim time (drain timeout + 30 s = 60 s here): a late copy of a decision must change
+    // nothing.
+    let dlq = all_acked(&lab, Duration::from_secs(100)).await;
+    assert!(dlq.is_empty(), "{} dead letters", dlq.len());
+    println!("all acknowledged {:?} after the kill", killed.elapsed());
+    let events = lab.events().await;
+    println!("chain: {}", chain(&events, from));
+    assert_no_loss(&events, from);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    world_consistent(&lab, 4).unwrap_or_else(|e| panic!("{e}"));
+    println!("took {:?}", started.elapsed());
+}
