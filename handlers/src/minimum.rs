@@ -15,6 +15,8 @@
 use bus::event::{
     AutoScaleUpToMinimum, EmergencyScaleUp, Event, MinimumNodesRestored, MinimumNodesViolation,
 };
+use std::collections::BTreeSet;
+
 use bus::Envelope;
 use chrono::{DateTime, Utc};
 
@@ -170,19 +172,34 @@ impl MinimumNodeEnforcer {
         if threshold == 0 || lost < threshold {
             return false;
         }
+        // A lost worker may already have a replacement on its way: `docker kill` sends a signal first,
+        // which the NodeManager answers as an interruption. That capacity is in `planned_workers`;
+        // counting the loss again would overshoot.
+        let replacing: BTreeSet<&str> = model
+            .recent_losses
+            .iter()
+            .filter_map(|(_, n)| model.worker(n)?.replacement.as_deref())
+            .filter(|r| {
+                model
+                    .worker(r)
+                    .is_some_and(|w| w.state.is_provisioning() || w.state.is_live())
+            })
+            .collect();
+        let replacing = u32::try_from(replacing.len()).unwrap_or(u32::MAX);
         let remaining = model.current_workers();
         let min = policy.limits.min_nodes;
-        let target = (model.planned_workers() + lost)
+        let planned = model.planned_workers();
+        let target = (planned + lost.saturating_sub(replacing))
             .max(min)
-            .min(policy.limits.max_nodes);
-        if target <= model.planned_workers() {
-            return false;
-        }
+            .min(policy.limits.max_nodes)
+            .max(planned);
+        // Announced whenever the threshold is crossed, also when what is on its way covers it (then
+        // it asks for nothing more: the target is absolute).
         out.emit(EmergencyScaleUp {
             lost_count: lost,
             remaining_workers: remaining,
             min_workers: min,
-            emergency_scale: target - model.planned_workers(),
+            emergency_scale: target - planned,
             target_workers: target,
         });
         true

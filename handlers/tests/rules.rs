@@ -450,6 +450,40 @@ fn several_workers_lost_together_trigger_an_emergency_scale_up() {
 }
 
 #[test]
+fn an_emergency_counts_a_replacement_already_on_its_way_once() {
+    // `docker kill` of two workers: the signal of the first arrives as an interruption notice, whose
+    // replacement is started before the losses are known.
+    let mut sim = Simulation::new(Policy::default(), t0()).with_workers(3);
+    sim.observe(
+        "docker_events",
+        NodeInterruptionNotice {
+            node_name: "k3s-worker-2".into(),
+            cause: "docker_kill".into(),
+        },
+    );
+    assert_eq!(commands(&sim, "create_worker"), ["k3s-worker-4"]);
+    sim.kill("k3s-worker-2");
+    sim.kill("k3s-worker-3");
+    sim.observe_cluster();
+    let e = first(&sim.log, "EmergencyScaleUp");
+    let Event::EmergencyScaleUp(e) = &e.event else {
+        unreachable!()
+    };
+    assert_eq!(
+        (e.lost_count, e.target_workers, e.emergency_scale),
+        (2, 3, 1),
+        "worker-4 is on its way for worker-2: one more, for worker-3"
+    );
+    sim.advance(Duration::from_secs(120));
+    assert_eq!(sim.model.current_workers(), 3);
+    assert_eq!(
+        commands(&sim, "create_worker"),
+        ["k3s-worker-4", "k3s-worker-5"],
+        "back to three, not four"
+    );
+}
+
+#[test]
 fn the_minimum_is_rechecked_on_the_timer() {
     use handlers::MinimumNodeEnforcer;
     let policy = Policy::default();

@@ -1,0 +1,450 @@
+//! A worker's whole life end to end: removed when the load goes, replaced when lost (one or several at
+//! once), and replaced *before* its pods move when someone stops it. Real Redis, real Docker, the lab
+//! cluster, `autoscaler run` as a real process.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bus::{Envelope, Event};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::watcher;
+use kube::Api;
+use tests::{find, trail, Lab, LabOptions};
+
+/// Pods of 700m on 1-CPU workers: one per worker.
+fn deployment(name: &str, replicas: u32) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: {name}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+      annotations:
+        lab.k3s-autoscaler/cpu-usage: "5"
+        lab.k3s-autoscaler/memory-usage: "1048576"
+    spec:
+      containers:
+      - name: app
+        image: registry.invalid/app
+        resources:
+          requests: {{cpu: "700m", memory: "64Mi"}}
+"#
+    )
+}
+
+fn ready_nodes(events: &[Envelope]) -> BTreeSet<String> {
+    events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::NodeReady(r) => Some(r.node_name.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Waits until a sync after `from` agrees on `workers` workers everywhere.
+async fn settled_at(lab: &Lab, from: usize, workers: u32) -> Vec<Envelope> {
+    settled(lab, from, workers..=workers).await
+}
+
+/// Waits until a sync after `from` agrees on a number of workers in `range` everywhere.
+async fn settled(lab: &Lab, from: usize, range: std::ops::RangeInclusive<u32>) -> Vec<Envelope> {
+    lab.wait_for_events(
+        &format!("the cluster settled at {range:?} workers"),
+        Duration::from_secs(90),
+        |ev| {
+            find(ev, from, "ClusterStateSynced", |e| {
+                matches!(&e.event, Event::ClusterStateSynced(s)
+                    if range.contains(&s.db_workers) && s.k8s_nodes == s.db_workers
+                        && s.docker_containers == s.db_workers)
+            })
+            .is_some()
+        },
+    )
+    .await
+}
+
+/// `(pod, node)` of the Running pods of `app`.
+fn running_pods(lab: &Lab, app: &str) -> Vec<(String, String)> {
+    let out = lab.kubectl(&[
+        "get",
+        "pods",
+        "-l",
+        &format!("app={app}"),
+        "-o",
+        r#"jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName} {.status.phase}{"\n"}{end}"#,
+    ]);
+    out.lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let (pod, node, phase) = (it.next()?, it.next()?, it.next()?);
+            (phase == "Running").then(|| (pod.to_string(), node.to_string()))
+        })
+        .collect()
+}
+
+async fn wait_running(
+    lab: &Lab,
+    app: &str,
+    count: usize,
+    within: Duration,
+) -> Vec<(String, String)> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let pods = running_pods(lab, app);
+        if pods.len() == count {
+            return pods;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{count} pods of {app} not Running: {pods:?}\n{}",
+            lab.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// This lab's Kubernetes Nodes and `<node>.node-password.k3s` secrets.
+fn nodes_and_secrets(lab: &Lab) -> (BTreeSet<String>, BTreeSet<String>) {
+    let names = |out: String, suffix: &str| -> BTreeSet<String> {
+        out.split_whitespace()
+            .filter_map(|s| s.strip_suffix(suffix))
+            .filter(|n| n.starts_with(&lab.prefix))
+            .map(str::to_string)
+            .collect()
+    };
+    let nodes = names(
+        lab.kubectl(&["get", "nodes", "-o", "jsonpath={.items[*].metadata.name}"]),
+        "",
+    );
+    let secrets = names(
+        lab.kubectl(&[
+            "get",
+            "secrets",
+            "-n",
+            "kube-system",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ]),
+        ".node-password.k3s",
+    );
+    (nodes, secrets)
+}
+
+/// Every container of this lab's workers, running or not.
+fn all_worker_containers(lab: &Lab) -> BTreeSet<String> {
+    let out = std::process::Command::new("docker")
+        .args(["ps", "-a", "--filter"])
+        .arg(format!(
+            "label=k3s-autoscaler/cluster-id={}",
+            lab.cluster_id
+        ))
+        .args([
+            "--filter",
+            "label=k3s-autoscaler/managed-by=k3s-autoscaler",
+            "--format",
+            "{{.Names}}",
+        ])
+        .output()
+        .expect("docker ps");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_load_removed_scales_down_to_the_minimum_and_cleans_up_everything() {
+    let lab = Lab::start(LabOptions {
+        min_nodes: 1,
+        max_nodes: 4,
+        ..LabOptions::default()
+    })
+    .await;
+    settled_at(&lab, 0, 1).await;
+
+    // Three pods of 700m: two more workers.
+    lab.kubectl_apply(&deployment("web", 3));
+    wait_running(&lab, "web", 3, Duration::from_secs(90)).await;
+    // At least three workers (a worker seen Ready before its pod is bound can make a later report ask
+    // for one more; the scale-down below removes it all the same).
+    let events = settled(&lab, 0, 3..=4).await;
+    let grown: BTreeSet<String> = ready_nodes(&events);
+    assert!(grown.len() >= 3, "{}", trail(&events));
+    let before = events.len();
+
+    // The load goes: the workers idle below the threshold for `underutilized_for` (6 s here).
+    lab.kubectl(&["delete", "deployment", "web"]);
+    let events = lab
+        .wait_for_events(
+            "back at the minimum, announced",
+            Duration::from_secs(120),
+            |ev| find(ev, before, "OptimalStateTrigger", |_| true).is_some(),
+        )
+        .await;
+
+    // The chain of the first removal: UnderutilizationWarning → ScaleDownDecision → ScaleDownStarted →
+    // NodeCordoned → NodeDrained → NodeRemoved, each caused by the one before. (Warnings repeat while the
+    // underuse lasts; the decision comes once it has lasted `underutilized_for`.)
+    let (d, decision) = find(&events, before, "ScaleDownDecision", |_| true)
+        .unwrap_or_else(|| panic!("ScaleDownDecision\n{}", trail(&events)));
+    let cause = events[before..d]
+        .iter()
+        .find(|e| Some(e.event_id) == decision.causation_id)
+        .unwrap_or_else(|| panic!("the decision's cause\n{}", trail(&events)));
+    assert_eq!(
+        cause.event_type(),
+        "UnderutilizationWarning",
+        "{}",
+        trail(&events)
+    );
+    let (s, started) = find(&events, d, "ScaleDownStarted", |e| {
+        e.causation_id == Some(decision.event_id)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "ScaleDownStarted caused by the decision\n{}",
+            trail(&events)
+        )
+    });
+    let Event::ScaleDownStarted(down) = &started.event else {
+        unreachable!()
+    };
+    let victim = down.nodes.first().cloned().expect("a node to remove");
+    let of_victim = |e: &Envelope| e.event.node_name() == Some(victim.as_str());
+    let (c, _) = find(&events, s, "NodeCordoned", of_victim)
+        .unwrap_or_else(|| panic!("{victim} cordoned\n{}", trail(&events)));
+    let (dr, _) = find(&events, c, "NodeDrained", of_victim)
+        .unwrap_or_else(|| panic!("{victim} drained\n{}", trail(&events)));
+    find(&events, dr, "NodeRemoved", of_victim)
+        .unwrap_or_else(|| panic!("{victim} removed\n{}", trail(&events)));
+    let (o, optimal) = find(&events, before, "OptimalStateTrigger", |_| true).expect("optimal");
+    let Event::OptimalStateTrigger(at_min) = &optimal.event else {
+        unreachable!()
+    };
+    assert_eq!(at_min.current_workers, 1, "{}", trail(&events));
+    // Both extra workers were removed before the minimum was announced.
+    let removed: BTreeSet<String> = events[before..o]
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::NodeRemoved(r) => Some(r.node_name.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(removed.len(), grown.len() - 1, "{}", trail(&events));
+
+    // And the world agrees: one container, one Node, one node-password secret, the same worker.
+    let last_removal = events[..o]
+        .iter()
+        .rposition(|e| matches!(e.event, Event::NodeRemoved(_)))
+        .unwrap_or(before);
+    let settled = settled_at(&lab, last_removal, 1).await;
+    let containers = all_worker_containers(&lab);
+    let (nodes, secrets) = nodes_and_secrets(&lab);
+    assert_eq!(containers.len(), 1, "{containers:?}\n{}", trail(&settled));
+    assert_eq!(nodes, containers, "Nodes vs containers");
+    assert_eq!(secrets, containers, "node-password secrets vs containers");
+    for gone in &removed {
+        assert!(grown.contains(gone));
+        assert!(!containers.contains(gone), "{gone}'s container is gone");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_two_workers_killed_together_make_an_emergency_scale_up() {
+    let lab = Lab::start(LabOptions {
+        min_nodes: 3,
+        max_nodes: 5,
+        ..LabOptions::default()
+    })
+    .await;
+    let events = settled_at(&lab, 0, 3).await;
+    let workers: Vec<String> = ready_nodes(&events).into_iter().collect();
+    let victims = &workers[..2];
+    let before = events.len();
+    let out = std::process::Command::new("docker")
+        .arg("kill")
+        .args(victims)
+        .output()
+        .expect("docker kill");
+    assert!(out.status.success(), "docker kill {victims:?}");
+
+    let events = lab
+        .wait_for_events(
+            "the minimum restored after the emergency",
+            Duration::from_secs(120),
+            |ev| {
+                find(ev, before, "EmergencyScaleUp", |_| true)
+                    .is_some_and(|(e, _)| find(ev, e, "MinimumNodesRestored", |_| true).is_some())
+            },
+        )
+        .await;
+    for v in victims {
+        find(&events, before, "NodeUnexpectedlyLost", |e| {
+            e.event.node_name() == Some(v.as_str())
+        })
+        .unwrap_or_else(|| panic!("{v} reported lost\n{}", trail(&events)));
+    }
+    let (e, emergency) = find(&events, before, "EmergencyScaleUp", |_| true).expect("emergency");
+    let Event::EmergencyScaleUp(up) = &emergency.event else {
+        unreachable!()
+    };
+    assert_eq!(
+        (up.lost_count, up.target_workers),
+        (2, 3),
+        "back to the minimum, counting a replacement already on its way once\n{}",
+        trail(&events)
+    );
+    // Two replacements in all (`docker kill` signals first, so one may have been started for the
+    // interruption before the losses were known), both Ready; exactly the minimum runs.
+    let restored = settled_at(&lab, e, 3).await;
+    let started: BTreeSet<String> = restored[before..]
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::ScaleUpStarted(s) => Some(s.nodes.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(
+        started.len(),
+        2,
+        "two workers created, no more\n{}",
+        trail(&restored)
+    );
+    for n in &started {
+        assert!(!victims.contains(n));
+        find(&restored, before, "NodeReady", |r| {
+            r.event.node_name() == Some(n.as_str())
+        })
+        .unwrap_or_else(|| panic!("{n} Ready\n{}", trail(&restored)));
+    }
+    let mut running = lab.running_workers();
+    running.sort();
+    let mut expected: Vec<String> = started.into_iter().collect();
+    expected.push(workers[2].clone());
+    expected.sort();
+    assert_eq!(running, expected, "{}", trail(&restored));
+}
+
+/// Pod name and when a watch saw it deleted.
+type Deletions = Arc<Mutex<Vec<(String, DateTime<Utc>)>>>;
+
+/// `docker stop` sends SIGTERM: the events watcher reports an interruption, the NodeManager starts a
+/// replacement first and moves the pods only once it is Ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_a_stopped_workers_replacement_is_ready_before_its_pods_are_evicted() {
+    let lab = Lab::start(LabOptions {
+        min_nodes: 2,
+        max_nodes: 4,
+        // No scale-down while the test watches.
+        underutilized_for: Duration::from_secs(600),
+        ..LabOptions::default()
+    })
+    .await;
+    let events = settled_at(&lab, 0, 2).await;
+    let original = ready_nodes(&events);
+    lab.kubectl_apply(&deployment("web", 2));
+    let pods = wait_running(&lab, "web", 2, Duration::from_secs(60)).await;
+    let victim = pods[0].1.clone();
+    let victim_pods: BTreeSet<String> = pods
+        .iter()
+        .filter(|(_, n)| *n == victim)
+        .map(|(p, _)| p.clone())
+        .collect();
+
+    // When each of the victim's pods disappears, as a watch of the API server sees it.
+    let client = autoscaler::kube::connect_kubeconfig(&lab.env.kubeconfig)
+        .await
+        .expect("kube client");
+    let deleted: Deletions = Arc::default();
+    let watch = {
+        let deleted = deleted.clone();
+        let api: Api<Pod> = Api::default_namespaced(client);
+        tokio::spawn(async move {
+            let mut stream = watcher(api, watcher::Config::default()).boxed();
+            while let Some(ev) = stream.next().await {
+                if let Ok(watcher::Event::Delete(p)) = ev {
+                    let name = p.metadata.name.unwrap_or_default();
+                    deleted
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((name, Utc::now()));
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = lab.events().await.len();
+
+    let out = std::process::Command::new("docker")
+        .args(["stop", "-t", "30", &victim])
+        .output()
+        .expect("docker stop");
+    assert!(out.status.success(), "docker stop {victim}");
+
+    // The pods end up Running elsewhere.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let now = running_pods(&lab, "web");
+        if now.len() == 2 && now.iter().all(|(_, n)| *n != victim) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "web not moved off {victim}: {now:?}\n{}\n{}",
+            trail(&lab.events().await),
+            lab.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    watch.abort();
+    let events = lab.events().await;
+
+    let (n, notice) = find(&events, before, "NodeInterruptionNotice", |e| {
+        e.event.node_name() == Some(victim.as_str())
+    })
+    .unwrap_or_else(|| panic!("an interruption notice for {victim}\n{}", trail(&events)));
+    let (s, started) = find(&events, n, "ScaleUpStarted", |e| {
+        e.causation_id == Some(notice.event_id)
+    })
+    .unwrap_or_else(|| panic!("a replacement started for the notice\n{}", trail(&events)));
+    let Event::ScaleUpStarted(rep) = &started.event else {
+        unreachable!()
+    };
+    let replacement = rep.nodes.first().cloned().expect("a replacement");
+    assert!(!original.contains(&replacement));
+    let (_, ready) = find(&events, s, "NodeReady", |e| {
+        e.event.node_name() == Some(replacement.as_str())
+    })
+    .unwrap_or_else(|| panic!("{replacement} Ready\n{}", trail(&events)));
+
+    let deleted = deleted.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let first_eviction = deleted
+        .iter()
+        .filter(|(p, _)| victim_pods.contains(p))
+        .map(|(_, t)| *t)
+        .min()
+        .unwrap_or_else(|| {
+            panic!("{victim}'s pods {victim_pods:?} were never deleted: {deleted:?}")
+        });
+    assert!(
+        ready.timestamp < first_eviction,
+        "{replacement} Ready at {} but {victim}'s first pod went at {first_eviction}\n{}",
+        ready.timestamp,
+        trail(&events)
+    );
+    println!(
+        "{replacement} Ready {} ms before {victim}'s first pod was evicted",
+        (first_eviction - ready.timestamp).num_milliseconds()
+    );
+}
