@@ -295,11 +295,11 @@ impl PendingBatcher {
             }
             let unreported = b.unreported;
             self.batch = None;
-            return if unreported {
-                self.report(now, wall)
-            } else {
-                None
-            };
+            if unreported {
+                return self.report(now, wall);
+            }
+            // Nothing joined after the leading report; the set may have emptied meanwhile, which the
+            // rules below report.
         }
         if self.pods.is_empty() {
             return if self.reported_nonempty {
@@ -618,6 +618,21 @@ mod tests {
         b.pending(entry("a", None, wall), t0);
         b.not_pending("a");
         assert!(b.poll(t0 + Duration::from_secs(5), wall).is_none());
+    }
+
+    #[test]
+    fn a_pod_gone_while_its_batch_is_open_is_reported_gone_when_it_closes() {
+        let t0 = Instant::now();
+        let wall = Utc::now();
+        let mut b = PendingBatcher::new(windows());
+        b.pending(entry("a", None, wall), t0);
+        assert_eq!(b.poll(t0, wall).map(|r| r.pending_count), Some(1));
+        b.not_pending("a");
+        assert!(b.poll(t0 + Duration::from_millis(500), wall).is_none());
+        assert_eq!(b.next_due(), Some(t0 + Duration::from_secs(1)));
+        let r = b.poll(t0 + Duration::from_secs(1), wall);
+        assert_eq!(r.map(|r| r.pending_count), Some(0));
+        assert_eq!(b.next_due(), None);
     }
 
     #[test]
