@@ -148,6 +148,7 @@ async fn main() {
     let load_secs = started_load.elapsed().as_secs_f64();
     let load_cpu = (cpu2 - cpu1) / load_secs * 100.0;
 
+    let in_order: Vec<String> = to_request.iter().map(|s| format!("{s:.3}")).collect();
     to_request.sort_by(f64::total_cmp);
     to_running.sort_by(f64::total_cmp);
     println!(
@@ -158,6 +159,7 @@ async fn main() {
         percentile(&to_request, 50.0),
         percentile(&to_request, 99.0)
     );
+    println!("     each run, in order: {}", in_order.join(" "));
     println!(
         "  -> pod Running:                           p50 {:.3} s  p99 {:.3} s",
         percentile(&to_running, 50.0),
