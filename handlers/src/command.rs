@@ -206,6 +206,19 @@ impl<'a> Emitter<'a> {
         env
     }
 
+    /// Emits an event with an explicit de-duplication key, caused by `parent` rather than the input.
+    pub(crate) fn emit_keyed_after(
+        &mut self,
+        parent: &Cause,
+        event: impl Into<Event>,
+        key: &str,
+    ) -> Envelope {
+        let key = format!("{}:{key}", self.handler);
+        let env = self.envelope(parent, event.into(), &key);
+        self.outcome.events.push(env.clone());
+        env
+    }
+
     /// Emits an event caused by an earlier output (`parent`), continuing its chain.
     pub(crate) fn emit_after(&mut self, parent: &Envelope, event: impl Into<Event>) -> Envelope {
         let key = format!(

@@ -299,17 +299,23 @@ impl NodeManager {
                 continue;
             }
             let duration = (event.timestamp - a.started_at).num_milliseconds() as f64 / 1000.0;
-            out.emit_keyed(
-                ScalingActionCompleted {
-                    action: a.kind,
-                    count: u32::try_from(a.nodes.len()).unwrap_or(u32::MAX),
-                    previous_workers: a.previous_workers,
-                    new_workers: model.current_workers(),
-                    duration: duration.max(0.0),
-                    nodes: a.nodes.clone(),
-                },
-                &format!("completed:{id}"),
-            );
+            let completed = ScalingActionCompleted {
+                action: a.kind,
+                count: u32::try_from(a.nodes.len()).unwrap_or(u32::MAX),
+                previous_workers: a.previous_workers,
+                new_workers: model.current_workers(),
+                duration: duration.max(0.0),
+                nodes: a.nodes.clone(),
+            };
+            let key = format!("completed:{id}");
+            if event.causation_id.is_none() {
+                // Completed by an observation (the watcher's `NodeReady`, a root): continue the
+                // action's own chain, so `explain` leads from the completion back to why it started.
+                out.emit_keyed_after(&a.cause, completed, &key);
+            } else {
+                // Completed by a fact of the action's chain (`NodeRemoved`): it follows that fact.
+                out.emit_keyed(completed, &key);
+            }
         }
     }
 

@@ -142,6 +142,9 @@ fn minimum_node_violation_recovery_follows_the_seed_flow() {
     assert_eq!(auto.causation_id, Some(violation.event_id));
     assert_eq!(started.causation_id, Some(auto.event_id));
     assert_eq!(created.causation_id, Some(started.event_id));
+    // The watcher's NodeReady is an observation (a root); the completion continues the action's chain.
+    let completed = first(&sim.log, "ScalingActionCompleted");
+    assert_eq!(completed.causation_id, Some(started.event_id));
     let root = sim
         .log
         .iter()
@@ -149,7 +152,7 @@ fn minimum_node_violation_recovery_follows_the_seed_flow() {
         .unwrap();
     assert_eq!(root.event_type(), "ClusterObserved");
     assert!(root.causation_id.is_none());
-    for e in [violation, auto, started, created] {
+    for e in [violation, auto, started, created, completed] {
         assert_eq!(e.correlation_id, root.event_id);
     }
     let bus::Event::ScaleUpStarted(s) = &started.event else {

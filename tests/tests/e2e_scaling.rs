@@ -129,7 +129,16 @@ async fn e2e_pending_pods_scale_up_and_the_pods_run() {
         e.event.node_name() == Some(created_node.node_name.as_str())
     })
     .unwrap_or_else(|| panic!("the created worker becomes Ready\n{}", trail(&events)));
-    let (k, _) = find(&events, r, "ScalingActionCompleted", |_| true).expect("completed");
+    // NodeReady is the watcher's observation (a root); the completion continues the action's chain.
+    let (k, _) = find(&events, r, "ScalingActionCompleted", |e| {
+        e.causation_id == Some(started.event_id)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "ScalingActionCompleted caused by ScaleUpStarted\n{}",
+            trail(&events)
+        )
+    });
     find(&events, k, "ClusterStateSynced", |_| true).expect("synced");
     // The first pending pod is reported at once (target 3), the second with it once the batch closes
     // (target 4, counting the worker already on its way): two more workers in all, never more.
