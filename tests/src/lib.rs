@@ -5,7 +5,7 @@
 //! [`Lab`] kills the autoscaler processes and removes every container, volume and network it made,
 //! also when the test panics.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,6 +13,34 @@ use std::time::{Duration, Instant};
 use autoscaler::labenv::{LabEnv, LabEnvOptions};
 use bus::testing::RedisServer;
 use bus::{Envelope, Query};
+
+/// A Deployment whose pods need a worker each (1 CPU worker template, 700m requests); the pods declare a
+/// tiny real load so the test machine is not burnt.
+pub fn deployment(name: &str, replicas: u32) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: {name}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+      annotations:
+        lab.k3s-autoscaler/cpu-usage: "5"
+        lab.k3s-autoscaler/memory-usage: "1048576"
+    spec:
+      containers:
+      - name: app
+        image: registry.invalid/app
+        resources:
+          requests: {{cpu: "700m", memory: "64Mi"}}
+"#
+    )
+}
 
 /// Label on everything an end-to-end test creates.
 pub const TEST_LABEL: &str = "k3s-autoscaler/e2e-test";
@@ -214,8 +242,17 @@ impl Lab {
 
     /// Names of this lab's worker containers that are running.
     pub fn running_workers(&self) -> Vec<String> {
+        self.worker_containers()
+            .into_iter()
+            .filter(|(_, state)| state == "running")
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    /// This lab's managed worker containers in any state, by name: (name, `running`/`exited`/`created`/…).
+    pub fn worker_containers(&self) -> Vec<(String, String)> {
         let out = Command::new("docker")
-            .args(["ps", "--filter"])
+            .args(["ps", "-a", "--filter"])
             .arg(format!(
                 "label=k3s-autoscaler/cluster-id={}",
                 self.cluster_id
@@ -224,17 +261,57 @@ impl Lab {
                 "--filter",
                 "label=k3s-autoscaler/managed-by=k3s-autoscaler",
                 "--format",
-                "{{.Names}}",
+                "{{.Names}} {{.State}}",
             ])
             .output()
             .expect("docker ps");
-        let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        let mut v: Vec<(String, String)> = String::from_utf8_lossy(&out.stdout)
             .lines()
-            .map(str::to_string)
-            .filter(|n| !n.is_empty())
+            .filter_map(|l| l.split_once(' '))
+            .map(|(n, s)| (n.to_string(), s.to_string()))
             .collect();
-        names.sort();
-        names
+        v.sort();
+        v
+    }
+
+    /// The workers of this lab that have a `<node>.node-password.k3s` secret (k3s's node password).
+    pub fn node_password_secrets(&self) -> BTreeSet<String> {
+        let out = self.kubectl(&[
+            "get",
+            "secrets",
+            "-n",
+            "kube-system",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ]);
+        out.split_whitespace()
+            .filter_map(|s| s.strip_suffix(".node-password.k3s"))
+            .filter(|n| n.starts_with(&self.prefix))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Waits until a `ClusterStateSynced` after stream index `from` has the record, Kubernetes and Docker
+    /// agreeing on a number of workers in `workers`; panics with the trail after `within`.
+    pub async fn settled(
+        &self,
+        from: usize,
+        workers: std::ops::RangeInclusive<u32>,
+        within: Duration,
+    ) -> Vec<Envelope> {
+        self.wait_for_events(
+            &format!("the cluster settled at {workers:?} workers"),
+            within,
+            |ev| {
+                find(ev, from, "ClusterStateSynced", |e| {
+                    matches!(&e.event, bus::Event::ClusterStateSynced(s)
+                        if workers.contains(&s.db_workers) && s.k8s_nodes == s.db_workers
+                            && s.docker_containers == s.db_workers)
+                })
+                .is_some()
+            },
+        )
+        .await
     }
 
     /// The replicas' logs (for failure messages).

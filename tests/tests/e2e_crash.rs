@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bus::{Envelope, Event, Query};
-use tests::{find, trail, Lab, LabOptions};
+use tests::{deployment, find, trail, Lab, LabOptions};
 
 const STREAM: &str = "autoscaler_events";
 const HANDLERS: [&str; 5] = [
@@ -21,34 +21,6 @@ const HANDLERS: [&str; 5] = [
     "MinimumNodeEnforcer",
     "StateSynchronizer",
 ];
-
-/// A Deployment whose pods need a worker each (1 CPU worker template, 700m requests); the pods declare a
-/// tiny real load so the test machine is not burnt.
-fn deployment(name: &str, replicas: u32) -> String {
-    format!(
-        r#"apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: {name}
-spec:
-  replicas: {replicas}
-  selector:
-    matchLabels: {{app: {name}}}
-  template:
-    metadata:
-      labels: {{app: {name}}}
-      annotations:
-        lab.k3s-autoscaler/cpu-usage: "5"
-        lab.k3s-autoscaler/memory-usage: "1048576"
-    spec:
-      containers:
-      - name: app
-        image: registry.invalid/app
-        resources:
-          requests: {{cpu: "700m", memory: "64Mi"}}
-"#
-    )
-}
 
 /// A small bare pod bound to `node`, labelled `app: guard` (a PDB below keeps it from being evicted).
 fn guard_pod(node: &str) -> String {
@@ -94,46 +66,6 @@ async fn events_of(bus: &bus::Bus) -> Vec<Envelope> {
         .collect()
 }
 
-/// Waits until the minimum is restored and a later sync agrees on `workers` workers (after index `from`).
-async fn settled_at(lab: &Lab, from: usize, workers: u32, within: Duration) -> Vec<Envelope> {
-    lab.wait_for_events(
-        &format!("the cluster settled at {workers} workers"),
-        within,
-        |ev| {
-            find(ev, from, "ClusterStateSynced", |e| {
-                matches!(&e.event, Event::ClusterStateSynced(s) if s.db_workers == workers && s.k8s_nodes == workers && s.docker_containers == workers)
-            })
-            .is_some()
-        },
-    )
-    .await
-}
-
-/// This lab's managed worker containers, any state: name → state (`running`, `exited`, `created`, …).
-fn worker_containers(lab: &Lab) -> Vec<(String, String)> {
-    let out = Command::new("docker")
-        .args(["ps", "-a", "--filter"])
-        .arg(format!(
-            "label=k3s-autoscaler/cluster-id={}",
-            lab.cluster_id
-        ))
-        .args([
-            "--filter",
-            "label=k3s-autoscaler/managed-by=k3s-autoscaler",
-            "--format",
-            "{{.Names}} {{.State}}",
-        ])
-        .output()
-        .expect("docker ps");
-    let mut v: Vec<(String, String)> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .map(|(n, s)| (n.to_string(), s.to_string()))
-        .collect();
-    v.sort();
-    v
-}
-
 /// A worker Node as the API server shows it.
 #[derive(Debug, Clone, PartialEq)]
 struct NodeView {
@@ -171,29 +103,12 @@ fn worker_nodes(lab: &Lab) -> Vec<NodeView> {
     nodes
 }
 
-/// The nodes of this lab that have a `<node>.node-password.k3s` secret.
-fn node_password_secrets(lab: &Lab) -> BTreeSet<String> {
-    let out = lab.kubectl(&[
-        "get",
-        "secrets",
-        "-n",
-        "kube-system",
-        "-o",
-        "jsonpath={.items[*].metadata.name}",
-    ]);
-    out.split_whitespace()
-        .filter_map(|s| s.strip_suffix(".node-password.k3s"))
-        .filter(|n| n.starts_with(&lab.prefix))
-        .map(str::to_string)
-        .collect()
-}
-
 /// Docker, Kubernetes and k3s's secrets agree on exactly `workers` workers, all running, Ready and
 /// schedulable: no duplicate, orphaned or half-removed worker.
 fn world_consistent(lab: &Lab, workers: usize) -> Result<BTreeSet<String>, String> {
-    let containers = worker_containers(lab);
+    let containers = lab.worker_containers();
     let nodes = worker_nodes(lab);
-    let secrets = node_password_secrets(lab);
+    let secrets = lab.node_password_secrets();
     let report = format!("containers {containers:?}\nnodes {nodes:?}\nsecrets {secrets:?}");
     let names: BTreeSet<String> = containers.iter().map(|(n, _)| n.clone()).collect();
     if names.len() != containers.len() {
@@ -338,8 +253,8 @@ async fn e2e_kill_9_during_a_scale_up_is_finished_by_the_restarted_process() {
     })
     .await;
     let started = Instant::now();
-    let from = settled_at(&lab, 0, 2, Duration::from_secs(90)).await.len();
-    let before = worker_containers(&lab);
+    let from = lab.settled(0, 2..=2, Duration::from_secs(90)).await.len();
+    let before = lab.worker_containers();
     assert_eq!(before.len(), 2, "{before:?}");
 
     // Four pods of 700m on 1-CPU workers: two are pending, two more workers are needed.
@@ -351,7 +266,7 @@ async fn e2e_kill_9_during_a_scale_up_is_finished_by_the_restarted_process() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let (cause, at_kill) = loop {
         let events = events_of(&bus).await;
-        let containers = worker_containers(&lab);
+        let containers = lab.worker_containers();
         if containers.len() > before.len() {
             break (format!("a new container {containers:?}"), events);
         }
@@ -382,7 +297,7 @@ async fn e2e_kill_9_during_a_scale_up_is_finished_by_the_restarted_process() {
     println!("killed replica-0 on {cause}; on the stream then: {seen:?}");
     println!(
         "containers right after the kill: {:?}",
-        worker_containers(&lab)
+        lab.worker_containers()
     );
     let ready_before_kill = find(&at_kill, from, "ScaleUpDecision", |_| true)
         .and_then(|(d, _)| find(&at_kill, d, "NodeReady", |_| true));
@@ -412,7 +327,8 @@ async fn e2e_kill_9_during_a_scale_up_is_finished_by_the_restarted_process() {
         .await;
     let names = wait_consistent(&lab, 4, Duration::from_secs(60)).await;
     println!("workers after the restart: {names:?}");
-    settled_at(&lab, kill_index, 4, Duration::from_secs(60)).await;
+    lab.settled(kill_index, 4..=4, Duration::from_secs(60))
+        .await;
 
     // One scale-up to the target, however often the decision was handled.
     let starts: Vec<(u32, Vec<String>)> = events
@@ -509,7 +425,7 @@ enum KillAt {
 async fn scale_down_crash(kill_at: KillAt) {
     let mut lab = Lab::start(LabOptions::default()).await;
     let started = Instant::now();
-    settled_at(&lab, 0, 2, Duration::from_secs(90)).await;
+    lab.settled(0, 2..=2, Duration::from_secs(90)).await;
 
     // Above the minimum: three pods of 700m need three 1-CPU workers.
     lab.kubectl_apply(&deployment("web", 3));
@@ -578,7 +494,8 @@ async fn scale_down_crash(kill_at: KillAt) {
     lab.kill_replica(0);
     let kill_index = at_kill.len();
     let victim_node = worker_nodes(&lab).into_iter().find(|n| n.name == victim);
-    let victim_container = worker_containers(&lab)
+    let victim_container = lab
+        .worker_containers()
         .into_iter()
         .find(|(n, _)| *n == victim);
     let seen: Vec<&str> = at_kill
@@ -712,7 +629,7 @@ async fn scale_down_crash(kill_at: KillAt) {
         names, survivors,
         "the other two workers are kept, and no new one"
     );
-    settled_at(&lab, r, 2, Duration::from_secs(60)).await;
+    lab.settled(r, 2..=2, Duration::from_secs(60)).await;
     if kill_at == KillAt::Drain {
         let guards = lab.kubectl(&[
             "get",
@@ -773,7 +690,7 @@ async fn e2e_kill_9_of_the_leader_hands_over_within_the_lease_ttl() {
         text.contains(&format!("lease_ttl: {}s", LEASE_TTL.as_secs())),
         "the harness's lease TTL changed: {text}"
     );
-    let events = settled_at(&lab, 0, 2, Duration::from_secs(90)).await;
+    let events = lab.settled(0, 2..=2, Duration::from_secs(90)).await;
     let bus = lab.bus().await;
     let (old, old_token) = leader(&bus).await.expect("a leader");
     let old_index: usize = old
@@ -895,7 +812,7 @@ async fn e2e_kill_9_of_the_replica_carrying_out_a_scale_up_is_repaired_by_the_ot
     })
     .await;
     let started = Instant::now();
-    let from = settled_at(&lab, 0, 2, Duration::from_secs(90)).await.len();
+    let from = lab.settled(0, 2..=2, Duration::from_secs(90)).await.len();
     lab.kubectl_apply(&deployment("web", 4));
     let bus = lab.bus().await;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -934,7 +851,7 @@ async fn e2e_kill_9_of_the_replica_carrying_out_a_scale_up_is_repaired_by_the_ot
     let killed = Instant::now();
     println!(
         "killed replica-{victim} while it created {new:?} (leader then: {holder:?}); containers {:?}",
-        worker_containers(&lab)
+        lab.worker_containers()
     );
     let names = wait_consistent(&lab, 4, Duration::from_secs(150)).await;
     println!(

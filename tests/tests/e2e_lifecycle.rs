@@ -12,34 +12,10 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher;
 use kube::Api;
-use tests::{find, trail, Lab, LabOptions};
+use tests::{deployment, find, trail, Lab, LabOptions};
 
-/// Pods of 700m on 1-CPU workers: one per worker.
-fn deployment(name: &str, replicas: u32) -> String {
-    format!(
-        r#"apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: {name}
-spec:
-  replicas: {replicas}
-  selector:
-    matchLabels: {{app: {name}}}
-  template:
-    metadata:
-      labels: {{app: {name}}}
-      annotations:
-        lab.k3s-autoscaler/cpu-usage: "5"
-        lab.k3s-autoscaler/memory-usage: "1048576"
-    spec:
-      containers:
-      - name: app
-        image: registry.invalid/app
-        resources:
-          requests: {{cpu: "700m", memory: "64Mi"}}
-"#
-    )
-}
+/// How long the cluster may take to settle after a change.
+const SETTLE: Duration = Duration::from_secs(90);
 
 fn ready_nodes(events: &[Envelope]) -> BTreeSet<String> {
     events
@@ -49,28 +25,6 @@ fn ready_nodes(events: &[Envelope]) -> BTreeSet<String> {
             _ => None,
         })
         .collect()
-}
-
-/// Waits until a sync after `from` agrees on `workers` workers everywhere.
-async fn settled_at(lab: &Lab, from: usize, workers: u32) -> Vec<Envelope> {
-    settled(lab, from, workers..=workers).await
-}
-
-/// Waits until a sync after `from` agrees on a number of workers in `range` everywhere.
-async fn settled(lab: &Lab, from: usize, range: std::ops::RangeInclusive<u32>) -> Vec<Envelope> {
-    lab.wait_for_events(
-        &format!("the cluster settled at {range:?} workers"),
-        Duration::from_secs(90),
-        |ev| {
-            find(ev, from, "ClusterStateSynced", |e| {
-                matches!(&e.event, Event::ClusterStateSynced(s)
-                    if range.contains(&s.db_workers) && s.k8s_nodes == s.db_workers
-                        && s.docker_containers == s.db_workers)
-            })
-            .is_some()
-        },
-    )
-    .await
 }
 
 /// `(pod, node)` of the Running pods of `app`.
@@ -126,40 +80,7 @@ fn nodes_and_secrets(lab: &Lab) -> (BTreeSet<String>, BTreeSet<String>) {
         lab.kubectl(&["get", "nodes", "-o", "jsonpath={.items[*].metadata.name}"]),
         "",
     );
-    let secrets = names(
-        lab.kubectl(&[
-            "get",
-            "secrets",
-            "-n",
-            "kube-system",
-            "-o",
-            "jsonpath={.items[*].metadata.name}",
-        ]),
-        ".node-password.k3s",
-    );
-    (nodes, secrets)
-}
-
-/// Every container of this lab's workers, running or not.
-fn all_worker_containers(lab: &Lab) -> BTreeSet<String> {
-    let out = std::process::Command::new("docker")
-        .args(["ps", "-a", "--filter"])
-        .arg(format!(
-            "label=k3s-autoscaler/cluster-id={}",
-            lab.cluster_id
-        ))
-        .args([
-            "--filter",
-            "label=k3s-autoscaler/managed-by=k3s-autoscaler",
-            "--format",
-            "{{.Names}}",
-        ])
-        .output()
-        .expect("docker ps");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(str::to_string)
-        .collect()
+    (nodes, lab.node_password_secrets())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,14 +91,14 @@ async fn e2e_load_removed_scales_down_to_the_minimum_and_cleans_up_everything() 
         ..LabOptions::default()
     })
     .await;
-    settled_at(&lab, 0, 1).await;
+    lab.settled(0, 1..=1, SETTLE).await;
 
     // Three pods of 700m: two more workers.
     lab.kubectl_apply(&deployment("web", 3));
     wait_running(&lab, "web", 3, Duration::from_secs(90)).await;
     // At least three workers (a worker seen Ready before its pod is bound can make a later report ask
     // for one more; the scale-down below removes it all the same).
-    let events = settled(&lab, 0, 3..=4).await;
+    let events = lab.settled(0, 3..=4, SETTLE).await;
     let grown: BTreeSet<String> = ready_nodes(&events);
     assert!(grown.len() >= 3, "{}", trail(&events));
     let before = events.len();
@@ -247,8 +168,12 @@ async fn e2e_load_removed_scales_down_to_the_minimum_and_cleans_up_everything() 
         .iter()
         .rposition(|e| matches!(e.event, Event::NodeRemoved(_)))
         .unwrap_or(before);
-    let settled = settled_at(&lab, last_removal, 1).await;
-    let containers = all_worker_containers(&lab);
+    let settled = lab.settled(last_removal, 1..=1, SETTLE).await;
+    let containers: BTreeSet<String> = lab
+        .worker_containers()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
     let (nodes, secrets) = nodes_and_secrets(&lab);
     assert_eq!(containers.len(), 1, "{containers:?}\n{}", trail(&settled));
     assert_eq!(nodes, containers, "Nodes vs containers");
@@ -267,7 +192,7 @@ async fn e2e_two_workers_killed_together_make_an_emergency_scale_up() {
         ..LabOptions::default()
     })
     .await;
-    let events = settled_at(&lab, 0, 3).await;
+    let events = lab.settled(0, 3..=3, SETTLE).await;
     let workers: Vec<String> = ready_nodes(&events).into_iter().collect();
     let victims = &workers[..2];
     let before = events.len();
@@ -306,7 +231,7 @@ async fn e2e_two_workers_killed_together_make_an_emergency_scale_up() {
     );
     // Two replacements in all (`docker kill` signals first, so one may have been started for the
     // interruption before the losses were known), both Ready; exactly the minimum runs.
-    let restored = settled_at(&lab, e, 3).await;
+    let restored = lab.settled(e, 3..=3, SETTLE).await;
     let started: BTreeSet<String> = restored[before..]
         .iter()
         .filter_map(|e| match &e.event {
@@ -351,7 +276,7 @@ async fn e2e_a_stopped_workers_replacement_is_ready_before_its_pods_are_evicted(
         ..LabOptions::default()
     })
     .await;
-    let events = settled_at(&lab, 0, 2).await;
+    let events = lab.settled(0, 2..=2, SETTLE).await;
     let original = ready_nodes(&events);
     lab.kubectl_apply(&deployment("web", 2));
     let pods = wait_running(&lab, "web", 2, Duration::from_secs(60)).await;

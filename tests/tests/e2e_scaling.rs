@@ -4,35 +4,7 @@
 use std::time::Duration;
 
 use bus::Event;
-use tests::{find, trail, Lab, LabOptions};
-
-/// A Deployment whose pods need a worker each (1 CPU worker template, 700m requests); the pods declare a
-/// tiny real load so the test machine is not burnt.
-fn deployment(name: &str, replicas: u32) -> String {
-    format!(
-        r#"apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: {name}
-spec:
-  replicas: {replicas}
-  selector:
-    matchLabels: {{app: {name}}}
-  template:
-    metadata:
-      labels: {{app: {name}}}
-      annotations:
-        lab.k3s-autoscaler/cpu-usage: "5"
-        lab.k3s-autoscaler/memory-usage: "1048576"
-    spec:
-      containers:
-      - name: app
-        image: registry.invalid/app
-        resources:
-          requests: {{cpu: "700m", memory: "64Mi"}}
-"#
-    )
-}
+use tests::{deployment, find, trail, Lab, LabOptions};
 
 fn ready_nodes(events: &[bus::Envelope]) -> Vec<String> {
     let mut names: Vec<String> = events
