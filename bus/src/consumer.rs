@@ -11,6 +11,9 @@
 //! 3. Every `claim_idle / 2` it runs `XAUTOCLAIM` for entries idle longer than `claim_idle`: work of dead
 //!    consumers, and its own entries left pending by a handler error (that is the retry). Ids that
 //!    XAUTOCLAIM reports deleted from the stream (trimmed before being acknowledged) are recorded in the DLQ.
+//!    Every consumer writes a heartbeat every second from a task of its own; the entries of a consumer
+//!    whose heartbeat is older than [`DEAD_AFTER`] (killed, its host gone) are claimed at once with
+//!    XCLAIM, without waiting for `claim_idle`.
 //! 4. At most `concurrency` deliveries are handled at once. A handler returns its output events; outputs
 //!    and the input's XACK go in one Lua script (each output at most once per event id), so no input
 //!    is acknowledged without its outputs and no output is published twice. Plain acks (no outputs) are batched.
@@ -45,7 +48,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::config::BusConfig;
 use crate::connection::Bus;
-use crate::entry::{parse_autoclaim, parse_read, RawEntry, ReadEntry};
+use crate::entry::{parse_autoclaim, parse_entries, parse_read, RawEntry, ReadEntry};
 use crate::envelope::format_timestamp;
 use crate::error::{BusError, Result};
 use crate::publisher::add_options;
@@ -57,6 +60,14 @@ pub const DLQ_FIELDS: [&str; 5] = ["original_id", "group", "error", "deliveries"
 
 /// How often a running consumer writes its heartbeat (see [`heartbeat_key`]).
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+
+/// A consumer whose heartbeat is older than this is taken for dead: its pending entries are claimed at
+/// once, instead of after `claim_idle` (which must exceed the slowest handler, so is long). A live
+/// consumer's heartbeat runs on its own task, so a long handler run does not stop it.
+pub const DEAD_AFTER: Duration = Duration::from_secs(5);
+
+/// How often a consumer looks for dead consumers of its group.
+const DEAD_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// One delivered event.
 #[derive(Debug, Clone)]
@@ -363,6 +374,7 @@ impl Consumer {
         let handler = Arc::new(handler);
         let permits = Arc::new(Semaphore::new(concurrency));
         let (tx, mut rx) = mpsc::channel::<Work>(concurrency);
+        let _beat = AbortOnDropHandle::new(tokio::spawn(beat_loop(ctx.clone())));
         let reader =
             AbortOnDropHandle::new(tokio::spawn(
                 read_loop(ctx.clone(), self.bus.clone(), permits.clone(), tx)
@@ -507,25 +519,96 @@ async fn guarded<H: Handler>(ctx: Arc<Ctx>, handler: Arc<H>, work: Work) -> Fini
     }
 }
 
-/// The hash where running consumers of `group` write `consumer → unix ms` every [`HEARTBEAT_EVERY`]
-/// (at most BLOCK + 1 s apart). Redis 7.0 neither lists a consumer that has only read nothing nor updates
+/// The hash where running consumers of `group` write `consumer → unix ms` every [`HEARTBEAT_EVERY`],
+/// from a task of their own. Redis 7.0 neither lists a consumer that has only read nothing nor updates
 /// its idle time then, so XINFO CONSUMERS cannot tell a live consumer on a quiet stream from a dead one.
 pub fn heartbeat_key(stream: &str, group: &str) -> String {
     format!("{stream}:consumers:{group}")
 }
 
-async fn heartbeat(
-    conn: &mut ConnectionManager,
-    cfg: &BusConfig,
-    group: &str,
-    consumer: &str,
-) -> Result<()> {
-    let now = chrono::Utc::now().timestamp_millis();
-    let _: () = conn
-        .hset(heartbeat_key(&cfg.stream, group), consumer, now)
+/// Writes this consumer's heartbeat every [`HEARTBEAT_EVERY`] until aborted (errors are retried).
+async fn beat_loop(ctx: Arc<Ctx>) {
+    let key = heartbeat_key(&ctx.config.stream, &ctx.group);
+    let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let mut conn = ctx.conn.clone();
+        let now = chrono::Utc::now().timestamp_millis();
+        let res: redis::RedisResult<()> = conn.hset(&key, &ctx.consumer, now).await;
+        if let Err(e) = res {
+            debug!(group = %ctx.group, error = %e, "heartbeat not written");
+        }
+    }
+}
+
+/// Claims, for this consumer, the pending entries of consumers of the group whose heartbeat is older than
+/// [`DEAD_AFTER`] (killed without a chance to stop): at most `want`.
+async fn claim_from_dead(ctx: &Ctx, want: usize) -> Result<Vec<ReadEntry>> {
+    let cfg = &ctx.config;
+    let mut conn = ctx.conn.clone();
+    let beats: HashMap<String, i64> = conn
+        .hgetall(heartbeat_key(&cfg.stream, &ctx.group))
         .await
-        .map_err(BusError::redis("HSET (heartbeat)"))?;
-    Ok(())
+        .map_err(BusError::redis("HGETALL (heartbeats)"))?;
+    let now = chrono::Utc::now().timestamp_millis();
+    let dead_ms = DEAD_AFTER.as_millis() as i64;
+    let mut out: Vec<ReadEntry> = Vec::new();
+    for (name, beat) in beats {
+        if name == ctx.consumer || now.saturating_sub(beat) < dead_ms || out.len() >= want {
+            continue;
+        }
+        // Only entries it was given at least DEAD_AFTER ago; XCLAIM's min-idle says the same, so an
+        // entry someone else claimed meanwhile is left alone.
+        let v: Value = redis::cmd("XPENDING")
+            .arg(&cfg.stream)
+            .arg(&ctx.group)
+            .arg("IDLE")
+            .arg(dead_ms)
+            .arg("-")
+            .arg("+")
+            .arg(want - out.len())
+            .arg(&name)
+            .query_async(&mut conn)
+            .await
+            .map_err(BusError::redis("XPENDING (dead consumer)"))?;
+        let ids = pending_ids(v);
+        if ids.is_empty() {
+            continue;
+        }
+        let v: Value = redis::cmd("XCLAIM")
+            .arg(&cfg.stream)
+            .arg(&ctx.group)
+            .arg(&ctx.consumer)
+            .arg(dead_ms)
+            .arg(&ids)
+            .query_async(&mut conn)
+            .await
+            .map_err(BusError::redis("XCLAIM"))?;
+        let claimed = parse_entries("XCLAIM", v)?;
+        info!(group = %ctx.group, dead = %name, count = claimed.len(),
+            heartbeat_ms_ago = now.saturating_sub(beat), "claimed the entries of a consumer whose heartbeat stopped");
+        out.extend(claimed);
+    }
+    let inflight = ctx.inflight();
+    Ok(out
+        .into_iter()
+        .filter(|e| !inflight.contains(&e.id))
+        .collect())
+}
+
+/// The ids of an extended XPENDING reply (`[[id, consumer, idle, deliveries], …]`).
+fn pending_ids(v: Value) -> Vec<String> {
+    let Value::Array(items) = v else {
+        return Vec::new();
+    };
+    items
+        .into_iter()
+        .filter_map(|item| match item {
+            Value::Array(fields) => fields.first().and_then(crate::entry::string),
+            _ => None,
+        })
+        .collect()
 }
 
 /// `XGROUP CREATE stream group 0 MKSTREAM`; `BUSYGROUP` (it exists) is success.
@@ -586,8 +669,8 @@ struct ReadState {
     next_claim: Instant,
     /// The blocking reader's connection, made on first use and dropped after an error.
     blocking: Option<StreamReader>,
-    /// When the liveness heartbeat was last written.
-    last_beat: Option<Instant>,
+    /// When to look next for dead consumers whose entries to claim.
+    next_dead_check: Instant,
 }
 
 impl ReadState {
@@ -605,7 +688,7 @@ async fn read_loop(ctx: Arc<Ctx>, bus: Bus, permits: Arc<Semaphore>, tx: mpsc::S
         claim_from: "0-0".into(),
         next_claim: Instant::now(),
         blocking: None,
-        last_beat: None,
+        next_dead_check: Instant::now() + DEAD_CHECK_EVERY,
     };
     let mut backoff = Backoff::default();
     loop {
@@ -643,13 +726,6 @@ async fn read_once(
         ensure_group(&mut conn, &cfg.stream, &ctx.group).await?;
         state.group_ready = true;
     }
-    if state
-        .last_beat
-        .is_none_or(|t| t.elapsed() >= HEARTBEAT_EVERY)
-    {
-        heartbeat(&mut conn, cfg, &ctx.group, &ctx.consumer).await?;
-        state.last_beat = Some(Instant::now());
-    }
     let want = (1 + permits.available_permits()).min(cfg.batch_size.max(1));
     let group_opts = || StreamReadOptions::default().group(&ctx.group, &ctx.consumer);
 
@@ -668,6 +744,14 @@ async fn read_once(
         let counts = delivery_counts(ctx, &entries).await?;
         state.pending_from = Some(last);
         with_counts(entries, &counts)
+    } else if Instant::now() >= state.next_dead_check {
+        state.next_dead_check = Instant::now() + DEAD_CHECK_EVERY;
+        let claimed = claim_from_dead(ctx, want).await?;
+        if claimed.is_empty() {
+            return Ok(true);
+        }
+        let counts = delivery_counts(ctx, &claimed).await?;
+        with_counts(claimed, &counts)
     } else if Instant::now() >= state.next_claim {
         let v: Value = conn
             .xautoclaim_options(
@@ -709,7 +793,10 @@ async fn read_once(
             Some(r) => r,
             None => state.blocking.insert(bus.stream_reader().await?),
         };
-        let until_claim = state.next_claim.saturating_duration_since(Instant::now());
+        let until_claim = state
+            .next_claim
+            .min(state.next_dead_check)
+            .saturating_duration_since(Instant::now());
         let read = reader
             .read_new(
                 &cfg.stream,

@@ -559,3 +559,65 @@ async fn a_consumer_reads_with_the_urls_password_and_database() {
     let len0: usize = raw(&url0, redis::cmd("XLEN").arg("authed")).await;
     assert_eq!((len3, len0), (10, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_consumers_entries_are_claimed_once_its_heartbeat_stops_not_after_claim_idle() {
+    let server = RedisServer::start();
+    let mut cfg = config(&server, "dead");
+    // Far beyond the test: only the heartbeat can tell that A is gone.
+    cfg.claim_idle = Duration::from_secs(3600);
+    let bus = connect(cfg).await;
+    bus.publisher()
+        .publish_batch(&(0..5).map(numbered).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    // A takes all five and never finishes them; then its task is dropped, as a kill -9 would end it
+    // (no shutdown, no ack, the heartbeat stops).
+    let taken = Arc::new(AtomicUsize::new(0));
+    let hang = {
+        let taken = taken.clone();
+        handler_fn(move |_d: Delivery| {
+            taken.fetch_add(1, Ordering::SeqCst);
+            async {
+                std::future::pending::<()>().await;
+                Ok(Vec::new())
+            }
+        })
+    };
+    let (a, _, _stop_a) = spawn_consumer(&bus, hang, "G", "a");
+    wait_until(Duration::from_secs(5), "A holds all five", || async {
+        taken.load(Ordering::SeqCst) == 5
+    })
+    .await;
+    // A live consumer with a handler running longer than DEAD_AFTER keeps its entries.
+    let calls: Calls = Calls::default();
+    let handler = {
+        let calls = calls.clone();
+        handler_fn(move |d: Delivery| {
+            count(&calls, &d);
+            async { Ok(Vec::new()) }
+        })
+    };
+    let (b, stats, stop_b) = spawn_consumer(&bus, handler, "G", "b");
+    tokio::time::sleep(bus::consumer::DEAD_AFTER + Duration::from_secs(3)).await;
+    assert_eq!(calls_len(&calls), 0, "A is alive: nothing is taken from it");
+
+    a.abort();
+    let _ = a.await;
+    let killed = std::time::Instant::now();
+    wait_until(
+        bus::consumer::DEAD_AFTER + Duration::from_secs(10),
+        "B handles A's five",
+        || async { calls_len(&calls) == 5 },
+    )
+    .await;
+    let took = killed.elapsed();
+    stop_b.send(()).unwrap();
+    b.await.unwrap();
+    assert_eq!(stats.acks("G").acked, 5);
+    assert_eq!(pending(&server.url(), "dead", "G").await, 0);
+    assert!(
+        took < Duration::from_secs(60),
+        "claimed {took:?} after the kill, long before claim_idle"
+    );
+}
