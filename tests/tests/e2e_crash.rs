@@ -802,9 +802,11 @@ async fn e2e_kill_9_of_the_leader_hands_over_within_the_lease_ttl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_kill_9_of_the_replica_carrying_out_a_scale_up_is_repaired_by_the_other() {
-    // Two replicas, no restart: the dead one's delivery of the decision waits for the handlers' claim
-    // time (60 s here), and a worker it left half-created is failed after max_node_provision_time
-    // (60 s) and replaced, unless the engine finished starting it anyway.
+    // Two replicas, no restart: the dead one's deliveries are claimed by the other once its heartbeat is
+    // 5 s old (bus::consumer::DEAD_AFTER). The claimed decision is judged against the other's current
+    // record, which already holds the ScaleUpStarted published before acting, so it asks for nothing
+    // again: a worker left half-created is failed after max_node_provision_time (60 s) and replaced,
+    // unless the engine finished starting it anyway.
     let mut lab = Lab::start(LabOptions {
         replicas: 2,
         underutilized_for: Duration::from_secs(600),
@@ -861,9 +863,8 @@ async fn e2e_kill_9_of_the_replica_carrying_out_a_scale_up_is_repaired_by_the_ot
     let events = lab.events().await;
     println!("chain: {}", chain(&events, from));
     assert_no_loss(&events, from);
-    // The dead replica's unacknowledged deliveries are claimed by the other one once idle for the
-    // handlers' claim time (drain timeout + 30 s = 60 s here): a late copy of a decision must change
-    // nothing.
+    // The dead replica's unacknowledged deliveries are claimed by the other one: a late copy of a
+    // decision must change nothing.
     let dlq = all_acked(&lab, Duration::from_secs(100)).await;
     assert!(dlq.is_empty(), "{} dead letters", dlq.len());
     println!("all acknowledged {:?} after the kill", killed.elapsed());
