@@ -144,6 +144,12 @@ impl NodeManager {
                 continue;
             };
             if now - at < limit {
+                if w.state == WorkerState::Requested && now - at >= chrono(RECREATE_AFTER) {
+                    // Named by a ScaleUpStarted but never reported created: whoever was creating it
+                    // died (the decision is published before it is carried out). Create it again,
+                    // idempotently (an existing container of that name is started, Docker's 409).
+                    out_create_again(&w.name, by, at, &mut outcome);
+                }
                 continue;
             }
             let mut out = Emitter::new(HANDLER, by, now);
@@ -355,6 +361,38 @@ fn failure_code(error: &str) -> String {
         }
         _ => "action_failed".to_string(),
     }
+}
+
+/// How long a worker named by a `ScaleUpStarted` may go without `NodeCreated` before [`NodeManager::tick`]
+/// creates it again. Well below `max_node_provision_time`; a create that is merely slow meets Docker's 409.
+pub const RECREATE_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `CreateWorker` for `name` again, its facts caused by the `ScaleUpStarted` that named it (`by`), as the
+/// first command's were: the same fact ids, so a create that did complete is reported once.
+fn out_create_again(name: &str, by: &Cause, at: DateTime<Utc>, outcome: &mut Outcome) {
+    // The executor only needs the cause's identity, correlation and metadata.
+    let started = Envelope {
+        event_id: by.event_id,
+        timestamp: at,
+        source: HANDLER.to_string(),
+        event: ScaleUpStarted {
+            count: 1,
+            target_workers: 0,
+            nodes: vec![name.to_string()],
+        }
+        .into(),
+        metadata: by.metadata.clone(),
+        correlation_id: by.correlation_id,
+        causation_id: None,
+        v: bus::envelope::SCHEMA_VERSION,
+    };
+    outcome.commands.push(crate::command::Issued {
+        command: Command::CreateWorker {
+            name: name.to_string(),
+            requested_by: by.event_id,
+        },
+        cause: started,
+    });
 }
 
 fn create(names: &[String], started: &Envelope, out: &mut Emitter<'_>) {

@@ -422,6 +422,46 @@ fn a_worker_not_ready_in_time_is_failed_removed_and_replaced_after_a_backoff() {
 }
 
 #[test]
+fn a_worker_named_but_never_created_is_created_again_on_the_timer() {
+    use handlers::NodeManager;
+    let policy = Policy::default();
+    // The ScaleUpStarted is on the stream (published before acting), but whoever was to create the
+    // worker died: no NodeCreated follows.
+    let started = bus::Envelope::root(
+        "NodeManager",
+        ScaleUpStarted {
+            count: 1,
+            target_workers: 3,
+            nodes: vec!["k3s-worker-3".into()],
+        },
+        bus::Metadata::default(),
+    )
+    .with_timestamp(t0());
+    let model = handlers::Model::from_events(&policy, [&started]);
+    let creates = |secs: i64| -> Vec<(String, uuid::Uuid)> {
+        NodeManager
+            .tick(&model, &policy, t0() + chrono::Duration::seconds(secs))
+            .commands
+            .into_iter()
+            .filter_map(|i| match i.command {
+                handlers::Command::CreateWorker { name, .. } => Some((name, i.cause.event_id)),
+                _ => None,
+            })
+            .collect()
+    };
+    assert!(creates(5).is_empty(), "a create may take a while");
+    assert_eq!(
+        creates(12),
+        [("k3s-worker-3".to_string(), started.event_id)],
+        "created again, its facts caused by the ScaleUpStarted that named it"
+    );
+    assert!(
+        creates(400).is_empty(),
+        "past max_node_provision_time it is failed instead"
+    );
+}
+
+#[test]
 fn several_workers_lost_together_trigger_an_emergency_scale_up() {
     let mut sim = Simulation::new(Policy::default(), t0()).with_workers(3);
     sim.kill("k3s-worker-2");

@@ -805,8 +805,8 @@ async fn e2e_kill_9_of_the_replica_carrying_out_a_scale_up_is_repaired_by_the_ot
     // Two replicas, no restart: the dead one's deliveries are claimed by the other once its heartbeat is
     // 5 s old (bus::consumer::DEAD_AFTER). The claimed decision is judged against the other's current
     // record, which already holds the ScaleUpStarted published before acting, so it asks for nothing
-    // again: a worker left half-created is failed after max_node_provision_time (60 s) and replaced,
-    // unless the engine finished starting it anyway.
+    // again; the leader's NodeManager timer creates a worker named but never reported created again
+    // after handlers::node_manager::RECREATE_AFTER (10 s), idempotently.
     let mut lab = Lab::start(LabOptions {
         replicas: 2,
         underutilized_for: Duration::from_secs(600),
