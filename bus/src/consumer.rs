@@ -531,15 +531,35 @@ async fn beat_loop(ctx: Arc<Ctx>) {
     let key = heartbeat_key(&ctx.config.stream, &ctx.group);
     let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Redis's clock, not this host's: replicas on hosts whose clocks differ compare the same clock.
+    static BEAT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+        redis::Script::new(
+            "local t = redis.call('TIME') \
+             redis.call('HSET', KEYS[1], ARGV[1], t[1] * 1000 + math.floor(t[2] / 1000)) \
+             return 1",
+        )
+    });
     loop {
         tick.tick().await;
         let mut conn = ctx.conn.clone();
-        let now = chrono::Utc::now().timestamp_millis();
-        let res: redis::RedisResult<()> = conn.hset(&key, &ctx.consumer, now).await;
+        let res: redis::RedisResult<i64> = BEAT
+            .key(&key)
+            .arg(&ctx.consumer)
+            .invoke_async(&mut conn)
+            .await;
         if let Err(e) = res {
             debug!(group = %ctx.group, error = %e, "heartbeat not written");
         }
     }
+}
+
+/// Redis's clock in unix milliseconds (`TIME`), the clock heartbeats are written with.
+async fn server_millis(conn: &mut ConnectionManager) -> Result<i64> {
+    let (secs, micros): (i64, i64) = redis::cmd("TIME")
+        .query_async(conn)
+        .await
+        .map_err(BusError::redis("TIME"))?;
+    Ok(secs * 1000 + micros / 1000)
 }
 
 /// Claims, for this consumer, the pending entries of consumers of the group whose heartbeat is older than
@@ -551,7 +571,7 @@ async fn claim_from_dead(ctx: &Ctx, want: usize) -> Result<Vec<ReadEntry>> {
         .hgetall(heartbeat_key(&cfg.stream, &ctx.group))
         .await
         .map_err(BusError::redis("HGETALL (heartbeats)"))?;
-    let now = chrono::Utc::now().timestamp_millis();
+    let now = server_millis(&mut conn).await?;
     let dead_ms = DEAD_AFTER.as_millis() as i64;
     let mut out: Vec<ReadEntry> = Vec::new();
     for (name, beat) in beats {
