@@ -66,6 +66,9 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 /// consumer's heartbeat runs on its own task, so a long handler run does not stop it.
 pub const DEAD_AFTER: Duration = Duration::from_secs(5);
 
+/// A dead consumer with nothing pending is forgotten (its heartbeat removed) after this long.
+const FORGET_AFTER: Duration = Duration::from_secs(600);
+
 /// How often a consumer looks for dead consumers of its group.
 const DEAD_CHECK_EVERY: Duration = Duration::from_secs(2);
 
@@ -594,6 +597,14 @@ async fn claim_from_dead(ctx: &Ctx, want: usize) -> Result<Vec<ReadEntry>> {
             .map_err(BusError::redis("XPENDING (dead consumer)"))?;
         let ids = pending_ids(v);
         if ids.is_empty() {
+            if now.saturating_sub(beat) > FORGET_AFTER.as_millis() as i64 {
+                // Long dead and nothing left to claim: drop its heartbeat, so the hash does not grow
+                // with every name a replica ever ran under. (Were it alive after all, its next beat
+                // writes it back.)
+                let _: redis::RedisResult<i64> = conn
+                    .hdel(heartbeat_key(&cfg.stream, &ctx.group), &name)
+                    .await;
+            }
             continue;
         }
         let v: Value = redis::cmd("XCLAIM")

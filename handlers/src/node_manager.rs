@@ -148,7 +148,7 @@ impl NodeManager {
                     // Named by a ScaleUpStarted but never reported created: whoever was creating it
                     // died (the decision is published before it is carried out). Create it again,
                     // idempotently (an existing container of that name is started, Docker's 409).
-                    out_create_again(&w.name, by, at, &mut outcome);
+                    create_again(&w.name, by, at, &mut outcome);
                 }
                 continue;
             }
@@ -369,7 +369,7 @@ pub const RECREATE_AFTER: std::time::Duration = std::time::Duration::from_secs(1
 
 /// `CreateWorker` for `name` again, its facts caused by the `ScaleUpStarted` that named it (`by`), as the
 /// first command's were: the same fact ids, so a create that did complete is reported once.
-fn out_create_again(name: &str, by: &Cause, at: DateTime<Utc>, outcome: &mut Outcome) {
+fn create_again(name: &str, by: &Cause, at: DateTime<Utc>, outcome: &mut Outcome) {
     // The executor only needs the cause's identity, correlation and metadata.
     let started = Envelope {
         event_id: by.event_id,
