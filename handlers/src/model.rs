@@ -598,7 +598,13 @@ impl Model {
             Event::MinimumNodesRestored(_) => self.violation = None,
             Event::ClusterStateSynced(s) => {
                 self.last_synced = Some((ts, s.db_workers));
-                self.last_synced_names = self.live().map(|w| w.name.clone()).collect();
+                // The live names now are those reported only if the count agrees; otherwise the
+                // report raced a change and no names are known to have been reported.
+                self.last_synced_names = if self.current_workers() == s.db_workers {
+                    self.live().map(|w| w.name.clone()).collect()
+                } else {
+                    BTreeSet::new()
+                };
             }
             Event::ClusterObserved(o) => self.on_observed(env, o),
             Event::UnderutilizationWarning(_)

@@ -113,10 +113,14 @@ impl StateSynchronizer {
         if disagreements == 0 && settled {
             let workers = model.current_workers();
             let names: BTreeSet<String> = model.live().map(|w| w.name.clone()).collect();
+            // Compared with what the last report said, not with the record when it was folded: a
+            // report lands on the stream after the entries that raced it (a scale-down started
+            // meanwhile), so the names live at its fold may already be the new ones.
             let repeat = match model.last_synced {
                 None => true,
-                Some((at, _)) => {
-                    names != model.last_synced_names
+                Some((at, reported)) => {
+                    reported != workers
+                        || names != model.last_synced_names
                         || event.timestamp - at >= chrono(policy.sync.report_every)
                 }
             };

@@ -1215,3 +1215,87 @@ fn a_lost_workers_exited_container_and_node_are_removed_once_its_replacement_is_
     );
     assert_eq!(commands(&sim, "remove_worker"), ["k3s-worker-2"], "once");
 }
+
+#[test]
+fn a_sync_report_that_lands_after_a_scale_down_began_does_not_silence_the_next_one() {
+    // Under load the StateSynchronizer's report of an observation made at three workers is appended
+    // after a ScaleDownStarted that raced it. Once the worker is gone, the next observation must still
+    // be reported (at two), not wait for `report_every`.
+    let policy = Policy::default();
+    let sync = handlers::sync::StateSynchronizer;
+    let md = bus::Metadata::new("lab", "local");
+    let mut now = t0();
+    let mut model = handlers::Model::new(&policy);
+    let at = |event: Event, now: &mut chrono::DateTime<chrono::Utc>| {
+        *now += chrono::Duration::seconds(1);
+        bus::Envelope::root("test", event, md.clone()).with_timestamp(*now)
+    };
+    let observed = |names: &[&str]| {
+        Event::from(ClusterObserved {
+            k8s_nodes: names
+                .iter()
+                .map(|n| ObservedNode {
+                    name: (*n).into(),
+                    ready: true,
+                    scale_down_disabled: false,
+                })
+                .collect(),
+            docker_containers: names.iter().map(|n| (*n).to_string()).collect(),
+        })
+    };
+    let synced = |o: &handlers::Outcome| -> Vec<u32> {
+        o.events
+            .iter()
+            .filter_map(|e| match &e.event {
+                Event::ClusterStateSynced(s) => Some(s.db_workers),
+                _ => None,
+            })
+            .collect()
+    };
+
+    let first = at(observed(&["w1", "w2", "w3"]), &mut now);
+    model.apply(&first);
+    let report = sync.handle(&model, &first, &policy, now);
+    assert_eq!(synced(&report), [3]);
+    model.apply(&at(
+        ScaleDownStarted {
+            count: 1,
+            target_workers: 2,
+            nodes: vec!["w3".into()],
+        }
+        .into(),
+        &mut now,
+    ));
+    for e in &report.events {
+        model.apply(e);
+    }
+    for e in [
+        Event::from(NodeCordoned {
+            node_name: "w3".into(),
+        }),
+        NodeDrained {
+            node_name: "w3".into(),
+            evicted_pods: 0,
+        }
+        .into(),
+        NodeRemoved {
+            node_name: "w3".into(),
+        }
+        .into(),
+        ScalingActionCompleted {
+            action: ScalingAction::ScaleDown,
+            count: 1,
+            previous_workers: 3,
+            new_workers: 2,
+            duration: 3.0,
+            nodes: vec!["w3".into()],
+        }
+        .into(),
+    ] {
+        model.apply(&at(e, &mut now));
+    }
+    assert!(model.actions.is_empty());
+    let second = at(observed(&["w1", "w2"]), &mut now);
+    model.apply(&second);
+    assert_eq!(synced(&sync.handle(&model, &second, &policy, now)), [2]);
+}

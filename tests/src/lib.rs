@@ -42,6 +42,9 @@ spec:
     )
 }
 
+/// How many of the stream's last entries a timed-out wait prints.
+const TRAIL_ON_TIMEOUT: usize = 80;
+
 /// Label on everything an end-to-end test creates.
 pub const TEST_LABEL: &str = "k3s-autoscaler/e2e-test";
 
@@ -205,9 +208,13 @@ impl Lab {
                 return events;
             }
             if Instant::now() > deadline {
+                // The end of the stream is what explains a timeout; CI keeps a bounded log.
+                let tail = &events[events.len().saturating_sub(TRAIL_ON_TIMEOUT)..];
                 panic!(
-                    "timed out waiting for {what}; the stream:\n{}\n{}",
-                    trail(&events),
+                    "timed out waiting for {what}; the last {} of {} entries:\n{}\n{}",
+                    tail.len(),
+                    events.len(),
+                    trail(tail),
                     self.logs()
                 );
             }
