@@ -16,6 +16,10 @@ use bus::{handler_fn, BusConfig, Delivery, Envelope, Event, Metadata};
 use hdrhistogram::Histogram;
 use serde_json::json;
 
+/// The allocator the `autoscaler` binary runs with, so the client-side figures are the binary's.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const E2E_EVENTS: u64 = 100_000;
 const CONSUMERS: usize = 4;
 /// Publishing tasks of the end-to-end run (batches of 100 each, on the shared multiplexed connection).
