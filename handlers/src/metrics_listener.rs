@@ -4,7 +4,7 @@
 //!
 //! Pressure and underutilisation are level-triggered (repeated on every qualifying sample, so the
 //! engine re-evaluates as cooldowns run out); `OptimalStateTrigger` is edge-triggered (once per low
-//! streak at the minimum).
+//! streak at the minimum, with no scale-down in flight).
 
 use bus::event::{Event, OptimalStateTrigger, ResourcePressureAlert, UnderutilizationWarning};
 use bus::Envelope;
@@ -57,7 +57,9 @@ impl MetricsListener {
                     duration,
                     nodes: s.nodes.clone(),
                 });
-            } else if workers == min && !model.optimal_announced {
+            } else if workers == min && !model.optimal_announced && !model.scale_down_in_flight() {
+                // A node being removed no longer counts, but it is not gone yet: announce the
+                // minimum once the removal is done (the next sample), not during the drain.
                 out.emit(OptimalStateTrigger {
                     current_workers: workers,
                     min_workers: min,

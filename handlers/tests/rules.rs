@@ -1299,3 +1299,90 @@ fn a_sync_report_that_lands_after_a_scale_down_began_does_not_silence_the_next_o
     model.apply(&second);
     assert_eq!(synced(&sync.handle(&model, &second, &policy, now)), [2]);
 }
+
+#[test]
+fn the_minimum_is_announced_once_the_scale_down_is_done_not_during_the_drain() {
+    let policy = Policy::default();
+    let listener = handlers::metrics_listener::MetricsListener;
+    let md = bus::Metadata::new("lab", "local");
+    let mut now = t0();
+    let mut model = handlers::Model::new(&policy);
+    let at = |event: Event, now: &mut chrono::DateTime<chrono::Utc>| {
+        *now += chrono::Duration::seconds(15);
+        bus::Envelope::root("test", event, md.clone()).with_timestamp(*now)
+    };
+    let min = policy.limits.min_nodes;
+    let names: Vec<String> = (1..=min + 1).map(|i| format!("w{i}")).collect();
+    model.apply(&at(
+        ClusterObserved {
+            k8s_nodes: names
+                .iter()
+                .map(|n| ObservedNode {
+                    name: n.clone(),
+                    ready: true,
+                    scale_down_disabled: false,
+                })
+                .collect(),
+            docker_containers: names.clone(),
+        }
+        .into(),
+        &mut now,
+    ));
+    let victim = names.last().cloned().expect("a worker");
+    model.apply(&at(
+        ScaleDownStarted {
+            count: 1,
+            target_workers: min,
+            nodes: vec![victim.clone()],
+        }
+        .into(),
+        &mut now,
+    ));
+    let optimal = |model: &handlers::Model, sample: &bus::Envelope, now| {
+        listener
+            .handle(model, sample, &policy, now)
+            .events
+            .iter()
+            .filter(|e| e.event_type() == "OptimalStateTrigger")
+            .count()
+    };
+    // Low samples while the victim drains: the record counts `min` live workers, but one is leaving.
+    for _ in 0..policy.thresholds.consecutive_periods + 1 {
+        let sample = at(metrics(min, 1.0, 1.0).into(), &mut now);
+        model.apply(&sample);
+        assert_eq!(model.current_workers(), min);
+        assert_eq!(optimal(&model, &sample, now), 0, "not during the drain");
+    }
+    for e in [
+        Event::from(NodeCordoned {
+            node_name: victim.clone(),
+        }),
+        NodeDrained {
+            node_name: victim.clone(),
+            evicted_pods: 0,
+        }
+        .into(),
+        NodeRemoved {
+            node_name: victim.clone(),
+        }
+        .into(),
+        ScalingActionCompleted {
+            action: ScalingAction::ScaleDown,
+            count: 1,
+            previous_workers: min + 1,
+            new_workers: min,
+            duration: 3.0,
+            nodes: vec![victim.clone()],
+        }
+        .into(),
+    ] {
+        model.apply(&at(e, &mut now));
+    }
+    let sample = at(metrics(min, 1.0, 1.0).into(), &mut now);
+    model.apply(&sample);
+    assert_eq!(
+        optimal(&model, &sample, now),
+        1,
+        "announced once it is gone"
+    );
+}
