@@ -1216,6 +1216,72 @@ fn a_lost_workers_exited_container_and_node_are_removed_once_its_replacement_is_
     assert_eq!(commands(&sim, "remove_worker"), ["k3s-worker-2"], "once");
 }
 
+/// Root envelopes at a clock that steps forward before each one (for tests that drive a model and
+/// one handler directly, to put entries in an order the simulation would not produce).
+struct Clock {
+    now: chrono::DateTime<chrono::Utc>,
+    step: chrono::Duration,
+    metadata: bus::Metadata,
+}
+
+impl Clock {
+    fn new(step_secs: i64) -> Self {
+        Self {
+            now: t0(),
+            step: chrono::Duration::seconds(step_secs),
+            metadata: bus::Metadata::new("lab", "local"),
+        }
+    }
+
+    fn at(&mut self, event: impl Into<Event>) -> bus::Envelope {
+        self.now += self.step;
+        bus::Envelope::root("test", event, self.metadata.clone()).with_timestamp(self.now)
+    }
+}
+
+/// Kubernetes and Docker both show `names`, all Ready.
+fn all_ready(names: &[&str]) -> ClusterObserved {
+    ClusterObserved {
+        k8s_nodes: names
+            .iter()
+            .map(|n| ObservedNode {
+                name: (*n).into(),
+                ready: true,
+                scale_down_disabled: false,
+            })
+            .collect(),
+        docker_containers: names.iter().map(|n| (*n).to_string()).collect(),
+    }
+}
+
+/// The facts of `victim`'s removal after its `ScaleDownStarted`, in order, down from `previous` workers.
+fn removal_of(victim: &str, previous: u32) -> [Event; 4] {
+    [
+        NodeCordoned {
+            node_name: victim.into(),
+        }
+        .into(),
+        NodeDrained {
+            node_name: victim.into(),
+            evicted_pods: 0,
+        }
+        .into(),
+        NodeRemoved {
+            node_name: victim.into(),
+        }
+        .into(),
+        ScalingActionCompleted {
+            action: ScalingAction::ScaleDown,
+            count: 1,
+            previous_workers: previous,
+            new_workers: previous - 1,
+            duration: 3.0,
+            nodes: vec![victim.into()],
+        }
+        .into(),
+    ]
+}
+
 #[test]
 fn a_sync_report_that_lands_after_a_scale_down_began_does_not_silence_the_next_one() {
     // Under load the StateSynchronizer's report of an observation made at three workers is appended
@@ -1223,26 +1289,8 @@ fn a_sync_report_that_lands_after_a_scale_down_began_does_not_silence_the_next_o
     // be reported (at two), not wait for `report_every`.
     let policy = Policy::default();
     let sync = handlers::sync::StateSynchronizer;
-    let md = bus::Metadata::new("lab", "local");
-    let mut now = t0();
+    let mut clock = Clock::new(1);
     let mut model = handlers::Model::new(&policy);
-    let at = |event: Event, now: &mut chrono::DateTime<chrono::Utc>| {
-        *now += chrono::Duration::seconds(1);
-        bus::Envelope::root("test", event, md.clone()).with_timestamp(*now)
-    };
-    let observed = |names: &[&str]| {
-        Event::from(ClusterObserved {
-            k8s_nodes: names
-                .iter()
-                .map(|n| ObservedNode {
-                    name: (*n).into(),
-                    ready: true,
-                    scale_down_disabled: false,
-                })
-                .collect(),
-            docker_containers: names.iter().map(|n| (*n).to_string()).collect(),
-        })
-    };
     let synced = |o: &handlers::Outcome| -> Vec<u32> {
         o.events
             .iter()
@@ -1253,91 +1301,46 @@ fn a_sync_report_that_lands_after_a_scale_down_began_does_not_silence_the_next_o
             .collect()
     };
 
-    let first = at(observed(&["w1", "w2", "w3"]), &mut now);
+    let first = clock.at(all_ready(&["w1", "w2", "w3"]));
     model.apply(&first);
-    let report = sync.handle(&model, &first, &policy, now);
+    let report = sync.handle(&model, &first, &policy, clock.now);
     assert_eq!(synced(&report), [3]);
-    model.apply(&at(
-        ScaleDownStarted {
-            count: 1,
-            target_workers: 2,
-            nodes: vec!["w3".into()],
-        }
-        .into(),
-        &mut now,
-    ));
+    model.apply(&clock.at(ScaleDownStarted {
+        count: 1,
+        target_workers: 2,
+        nodes: vec!["w3".into()],
+    }));
     for e in &report.events {
         model.apply(e);
     }
-    for e in [
-        Event::from(NodeCordoned {
-            node_name: "w3".into(),
-        }),
-        NodeDrained {
-            node_name: "w3".into(),
-            evicted_pods: 0,
-        }
-        .into(),
-        NodeRemoved {
-            node_name: "w3".into(),
-        }
-        .into(),
-        ScalingActionCompleted {
-            action: ScalingAction::ScaleDown,
-            count: 1,
-            previous_workers: 3,
-            new_workers: 2,
-            duration: 3.0,
-            nodes: vec!["w3".into()],
-        }
-        .into(),
-    ] {
-        model.apply(&at(e, &mut now));
+    for e in removal_of("w3", 3) {
+        model.apply(&clock.at(e));
     }
     assert!(model.actions.is_empty());
-    let second = at(observed(&["w1", "w2"]), &mut now);
+    let second = clock.at(all_ready(&["w1", "w2"]));
     model.apply(&second);
-    assert_eq!(synced(&sync.handle(&model, &second, &policy, now)), [2]);
+    assert_eq!(
+        synced(&sync.handle(&model, &second, &policy, clock.now)),
+        [2]
+    );
 }
 
 #[test]
 fn the_minimum_is_announced_once_the_scale_down_is_done_not_during_the_drain() {
     let policy = Policy::default();
     let listener = handlers::metrics_listener::MetricsListener;
-    let md = bus::Metadata::new("lab", "local");
-    let mut now = t0();
+    let mut clock = Clock::new(15);
     let mut model = handlers::Model::new(&policy);
-    let at = |event: Event, now: &mut chrono::DateTime<chrono::Utc>| {
-        *now += chrono::Duration::seconds(15);
-        bus::Envelope::root("test", event, md.clone()).with_timestamp(*now)
-    };
     let min = policy.limits.min_nodes;
     let names: Vec<String> = (1..=min + 1).map(|i| format!("w{i}")).collect();
-    model.apply(&at(
-        ClusterObserved {
-            k8s_nodes: names
-                .iter()
-                .map(|n| ObservedNode {
-                    name: n.clone(),
-                    ready: true,
-                    scale_down_disabled: false,
-                })
-                .collect(),
-            docker_containers: names.clone(),
-        }
-        .into(),
-        &mut now,
-    ));
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    model.apply(&clock.at(all_ready(&name_refs)));
     let victim = names.last().cloned().expect("a worker");
-    model.apply(&at(
-        ScaleDownStarted {
-            count: 1,
-            target_workers: min,
-            nodes: vec![victim.clone()],
-        }
-        .into(),
-        &mut now,
-    ));
+    model.apply(&clock.at(ScaleDownStarted {
+        count: 1,
+        target_workers: min,
+        nodes: vec![victim.clone()],
+    }));
     let optimal = |model: &handlers::Model, sample: &bus::Envelope, now| {
         listener
             .handle(model, sample, &policy, now)
@@ -1348,40 +1351,22 @@ fn the_minimum_is_announced_once_the_scale_down_is_done_not_during_the_drain() {
     };
     // Low samples while the victim drains: the record counts `min` live workers, but one is leaving.
     for _ in 0..policy.thresholds.consecutive_periods + 1 {
-        let sample = at(metrics(min, 1.0, 1.0).into(), &mut now);
+        let sample = clock.at(metrics(min, 1.0, 1.0));
         model.apply(&sample);
         assert_eq!(model.current_workers(), min);
-        assert_eq!(optimal(&model, &sample, now), 0, "not during the drain");
+        assert_eq!(
+            optimal(&model, &sample, clock.now),
+            0,
+            "not during the drain"
+        );
     }
-    for e in [
-        Event::from(NodeCordoned {
-            node_name: victim.clone(),
-        }),
-        NodeDrained {
-            node_name: victim.clone(),
-            evicted_pods: 0,
-        }
-        .into(),
-        NodeRemoved {
-            node_name: victim.clone(),
-        }
-        .into(),
-        ScalingActionCompleted {
-            action: ScalingAction::ScaleDown,
-            count: 1,
-            previous_workers: min + 1,
-            new_workers: min,
-            duration: 3.0,
-            nodes: vec![victim.clone()],
-        }
-        .into(),
-    ] {
-        model.apply(&at(e, &mut now));
+    for e in removal_of(&victim, min + 1) {
+        model.apply(&clock.at(e));
     }
-    let sample = at(metrics(min, 1.0, 1.0).into(), &mut now);
+    let sample = clock.at(metrics(min, 1.0, 1.0));
     model.apply(&sample);
     assert_eq!(
-        optimal(&model, &sample, now),
+        optimal(&model, &sample, clock.now),
         1,
         "announced once it is gone"
     );
