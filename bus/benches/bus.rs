@@ -112,13 +112,19 @@ async fn run() {
         println!("raw XADD of a real 9-field event entry, same flags: {r:>10.0} entries/s");
     }
 
-    // `BUS_BENCH=e2e` runs only the end-to-end part (for profiling).
-    let only_e2e = std::env::var("BUS_BENCH").is_ok_and(|v| v == "e2e");
+    // `BUS_BENCH=e2e` runs only the end-to-end parts; `BUS_BENCH=bus-e2e` only the bus's (for profiling).
+    let part = std::env::var("BUS_BENCH").unwrap_or_default();
+    let only_e2e = part == "e2e" || part == "bus-e2e";
 
     if !only_e2e {
         publish_rates(&server).await;
     }
-    end_to_end(&server, raw, raw_full).await;
+    let bare = if part == "bus-e2e" {
+        None
+    } else {
+        bare_redis(&server, raw).await
+    };
+    end_to_end(&server, raw, raw_full, bare).await;
     if !only_e2e {
         latency(&server).await;
     }
@@ -163,7 +169,133 @@ async fn publish_rates(server: &RedisServer) {
     drop(batch_events);
 }
 
-async fn end_to_end(server: &RedisServer, raw: Option<f64>, raw_full: Option<f64>) {
+/// The end-to-end run's work without the bus: the same entries, encoded before the clock starts, XADDed
+/// in pipelines of 100 by 2 tasks; 4 consumers each looping XREADGROUP COUNT 256 BLOCK + XACK of the ids,
+/// nothing decoded but the ids, no handler. What redis-rs and the server alone reach on this machine for
+/// the DESIGN's 9-field entry: a ceiling for any bus, beside the raw `f v` one.
+async fn bare_redis(server: &RedisServer, raw: Option<f64>) -> Option<f64> {
+    let stream = "bench_bare";
+    let bus = bus::connect(config(server, stream)).await.expect("connect");
+    let mut conn = bus.connection();
+    let _: () = redis::cmd("XGROUP")
+        .arg(&["CREATE", stream, "Bare", "$", "MKSTREAM"])
+        .query_async(&mut conn)
+        .await
+        .expect("XGROUP CREATE");
+    let acked = Arc::new(AtomicU64::new(0));
+    let mut consumers = Vec::new();
+    for i in 0..CONSUMERS {
+        let mut reader = bus.blocking_connection().await.expect("connect");
+        let acked = acked.clone();
+        consumers.push(tokio::spawn(async move {
+            let name = format!("bare-{i}");
+            while acked.load(Ordering::Relaxed) < E2E_EVENTS {
+                let reply: redis::Value = redis::cmd("XREADGROUP")
+                    .arg(&[
+                        "GROUP", "Bare", &name, "COUNT", "256", "BLOCK", "100", "STREAMS", stream,
+                        ">",
+                    ])
+                    .query_async(&mut reader)
+                    .await
+                    .expect("XREADGROUP");
+                let ids = bare_ids(&reply);
+                if ids.is_empty() {
+                    continue;
+                }
+                let n: u64 = redis::cmd("XACK")
+                    .arg(stream)
+                    .arg("Bare")
+                    .arg(&ids)
+                    .query_async(&mut reader)
+                    .await
+                    .expect("XACK");
+                acked.fetch_add(n, Ordering::Relaxed);
+            }
+        }));
+    }
+    let entries: Vec<Vec<(&'static str, String)>> =
+        (0..E2E_EVENTS).map(|i| event(i).to_fields()).collect();
+    let parts: Vec<Vec<Vec<(&'static str, String)>>> = entries
+        .chunks(entries.len() / PUBLISHERS)
+        .map(<[_]>::to_vec)
+        .collect();
+    let opts = || {
+        redis::streams::StreamAddOptions::default().trim(
+            redis::streams::StreamTrimStrategy::maxlen(
+                redis::streams::StreamTrimmingMode::Approx,
+                1_000_000,
+            ),
+        )
+    };
+    let cpu = CpuMeter::start(&bus).await;
+    let t = Instant::now();
+    let mut publishers = Vec::new();
+    for part in parts {
+        let mut conn = bus.connection();
+        publishers.push(tokio::spawn(async move {
+            for batch in part.chunks(100) {
+                let mut pipe = redis::pipe();
+                for fields in batch {
+                    pipe.xadd_options(stream, "*", fields, &opts());
+                }
+                let _: Vec<String> = pipe.query_async(&mut conn).await.expect("XADD");
+            }
+        }));
+    }
+    for p in publishers {
+        p.await.expect("publisher");
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while acked.load(Ordering::Relaxed) < E2E_EVENTS && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let done = acked.load(Ordering::Relaxed);
+    let rate = done as f64 / t.elapsed().as_secs_f64();
+    let cpu = cpu.per_event(&bus, done).await;
+    for c in consumers {
+        c.await.expect("consumer");
+    }
+    println!(
+        "bare redis-rs, same entries, XADD → XREADGROUP → XACK, no bus, {CONSUMERS} consumers: {rate:>10.0} events/s{}\n  CPU per event: {}",
+        raw.map(|r| format!(" = {:.1} % of the raw pipelined XADD rate", 100.0 * rate / r))
+            .unwrap_or_default(),
+        cpu.text
+    );
+    (done == E2E_EVENTS).then_some(rate)
+}
+
+/// The entry ids of an `XREADGROUP` reply: `[[stream, [[id, fields], …]]]`.
+fn bare_ids(reply: &redis::Value) -> Vec<Vec<u8>> {
+    use redis::Value;
+    let Value::Array(streams) = reply else {
+        return Vec::new();
+    };
+    streams
+        .iter()
+        .filter_map(|s| match s {
+            Value::Array(pair) => pair.get(1),
+            _ => None,
+        })
+        .flat_map(|entries| match entries {
+            Value::Array(entries) => entries.as_slice(),
+            _ => &[],
+        })
+        .filter_map(|e| match e {
+            Value::Array(e) => match e.first() {
+                Some(Value::BulkString(id)) => Some(id.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+async fn end_to_end(
+    server: &RedisServer,
+    raw: Option<f64>,
+    raw_full: Option<f64>,
+    bare: Option<f64>,
+) {
     let bus = bus::connect(config(server, "bench_e2e"))
         .await
         .expect("connect");
@@ -192,11 +324,16 @@ async fn end_to_end(server: &RedisServer, raw: Option<f64>, raw_full: Option<f64
     }
     // Events are built before the clock starts: the figure is the bus's, not the fixture's.
     let all: Vec<Envelope> = (0..E2E_EVENTS).map(event).collect();
+    let parts: Vec<Vec<Envelope>> = all
+        .chunks(all.len() / PUBLISHERS)
+        .map(<[_]>::to_vec)
+        .collect();
+    drop(all);
     let cpu = CpuMeter::start(&bus).await;
     let t = Instant::now();
     let mut publishers = Vec::new();
-    for part in all.chunks(all.len() / PUBLISHERS) {
-        let (p, part) = (bus.publisher(), part.to_vec());
+    for part in parts {
+        let p = bus.publisher();
         publishers.push(tokio::spawn(async move {
             for batch in part.chunks(100) {
                 p.publish_batch(batch).await.expect("publish_batch");
@@ -243,6 +380,12 @@ async fn end_to_end(server: &RedisServer, raw: Option<f64>, raw_full: Option<f64
         println!(
             "  the redis-server's own CPU per event bounds it at {server_only:.0} events/s = {:.1} % of that raw rate",
             100.0 * server_only / r
+        );
+    }
+    if let Some(b) = bare {
+        println!(
+            "  = {:.1} % of the bare redis-rs rate of the same work",
+            100.0 * e2e / b
         );
     }
     if let Some(r) = raw_full {
@@ -323,7 +466,7 @@ impl CpuMeter {
                 .find(|(n, _, _)| *n == name)
                 .map_or((0, 0), |(_, c, u)| (*c, *u));
             let (calls, usec) = (calls - c0.min(calls), usec - u0.min(usec));
-            if calls * 100 >= events {
+            if calls > 0 && usec * 20 >= events {
                 commands.push_str(&format!(
                     "\n    {name:<12} {calls:>8} calls, {:>6.1} events/call, {:.2} µs/event",
                     events as f64 / calls as f64,
