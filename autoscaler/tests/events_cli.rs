@@ -226,10 +226,52 @@ fn undecodable_entries_are_shown_not_fatal_and_dlq_commands_work() {
         "{}",
         String::from_utf8_lossy(&retry.stderr)
     );
+    assert!(
+        stdout(&retry).contains("for group NodeManager only"),
+        "{}",
+        stdout(&retry)
+    );
     assert!(xrange(&server, "autoscaler_events:dlq").is_empty());
     let back = xrange(&server, "autoscaler_events");
     assert_eq!(back.len(), 2);
-    assert_eq!(back[1].1.len(), 9, "only the original fields come back");
+    let retried: Vec<(String, String)> = back[1].1.clone();
+    assert_eq!(
+        retried.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+        bus::envelope::FIELDS
+            .iter()
+            .copied()
+            .chain([bus::RETRY_FOR])
+            .collect::<Vec<_>>(),
+        "the original fields and retry_for come back"
+    );
+    assert_eq!(retried[9].1, "NodeManager");
+    let tail = stdout(&autoscaler(&server, &["events", "tail"]));
+    assert!(tail.contains("retried for NodeManager only"), "{tail}");
+    // Retrying it again finds nothing: exit 1, nothing written.
+    assert_eq!(
+        autoscaler(&server, &["events", "dlq", "retry", &dl_id])
+            .status
+            .code(),
+        Some(1)
+    );
+    assert_eq!(xrange(&server, "autoscaler_events").len(), 2);
+
+    // --all-groups: the original fields only.
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg("autoscaler_events:dlq").arg("*");
+    for (k, v) in fields {
+        cmd.arg(k).arg(v);
+    }
+    let dl_id: String = cmd.query(&mut conn).unwrap();
+    let retry = autoscaler(&server, &["events", "dlq", "retry", "--all-groups", &dl_id]);
+    assert!(
+        stdout(&retry).contains("for every group"),
+        "{}",
+        stdout(&retry)
+    );
+    let back = xrange(&server, "autoscaler_events");
+    assert_eq!(back.len(), 3);
+    assert_eq!(back[2].1.len(), 9, "only the original fields come back");
     assert_eq!(
         autoscaler(&server, &["events", "dlq", "purge"])
             .status

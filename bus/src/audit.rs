@@ -5,7 +5,7 @@ use redis::streams::{StreamInfoConsumersReply, StreamInfoGroupsReply, StreamRead
 use redis::{AsyncCommands, Value};
 
 use crate::connection::Bus;
-use crate::consumer::DLQ_FIELDS;
+use crate::consumer::{DLQ_FIELDS, RETRY_FOR};
 use crate::entry::{parse_entries, parse_read, present, RawEntry};
 use crate::error::{BusError, Result};
 
@@ -14,20 +14,25 @@ const PAGE: usize = 512;
 
 /// Re-adds a dead letter's original fields to the stream and deletes it from the DLQ, atomically (a
 /// second retry of the same id finds nothing). The dead-letter fields are the last occurrence of each of
-/// `DLQ_FIELDS`; an original field of the same name written earlier is kept.
+/// `DLQ_FIELDS`; an original field of the same name written earlier is kept. A `retry_for` left by an
+/// earlier retry is dropped too. With mode `group`, the entry gets `retry_for = <the dead letter's group>`,
+/// so that only that group handles it again.
 ///
-/// KEYS: dlq, stream. ARGV: dead letter id, max length, the DLQ field names.
+/// KEYS: dlq, stream. ARGV: dead letter id, max length, mode (`group` or `all`), the fields to drop.
+/// Returns {new stream id, the group it is for or ''}.
 const DLQ_RETRY: &str = r#"
 local e = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
 if #e == 0 then return false end
 local f = e[1][2]
 local drop = {}
-for i = 3, #ARGV do drop[ARGV[i]] = true end
+for i = 4, #ARGV do drop[ARGV[i]] = true end
 local keep = {}
+local group = ''
 for i = #f - 1, 1, -2 do
   local k = f[i]
   if drop[k] then
     drop[k] = nil
+    if k == 'group' then group = f[i + 1] end
   else
     table.insert(keep, 1, f[i + 1])
     table.insert(keep, 1, k)
@@ -36,10 +41,34 @@ end
 if #keep == 0 then
   return redis.error_reply('dead letter ' .. ARGV[1] .. ' has no original fields (the entry was deleted before it was dead-lettered)')
 end
+local target = ''
+if ARGV[3] == 'group' and group ~= '' then
+  target = group
+  table.insert(keep, 'retry_for')
+  table.insert(keep, group)
+end
 local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(keep))
 redis.call('XDEL', KEYS[1], ARGV[1])
-return id
+return {id, target}
 "#;
+
+/// Who handles a retried dead letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryTo {
+    /// Only the group that dead-lettered it.
+    Group,
+    /// Every group, as if it were published anew.
+    AllGroups,
+}
+
+/// A dead letter put back on the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retried {
+    /// Its new stream id.
+    pub stream_id: String,
+    /// The only group that handles it (`retry_for`), or `None` for every group.
+    pub group: Option<String>,
+}
 
 /// Which entries to read.
 #[derive(Debug, Clone)]
@@ -261,24 +290,37 @@ impl Audit {
             .map_err(BusError::redis("XLEN (dlq)"))
     }
 
-    /// Puts dead letter `id`'s original fields back on the stream (a new entry, delivered again to every
-    /// group) and removes it from the DLQ, atomically. Returns the new stream id.
-    pub async fn dlq_retry(&self, id: &str) -> Result<String> {
+    /// Puts dead letter `id`'s original fields back on the stream as a new entry and removes it from the
+    /// DLQ, atomically. With [`RetryTo::Group`] only the group that dead-lettered it handles it again (the
+    /// others, which handled it the first time, acknowledge it unseen); with [`RetryTo::AllGroups`] every
+    /// group does.
+    pub async fn dlq_retry(&self, id: &str, to: RetryTo) -> Result<Retried> {
         let cfg = self.bus.config();
         let script = redis::Script::new(DLQ_RETRY);
         let mut inv = script.prepare_invoke();
-        inv.key(&cfg.dlq).key(&cfg.stream).arg(id).arg(cfg.max_len);
-        for f in DLQ_FIELDS {
-            inv.arg(f);
+        inv.key(&cfg.dlq)
+            .key(&cfg.stream)
+            .arg(id)
+            .arg(cfg.max_len)
+            .arg(match to {
+                RetryTo::Group => "group",
+                RetryTo::AllGroups => "all",
+            });
+        for f in DLQ_FIELDS.iter().chain([&RETRY_FOR]) {
+            inv.arg(*f);
         }
         let mut conn = self.bus.connection();
-        let new_id: Option<String> = inv
+        let reply: Option<(String, String)> = inv
             .invoke_async(&mut conn)
             .await
             .map_err(BusError::redis("DLQ retry"))?;
-        new_id.ok_or_else(|| BusError::NoSuchEntry {
+        let (stream_id, group) = reply.ok_or_else(|| BusError::NoSuchEntry {
             stream: cfg.dlq.clone(),
             id: id.to_string(),
+        })?;
+        Ok(Retried {
+            stream_id,
+            group: (!group.is_empty()).then_some(group),
         })
     }
 

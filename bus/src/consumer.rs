@@ -21,6 +21,8 @@
 //!    ([`HandlerError::DeadLetter`]). Once an entry has been delivered `max_deliveries` times and fails,
 //!    it moves to `<stream>:dlq` — the original fields plus `original_id`, `group`, `error`, `deliveries`,
 //!    `failed_at` — atomically with its XACK. An undecodable entry goes there at once.
+//! 6. A dead letter put back with [`crate::Audit::dlq_retry`] carries [`RETRY_FOR`]: the other groups
+//!    acknowledge it without handling it (they handled it the first time).
 //!
 //! What remains at-least-once: a crash after a handler ran but before its EXEC redelivers the input, so
 //! the handler runs again. Handlers must be idempotent; outputs with deterministic ids
@@ -57,6 +59,10 @@ use crate::Envelope;
 
 /// The fields a dead letter adds after the original ones.
 pub const DLQ_FIELDS: [&str; 5] = ["original_id", "group", "error", "deliveries", "failed_at"];
+
+/// The field a retried dead letter carries (`events dlq retry`): the one group that handles it again.
+/// The other groups acknowledge the entry without handling it; they did so the first time.
+pub const RETRY_FOR: &str = "retry_for";
 
 /// How often a running consumer writes its heartbeat (see [`heartbeat_key`]).
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
@@ -924,6 +930,12 @@ async fn process<H: Handler>(ctx: Arc<Ctx>, handler: Arc<H>, work: Work) -> Fini
         id: entry.id,
         fields,
     };
+    if let Some(target) = raw.get(RETRY_FOR) {
+        if target != ctx.group.as_bytes() {
+            debug!(stream_id = %raw.id, retry_for = %String::from_utf8_lossy(target), "a retry for another group: acknowledged unhandled");
+            return Finish::Ack(raw.id);
+        }
+    }
     let envelope = match raw.decode() {
         Ok(e) => e,
         Err(e) => {

@@ -42,12 +42,13 @@ pub use envelope::{Envelope, Metadata, SCHEMA_VERSION};
 pub use event::{Event, EVENT_TYPES};
 
 #[cfg(feature = "redis")]
-pub use audit::{Audit, ConsumerInfo, DeadLetter, Follower, GroupInfo, Query};
+pub use audit::{Audit, ConsumerInfo, DeadLetter, Follower, GroupInfo, Query, Retried, RetryTo};
 #[cfg(feature = "redis")]
 pub use connection::{connect, Bus};
 #[cfg(feature = "redis")]
 pub use consumer::{
     handler_fn, Consumer, Counters, Delivery, ErrorPolicy, Handler, HandlerError, Outcome, Stats,
+    RETRY_FOR,
 };
 #[cfg(feature = "redis")]
 pub use entry::RawEntry;

@@ -2,11 +2,14 @@
 
 mod common;
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bus::stream_id::{parse_position, StreamId};
 use bus::testing::RedisServer;
-use bus::{handler_fn, Delivery, Envelope, HandlerError, Query};
+use bus::{handler_fn, Delivery, Envelope, HandlerError, Query, RetryTo, RETRY_FOR};
 use common::*;
 
 /// `XREADGROUP` of one stream: [(stream, [(id, [(field, value)])])].
@@ -123,7 +126,11 @@ async fn a_retried_dead_letter_is_back_on_the_stream_with_its_original_fields_an
     task.await.unwrap();
 
     let dl = audit.dlq(1).await.unwrap().remove(0);
-    let new_id = audit.dlq_retry(&dl.id).await.unwrap();
+    let new_id = audit
+        .dlq_retry(&dl.id, RetryTo::AllGroups)
+        .await
+        .unwrap()
+        .stream_id;
     assert_eq!(audit.dlq_len().await.unwrap(), 0);
     let back = audit
         .query(&Query {
@@ -137,9 +144,125 @@ async fn a_retried_dead_letter_is_back_on_the_stream_with_its_original_fields_an
     assert_eq!(back[0].fields.len(), bus::envelope::FIELDS.len());
     // Retrying the same dead letter again finds nothing.
     assert!(matches!(
-        audit.dlq_retry(&dl.id).await,
+        audit.dlq_retry(&dl.id, RetryTo::AllGroups).await,
         Err(bus::BusError::NoSuchEntry { .. })
     ));
+}
+
+/// Two groups see each event; "Failing" dead-letters while `broken` is set, "Steady" never fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_dead_letter_goes_to_the_group_that_failed_it_unless_all_groups_are_asked_for() {
+    let server = RedisServer::start();
+    let bus = connect(config(&server, "target")).await;
+    let broken = Arc::new(AtomicBool::new(true));
+    let seen: Arc<Mutex<HashMap<String, Vec<usize>>>> = Arc::default();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    for group in ["Failing", "Steady"] {
+        let consumer = bus.consumer();
+        consumer.ensure_group(group).await.unwrap();
+        let (broken, seen, mut rx) = (broken.clone(), seen.clone(), rx.clone());
+        let name = group.to_string();
+        tasks.push(tokio::spawn(async move {
+            let me = name.clone();
+            let handler = handler_fn(move |d: Delivery| {
+                let failed = me == "Failing" && broken.load(Ordering::SeqCst);
+                if !failed {
+                    let mut seen = seen.lock().unwrap();
+                    seen.entry(me.clone())
+                        .or_default()
+                        .push(number_of(&d.envelope));
+                }
+                async move {
+                    if failed {
+                        Err(HandlerError::dead_letter("broken"))
+                    } else {
+                        Ok(Vec::<Envelope>::new())
+                    }
+                }
+            });
+            consumer
+                .run(handler, &name, "c1", async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await
+                .unwrap();
+        }));
+    }
+    let audit = bus.audit();
+    let seen_by =
+        |group: &'static str| seen.lock().unwrap().get(group).cloned().unwrap_or_default();
+    // Settled: nothing pending and everything delivered, in both groups.
+    let settled = || async {
+        let groups = audit.groups().await.unwrap();
+        groups.len() == 2 && groups.iter().all(|g| g.pending == 0 && g.lag == Some(0))
+    };
+
+    let seven = numbered(7);
+    bus.publisher().publish(&seven).await.unwrap();
+    wait_until(
+        Duration::from_secs(5),
+        "7 dead-lettered by Failing",
+        || async { audit.dlq_len().await.unwrap() == 1 },
+    )
+    .await;
+    wait_until(Duration::from_secs(5), "both groups settled", settled).await;
+    assert_eq!(seen_by("Steady"), vec![7]);
+
+    // Still broken: the retry fails again and is back in the DLQ.
+    let dl = audit.dlq(1).await.unwrap().remove(0);
+    let r = audit.dlq_retry(&dl.id, RetryTo::Group).await.unwrap();
+    assert_eq!(r.group.as_deref(), Some("Failing"));
+    wait_until(
+        Duration::from_secs(5),
+        "the retry dead-lettered again",
+        || async { audit.dlq_len().await.unwrap() == 1 },
+    )
+    .await;
+    wait_until(Duration::from_secs(5), "both groups settled", settled).await;
+
+    // Fixed: the second retry is handled by Failing; Steady acknowledges it without handling it.
+    broken.store(false, Ordering::SeqCst);
+    let dl = audit.dlq(1).await.unwrap().remove(0);
+    let r = audit.dlq_retry(&dl.id, RetryTo::Group).await.unwrap();
+    wait_until(Duration::from_secs(5), "both groups settled", settled).await;
+    assert_eq!(seen_by("Failing"), vec![7]);
+    assert_eq!(seen_by("Steady"), vec![7]);
+    assert_eq!(audit.dlq_len().await.unwrap(), 0);
+    // The original fields and one `retry_for`, however often it was retried.
+    let back = audit
+        .query(&Query {
+            start: r.stream_id.clone(),
+            end: r.stream_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(back[0].fields.len(), bus::envelope::FIELDS.len() + 1);
+    assert_eq!(back[0].get_str(RETRY_FOR).as_deref(), Some("Failing"));
+    assert_eq!(back[0].decode().unwrap(), seven);
+
+    // --all-groups: both handle it again.
+    broken.store(true, Ordering::SeqCst);
+    bus.publisher().publish(&numbered(8)).await.unwrap();
+    wait_until(
+        Duration::from_secs(5),
+        "8 dead-lettered by Failing",
+        || async { audit.dlq_len().await.unwrap() == 1 },
+    )
+    .await;
+    broken.store(false, Ordering::SeqCst);
+    let dl = audit.dlq(1).await.unwrap().remove(0);
+    let r = audit.dlq_retry(&dl.id, RetryTo::AllGroups).await.unwrap();
+    assert_eq!(r.group, None);
+    wait_until(Duration::from_secs(5), "both groups settled", settled).await;
+    assert_eq!(seen_by("Failing"), vec![7, 8]);
+    assert_eq!(seen_by("Steady"), vec![7, 8, 8]);
+
+    stop.send(true).unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bus::stream_id::{parse_position, StreamId};
-use bus::{Audit, Envelope, Event, Metadata, Query, RawEntry, EVENT_TYPES};
+use bus::{Audit, Envelope, Event, Metadata, Query, RawEntry, RetryTo, EVENT_TYPES};
 use chrono::Utc;
 use uuid::Uuid;
 
@@ -74,10 +74,14 @@ pub enum DlqCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Put a dead letter back on the stream (delivered again to every group) and remove it from the DLQ.
+    /// Put a dead letter back on the stream and remove it from the DLQ. Only the group that dead-lettered
+    /// it handles it again (the entry carries `retry_for`), unless `--all-groups`.
     Retry {
         /// The dead letter's id in the DLQ (see `dlq list`).
         id: String,
+        /// Deliver it again to every group, as if it were published anew.
+        #[arg(long)]
+        all_groups: bool,
     },
     /// Delete every dead letter.
     Purge {
@@ -227,15 +231,25 @@ fn matches_types(e: &RawEntry, types: &[String]) -> bool {
 
 /// One entry as a line: readable, or JSON (`Envelope::to_json` plus `stream_id`).
 pub fn render(e: &RawEntry, json: bool) -> String {
+    let retry_for = e.get_str(bus::RETRY_FOR);
     match (e.decode(), json) {
         (Ok(env), true) => {
             let mut v = env.to_json();
             if let Some(obj) = v.as_object_mut() {
                 obj.insert("stream_id".into(), e.id.clone().into());
+                if let Some(g) = retry_for {
+                    obj.insert(bus::RETRY_FOR.into(), g.into());
+                }
             }
             v.to_string()
         }
-        (Ok(env), false) => readable(&e.id, &env),
+        (Ok(env), false) => match retry_for {
+            Some(g) => format!(
+                "{}  (dead letter retried for {g} only)",
+                readable(&e.id, &env)
+            ),
+            None => readable(&e.id, &env),
+        },
         (Err(err), true) => serde_json::json!({
             "stream_id": e.id,
             "undecodable": err.to_string(),
@@ -449,16 +463,27 @@ async fn dlq(settings: &Settings, cmd: DlqCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        DlqCommand::Retry { id } => match audit.dlq_retry(&id).await {
-            Ok(new_id) => {
-                emit(&format!("{id} re-published as {new_id}"));
-                Ok(ExitCode::SUCCESS)
+        DlqCommand::Retry { id, all_groups } => {
+            let to = if all_groups {
+                RetryTo::AllGroups
+            } else {
+                RetryTo::Group
+            };
+            match audit.dlq_retry(&id, to).await {
+                Ok(r) => {
+                    let whom = match &r.group {
+                        Some(g) => format!("for group {g} only"),
+                        None => "for every group".to_string(),
+                    };
+                    emit(&format!("{id} re-published as {} {whom}", r.stream_id));
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Ok(ExitCode::FAILURE)
+                }
             }
-            Err(e) => {
-                eprintln!("error: {e}");
-                Ok(ExitCode::FAILURE)
-            }
-        },
+        }
         DlqCommand::Purge { yes } => {
             if !yes {
                 let n = audit.dlq_len().await.context("reading the DLQ")?;
