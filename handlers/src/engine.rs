@@ -78,9 +78,18 @@ pub fn up_need(model: &Model, event: &Envelope, policy: &Policy) -> UpNeed {
     if pending > 0 {
         let pods = model.pending.as_ref().map_or(&[][..], |p| &p.pods[..]);
         let packing = binpack::workers_needed(pods, pending, &policy.workers);
-        let base = planned - model.provisioning();
         // Workers already being created count as capacity for these pods (like Karpenter's in-flight
-        // node claims), so a repeated report does not add more.
+        // node claims), so a repeated report does not add more. So do workers Ready for less than
+        // `new_worker_grace` while pods a scale-up made them for are still pending: the scheduler has
+        // not bound those pods yet.
+        let awaiting = model.pending_awaits_provided_capacity();
+        let arriving = model.provisioning()
+            + if awaiting {
+                model.newly_ready(event.timestamp, policy.scaling.new_worker_grace)
+            } else {
+                0
+            };
+        let base = planned - arriving.min(planned);
         let target = (base + packing.workers)
             .max(planned)
             .max(policy.limits.min_nodes)

@@ -23,6 +23,8 @@
 //!   per cause and only on the event that made a node's transition (single-flight);
 //! - pending pods are cleared by a report of 0, by a completed scale-up started after them, or after
 //!   `pending_pods_ttl` ([`model`]); pods without requests count as one pod slot each ([`binpack`]);
+//! - workers being created, and those Ready for less than `new_worker_grace` while pods a scale-up
+//!   made them for are still pending, count as capacity for pending pods ([`engine::up_need`]);
 //! - `NodeReady` comes from the node watcher as a root, so a scale-up's `ScalingActionCompleted` is
 //!   caused by it (the chain back to the decision is the worker's `ScaleUpStarted`);
 //! - the executor reports `NodeCordoned`, `NodeDrained`, `NodeRemoved` after acting; the NodeManager

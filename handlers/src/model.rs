@@ -127,6 +127,10 @@ pub struct Pending {
     pub cause: Cause,
 }
 
+fn pod_key(p: &PodRequest) -> String {
+    format!("{}/{}", p.namespace, p.name)
+}
+
 /// The latest utilisation sample.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
@@ -169,6 +173,11 @@ pub struct Model {
     /// Highest `n` of any `<name_prefix><n>` ever seen.
     pub max_seq: u64,
     pub pending: Option<Pending>,
+    /// Pending pods (`namespace/name`) a `pending_pods` scale-up sized, kept while they stay pending
+    /// (beyond the scale-up's completion): the workers made for them can be Ready before the scheduler
+    /// binds them. `"*"` stands for reports that list no pods.
+    #[serde(default)]
+    pub provided_for: BTreeSet<String>,
     pub sample: Option<Sample>,
     /// Consecutive samples above a high threshold.
     pub high_streak: u32,
@@ -227,6 +236,7 @@ impl Model {
             workers: BTreeMap::new(),
             max_seq: 0,
             pending: None,
+            provided_for: BTreeSet::new(),
             sample: None,
             high_streak: 0,
             low_streak: 0,
@@ -272,6 +282,28 @@ impl Model {
     /// Workers in the cluster and not leaving (Ready or NotReady): what the minimum counts.
     pub fn current_workers(&self) -> u32 {
         self.count(|w| w.state.is_live())
+    }
+
+    /// Workers a scale-up created that became Ready less than `grace` before `at`.
+    pub fn newly_ready(&self, at: DateTime<Utc>, grace: std::time::Duration) -> u32 {
+        self.count(|w| {
+            w.state == WorkerState::Ready
+                && w.requested_by.is_some()
+                && w.ready_at.is_some_and(|r| at - r < chrono(grace))
+        })
+    }
+
+    /// Some pod of the pending report was already sized by a `pending_pods` scale-up.
+    pub fn pending_awaits_provided_capacity(&self) -> bool {
+        self.pending.as_ref().is_some_and(|p| {
+            if p.pods.is_empty() {
+                self.provided_for.contains("*")
+            } else {
+                p.pods
+                    .iter()
+                    .any(|pod| self.provided_for.contains(&pod_key(pod)))
+            }
+        })
     }
 
     /// Workers being created.
@@ -367,6 +399,13 @@ impl Model {
         match &env.event {
             Event::MetricsSampled(s) => self.on_sample(env, s),
             Event::PendingPodsDetected(p) => {
+                // Pods no longer pending were bound: nothing is on its way for them any more.
+                if !p.pods.is_empty() {
+                    let now: BTreeSet<String> = p.pods.iter().map(pod_key).collect();
+                    self.provided_for.retain(|k| now.contains(k));
+                } else if p.pending_count == 0 {
+                    self.provided_for.clear();
+                }
                 if p.pending_count == 0 {
                     self.pending = None;
                 } else {
@@ -381,7 +420,17 @@ impl Model {
                 }
             }
             Event::OptimalStateTrigger(_) => self.optimal_announced = true,
-            Event::ScaleUpDecision(d) => self.decided(env, Some(d.target_workers)),
+            Event::ScaleUpDecision(d) => {
+                if d.reason == "pending_pods" {
+                    if let Some(p) = &self.pending {
+                        self.provided_for.extend(p.pods.iter().map(pod_key));
+                        if p.pods.is_empty() {
+                            self.provided_for.insert("*".to_string());
+                        }
+                    }
+                }
+                self.decided(env, Some(d.target_workers))
+            }
             Event::ScaleDownDecision(d) => self.decided(env, Some(d.target_workers)),
             Event::AutoScaleUpToMinimum(d) => self.decided(env, Some(d.target_workers)),
             Event::EmergencyScaleUp(d) => {

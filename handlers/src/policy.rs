@@ -105,6 +105,10 @@ pub struct Scaling {
     pub max_provision_retries: u32,
     /// Pending pods not reported again for this long are assumed scheduled (not in config.yaml; 10 min).
     pub pending_pods_ttl: Duration,
+    /// A worker Ready for less than this still counts as capacity on its way for the pods a scale-up
+    /// made it for: the scheduler binds them a moment after Ready (once the not-ready taint is gone),
+    /// and a report in between must not buy a second worker for them (not in config.yaml; 15 s).
+    pub new_worker_grace: Duration,
 }
 
 impl Default for Scaling {
@@ -120,6 +124,7 @@ impl Default for Scaling {
             provision_retry_backoff: Duration::from_secs(30),
             max_provision_retries: 3,
             pending_pods_ttl: Duration::from_secs(600),
+            new_worker_grace: Duration::from_secs(15),
         }
     }
 }

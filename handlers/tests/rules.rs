@@ -140,6 +140,48 @@ fn a_repeated_pending_report_adds_no_workers_while_capacity_is_on_its_way() {
 }
 
 #[test]
+fn a_report_after_the_new_worker_is_ready_but_before_its_pod_is_bound_adds_no_worker() {
+    let mut sim = Simulation::new(Policy::default(), t0()).with_workers(2);
+    let a = || pending(vec![pod("a", 500, 1 << 20)], 1);
+    sim.observe("pending_pods_watcher", a());
+    // k3s-worker-3 is created and Ready (40 s in the simulated world); the scheduler has not bound
+    // pod a yet when the watcher repeats its report.
+    sim.advance(Duration::from_secs(41));
+    assert_eq!(
+        sim.model.workers["k3s-worker-3"].state,
+        handlers::model::WorkerState::Ready
+    );
+    sim.observe("pending_pods_watcher", a());
+    assert_eq!(commands(&sim, "create_worker"), ["k3s-worker-3"]);
+    // Still pending once the grace is over: the new worker evidently cannot take it; sized afresh.
+    sim.advance(Policy::default().scaling.new_worker_grace);
+    sim.observe("pending_pods_watcher", a());
+    assert_eq!(
+        commands(&sim, "create_worker"),
+        ["k3s-worker-3", "k3s-worker-4"]
+    );
+}
+
+#[test]
+fn pods_that_become_pending_after_a_new_worker_is_ready_are_sized_at_once() {
+    let mut sim = Simulation::new(Policy::default(), t0()).with_workers(2);
+    sim.observe(
+        "pending_pods_watcher",
+        pending(vec![pod("a", 500, 1 << 20)], 1),
+    );
+    sim.advance(Duration::from_secs(41));
+    // a is bound; b found no room anywhere, the new worker included.
+    sim.observe(
+        "pending_pods_watcher",
+        pending(vec![pod("b", 1800, 1 << 20)], 1),
+    );
+    assert_eq!(
+        commands(&sim, "create_worker"),
+        ["k3s-worker-3", "k3s-worker-4"]
+    );
+}
+
+#[test]
 fn resource_pressure_needs_consecutive_periods_then_adds_the_step() {
     let mut policy = Policy::default();
     policy.scaling.scale_up_step = 2;
