@@ -101,6 +101,7 @@ async fn main() {
     let mut to_running = Vec::new();
     let started_load = Instant::now();
     let mut rss_peak = rss_idle;
+    let before_runs = lab.events().await.len();
     for run in 0..RUNS {
         let name = format!("bench-{run}");
         let seen_before = lab.events().await.len();
@@ -146,6 +147,16 @@ async fn main() {
     }
     let (_, cpu2) = footprint(pid).expect("/proc");
     let load_secs = started_load.elapsed().as_secs_f64();
+    // Each pod needs exactly one new worker: more requested means a report was sized twice. A late
+    // extra decision comes within the watcher's re-emit period, so wait that out before counting.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let requested: usize = lab.events().await[before_runs..]
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::ScaleUpStarted(s) => Some(s.nodes.len()),
+            _ => None,
+        })
+        .sum();
     let load_cpu = (cpu2 - cpu1) / load_secs * 100.0;
 
     let in_order: Vec<String> = to_request.iter().map(|s| format!("{s:.3}")).collect();
@@ -164,6 +175,10 @@ async fn main() {
         "  -> pod Running:                           p50 {:.3} s  p99 {:.3} s",
         percentile(&to_running, 50.0),
         percentile(&to_running, 99.0)
+    );
+    println!(
+        "  workers requested for the {RUNS} pods: {requested} (each needs exactly one; {} over)",
+        requested.saturating_sub(RUNS)
     );
     println!("  reference: cluster-autoscaler's stated objective, <= 30 s, about 5 s on average, to the create request");
     println!("footprint of `autoscaler run` (debug or release, as built)");
