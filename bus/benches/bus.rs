@@ -219,24 +219,22 @@ async fn bare_redis(server: &RedisServer, raw: Option<f64>) -> Option<f64> {
         .chunks(entries.len() / PUBLISHERS)
         .map(<[_]>::to_vec)
         .collect();
-    let opts = || {
-        redis::streams::StreamAddOptions::default().trim(
-            redis::streams::StreamTrimStrategy::maxlen(
-                redis::streams::StreamTrimmingMode::Approx,
-                1_000_000,
-            ),
-        )
-    };
     let cpu = CpuMeter::start(&bus).await;
     let t = Instant::now();
     let mut publishers = Vec::new();
     for part in parts {
         let mut conn = bus.connection();
         publishers.push(tokio::spawn(async move {
+            // `XADD … MAXLEN ~ max_len`, as the bus writes.
+            use redis::streams::{StreamAddOptions, StreamTrimStrategy, StreamTrimmingMode};
+            let opts = StreamAddOptions::default().trim(StreamTrimStrategy::maxlen(
+                StreamTrimmingMode::Approx,
+                1_000_000,
+            ));
             for batch in part.chunks(100) {
                 let mut pipe = redis::pipe();
                 for fields in batch {
-                    pipe.xadd_options(stream, "*", fields, &opts());
+                    pipe.xadd_options(stream, "*", fields, &opts);
                 }
                 let _: Vec<String> = pipe.query_async(&mut conn).await.expect("XADD");
             }

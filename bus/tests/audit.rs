@@ -197,13 +197,14 @@ async fn a_retried_dead_letter_goes_to_the_group_that_failed_it_unless_all_group
         let groups = audit.groups().await.unwrap();
         groups.len() == 2 && groups.iter().all(|g| g.pending == 0 && g.lag == Some(0))
     };
+    let one_dead_letter = || async { audit.dlq_len().await.unwrap() == 1 };
 
     let seven = numbered(7);
     bus.publisher().publish(&seven).await.unwrap();
     wait_until(
         Duration::from_secs(5),
         "7 dead-lettered by Failing",
-        || async { audit.dlq_len().await.unwrap() == 1 },
+        one_dead_letter,
     )
     .await;
     wait_until(Duration::from_secs(5), "both groups settled", settled).await;
@@ -216,7 +217,7 @@ async fn a_retried_dead_letter_goes_to_the_group_that_failed_it_unless_all_group
     wait_until(
         Duration::from_secs(5),
         "the retry dead-lettered again",
-        || async { audit.dlq_len().await.unwrap() == 1 },
+        one_dead_letter,
     )
     .await;
     wait_until(Duration::from_secs(5), "both groups settled", settled).await;
@@ -248,7 +249,7 @@ async fn a_retried_dead_letter_goes_to_the_group_that_failed_it_unless_all_group
     wait_until(
         Duration::from_secs(5),
         "8 dead-lettered by Failing",
-        || async { audit.dlq_len().await.unwrap() == 1 },
+        one_dead_letter,
     )
     .await;
     broken.store(false, Ordering::SeqCst);

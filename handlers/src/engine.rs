@@ -23,6 +23,7 @@ pub const HANDLER: &str = "ScalingDecisionEngine";
 
 /// Stable `ScaleDownBlocked.reason` codes (DESIGN.md).
 pub mod reason {
+    /// Also the `ScaleUpDecision.reason` of a scale-up sized for pending pods.
     pub const PENDING_PODS: &str = "pending_pods";
     pub const MIN_NODES_REACHED: &str = "min_nodes_reached";
     pub const COOLDOWN: &str = "cooldown";
@@ -97,7 +98,7 @@ pub fn up_need(model: &Model, event: &Envelope, policy: &Policy) -> UpNeed {
         return if target > planned {
             UpNeed::ScaleUp {
                 target_workers: target,
-                reason: "pending_pods",
+                reason: reason::PENDING_PODS,
             }
         } else {
             let wanted = base + packing.workers;

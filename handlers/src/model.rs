@@ -127,6 +127,9 @@ pub struct Pending {
     pub cause: Cause,
 }
 
+/// In [`Model::provided_for`]: a scale-up answered a report that listed no pods.
+const UNLISTED_PODS: &str = "*";
+
 fn pod_key(p: &PodRequest) -> String {
     format!("{}/{}", p.namespace, p.name)
 }
@@ -175,7 +178,7 @@ pub struct Model {
     pub pending: Option<Pending>,
     /// Pending pods (`namespace/name`) a `pending_pods` scale-up sized, kept while they stay pending
     /// (beyond the scale-up's completion): the workers made for them can be Ready before the scheduler
-    /// binds them. `"*"` stands for reports that list no pods.
+    /// binds them. [`UNLISTED_PODS`] stands for reports that list no pods.
     #[serde(default)]
     pub provided_for: BTreeSet<String>,
     pub sample: Option<Sample>,
@@ -297,7 +300,7 @@ impl Model {
     pub fn pending_awaits_provided_capacity(&self) -> bool {
         self.pending.as_ref().is_some_and(|p| {
             if p.pods.is_empty() {
-                self.provided_for.contains("*")
+                self.provided_for.contains(UNLISTED_PODS)
             } else {
                 p.pods
                     .iter()
@@ -421,11 +424,11 @@ impl Model {
             }
             Event::OptimalStateTrigger(_) => self.optimal_announced = true,
             Event::ScaleUpDecision(d) => {
-                if d.reason == "pending_pods" {
+                if d.reason == crate::engine::reason::PENDING_PODS {
                     if let Some(p) = &self.pending {
                         self.provided_for.extend(p.pods.iter().map(pod_key));
                         if p.pods.is_empty() {
-                            self.provided_for.insert("*".to_string());
+                            self.provided_for.insert(UNLISTED_PODS.to_string());
                         }
                     }
                 }
