@@ -726,34 +726,10 @@ pub fn quantity<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
             u64::try_from(v).map_err(|_| E::custom(format!("{v} is negative")))
         }
         fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<u64, E> {
-            parse_quantity(v).ok_or_else(|| E::custom(format!("`{v}` is not a byte quantity")))
+            primitives::memory_bytes(v).map_err(E::custom)
         }
     }
     d.deserialize_any(V)
-}
-
-/// Parses a Kubernetes byte quantity (`2Gi`, `512Mi`, `1G`, `1000`).
-pub fn parse_quantity(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    let mult: f64 = match unit {
-        "" => 1.0,
-        "k" | "K" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "Ki" => 1024.0,
-        "Mi" => 1024.0 * 1024.0,
-        "Gi" => 1024.0 * 1024.0 * 1024.0,
-        "Ti" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        _ => return None,
-    };
-    let bytes = n * mult;
-    (bytes.is_finite() && bytes >= 0.0).then_some(bytes as u64)
 }
 
 #[cfg(test)]
@@ -902,14 +878,5 @@ autoscaler:
             .replace("max_nodes: 6", "max_nodes: 0");
         let err = Settings::from_yaml_with_env(&yaml, no_env()).unwrap_err();
         assert_eq!(fields(err), vec!["autoscaler.limits.max_nodes"]);
-    }
-
-    #[test]
-    fn quantities_parse() {
-        assert_eq!(parse_quantity("2Gi"), Some(2 << 30));
-        assert_eq!(parse_quantity("512Mi"), Some(512 << 20));
-        assert_eq!(parse_quantity("1G"), Some(1_000_000_000));
-        assert_eq!(parse_quantity("1000"), Some(1000));
-        assert_eq!(parse_quantity("lots"), None);
     }
 }

@@ -22,7 +22,8 @@
 //! - [`controllers`]: scheduler, Deployment and ReplicaSet controllers, node lifecycle, garbage
 //!   collection, PDB status — level-triggered passes run after every change.
 //! - [`agent`]: registration, heartbeats, pod status, and real CPU/memory load ([`agent::load`]).
-//! - [`objects`], [`quantity`], [`time`], [`kubeconfig`]: small shared helpers.
+//! - [`objects`], [`time`], [`kubeconfig`]: small shared helpers (quantities come from the
+//!   workspace's `primitives` crate).
 
 pub mod agent;
 pub mod api;
@@ -33,7 +34,6 @@ pub mod disruption;
 pub mod kubeconfig;
 pub mod objects;
 pub mod patch;
-pub mod quantity;
 pub mod resources;
 pub mod selectors;
 pub mod server;

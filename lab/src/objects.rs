@@ -2,8 +2,8 @@
 
 use serde_json::{json, Value};
 
-use crate::quantity;
 use crate::time::now_rfc3339;
+use primitives::quantity;
 
 /// The annotation overriding the CPU a Running pod makes its node use, in millicores.
 pub const CPU_USAGE_ANNOTATION: &str = "lab.k3s-autoscaler/cpu-usage";
@@ -20,11 +20,11 @@ pub fn pod_requests(pod: &Value) -> (u64, u64) {
         let req = &c["resources"]["requests"];
         cpu += req["cpu"]
             .as_str()
-            .and_then(quantity::cpu_millis)
+            .and_then(|q| quantity::cpu_millis(q).ok())
             .unwrap_or(0);
         mem += req["memory"]
             .as_str()
-            .and_then(quantity::bytes)
+            .and_then(|q| quantity::memory_bytes(q).ok())
             .unwrap_or(0);
     }
     (cpu, mem)
@@ -40,7 +40,7 @@ pub fn pod_usage(pod: &Value) -> (u64, u64) {
         .unwrap_or(cpu);
     let mem = ann[MEMORY_USAGE_ANNOTATION]
         .as_str()
-        .and_then(quantity::bytes)
+        .and_then(|q| quantity::memory_bytes(q).ok())
         .unwrap_or(mem);
     (cpu, mem)
 }
@@ -62,8 +62,8 @@ pub fn node_allocatable(node: &Value) -> (u64, u64, u64) {
         _ => String::new(),
     };
     let cpu = quantity::cpu_millis(&as_str(read("cpu"))).unwrap_or(0);
-    let mem = quantity::bytes(&as_str(read("memory"))).unwrap_or(0);
-    let pods = quantity::bytes(&as_str(read("pods"))).unwrap_or(110);
+    let mem = quantity::memory_bytes(&as_str(read("memory"))).unwrap_or(0);
+    let pods = quantity::memory_bytes(&as_str(read("pods"))).unwrap_or(110);
     (cpu, mem, pods)
 }
 

@@ -48,7 +48,7 @@ pub enum KubeError {
     MetricsNotServed { status: u16 },
     /// A resource quantity in an object could not be read.
     #[error(transparent)]
-    Quantity(#[from] super::quantity::QuantityError),
+    Quantity(#[from] primitives::QuantityError),
 }
 
 /// `Result` with [`KubeError`] as the default error.

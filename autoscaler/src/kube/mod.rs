@@ -6,7 +6,6 @@
 //! - [`pending_pods`]: [`PendingPodsWatcher`] → batched `PendingPodsDetected`.
 //! - [`node_ops`]: [`KubeNodeOps`] — cordon + taint, drain by eviction, delete, annotate.
 //! - [`utilisation`]: pod requests (and `metrics.k8s.io` usage) vs allocatable per worker.
-//! - [`quantity`]: Kubernetes quantities as millicores and bytes.
 //! - [`error`]: [`KubeError`], with `retryable()` and a stable `code()`.
 
 pub mod client;
@@ -14,7 +13,6 @@ pub mod error;
 pub mod node_ops;
 pub mod node_watcher;
 pub mod pending_pods;
-pub mod quantity;
 pub mod utilisation;
 
 pub use client::{connect, connect_kubeconfig};

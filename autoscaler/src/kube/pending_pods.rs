@@ -43,7 +43,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::error::Result;
-use super::quantity;
+use primitives::quantity;
 
 /// The `source` of the envelopes this watcher emits.
 pub const SOURCE: &str = "pending_pods_watcher";

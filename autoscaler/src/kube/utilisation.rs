@@ -14,7 +14,7 @@ use kube::{Api, Client};
 
 use super::error::{api_status, KubeError, Result};
 use super::pending_pods::pod_request;
-use super::quantity;
+use primitives::quantity;
 
 /// Utilisation of the workers in one sample.
 #[derive(Debug, Clone, PartialEq, Default)]

@@ -17,9 +17,9 @@ use serde_json::{json, Value};
 
 use crate::controllers::node_lifecycle::NODE_LEASE_NAMESPACE;
 use crate::objects::{condition_status, pod_is_terminal, pod_usage};
-use crate::quantity;
 use crate::time::{now_micro, now_rfc3339};
 use load::LoadGenerator;
+use primitives::{quantity, Backoff};
 
 /// What node the agent makes and how it behaves.
 #[derive(Debug, Clone)]
@@ -96,10 +96,10 @@ pub async fn run(
     opts: AgentOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    let cpu = quantity::cpu_millis(&opts.cpu)
-        .ok_or_else(|| AgentError::Invalid(format!("cpu {:?}", opts.cpu)))?;
-    let mem = quantity::bytes(&opts.memory)
-        .ok_or_else(|| AgentError::Invalid(format!("memory {:?}", opts.memory)))?;
+    let cpu =
+        quantity::cpu_millis(&opts.cpu).map_err(|e| AgentError::Invalid(format!("cpu: {e}")))?;
+    let mem = quantity::memory_bytes(&opts.memory)
+        .map_err(|e| AgentError::Invalid(format!("memory: {e}")))?;
     let agent = Agent {
         client,
         opts,
@@ -134,14 +134,14 @@ impl Agent {
     /// Registers (retrying until the server answers, as a k3s agent waits for its server), then
     /// heartbeats and syncs pods forever.
     async fn work(&self, load: &Arc<Mutex<LoadGenerator>>, capacity: (u64, u64)) {
-        let mut pause = Duration::from_millis(500);
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
         loop {
             match self.register().await {
                 Ok(()) => break,
                 Err(e) => {
+                    let pause = backoff.next_delay();
                     tracing::warn!(node = %self.opts.node_name, error = %e, retry_in = ?pause, "registration failed");
                     tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(10));
                 }
             }
         }
@@ -212,7 +212,7 @@ impl Agent {
     fn status(&self) -> Value {
         let resources = json!({"cpu": self.opts.cpu, "memory": self.opts.memory, "pods": "110", "ephemeral-storage": "10Gi"});
         let mut allocatable = resources.clone();
-        let mem = quantity::bytes(&self.opts.memory).unwrap_or(0);
+        let mem = quantity::memory_bytes(&self.opts.memory).unwrap_or(0);
         allocatable["memory"] = json!(format!("{}Ki", allocatable_memory(mem) / 1024));
         let now = now_rfc3339();
         let cond = |t: &str, s: &str, reason: &str, msg: &str| {
