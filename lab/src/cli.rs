@@ -71,6 +71,31 @@ pub struct NodeSpecArgs {
     pub no_load: bool,
 }
 
+impl NodeSpecArgs {
+    /// The agent's options for node `name`: k3s's `--node-label k=v` and `--node-taint k=v:Effect`
+    /// become the Node's labels and taints.
+    pub fn agent_options(&self, name: &str) -> anyhow::Result<AgentOptions> {
+        let mut opts = AgentOptions::new(name, &self.cpu, &self.memory);
+        opts.heartbeat = self.heartbeat;
+        opts.simulate_load = !self.no_load;
+        opts.labels = self
+            .node_labels
+            .iter()
+            .map(|l| {
+                l.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .with_context(|| format!("node label {l:?} is not key=value"))
+            })
+            .collect::<anyhow::Result<BTreeMap<_, _>>>()?;
+        opts.taints = self
+            .node_taints
+            .iter()
+            .map(|t| agent::parse_taint(t))
+            .collect::<Result<_, _>>()?;
+        Ok(opts)
+    }
+}
+
 /// `autoscaler agent`: the lab's node agent, with a k3s agent's flags and environment.
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
@@ -169,23 +194,7 @@ async fn run_node(
         Some(n) => n,
         None => hostname()?,
     };
-    let mut opts = AgentOptions::new(&name, &spec.cpu, &spec.memory);
-    opts.heartbeat = spec.heartbeat;
-    opts.simulate_load = !spec.no_load;
-    opts.labels = spec
-        .node_labels
-        .iter()
-        .map(|l| {
-            l.split_once('=')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .with_context(|| format!("node label {l:?} is not key=value"))
-        })
-        .collect::<anyhow::Result<BTreeMap<_, _>>>()?;
-    opts.taints = spec
-        .node_taints
-        .iter()
-        .map(|t| agent::parse_taint(t))
-        .collect::<Result<_, _>>()?;
+    let opts = spec.agent_options(&name)?;
     agent::run(client, opts, terminated()).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -274,6 +283,33 @@ mod tests {
         assert_eq!(a.node.node_taints, ["k=v:NoSchedule"]);
         assert_eq!(a.node.heartbeat, Duration::from_secs(2));
         assert!(a.node.no_load);
+        let opts = a.node.agent_options("w1").unwrap();
+        assert_eq!(
+            opts.labels,
+            BTreeMap::from([("pool".into(), "a".into()), ("tier".into(), "b".into())])
+        );
+        assert_eq!(opts.taints, [("k".into(), "v".into(), "NoSchedule".into())]);
+        assert!(!opts.simulate_load);
+    }
+
+    #[test]
+    fn malformed_node_labels_and_taints_are_refused() {
+        let spec = |label: &str, taint: &str| {
+            let mut args = vec!["x", "agent", "--server", "http://lab:6443"];
+            if !label.is_empty() {
+                args.extend(["--node-label", label]);
+            }
+            if !taint.is_empty() {
+                args.extend(["--node-taint", taint]);
+            }
+            match Cli::try_parse_from(args).unwrap() {
+                Cli::Agent(a) => a.node.agent_options("w1"),
+                Cli::Lab(_) => panic!("not agent"),
+            }
+        };
+        assert!(spec("pool", "").is_err());
+        assert!(spec("", "k=v").is_err());
+        assert!(spec("pool=a", "k=v:NoExecute").is_ok());
     }
 
     #[test]

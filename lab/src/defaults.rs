@@ -3,6 +3,7 @@
 
 use serde_json::{json, Value};
 
+use crate::objects::HOSTNAME_LABEL;
 use crate::resources::Kind;
 use crate::selectors::LabelSelector;
 
@@ -50,6 +51,13 @@ pub fn apply(kind: Kind, obj: &mut Value) {
         Kind::Node => {
             set(obj, "spec", json!({}));
             set(obj, "status", json!({}));
+            // A kubelet labels its node so; the lab stands in for kubelets too, and hostname
+            // anti-affinity and the autoscaler's simulation read it.
+            if let Some(name) = obj["metadata"]["name"].as_str().map(String::from) {
+                let meta = &mut obj["metadata"];
+                set(meta, "labels", json!({}));
+                set(&mut meta["labels"], HOSTNAME_LABEL, json!(name));
+            }
         }
         Kind::PodDisruptionBudget => {
             obj["status"] = json!({"disruptionsAllowed": 0, "currentHealthy": 0, "desiredHealthy": 0, "expectedPods": 0});

@@ -17,7 +17,7 @@
 //!   `kubectl get` prints), [`api::status`] (errors as `Status`), [`api::openapi`] (the minimal
 //!   OpenAPI v3 that lets kubectl validate on the server), [`api::metrics`] (`metrics.k8s.io`
 //!   computed from the pods' declared usage).
-//! - [`selectors`] (label and field selectors), [`patch`] (merge, strategic merge, JSON patch),
+//! - [`selectors`] (label, node and field selectors), [`patch`] (merge, strategic merge, JSON patch),
 //!   [`defaults`] (defaulting and validation on create), [`disruption`] (PDB arithmetic).
 //! - [`controllers`]: scheduler, Deployment and ReplicaSet controllers, node lifecycle, garbage
 //!   collection, PDB status — level-triggered passes run after every change.

@@ -9,6 +9,8 @@ use primitives::quantity;
 pub const CPU_USAGE_ANNOTATION: &str = "lab.k3s-autoscaler/cpu-usage";
 /// The annotation overriding the memory a Running pod makes its node hold, in bytes.
 pub const MEMORY_USAGE_ANNOTATION: &str = "lab.k3s-autoscaler/memory-usage";
+/// The label every node carries with its name: the topology key of hostname anti-affinity.
+pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 /// The taint the node-lifecycle controller puts on a node whose heartbeats stopped.
 pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
 

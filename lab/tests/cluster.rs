@@ -5,13 +5,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{agent, eventually, fast_options, start};
+use common::{agent, condition, eventually, fast_options, node_ready, start, wait_node_ready};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams};
-use kube::Client;
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -28,35 +27,6 @@ fn deployment(name: &str, replicas: i32) -> Deployment {
             "template": {"metadata": {"labels": {"app": name}},
                 "spec": {"containers": [{"name": "c", "image": "x", "resources": {"requests": {"cpu": "100m"}}}]}}}}))
     .unwrap()
-}
-
-fn condition(pod: &Pod, kind: &str) -> Option<(String, Option<String>, Option<String>)> {
-    pod.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == kind)
-        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-}
-
-fn node_ready(node: &Node) -> Option<String> {
-    node.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .map(|c| c.status.clone())
-}
-
-async fn wait_node_ready(client: &Client, name: &str) {
-    let nodes: Api<Node> = Api::all(client.clone());
-    eventually(&format!("node {name} Ready"), WAIT, || {
-        let nodes = nodes.clone();
-        async move { (node_ready(&nodes.get_opt(name).await.ok()??)? == "True").then_some(()) }
-    })
-    .await;
 }
 
 async fn running_pods(pods: &Api<Pod>, selector: &str) -> Vec<Pod> {

@@ -16,7 +16,7 @@ use kube::Client;
 use serde_json::{json, Value};
 
 use crate::controllers::node_lifecycle::NODE_LEASE_NAMESPACE;
-use crate::objects::{condition_status, pod_is_terminal, pod_usage};
+use crate::objects::{condition_status, pod_is_terminal, pod_usage, HOSTNAME_LABEL};
 use crate::time::{now_micro, now_rfc3339};
 use load::LoadGenerator;
 use primitives::{quantity, Backoff};
@@ -173,7 +173,7 @@ impl Agent {
     fn node_object(&self) -> Value {
         let name = &self.opts.node_name;
         let mut labels: BTreeMap<String, String> = BTreeMap::from([
-            ("kubernetes.io/hostname".to_string(), name.clone()),
+            (HOSTNAME_LABEL.to_string(), name.clone()),
             ("kubernetes.io/os".to_string(), "linux".to_string()),
             (
                 "kubernetes.io/arch".to_string(),

@@ -7,8 +7,9 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::Client;
+use kube::{Api, Client};
 use lab::controllers::ControllerConfig;
 use lab::{AgentOptions, LabServer, ServeOptions};
 use tokio::task::JoinHandle;
@@ -74,10 +75,20 @@ impl TestAgent {
 
 /// Starts an agent for node `name` with this capacity, heartbeating every 300 ms, with no real load.
 pub fn agent(client: &Client, name: &str, cpu: &str, memory: &str) -> TestAgent {
+    agent_with(client, test_agent_options(name, cpu, memory))
+}
+
+/// The options [`agent`] uses, to add labels or taints to.
+pub fn test_agent_options(name: &str, cpu: &str, memory: &str) -> AgentOptions {
     let mut opts = AgentOptions::new(name, cpu, memory);
     opts.heartbeat = Duration::from_millis(300);
     opts.pod_sync = Duration::from_millis(200);
     opts.simulate_load = false;
+    opts
+}
+
+/// Starts an agent with these options, until its `stop` is cancelled.
+pub fn agent_with(client: &Client, opts: AgentOptions) -> TestAgent {
     let stop = CancellationToken::new();
     let s = stop.clone();
     let client = client.clone();
@@ -103,4 +114,40 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A pod condition of this type: (status, reason, message).
+pub fn condition(pod: &Pod, kind: &str) -> Option<(String, Option<String>, Option<String>)> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == kind)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// The status of the node's Ready condition.
+pub fn node_ready(node: &Node) -> Option<String> {
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.status.clone())
+}
+
+/// Waits (up to 10 s) for node `name` to be Ready.
+pub async fn wait_node_ready(client: &Client, name: &str) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    eventually(
+        &format!("node {name} Ready"),
+        Duration::from_secs(10),
+        || {
+            let nodes = nodes.clone();
+            async move { (node_ready(&nodes.get_opt(name).await.ok()??)? == "True").then_some(()) }
+        },
+    )
+    .await;
 }
