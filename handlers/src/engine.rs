@@ -14,24 +14,13 @@ use bus::Envelope;
 use chrono::{DateTime, Utc};
 
 use crate::binpack;
+use crate::codes::reason;
 use crate::command::{Cause, Emitter, Outcome};
 use crate::model::{Model, Worker, WorkerState};
 use crate::policy::{chrono, Policy};
 
 /// The handler's name (consumer group and event source).
 pub const HANDLER: &str = "ScalingDecisionEngine";
-
-/// Stable `ScaleDownBlocked.reason` codes (DESIGN.md).
-pub mod reason {
-    /// Also the `ScaleUpDecision.reason` of a scale-up sized for pending pods.
-    pub const PENDING_PODS: &str = "pending_pods";
-    pub const MIN_NODES_REACHED: &str = "min_nodes_reached";
-    pub const COOLDOWN: &str = "cooldown";
-    pub const ACTION_IN_PROGRESS: &str = "action_in_progress";
-    pub const UNHEALTHY_NODES: &str = "unhealthy_nodes";
-    pub const NO_PLACE_FOR_PODS: &str = "no_place_for_pods";
-    pub const SCALE_DOWN_DISABLED: &str = "scale_down_disabled";
-}
 
 /// Proof that no pods are pending. Only [`up_need`] makes one.
 #[derive(Debug)]
@@ -129,7 +118,7 @@ pub fn up_need(model: &Model, event: &Envelope, policy: &Policy) -> UpNeed {
             if target > planned {
                 return UpNeed::ScaleUp {
                     target_workers: target,
-                    reason: "resource_pressure",
+                    reason: reason::RESOURCE_PRESSURE,
                 };
             }
         }
@@ -374,7 +363,7 @@ impl ScalingDecisionEngine {
                     current_workers: current,
                     target_workers: current - 1,
                     nodes: vec![node],
-                    reason: "underutilized".into(),
+                    reason: reason::UNDERUTILIZED.into(),
                 });
             }
             Down::Blocked {

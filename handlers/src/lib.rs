@@ -37,6 +37,7 @@
 
 pub mod alerts;
 pub mod binpack;
+pub mod codes;
 pub mod command;
 pub mod engine;
 pub mod executor;

@@ -424,7 +424,7 @@ impl Model {
             }
             Event::OptimalStateTrigger(_) => self.optimal_announced = true,
             Event::ScaleUpDecision(d) => {
-                if d.reason == crate::engine::reason::PENDING_PODS {
+                if d.reason == crate::codes::reason::PENDING_PODS {
                     if let Some(p) = &self.pending {
                         self.provided_for.extend(p.pods.iter().map(pod_key));
                         if p.pods.is_empty() {
@@ -615,7 +615,7 @@ impl Model {
             Event::ScalingActionFailed(f) => {
                 if f.action == ScalingAction::ScaleUp
                     && f.node_name.is_none()
-                    && f.error.starts_with("giving_up")
+                    && f.error.starts_with(crate::codes::GIVING_UP)
                 {
                     self.scale_up_goal = None;
                 }
@@ -811,7 +811,7 @@ impl Model {
     }
 
     fn open_alert_window(&mut self, env: &Envelope) {
-        if let Some(key) = crate::alerts::dedup_key(&env.event) {
+        if let Some(key) = crate::codes::dedup_key(&env.event) {
             let window = chrono(self.knobs.alert_dedup_window);
             let open = self
                 .alert_windows

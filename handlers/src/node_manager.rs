@@ -23,6 +23,7 @@ use bus::event::{
 use bus::Envelope;
 use chrono::{DateTime, Utc};
 
+use crate::codes;
 use crate::command::{Cause, Command, Emitter, Outcome};
 use crate::model::{Model, WorkerState};
 use crate::policy::{chrono, Policy};
@@ -179,7 +180,8 @@ impl NodeManager {
                             action: ScalingAction::ScaleUp,
                             node_name: None,
                             error: format!(
-                                "giving_up: {} provisioning failures in a row",
+                                "{}: {} provisioning failures in a row",
+                                codes::GIVING_UP,
                                 model.provision_failures
                             ),
                             retryable: false,
@@ -261,7 +263,7 @@ impl NodeManager {
         let after = current.saturating_sub(u32::try_from(nodes.len()).unwrap_or(u32::MAX));
         if after < min || d.target_workers < min {
             out.emit(ScaleDownBlocked {
-                reason: crate::engine::reason::MIN_NODES_REACHED.into(),
+                reason: codes::reason::MIN_NODES_REACHED.into(),
                 workers: current,
                 min_workers: min,
                 pending_count: None,
