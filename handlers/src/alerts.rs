@@ -262,7 +262,7 @@ impl AlertManager {
         let Some(key) = dedup_key(&event.event) else {
             return Outcome::default();
         };
-        if model.alert_windows.get(&key).map(|(_, id)| *id) != Some(event.event_id) {
+        if !model.alerts.opened_by(&key, event.event_id) {
             return Outcome::default();
         }
         let Some(alert) = alert_for(event) else {

@@ -25,7 +25,7 @@ use chrono::{DateTime, Utc};
 
 use crate::codes;
 use crate::command::{Cause, Command, Emitter, Outcome};
-use crate::model::{Model, WorkerState};
+use crate::model::{Failure, Model, ScaleUpGoal, WorkerState};
 use crate::policy::{chrono, Policy};
 
 /// The handler's name (consumer group and event source).
@@ -168,13 +168,21 @@ impl NodeManager {
             );
             outcome.extend(out.finish());
         }
-        if let (Some((goal, _)), Some((failed_at, failure))) =
-            (&model.scale_up_goal, &model.last_failure)
+        if let (
+            Some(ScaleUpGoal {
+                target_workers: goal,
+                ..
+            }),
+            Some(Failure {
+                at: failed_at,
+                cause: failure,
+            }),
+        ) = (&model.provision.goal, &model.provision.last_failure)
         {
             let planned = model.planned_workers();
-            if *goal > planned && model.provisioning() == 0 && model.provision_failures > 0 {
+            if *goal > planned && model.provisioning() == 0 && model.provision.failures > 0 {
                 let mut out = Emitter::new(HANDLER, failure, now);
-                if model.provision_failures > policy.scaling.max_provision_retries {
+                if model.provision.failures > policy.scaling.max_provision_retries {
                     out.emit_keyed(
                         ScalingActionFailed {
                             action: ScalingAction::ScaleUp,
@@ -182,14 +190,14 @@ impl NodeManager {
                             error: format!(
                                 "{}: {} provisioning failures in a row",
                                 codes::GIVING_UP,
-                                model.provision_failures
+                                model.provision.failures
                             ),
                             retryable: false,
                         },
                         &format!("give_up:{}", failure.event_id),
                     );
                 } else {
-                    let exp = model.provision_failures.saturating_sub(1).min(16);
+                    let exp = model.provision.failures.saturating_sub(1).min(16);
                     let backoff = chrono(policy.scaling.provision_retry_backoff) * (1 << exp);
                     if now - *failed_at >= backoff {
                         let target = (*goal).min(policy.limits.max_nodes);
@@ -291,7 +299,7 @@ impl NodeManager {
 
     /// `ScalingActionCompleted` for every action whose workers all reached their end state.
     fn complete(&self, model: &Model, event: &Envelope, out: &mut Emitter<'_>) {
-        for (id, a) in &model.actions {
+        for (id, a) in &model.decisions.actions {
             let done = match a.kind {
                 ScalingAction::ScaleUp => a.nodes.iter().all(|n| {
                     model.worker(n).is_some_and(|w| {

@@ -883,6 +883,25 @@ fn the_model_round_trips_through_serde() {
 }
 
 #[test]
+fn a_model_with_decisions_actions_and_alerts_round_trips_through_serde() {
+    let mut sim = Simulation::new(Policy::default(), t0()).with_workers(2);
+    sim.observe("pod_watcher", pending(vec![pod("a", 500, 1 << 20)], 1));
+    assert!(!sim.model.decisions.by_cause.is_empty());
+    let json = serde_json::to_value(&sim.model).unwrap();
+    let keys: Vec<&String> = json["decisions"]["by_cause"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    assert!(
+        keys.iter().any(|k| k.ends_with("/ScaleUpDecision")),
+        "{keys:?}"
+    );
+    let back: handlers::Model = serde_json::from_value(json).unwrap();
+    assert_eq!(back, sim.model);
+}
+
+#[test]
 fn what_if_with_a_higher_minimum_changes_decisions_and_node_minutes() {
     let mut sim = Simulation::new(Policy::default(), t0()).with_workers(3);
     sample_for(&mut sim, 600, 10.0, 10.0);
@@ -1037,7 +1056,7 @@ fn a_failed_node_deletion_is_retried_by_the_next_observation_and_the_scale_down_
     sim.world.nodes.remove("k3s-worker-3");
     sim.observe_cluster();
     assert_eq!(events_of(&sim, "ScalingActionCompleted").len(), 1);
-    assert!(sim.model.actions.is_empty());
+    assert!(sim.model.decisions.actions.is_empty());
     assert_eq!(sim.model.current_workers(), 2);
 }
 
@@ -1091,7 +1110,7 @@ fn a_failed_drain_puts_the_node_back_into_service() {
         handlers::WorkerState::Ready
     );
     assert!(
-        sim.model.actions.is_empty(),
+        sim.model.decisions.actions.is_empty(),
         "no action left in progress to block the next scale-down"
     );
     assert_eq!(sim.model.current_workers(), 3);
@@ -1358,7 +1377,7 @@ fn a_sync_report_that_lands_after_a_scale_down_began_does_not_silence_the_next_o
     for e in removal_of("w3", 3) {
         model.apply(&clock.at(e));
     }
-    assert!(model.actions.is_empty());
+    assert!(model.decisions.actions.is_empty());
     let second = clock.at(all_ready(&["w1", "w2"]));
     model.apply(&second);
     assert_eq!(
