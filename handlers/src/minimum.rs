@@ -157,9 +157,10 @@ impl MinimumNodeEnforcer {
         violation: &Envelope,
         out: &mut Emitter<'_>,
     ) {
-        // Always decided when a violation opens (seed 001's flow), even if workers already being
-        // created (e.g. an interruption's replacement) cover the gap: the target is absolute, so the
-        // NodeManager then creates nothing more.
+        // Always decided when a violation opens, so every violation is followed by an explicit
+        // `AutoScaleUpToMinimum`, even if workers already being created (e.g. an interruption's
+        // replacement) cover the gap: the target is absolute, so the NodeManager then creates
+        // nothing more.
         let current = model.current_workers();
         let min = policy.limits.min_nodes;
         if policy.enforcement.auto_scale_to_min {

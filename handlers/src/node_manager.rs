@@ -14,7 +14,7 @@
 //! transition ([`Model::transitioned`]), so a repeated notice coalesces with the first.
 //!
 //! Interruption (`NodeInterruptionNotice`): the replacement is started first; the interrupted worker
-//! is drained only once the replacement is Ready (seed 002).
+//! is drained only once the replacement is Ready, so capacity never dips below what it was.
 
 use bus::event::{
     Event, ScaleDownBlocked, ScaleDownStarted, ScaleUpStarted, ScalingAction,

@@ -11,7 +11,8 @@
 //!   creating are the NodeManager's to time out.
 //!
 //! Observations are triggered by events ([`wants_sync`]) and by a timer; [`SyncTriggers`] collapses
-//! many triggers within `sync.min_gap` into one observation (seed 003's size-1 channel, as a pure struct).
+//! many triggers within `sync.min_gap` into one observation (like a channel of size one, as a pure
+//! struct).
 
 use std::collections::BTreeSet;
 

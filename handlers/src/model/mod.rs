@@ -52,7 +52,7 @@ pub use decisions::{Action, Blocked, DecisionKey, DecisionRecord, Decisions};
 pub use minimum::{Loss, Minimum, Violation};
 pub use pending::{Pending, PendingPods, ProvidedFor};
 pub use provision::{Failure, Provision, ScaleUpGoal};
-pub use streaks::{NodeUsage, Sample, Streaks};
+pub use streaks::{NodeLoad, Sample, Streaks};
 pub use stream::{LastEvent, Stream};
 pub use sync::{SyncRecord, Synced};
 pub use workers::{Worker, WorkerState, Workers};

@@ -11,7 +11,7 @@ use crate::policy::Thresholds;
 
 /// One node's utilisation in a sample, in percent.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct NodeUsage {
+pub struct NodeLoad {
     pub cpu: f64,
     pub memory: f64,
 }
@@ -24,7 +24,7 @@ pub struct Sample {
     pub cpu_avg: f64,
     pub memory_avg: f64,
     /// By node name.
-    pub nodes: BTreeMap<String, NodeUsage>,
+    pub nodes: BTreeMap<String, NodeLoad>,
 }
 
 /// Streaks and timers.
@@ -85,7 +85,7 @@ impl Streaks {
                 .nodes
                 .iter()
                 .map(|n| {
-                    let usage = NodeUsage {
+                    let usage = NodeLoad {
                         cpu: n.cpu,
                         memory: n.memory,
                     };
