@@ -1,4 +1,5 @@
-//! Prints seed 001's two flows as `autoscaler explain` would, and a what-if summary.
+//! Prints the two reference event flows (a scale-down with visibility, a minimum-violation recovery)
+//! as `autoscaler explain` would, and a what-if summary.
 //! `cargo run -p handlers --example flows`
 
 use std::time::Duration;

@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use crate::codes::dedup_key;
 use crate::command::{Cause, Command, Emitter, Outcome};
 use crate::model::Model;
 use crate::policy::Policy;
@@ -80,34 +81,6 @@ impl Format {
             _ => None,
         }
     }
-}
-
-/// The alert key of an event that notifies, or `None` for events that never do.
-pub fn dedup_key(event: &Event) -> Option<String> {
-    let nodes = |v: &[String]| v.join(",");
-    Some(match event {
-        Event::MinimumNodesViolation(_) => "MinimumNodesViolation".into(),
-        Event::AutoScaleUpToMinimum(_) => "AutoScaleUpToMinimum".into(),
-        Event::MinimumNodesRestored(_) => "MinimumNodesRestored".into(),
-        Event::EmergencyScaleUp(_) => "EmergencyScaleUp".into(),
-        Event::NodeUnexpectedlyLost(l) => format!("NodeUnexpectedlyLost:{}", l.node_name),
-        Event::NodeHealthDegraded(h) => format!("NodeHealthDegraded:{}", h.node_name),
-        Event::ScalingActionFailed(f) => format!(
-            "ScalingActionFailed:{}:{}",
-            f.action.as_str(),
-            f.node_name.as_deref().unwrap_or("")
-        ),
-        Event::ScaleUpStarted(s) => format!("ScaleUpStarted:{}", nodes(&s.nodes)),
-        Event::ScaleDownStarted(s) => format!("ScaleDownStarted:{}", nodes(&s.nodes)),
-        Event::ScalingActionCompleted(c) => {
-            format!(
-                "ScalingActionCompleted:{}:{}",
-                c.action.as_str(),
-                nodes(&c.nodes)
-            )
-        }
-        _ => return None,
-    })
 }
 
 fn classify(event: &Event) -> (Severity, Phase) {
@@ -289,7 +262,7 @@ impl AlertManager {
         let Some(key) = dedup_key(&event.event) else {
             return Outcome::default();
         };
-        if model.alert_windows.get(&key).map(|(_, id)| *id) != Some(event.event_id) {
+        if !model.alerts.opened_by(&key, event.event_id) {
             return Outcome::default();
         }
         let Some(alert) = alert_for(event) else {

@@ -51,7 +51,19 @@ impl Command {
         }
     }
 
-    /// A short stable name (`create_worker`, …) for ids, logs and metrics.
+    /// Every [`Command::kind`], in declaration order.
+    pub const KINDS: [&'static str; 8] = [
+        "create_worker",
+        "cordon_and_taint",
+        "drain",
+        "remove_worker",
+        "delete_node",
+        "uncordon",
+        "annotate_node",
+        "notify",
+    ];
+
+    /// A short stable name (`create_worker`, …) for ids, logs and metrics; one of [`Command::KINDS`].
     pub fn kind(&self) -> &'static str {
         match self {
             Command::CreateWorker { .. } => "create_worker",
@@ -242,5 +254,49 @@ impl<'a> Emitter<'a> {
     /// The outputs.
     pub(crate) fn finish(self) -> Outcome {
         self.outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_lists_the_kind_of_every_command() {
+        let node = || "n".to_string();
+        let violation = Envelope::root(
+            "test",
+            bus::event::MinimumNodesViolation {
+                current_workers: 1,
+                min_workers: 2,
+                violation_time: DateTime::<Utc>::UNIX_EPOCH,
+            },
+            bus::Metadata::default(),
+        );
+        let alert = crate::alerts::alert_for(&violation).expect("a violation alerts");
+        let all = [
+            Command::CreateWorker {
+                name: node(),
+                requested_by: Uuid::nil(),
+            },
+            Command::CordonAndTaint { node: node() },
+            Command::Drain {
+                node: node(),
+                timeout: Duration::from_secs(1),
+            },
+            Command::RemoveWorker { node: node() },
+            Command::DeleteNode { node: node() },
+            Command::Uncordon { node: node() },
+            Command::AnnotateNode {
+                node: node(),
+                text: String::new(),
+            },
+            Command::Notify { alert },
+        ];
+        let mut kinds: Vec<&str> = all.iter().map(Command::kind).collect();
+        let mut listed = Command::KINDS.to_vec();
+        kinds.sort_unstable();
+        listed.sort_unstable();
+        assert_eq!(kinds, listed);
     }
 }

@@ -14,24 +14,13 @@ use bus::Envelope;
 use chrono::{DateTime, Utc};
 
 use crate::binpack;
+use crate::codes::reason;
 use crate::command::{Cause, Emitter, Outcome};
 use crate::model::{Model, Worker, WorkerState};
 use crate::policy::{chrono, Policy};
 
 /// The handler's name (consumer group and event source).
 pub const HANDLER: &str = "ScalingDecisionEngine";
-
-/// Stable `ScaleDownBlocked.reason` codes (DESIGN.md).
-pub mod reason {
-    /// Also the `ScaleUpDecision.reason` of a scale-up sized for pending pods.
-    pub const PENDING_PODS: &str = "pending_pods";
-    pub const MIN_NODES_REACHED: &str = "min_nodes_reached";
-    pub const COOLDOWN: &str = "cooldown";
-    pub const ACTION_IN_PROGRESS: &str = "action_in_progress";
-    pub const UNHEALTHY_NODES: &str = "unhealthy_nodes";
-    pub const NO_PLACE_FOR_PODS: &str = "no_place_for_pods";
-    pub const SCALE_DOWN_DISABLED: &str = "scale_down_disabled";
-}
 
 /// Proof that no pods are pending. Only [`up_need`] makes one.
 #[derive(Debug)]
@@ -65,10 +54,10 @@ pub fn up_need(model: &Model, event: &Envelope, policy: &Policy) -> UpNeed {
     // its way even before the NodeManager's ScaleUpStarted is on the stream (a new worker can be seen
     // Ready first), so another event must not size the same pods again. Pods still pending after
     // that capacity arrives are reported again, and that report is sized afresh.
-    let answered = model.pending.as_ref().is_some_and(|p| {
+    let answered = model.pending.report.as_ref().is_some_and(|p| {
         model
             .decisions
-            .contains_key(&(p.cause.event_id, "ScaleUpDecision".to_string()))
+            .answered(p.cause.event_id, "ScaleUpDecision")
     });
     if pending > 0 && answered {
         return UpNeed::Covered {
@@ -77,7 +66,11 @@ pub fn up_need(model: &Model, event: &Envelope, policy: &Policy) -> UpNeed {
         };
     }
     if pending > 0 {
-        let pods = model.pending.as_ref().map_or(&[][..], |p| &p.pods[..]);
+        let pods = model
+            .pending
+            .report
+            .as_ref()
+            .map_or(&[][..], |p| &p.pods[..]);
         let packing = binpack::workers_needed(pods, pending, &policy.workers);
         // Workers already being created count as capacity for these pods (like Karpenter's in-flight
         // node claims), so a repeated report does not add more. So do workers Ready for less than
@@ -120,6 +113,7 @@ pub fn up_need(model: &Model, event: &Envelope, policy: &Policy) -> UpNeed {
     }
     if let Event::ResourcePressureAlert(_) = &event.event {
         let cooling = model
+            .streaks
             .last_scale_up
             .is_some_and(|t| event.timestamp - t < chrono(policy.scaling.scale_up_cooldown));
         if model.provisioning() == 0 && !cooling {
@@ -129,7 +123,7 @@ pub fn up_need(model: &Model, event: &Envelope, policy: &Policy) -> UpNeed {
             if target > planned {
                 return UpNeed::ScaleUp {
                     target_workers: target,
-                    reason: "resource_pressure",
+                    reason: reason::RESOURCE_PRESSURE,
                 };
             }
         }
@@ -194,9 +188,11 @@ fn seq(w: &Worker) -> u64 {
 
 /// A node's utilisation (the larger of CPU and memory %), the cluster average when unknown.
 fn node_usage(model: &Model, name: &str) -> f64 {
-    let Some(s) = &model.sample else { return 0.0 };
+    let Some(s) = &model.streaks.sample else {
+        return 0.0;
+    };
     match s.nodes.get(name) {
-        Some((cpu, mem)) => cpu.max(*mem),
+        Some(u) => u.cpu.max(u.memory),
         None => s.cpu_avg.max(s.memory_avg),
     }
 }
@@ -209,15 +205,14 @@ fn fits_on_fewer(model: &Model, policy: &Policy) -> Result<(), String> {
     if n < 2 {
         return Err("no other worker".into());
     }
-    let Some(s) = &model.sample else {
+    let Some(s) = &model.streaks.sample else {
         return Ok(());
     };
     let (cpu, mem) = live.iter().fold((0.0, 0.0), |(c, m), w| {
         let (wc, wm) = s
             .nodes
             .get(&w.name)
-            .copied()
-            .unwrap_or((s.cpu_avg, s.memory_avg));
+            .map_or((s.cpu_avg, s.memory_avg), |u| (u.cpu, u.memory));
         (c + wc, m + wm)
     });
     let rest = (n - 1) as f64;
@@ -234,12 +229,13 @@ fn fits_on_fewer(model: &Model, policy: &Policy) -> Result<(), String> {
 pub fn scale_down(model: &Model, event: &Envelope, policy: &Policy, _: NoPendingPods) -> Down {
     let at = event.timestamp;
     let due = model
+        .streaks
         .low_since
         .is_some_and(|since| at - since >= chrono(policy.scaling.underutilized_for));
     if !due {
         return Down::NotDue;
     }
-    if !model.actions.is_empty() {
+    if !model.decisions.actions.is_empty() {
         return blocked(reason::ACTION_IN_PROGRESS);
     }
     let current = model.current_workers();
@@ -247,9 +243,11 @@ pub fn scale_down(model: &Model, event: &Envelope, policy: &Policy, _: NoPending
         return blocked(reason::MIN_NODES_REACHED);
     }
     let after_up = model
+        .streaks
         .last_scale_up
         .is_some_and(|t| at - t < chrono(policy.scaling.scale_up_cooldown));
     let after_down = model
+        .streaks
         .last_scale_down
         .is_some_and(|t| at - t < chrono(policy.scaling.scale_down_cooldown));
     if after_up || after_down {
@@ -374,7 +372,7 @@ impl ScalingDecisionEngine {
                     current_workers: current,
                     target_workers: current - 1,
                     nodes: vec![node],
-                    reason: "underutilized".into(),
+                    reason: reason::UNDERUTILIZED.into(),
                 });
             }
             Down::Blocked {
@@ -479,6 +477,7 @@ impl ScalingDecisionEngine {
 /// Whether a scale-down would be due now (only for reporting `pending_pods` blocks).
 fn scale_down_due(model: &Model, event: &Envelope, policy: &Policy) -> Down {
     let due = model
+        .streaks
         .low_since
         .is_some_and(|since| event.timestamp - since >= chrono(policy.scaling.underutilized_for));
     if due {

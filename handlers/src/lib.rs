@@ -1,17 +1,19 @@
 //! The decision core of k3s-autoscaler: pure rules over (model, event, policy, now), no I/O.
 //!
-//! Map of the crate:
-//! - [`model`]: [`Model`], the projection every handler reads — a pure fold over the whole stream;
+//! Map of the crate (the architecture as a whole is described in `docs/ARCHITECTURE.md`):
+//! - [`model`]: [`Model`], the projection every handler reads — a pure fold over the whole stream,
+//!   its state grouped by concern (workers, pending pods, streaks, decisions, …);
 //! - [`policy`]: [`Policy`], the knobs (defaults of `config.yaml`); `autoscaler` maps its settings onto it;
 //! - [`command`]: [`Outcome`] (events + [`Command`]s) and how outputs get causation and deterministic ids;
-//! - the handlers of seed 001, one per file: [`metrics_listener`] (samples → resource events with
+//! - [`codes`]: the reason codes, error prefixes and alert keys handlers write and the model reads;
+//! - the handlers, one per file: [`metrics_listener`] (samples → resource events with
 //!   hysteresis), [`engine`] (ScalingDecisionEngine), [`minimum`] (MinimumNodeEnforcer),
 //!   [`node_manager`] (per-node state machine), [`sync`] (StateSynchronizer and trigger de-duplication),
 //!   [`alerts`] (AlertManager, payloads, redaction);
 //! - [`binpack`]: how many workers pending pods need;
 //! - [`traits`]: the async I/O boundary `autoscaler` implements, with fakes; [`executor`]: commands →
 //!   trait calls → facts;
-//! - [`simulate`]: a whole-system driver with a simulated world (tests, what-if);
+//! - [`simulate`]: a whole-system driver with a [`simulate::SimulatedWorld`] (tests, what-if);
 //! - [`explain`]: a causation chain as readable lines; [`replay`]: what-if replays.
 //!
 //! Choices worth knowing (each documented where it is made):
@@ -37,6 +39,7 @@
 
 pub mod alerts;
 pub mod binpack;
+pub mod codes;
 pub mod command;
 pub mod engine;
 pub mod executor;

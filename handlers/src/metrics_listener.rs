@@ -37,16 +37,16 @@ impl MetricsListener {
         let periods = policy.thresholds.consecutive_periods.max(1);
         let workers = model.current_workers();
         let min = policy.limits.min_nodes;
-        if model.high_streak >= periods {
+        if model.streaks.high >= periods {
             out.emit(ResourcePressureAlert {
                 cpu_avg: s.cpu_avg,
                 memory_avg: s.memory_avg,
                 workers,
                 max_workers: policy.limits.max_nodes,
             });
-        } else if model.low_streak >= periods {
+        } else if model.streaks.low >= periods {
             if workers > min {
-                let duration = model.low_since.map_or(0.0, |since| {
+                let duration = model.streaks.low_since.map_or(0.0, |since| {
                     (event.timestamp - since).num_milliseconds() as f64 / 1000.0
                 });
                 out.emit(UnderutilizationWarning {
@@ -57,7 +57,10 @@ impl MetricsListener {
                     duration,
                     nodes: s.nodes.clone(),
                 });
-            } else if workers == min && !model.optimal_announced && !model.scale_down_in_flight() {
+            } else if workers == min
+                && !model.streaks.optimal_announced
+                && !model.scale_down_in_flight()
+            {
                 // A node being removed no longer counts, but it is not gone yet: announce the
                 // minimum once the removal is done (the next sample), not during the drain.
                 out.emit(OptimalStateTrigger {

@@ -21,7 +21,7 @@ use bus::Envelope;
 use chrono::{DateTime, Utc};
 
 use crate::command::{Cause, Emitter, Outcome};
-use crate::model::Model;
+use crate::model::{Model, Violation};
 use crate::policy::Policy;
 
 /// The handler's name (consumer group and event source).
@@ -65,17 +65,19 @@ impl MinimumNodeEnforcer {
     pub fn tick(&self, model: &Model, policy: &Policy, now: DateTime<Utc>) -> Outcome {
         let current = model.current_workers();
         let min = policy.limits.min_nodes;
-        if current >= min && model.violation.is_none() {
+        if current >= min && model.minimum.violation.is_none() {
             return Outcome::default();
         }
         let position = model
+            .stream
             .last_event
-            .map(|(id, _)| id.to_string())
+            .map(|e| e.id.to_string())
             .unwrap_or_default();
-        match &model.violation {
-            Some((v, _)) => {
-                let mut out = Emitter::new(HANDLER, v, now).with_tag(&format!("tick:{position}"));
-                self.check(model, policy, now, Some(v.clone()), false, &mut out);
+        match &model.minimum.violation {
+            Some(v) => {
+                let mut out =
+                    Emitter::new(HANDLER, &v.cause, now).with_tag(&format!("tick:{position}"));
+                self.check(model, policy, now, Some(v.cause.clone()), false, &mut out);
                 out.finish()
             }
             None => {
@@ -115,7 +117,7 @@ impl MinimumNodeEnforcer {
         let current = model.current_workers();
         let min = policy.limits.min_nodes;
         if current < min {
-            match open.or_else(|| model.violation.as_ref().map(|(v, _)| v.clone())) {
+            match open.or_else(|| model.minimum.violation.as_ref().map(|v| v.cause.clone())) {
                 None => {
                     let v = out.emit(MinimumNodesViolation {
                         current_workers: current,
@@ -136,7 +138,7 @@ impl MinimumNodeEnforcer {
                     }
                 }
             }
-        } else if let Some((v, _)) = &model.violation {
+        } else if let Some(Violation { cause: v, .. }) = &model.minimum.violation {
             out.emit_keyed(
                 MinimumNodesRestored {
                     current_workers: current,
@@ -155,9 +157,10 @@ impl MinimumNodeEnforcer {
         violation: &Envelope,
         out: &mut Emitter<'_>,
     ) {
-        // Always decided when a violation opens (seed 001's flow), even if workers already being
-        // created (e.g. an interruption's replacement) cover the gap: the target is absolute, so the
-        // NodeManager then creates nothing more.
+        // Always decided when a violation opens, so every violation is followed by an explicit
+        // `AutoScaleUpToMinimum`, even if workers already being created (e.g. an interruption's
+        // replacement) cover the gap: the target is absolute, so the NodeManager then creates
+        // nothing more.
         let current = model.current_workers();
         let min = policy.limits.min_nodes;
         if policy.enforcement.auto_scale_to_min {
@@ -168,7 +171,7 @@ impl MinimumNodeEnforcer {
     /// Emits `EmergencyScaleUp` when enough workers were lost together; returns whether it did.
     fn emergency(&self, model: &Model, policy: &Policy, out: &mut Emitter<'_>) -> bool {
         let threshold = policy.enforcement.emergency_scale_threshold;
-        let lost = u32::try_from(model.recent_losses.len()).unwrap_or(u32::MAX);
+        let lost = u32::try_from(model.minimum.recent_losses.len()).unwrap_or(u32::MAX);
         if threshold == 0 || lost < threshold {
             return false;
         }
@@ -176,9 +179,10 @@ impl MinimumNodeEnforcer {
         // which the NodeManager answers as an interruption. That capacity is in `planned_workers`;
         // counting the loss again would overshoot.
         let replacing: BTreeSet<&str> = model
+            .minimum
             .recent_losses
             .iter()
-            .filter_map(|(_, n)| model.worker(n)?.replacement.as_deref())
+            .filter_map(|l| model.worker(&l.node)?.replacement.as_deref())
             .filter(|r| {
                 model
                     .worker(r)
@@ -217,5 +221,5 @@ fn auto(current: u32, min: u32, reason: &str) -> AutoScaleUpToMinimum {
 }
 
 fn model_metadata(model: &Model) -> bus::Metadata {
-    model.metadata.clone()
+    model.stream.metadata.clone()
 }

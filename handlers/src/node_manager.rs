@@ -14,7 +14,7 @@
 //! transition ([`Model::transitioned`]), so a repeated notice coalesces with the first.
 //!
 //! Interruption (`NodeInterruptionNotice`): the replacement is started first; the interrupted worker
-//! is drained only once the replacement is Ready (seed 002).
+//! is drained only once the replacement is Ready, so capacity never dips below what it was.
 
 use bus::event::{
     Event, ScaleDownBlocked, ScaleDownStarted, ScaleUpStarted, ScalingAction,
@@ -23,8 +23,9 @@ use bus::event::{
 use bus::Envelope;
 use chrono::{DateTime, Utc};
 
+use crate::codes;
 use crate::command::{Cause, Command, Emitter, Outcome};
-use crate::model::{Model, WorkerState};
+use crate::model::{Failure, Model, ScaleUpGoal, WorkerState};
 use crate::policy::{chrono, Policy};
 
 /// The handler's name (consumer group and event source).
@@ -167,27 +168,36 @@ impl NodeManager {
             );
             outcome.extend(out.finish());
         }
-        if let (Some((goal, _)), Some((failed_at, failure))) =
-            (&model.scale_up_goal, &model.last_failure)
+        if let (
+            Some(ScaleUpGoal {
+                target_workers: goal,
+                ..
+            }),
+            Some(Failure {
+                at: failed_at,
+                cause: failure,
+            }),
+        ) = (&model.provision.goal, &model.provision.last_failure)
         {
             let planned = model.planned_workers();
-            if *goal > planned && model.provisioning() == 0 && model.provision_failures > 0 {
+            if *goal > planned && model.provisioning() == 0 && model.provision.failures > 0 {
                 let mut out = Emitter::new(HANDLER, failure, now);
-                if model.provision_failures > policy.scaling.max_provision_retries {
+                if model.provision.failures > policy.scaling.max_provision_retries {
                     out.emit_keyed(
                         ScalingActionFailed {
                             action: ScalingAction::ScaleUp,
                             node_name: None,
                             error: format!(
-                                "giving_up: {} provisioning failures in a row",
-                                model.provision_failures
+                                "{}: {} provisioning failures in a row",
+                                codes::GIVING_UP,
+                                model.provision.failures
                             ),
                             retryable: false,
                         },
                         &format!("give_up:{}", failure.event_id),
                     );
                 } else {
-                    let exp = model.provision_failures.saturating_sub(1).min(16);
+                    let exp = model.provision.failures.saturating_sub(1).min(16);
                     let backoff = chrono(policy.scaling.provision_retry_backoff) * (1 << exp);
                     if now - *failed_at >= backoff {
                         let target = (*goal).min(policy.limits.max_nodes);
@@ -261,7 +271,7 @@ impl NodeManager {
         let after = current.saturating_sub(u32::try_from(nodes.len()).unwrap_or(u32::MAX));
         if after < min || d.target_workers < min {
             out.emit(ScaleDownBlocked {
-                reason: crate::engine::reason::MIN_NODES_REACHED.into(),
+                reason: codes::reason::MIN_NODES_REACHED.into(),
                 workers: current,
                 min_workers: min,
                 pending_count: None,
@@ -289,7 +299,7 @@ impl NodeManager {
 
     /// `ScalingActionCompleted` for every action whose workers all reached their end state.
     fn complete(&self, model: &Model, event: &Envelope, out: &mut Emitter<'_>) {
-        for (id, a) in &model.actions {
+        for (id, a) in &model.decisions.actions {
             let done = match a.kind {
                 ScalingAction::ScaleUp => a.nodes.iter().all(|n| {
                     model.worker(n).is_some_and(|w| {

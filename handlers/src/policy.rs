@@ -44,7 +44,7 @@ pub struct Enforcement {
     pub min_violation_check_interval: Duration,
     /// This many workers lost within [`Enforcement::emergency_window`] trigger `EmergencyScaleUp`.
     pub emergency_scale_threshold: u32,
-    /// What "lost together" means (not in the seed's block; 60 s).
+    /// What "lost together" means (not in `config.yaml`; 60 s).
     pub emergency_window: Duration,
 }
 
@@ -175,7 +175,8 @@ impl Default for AlertPolicy {
 pub struct SyncPolicy {
     /// A periodic observation at least this often, even with no trigger.
     pub interval: Duration,
-    /// Triggers closer together than this collapse into one observation (seed 003).
+    /// Triggers closer together than this collapse into one observation, so a burst of triggers
+    /// costs one observation of Kubernetes and Docker.
     pub min_gap: Duration,
     /// `ClusterStateSynced` is repeated at least this often while nothing changes.
     pub report_every: Duration,

@@ -1,6 +1,6 @@
 //! A whole-system driver with a simulated world: the stream, the model, every handler, the leader's
 //! timers and an executor that "creates" and "removes" workers with delays. No side effects; used by
-//! the tests, the seed's flows and the what-if replay.
+//! the tests, the example flows and the what-if replay.
 //!
 //! It behaves like the real runtime on one replica: events are published once (deterministic ids
 //! de-duplicate), folded in order, and each handler sees the model with the event folded.
@@ -21,7 +21,7 @@ use crate::Handler;
 
 /// How the simulated world answers commands.
 #[derive(Debug, Clone, PartialEq)]
-pub struct World {
+pub struct SimulatedWorld {
     /// Container started → `NodeCreated`.
     pub create_delay: Duration,
     /// Container started → `NodeReady` (from the "node_watcher").
@@ -36,7 +36,7 @@ pub struct World {
     pub nodes: BTreeMap<String, bool>,
 }
 
-impl Default for World {
+impl Default for SimulatedWorld {
     fn default() -> Self {
         Self {
             create_delay: Duration::from_secs(5),
@@ -54,7 +54,7 @@ impl Default for World {
 pub struct Simulation {
     pub policy: Policy,
     pub model: Model,
-    pub world: World,
+    pub world: SimulatedWorld,
     /// Every event published, in stream order.
     pub log: Vec<Envelope>,
     /// Every command issued, in order.
@@ -82,7 +82,7 @@ impl Simulation {
         Self {
             policy,
             model,
-            world: World::default(),
+            world: SimulatedWorld::default(),
             log: Vec::new(),
             commands: Vec::new(),
             execute: true,

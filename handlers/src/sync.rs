@@ -11,7 +11,8 @@
 //!   creating are the NodeManager's to time out.
 //!
 //! Observations are triggered by events ([`wants_sync`]) and by a timer; [`SyncTriggers`] collapses
-//! many triggers within `sync.min_gap` into one observation (seed 003's size-1 channel, as a pure struct).
+//! many triggers within `sync.min_gap` into one observation (like a channel of size one, as a pure
+//! struct).
 
 use std::collections::BTreeSet;
 
@@ -20,7 +21,7 @@ use bus::Envelope;
 use chrono::{DateTime, Utc};
 
 use crate::command::{Cause, Command, Emitter, Outcome};
-use crate::model::{Model, WorkerState};
+use crate::model::{Model, Synced, WorkerState};
 use crate::policy::{chrono, Policy, SyncPolicy};
 
 /// The handler's name (consumer group and event source).
@@ -109,18 +110,21 @@ impl StateSynchronizer {
         let cause = Cause::from(event);
         let mut out = Emitter::new(HANDLER, &cause, now);
         let disagreements = self.reconcile(model, event, o, policy, &mut out);
-        let settled = model.actions.is_empty() && model.provisioning() == 0;
+        let settled = model.decisions.actions.is_empty() && model.provisioning() == 0;
         if disagreements == 0 && settled {
             let workers = model.current_workers();
             let names: BTreeSet<String> = model.live().map(|w| w.name.clone()).collect();
             // Compared with what the last report said, not with the record when it was folded: a
             // report lands on the stream after the entries that raced it (a scale-down started
             // meanwhile), so the names live at its fold may already be the new ones.
-            let repeat = match model.last_synced {
+            let repeat = match model.sync.last {
                 None => true,
-                Some((at, reported)) => {
+                Some(Synced {
+                    at,
+                    workers: reported,
+                }) => {
                     reported != workers
-                        || names != model.last_synced_names
+                        || names != model.sync.last_names
                         || event.timestamp - at >= chrono(policy.sync.report_every)
                 }
             };
@@ -236,7 +240,7 @@ impl StateSynchronizer {
         }
         // Managed containers nobody knows, with no Node for longer than a worker needs to register.
         let limit = chrono(policy.scaling.max_node_provision_time);
-        for (name, first_seen) in &model.unknown_containers {
+        for (name, first_seen) in &model.sync.unknown_containers {
             differ += 1;
             if event.timestamp - *first_seen >= limit {
                 out.command(Command::RemoveWorker { node: name.clone() }, event);

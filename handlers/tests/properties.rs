@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bus::event::*;
 use bus::Event;
-use common::t0;
+use common::{command_kind, t0, PodBuilder};
 use handlers::simulate::Simulation;
 use handlers::{Model, Policy};
 use proptest::prelude::*;
@@ -159,11 +159,11 @@ fn run(
             Op::Pending { count, cpu_millis } => {
                 let pods = match cpu_millis {
                     Some(c) => (0..*count)
-                        .map(|i| PodRequest {
-                            namespace: "default".into(),
-                            name: format!("p{i}"),
-                            cpu_millis: *c,
-                            memory_bytes: 64 << 20,
+                        .map(|i| {
+                            PodBuilder::new(&format!("p{i}"))
+                                .cpu(*c)
+                                .memory_mi(64)
+                                .build()
                         })
                         .collect(),
                     None => vec![],
@@ -318,7 +318,7 @@ proptest! {
         let actions = |s: &Simulation| {
             s.commands
                 .iter()
-                .filter(|c| c.command.kind() != "notify")
+                .filter(|c| c.command.kind() != command_kind("notify"))
                 .map(|c| (c.command.kind(), c.command.node().unwrap_or("").to_string()))
                 .collect::<BTreeSet<_>>()
         };

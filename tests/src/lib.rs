@@ -454,13 +454,19 @@ fn config_yaml(
     )
 }
 
-/// The first event of `event_type` after index `from` satisfying `pred`, with its index.
+/// The first event of `event_type` after index `from` satisfying `pred`, with its index. Panics if
+/// `event_type` is not in `bus::EVENT_TYPES`, so a misspelt name fails instead of finding nothing.
 pub fn find<'a>(
     events: &'a [Envelope],
     from: usize,
     event_type: &str,
     pred: impl Fn(&Envelope) -> bool,
 ) -> Option<(usize, &'a Envelope)> {
+    assert!(
+        bus::EVENT_TYPES.contains(&event_type),
+        "{event_type:?} is not an event type; the catalogue is {:?}",
+        bus::EVENT_TYPES
+    );
     events
         .iter()
         .enumerate()

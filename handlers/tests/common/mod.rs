@@ -1,5 +1,18 @@
-//! Shared helpers for the handlers' tests.
+//! Shared helpers for the handlers' tests: names checked against the catalogues, fixtures, and
+//! what tests read from a simulation.
 #![allow(dead_code)]
+
+mod catalogue;
+mod fixtures;
+mod sim;
+
+// Each test crate uses a different part of the helpers.
+#[allow(unused_imports)]
+pub use catalogue::*;
+#[allow(unused_imports)]
+pub use fixtures::*;
+#[allow(unused_imports)]
+pub use sim::*;
 
 use std::collections::BTreeMap;
 
@@ -13,8 +26,12 @@ pub fn t0() -> DateTime<Utc> {
         .unwrap()
 }
 
-/// Asserts that `wanted` appears in `types` in this order (other events may come between).
+/// Asserts that `wanted` (event types) appears in `types` in this order (other events may come
+/// between).
 pub fn assert_in_order(types: &[&str], wanted: &[&str]) {
+    for w in wanted {
+        event_type(w);
+    }
     let mut i = 0;
     for t in types {
         if i < wanted.len() && *t == wanted[i] {
@@ -53,8 +70,9 @@ pub fn assert_causation_consistent(log: &[Envelope]) {
     }
 }
 
-/// The first event of `ty` in the log.
+/// The first event of `ty` (which must be an event type) in the log.
 pub fn first<'a>(log: &'a [Envelope], ty: &str) -> &'a Envelope {
+    let ty = event_type(ty);
     log.iter()
         .find(|e| e.event_type() == ty)
         .unwrap_or_else(|| {

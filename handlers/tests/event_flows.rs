@@ -1,5 +1,6 @@
-//! Seed 001's two "Event Flow Examples", driven through the model and every handler with a simulated
-//! world answering the commands.
+//! The two reference event flows (a scale-down with visibility, and a recovery from a minimum-node
+//! violation), driven through the model and every handler with a simulated world answering the
+//! commands.
 
 mod common;
 
@@ -29,7 +30,7 @@ fn sample(workers: u32, nodes: &[(&str, f64, f64)]) -> MetricsSampled {
 }
 
 #[test]
-fn scale_down_with_visibility_follows_the_seed_flow() {
+fn scale_down_with_visibility_follows_the_reference_flow() {
     let mut sim = Simulation::new(Policy::default(), t0()).with_workers(3);
     let busy = [
         ("k3s-worker-1", 25.0, 35.0),
@@ -108,7 +109,7 @@ fn scale_down_with_visibility_follows_the_seed_flow() {
 }
 
 #[test]
-fn minimum_node_violation_recovery_follows_the_seed_flow() {
+fn minimum_node_violation_recovery_follows_the_reference_flow() {
     let mut sim = Simulation::new(Policy::default(), t0()).with_workers(2);
     sim.advance(Duration::from_secs(30));
     sim.kill("k3s-worker-2");

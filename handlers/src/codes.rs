@@ -1,0 +1,55 @@
+//! Stable strings that handlers write into events and the model reads back: reason codes, error
+//! prefixes and alert de-duplication keys. They live here, not in the handler that writes them, so
+//! the model can read them without depending on any handler.
+
+use bus::event::Event;
+
+/// `ScaleUpDecision.reason`, `ScaleDownDecision.reason` and the stable `ScaleDownBlocked.reason`
+/// codes (dashboards and alerts match on them).
+pub mod reason {
+    /// A scale-up sized for pending pods; also why a scale-down is blocked while pods are pending.
+    pub const PENDING_PODS: &str = "pending_pods";
+    /// A scale-up by `scale_up_step` after sustained resource pressure.
+    pub const RESOURCE_PRESSURE: &str = "resource_pressure";
+    /// A scale-down after sustained underutilisation.
+    pub const UNDERUTILIZED: &str = "underutilized";
+    pub const MIN_NODES_REACHED: &str = "min_nodes_reached";
+    pub const COOLDOWN: &str = "cooldown";
+    pub const ACTION_IN_PROGRESS: &str = "action_in_progress";
+    pub const UNHEALTHY_NODES: &str = "unhealthy_nodes";
+    pub const NO_PLACE_FOR_PODS: &str = "no_place_for_pods";
+    pub const SCALE_DOWN_DISABLED: &str = "scale_down_disabled";
+}
+
+/// How the `ScalingActionFailed.error` starts when the NodeManager stops replacing workers that
+/// failed to provision: the scale-up goal is then abandoned.
+pub const GIVING_UP: &str = "giving_up";
+
+/// The alert key of an event that notifies, or `None` for events that never do: one alert per key
+/// and de-duplication window.
+pub fn dedup_key(event: &Event) -> Option<String> {
+    let nodes = |v: &[String]| v.join(",");
+    Some(match event {
+        Event::MinimumNodesViolation(_) => "MinimumNodesViolation".into(),
+        Event::AutoScaleUpToMinimum(_) => "AutoScaleUpToMinimum".into(),
+        Event::MinimumNodesRestored(_) => "MinimumNodesRestored".into(),
+        Event::EmergencyScaleUp(_) => "EmergencyScaleUp".into(),
+        Event::NodeUnexpectedlyLost(l) => format!("NodeUnexpectedlyLost:{}", l.node_name),
+        Event::NodeHealthDegraded(h) => format!("NodeHealthDegraded:{}", h.node_name),
+        Event::ScalingActionFailed(f) => format!(
+            "ScalingActionFailed:{}:{}",
+            f.action.as_str(),
+            f.node_name.as_deref().unwrap_or("")
+        ),
+        Event::ScaleUpStarted(s) => format!("ScaleUpStarted:{}", nodes(&s.nodes)),
+        Event::ScaleDownStarted(s) => format!("ScaleDownStarted:{}", nodes(&s.nodes)),
+        Event::ScalingActionCompleted(c) => {
+            format!(
+                "ScalingActionCompleted:{}:{}",
+                c.action.as_str(),
+                nodes(&c.nodes)
+            )
+        }
+        _ => return None,
+    })
+}

@@ -1,0 +1,337 @@
+//! [`Model`]: the projection every handler reads — a pure fold over the whole event stream.
+//!
+//! Every replica folds the same stream, so a handler's output on an event is a deterministic function
+//! of (the model folded up to and including that event, the event, the policy, now). That is what makes
+//! decisions replayable and safe with several replicas.
+//!
+//! **Contract for the runtime**: call [`Model::apply`] on every event in stream order, and call a
+//! handler's `handle` with a model that has folded every event up to and including the one handled.
+//! Time is the events' `timestamp`, never the wall clock.
+//!
+//! The state is grouped by concern, each with its own fold methods:
+//! - [`Workers`] (`model.workers`): every worker ever seen and its state, and the names used;
+//! - [`PendingPods`] (`model.pending`): the last pending-pods report and the pods capacity is on
+//!   its way for;
+//! - [`Streaks`] (`model.streaks`): the latest sample, high/low streaks and the cooldown timestamps;
+//! - [`Decisions`] (`model.decisions`): actions in flight, decisions by cause, the last decision and
+//!   the last blocked scale-down;
+//! - [`Provision`] (`model.provision`): the scale-up goal and failed provisions in a row;
+//! - [`Minimum`] (`model.minimum`): the open minimum violation and the recent losses;
+//! - [`AlertWindows`] (`model.alerts`): which event opened each alert key's window;
+//! - [`SyncRecord`] (`model.sync`): the last `ClusterStateSynced` and unknown containers;
+//! - [`Stream`] (`model.stream`): the position in the stream and the ids seen.
+//!
+//! The model is kept in memory only (each replica folds the stream again when it starts); its serde
+//! form is for tests and debugging, not a stored format.
+
+mod alerts;
+mod decisions;
+mod minimum;
+mod pending;
+mod provision;
+mod streaks;
+mod stream;
+mod sync;
+mod workers;
+
+use bus::event::{
+    ClusterObserved, EmergencyScaleUp, Event, ScaleDownStarted, ScaleUpDecision, ScaleUpStarted,
+    ScalingAction, ScalingActionCompleted, ScalingActionFailed,
+};
+use bus::Envelope;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::codes;
+use crate::command::Cause;
+use crate::policy::Policy;
+
+pub use alerts::{AlertWindow, AlertWindows};
+pub use decisions::{Action, Blocked, DecisionKey, DecisionRecord, Decisions};
+pub use minimum::{Loss, Minimum, Violation};
+pub use pending::{Pending, PendingPods, ProvidedFor};
+pub use provision::{Failure, Provision, ScaleUpGoal};
+pub use streaks::{NodeLoad, Sample, Streaks};
+pub use stream::{LastEvent, Stream};
+pub use sync::{SyncRecord, Synced};
+pub use workers::{Worker, WorkerState, Workers};
+
+/// The projection of the stream (see the module docs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Model {
+    pub workers: Workers,
+    pub pending: PendingPods,
+    pub streaks: Streaks,
+    pub decisions: Decisions,
+    pub provision: Provision,
+    pub minimum: Minimum,
+    pub alerts: AlertWindows,
+    pub sync: SyncRecord,
+    pub stream: Stream,
+}
+
+impl Model {
+    /// An empty model for `policy` (each concern keeps the knobs its fold needs).
+    pub fn new(policy: &Policy) -> Self {
+        Self {
+            workers: Workers::new(&policy.workers.name_prefix),
+            pending: PendingPods::new(policy.scaling.pending_pods_ttl),
+            streaks: Streaks::new(policy.thresholds.clone()),
+            decisions: Decisions::default(),
+            provision: Provision::default(),
+            minimum: Minimum::new(policy.enforcement.emergency_window),
+            alerts: AlertWindows::new(policy.alerts.dedup_window),
+            sync: SyncRecord::default(),
+            stream: Stream::default(),
+        }
+    }
+
+    /// Folds every event of `events` in order.
+    pub fn from_events<'a>(
+        policy: &Policy,
+        events: impl IntoIterator<Item = &'a Envelope>,
+    ) -> Self {
+        let mut m = Self::new(policy);
+        for e in events {
+            m.apply(e);
+        }
+        m
+    }
+
+    // ---- queries (shorthands for the handlers) --------------------------------------------------
+
+    /// Workers in the cluster and not leaving (Ready or NotReady): what the minimum counts.
+    pub fn current_workers(&self) -> u32 {
+        self.workers.current()
+    }
+
+    /// Workers a scale-up created that became Ready less than `grace` before `at`.
+    pub fn newly_ready(&self, at: DateTime<Utc>, grace: std::time::Duration) -> u32 {
+        self.workers.newly_ready(at, grace)
+    }
+
+    /// Workers being created.
+    pub fn provisioning(&self) -> u32 {
+        self.workers.provisioning()
+    }
+
+    /// Workers the cluster will have once creations finish: live ones not being replaced after an
+    /// interruption, plus those being created. Never above `max_nodes` by our own doing.
+    pub fn planned_workers(&self) -> u32 {
+        self.workers.planned()
+    }
+
+    /// Live workers that are NotReady.
+    pub fn unhealthy_workers(&self) -> u32 {
+        self.workers.unhealthy()
+    }
+
+    /// Live workers, in name order.
+    pub fn live(&self) -> impl Iterator<Item = &Worker> {
+        self.workers.live()
+    }
+
+    pub fn worker(&self, name: &str) -> Option<&Worker> {
+        self.workers.get(name)
+    }
+
+    /// Whether `event_id` moved `node` into its current state (see [`Worker::transitioned_by`]).
+    pub fn transitioned(&self, node: &str, event_id: Uuid) -> bool {
+        self.workers.transitioned(node, event_id)
+    }
+
+    /// The next `count` free worker names (`<prefix><n>` above every name ever seen).
+    pub fn next_names(&self, count: u32) -> Vec<String> {
+        self.workers.next_names(count)
+    }
+
+    /// Pods pending now.
+    pub fn pending_count(&self) -> u32 {
+        self.pending.count()
+    }
+
+    /// Some pod of the pending report was already sized by a `pending_pods` scale-up.
+    pub fn pending_awaits_provided_capacity(&self) -> bool {
+        self.pending.awaits_provided_capacity()
+    }
+
+    /// A scale-down is in flight.
+    pub fn scale_down_in_flight(&self) -> bool {
+        self.decisions.scale_down_in_flight()
+    }
+
+    /// Whether `env` is the first decision of its type for its cause (see [`Decisions::by_cause`]).
+    pub fn is_first_decision(&self, env: &Envelope) -> bool {
+        self.decisions.is_first(env)
+    }
+
+    /// Whether `event_id` was already folded (a redelivery).
+    pub fn has_seen(&self, event_id: Uuid) -> bool {
+        self.stream.has_seen(event_id)
+    }
+
+    // ---- the fold -------------------------------------------------------------------------------
+
+    /// Folds one event. Returns `false` (and changes nothing) for an event already folded.
+    pub fn apply(&mut self, env: &Envelope) -> bool {
+        if !self.stream.advance(env) {
+            return false;
+        }
+        self.pending.expire(env.timestamp);
+        self.minimum.expire(env.timestamp);
+        self.alerts.open(env);
+        let ts = env.timestamp;
+        match &env.event {
+            Event::MetricsSampled(s) => self.streaks.sampled(ts, s),
+            Event::PendingPodsDetected(p) => self.pending.reported(env, p),
+            Event::OptimalStateTrigger(_) => self.streaks.optimal_announced = true,
+            Event::ScaleUpDecision(d) => self.on_scale_up_decision(env, d),
+            Event::ScaleDownDecision(d) => self.decisions.decided(env, Some(d.target_workers)),
+            Event::AutoScaleUpToMinimum(d) => self.decisions.decided(env, Some(d.target_workers)),
+            Event::EmergencyScaleUp(d) => self.on_emergency(env, d),
+            Event::ScaleDownBlocked(b) => self.decisions.blocked(&b.reason, ts),
+            Event::ScaleUpStarted(s) => self.on_scale_up_started(env, s),
+            Event::NodeCreated(c) => self.workers.created(&c.node_name, env),
+            Event::NodeReady(r) => self.workers.became_ready(&r.node_name, env),
+            Event::NodeHealthDegraded(h) => self.workers.degraded(&h.node_name, env),
+            Event::NodeUnexpectedlyLost(l) => self.on_lost(env, &l.node_name),
+            Event::NodeInterruptionNotice(n) => self.workers.interrupted(&n.node_name, env),
+            Event::ScaleDownStarted(s) => self.on_scale_down_started(env, s),
+            Event::NodeCordoned(c) => {
+                let (from, to) = (WorkerState::Cordoning, WorkerState::Draining);
+                self.workers.advance(&c.node_name, from, to, env)
+            }
+            Event::NodeDrained(d) => {
+                let (from, to) = (WorkerState::Draining, WorkerState::Removing);
+                self.workers.advance(&d.node_name, from, to, env)
+            }
+            Event::NodeRemoved(r) => {
+                self.workers.removed(&r.node_name, env);
+                self.sync.removed(&r.node_name);
+            }
+            Event::ScalingActionCompleted(c) => self.on_completed(c),
+            Event::ScalingActionFailed(f) => self.on_failed(env, f),
+            Event::MinimumNodesViolation(_) => self.minimum.violated(env),
+            Event::MinimumNodesRestored(_) => self.minimum.restored(),
+            Event::ClusterStateSynced(s) => self.sync.synced(ts, s.db_workers, &self.workers),
+            Event::ClusterObserved(o) => self.on_observed(env, o),
+            Event::UnderutilizationWarning(_)
+            | Event::ResourcePressureAlert(_)
+            | Event::ManualScaleRequested(_) => {}
+        }
+        true
+    }
+
+    fn on_scale_up_decision(&mut self, env: &Envelope, d: &ScaleUpDecision) {
+        if d.reason == codes::reason::PENDING_PODS {
+            self.pending.provided();
+        }
+        self.decisions.decided(env, Some(d.target_workers));
+    }
+
+    fn on_emergency(&mut self, env: &Envelope, d: &EmergencyScaleUp) {
+        // Only the decision itself answers the losses so far: a late copy of it (another
+        // replica's) must not wipe out losses that happened after it.
+        let first = self.decisions.is_first(env);
+        self.decisions.decided(env, Some(d.target_workers));
+        if first {
+            self.minimum.answered();
+        }
+    }
+
+    fn on_scale_up_started(&mut self, env: &Envelope, s: &ScaleUpStarted) {
+        let previous = self.workers.current();
+        let fresh = self.workers.start_scale_up(env, s);
+        // A repeated start naming workers already on their way adds no action.
+        if fresh.is_empty() {
+            return;
+        }
+        let action = Action {
+            kind: ScalingAction::ScaleUp,
+            nodes: fresh,
+            started_at: env.timestamp,
+            previous_workers: previous,
+            target_workers: s.target_workers,
+            cause: Cause::from(env),
+        };
+        self.decisions.start(env, action);
+        self.streaks.last_scale_up = Some(env.timestamp);
+        self.provision.started(env, s.target_workers);
+    }
+
+    fn on_scale_down_started(&mut self, env: &Envelope, s: &ScaleDownStarted) {
+        let previous = self.workers.current();
+        let fresh = self.workers.start_scale_down(env, s);
+        // Single-flight: a node already leaving is not started again.
+        if fresh.is_empty() {
+            return;
+        }
+        let action = Action {
+            kind: ScalingAction::ScaleDown,
+            nodes: fresh,
+            started_at: env.timestamp,
+            previous_workers: previous,
+            target_workers: s.target_workers,
+            cause: Cause::from(env),
+        };
+        self.decisions.start(env, action);
+        self.streaks.last_scale_down = Some(env.timestamp);
+        self.provision.abandon();
+    }
+
+    fn on_lost(&mut self, env: &Envelope, node: &str) {
+        if self.workers.lost(node, env) {
+            self.minimum.lost(env.timestamp, node);
+            self.decisions.drop_node(node);
+        }
+    }
+
+    fn on_completed(&mut self, c: &ScalingActionCompleted) {
+        for a in self.decisions.complete(c) {
+            if a.kind == ScalingAction::ScaleUp {
+                self.pending.scale_up_completed(a.started_at);
+                self.provision.failures = 0;
+            }
+        }
+        let current = self.workers.current();
+        if c.action == ScalingAction::ScaleUp
+            && self
+                .provision
+                .goal
+                .as_ref()
+                .is_some_and(|g| current >= g.target_workers)
+        {
+            self.provision.abandon();
+        }
+    }
+
+    fn on_failed(&mut self, env: &Envelope, f: &ScalingActionFailed) {
+        if f.action == ScalingAction::ScaleUp
+            && f.node_name.is_none()
+            && f.error.starts_with(codes::GIVING_UP)
+        {
+            self.provision.abandon();
+        }
+        let Some(node) = &f.node_name else {
+            return;
+        };
+        match (f.action, self.workers.state_of(node)) {
+            (ScalingAction::ScaleUp, Some(st)) if st.is_provisioning() => {
+                self.workers.transition(node, WorkerState::Failed, env);
+                self.decisions.drop_node(node);
+                self.provision.failed(env);
+            }
+            (ScalingAction::ScaleDown, Some(WorkerState::Cordoning | WorkerState::Draining)) => {
+                self.workers.put_back(node, env);
+                self.decisions.drop_node(node);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_observed(&mut self, env: &Envelope, o: &ClusterObserved) {
+        self.workers.observe(env, o);
+        self.sync.observed(env.timestamp, o, &self.workers);
+    }
+}

@@ -1,0 +1,413 @@
+//! The record of workers: every worker ever seen, where it is in its life, and the names used.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bus::event::{ClusterObserved, ObservedNode, ScaleDownStarted, ScaleUpStarted};
+use bus::Envelope;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::command::Cause;
+use crate::policy::chrono;
+
+/// Where a worker is in its life. Scale-up: Requested → Creating → Registered → Ready (or Failed);
+/// scale-down: Cordoning → Draining → Removing → Removed; NotReady and Lost come from the world.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerState {
+    /// Named in `ScaleUpStarted`; the create command is issued.
+    Requested,
+    /// The container exists (`NodeCreated`).
+    Creating,
+    /// The Node object exists but is not Ready yet.
+    Registered,
+    Ready,
+    NotReady,
+    /// `ScaleDownStarted`: being cordoned and tainted.
+    Cordoning,
+    /// Cordoned; its pods are being evicted.
+    Draining,
+    /// Drained; container and Node object are being removed.
+    Removing,
+    Removed,
+    /// Did not become Ready in time, or could not be created.
+    Failed,
+    /// Vanished without a scale-down asking for it.
+    Lost,
+}
+
+impl WorkerState {
+    /// Being created: counts against `max_nodes`.
+    pub fn is_provisioning(self) -> bool {
+        matches!(
+            self,
+            WorkerState::Requested | WorkerState::Creating | WorkerState::Registered
+        )
+    }
+
+    /// Part of the cluster and not on its way out.
+    pub fn is_live(self) -> bool {
+        matches!(self, WorkerState::Ready | WorkerState::NotReady)
+    }
+
+    /// Being removed by a scale-down.
+    pub fn is_leaving(self) -> bool {
+        matches!(
+            self,
+            WorkerState::Cordoning | WorkerState::Draining | WorkerState::Removing
+        )
+    }
+
+    /// Gone for good.
+    pub fn is_gone(self) -> bool {
+        matches!(
+            self,
+            WorkerState::Removed | WorkerState::Failed | WorkerState::Lost
+        )
+    }
+}
+
+/// One worker as the record knows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Worker {
+    pub name: String,
+    pub state: WorkerState,
+    /// When it entered `state`.
+    pub since: DateTime<Utc>,
+    /// The event that moved it into `state`: handlers act only on the event that made a transition,
+    /// so a duplicated or late notice for the same node coalesces with the first (single-flight).
+    pub transitioned_by: Uuid,
+    pub requested_at: Option<DateTime<Utc>>,
+    pub ready_at: Option<DateTime<Utc>>,
+    /// The `ScaleUpStarted` that named it.
+    pub requested_by: Option<Cause>,
+    /// The `ScaleDownStarted` (or interruption) removing it.
+    pub removal: Option<Cause>,
+    /// Annotated `cluster-autoscaler.kubernetes.io/scale-down-disabled: "true"` (from `ClusterObserved`).
+    pub scale_down_disabled: bool,
+    /// A `NodeInterruptionNotice` said someone else is stopping it.
+    pub interruption: Option<Cause>,
+    /// The worker started to replace it after an interruption.
+    pub replacement: Option<String>,
+}
+
+/// Every worker ever seen, by name (removed ones stay, so names are never reused).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Workers {
+    name_prefix: String,
+    by_name: BTreeMap<String, Worker>,
+    /// Highest `n` of any `<name_prefix><n>` ever seen.
+    pub max_seq: u64,
+}
+
+impl std::ops::Index<&str> for Workers {
+    type Output = Worker;
+
+    /// The worker named `name`; panics if there is none (like a map's index).
+    fn index(&self, name: &str) -> &Worker {
+        &self.by_name[name]
+    }
+}
+
+impl Workers {
+    pub(super) fn new(name_prefix: &str) -> Self {
+        Self {
+            name_prefix: name_prefix.to_string(),
+            by_name: BTreeMap::new(),
+            max_seq: 0,
+        }
+    }
+
+    // ---- queries --------------------------------------------------------------------------------
+
+    /// Every worker, in name order.
+    pub fn values(&self) -> impl Iterator<Item = &Worker> {
+        self.by_name.values()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Worker> {
+        self.by_name.get(name)
+    }
+
+    pub fn state_of(&self, name: &str) -> Option<WorkerState> {
+        self.by_name.get(name).map(|w| w.state)
+    }
+
+    /// Workers in the cluster and not leaving (Ready or NotReady): what the minimum counts.
+    pub fn current(&self) -> u32 {
+        self.count(|w| w.state.is_live())
+    }
+
+    /// Workers being created.
+    pub fn provisioning(&self) -> u32 {
+        self.count(|w| w.state.is_provisioning())
+    }
+
+    /// Live workers not being replaced after an interruption, plus those being created.
+    pub fn planned(&self) -> u32 {
+        self.count(|w| w.state.is_provisioning() || (w.state.is_live() && w.replacement.is_none()))
+    }
+
+    /// Live workers that are NotReady.
+    pub fn unhealthy(&self) -> u32 {
+        self.count(|w| w.state == WorkerState::NotReady)
+    }
+
+    /// Workers a scale-up created that became Ready less than `grace` before `at`.
+    pub fn newly_ready(&self, at: DateTime<Utc>, grace: std::time::Duration) -> u32 {
+        self.count(|w| {
+            w.state == WorkerState::Ready
+                && w.requested_by.is_some()
+                && w.ready_at.is_some_and(|r| at - r < chrono(grace))
+        })
+    }
+
+    /// Live workers, in name order.
+    pub fn live(&self) -> impl Iterator<Item = &Worker> {
+        self.by_name.values().filter(|w| w.state.is_live())
+    }
+
+    /// Whether `event_id` moved `node` into its current state (see [`Worker::transitioned_by`]).
+    pub fn transitioned(&self, node: &str, event_id: Uuid) -> bool {
+        self.by_name
+            .get(node)
+            .is_some_and(|w| w.transitioned_by == event_id)
+    }
+
+    /// The next `count` free worker names (`<prefix><n>` above every name ever seen).
+    pub fn next_names(&self, count: u32) -> Vec<String> {
+        (1..=u64::from(count))
+            .map(|i| format!("{}{}", self.name_prefix, self.max_seq + i))
+            .collect()
+    }
+
+    fn count(&self, f: impl Fn(&Worker) -> bool) -> u32 {
+        u32::try_from(self.by_name.values().filter(|w| f(w)).count()).unwrap_or(u32::MAX)
+    }
+
+    // ---- the fold -------------------------------------------------------------------------------
+
+    /// `ScaleUpStarted`: records the workers it names that are new (or whose names are gone) as
+    /// Requested, marks the interrupted worker it replaces, and returns the new ones.
+    pub(super) fn start_scale_up(&mut self, env: &Envelope, s: &ScaleUpStarted) -> Vec<String> {
+        let replaced = env.causation_id.and_then(|c| {
+            self.by_name
+                .values()
+                .find(|w| w.interruption.as_ref().is_some_and(|i| i.event_id == c))
+                .map(|w| w.name.clone())
+        });
+        let fresh: Vec<String> = s
+            .nodes
+            .iter()
+            .filter(|n| self.by_name.get(*n).is_none_or(|w| w.state.is_gone()))
+            .cloned()
+            .collect();
+        for n in &fresh {
+            let w = self.insert_new(n, WorkerState::Requested, env);
+            w.requested_at = Some(env.timestamp);
+            w.requested_by = Some(Cause::from(env));
+        }
+        if let (Some(old), Some(new)) = (replaced, s.nodes.first()) {
+            if let Some(w) = self.by_name.get_mut(&old) {
+                w.replacement = Some(new.clone());
+            }
+        }
+        fresh
+    }
+
+    /// `ScaleDownStarted`: moves the live workers it names to Cordoning and returns them (a worker
+    /// already leaving is not started again: single-flight).
+    pub(super) fn start_scale_down(&mut self, env: &Envelope, s: &ScaleDownStarted) -> Vec<String> {
+        let fresh: Vec<String> = s
+            .nodes
+            .iter()
+            .filter(|n| self.state_of(n).is_some_and(|st| st.is_live()))
+            .cloned()
+            .collect();
+        for n in &fresh {
+            self.transition(n, WorkerState::Cordoning, env);
+            if let Some(w) = self.by_name.get_mut(n) {
+                w.removal = Some(Cause::from(env));
+            }
+        }
+        fresh
+    }
+
+    /// `NodeCreated`.
+    pub(super) fn created(&mut self, name: &str, env: &Envelope) {
+        match self.state_of(name) {
+            Some(WorkerState::Requested) => self.transition(name, WorkerState::Creating, env),
+            Some(_) => {}
+            None => {
+                self.insert_new(name, WorkerState::Creating, env);
+            }
+        }
+    }
+
+    /// `NodeReady`, or a Ready node in `ClusterObserved`.
+    pub(super) fn became_ready(&mut self, name: &str, env: &Envelope) {
+        match self.state_of(name) {
+            None => {
+                let w = self.insert_new(name, WorkerState::Ready, env);
+                w.ready_at = Some(env.timestamp);
+            }
+            Some(st) if st.is_provisioning() || st == WorkerState::NotReady => {
+                self.transition(name, WorkerState::Ready, env);
+                if let Some(w) = self.by_name.get_mut(name) {
+                    w.ready_at.get_or_insert(env.timestamp);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// `NodeHealthDegraded`.
+    pub(super) fn degraded(&mut self, name: &str, env: &Envelope) {
+        self.advance(name, WorkerState::Ready, WorkerState::NotReady, env);
+    }
+
+    /// `NodeUnexpectedlyLost`: whether it was a worker not gone yet (now Lost).
+    pub(super) fn lost(&mut self, name: &str, env: &Envelope) -> bool {
+        let known = self.by_name.get(name).is_some_and(|w| !w.state.is_gone());
+        if known {
+            self.transition(name, WorkerState::Lost, env);
+        }
+        known
+    }
+
+    /// `NodeInterruptionNotice`: the first one for a live worker is kept.
+    pub(super) fn interrupted(&mut self, name: &str, env: &Envelope) {
+        if let Some(w) = self.by_name.get_mut(name) {
+            if w.state.is_live() && w.interruption.is_none() {
+                w.interruption = Some(Cause::from(env));
+            }
+        }
+    }
+
+    /// Moves `name` from `from` to `to`; nothing if it is in another state (a late or repeated fact).
+    pub(super) fn advance(
+        &mut self,
+        name: &str,
+        from: WorkerState,
+        to: WorkerState,
+        env: &Envelope,
+    ) {
+        if self.state_of(name) == Some(from) {
+            self.transition(name, to, env);
+        }
+    }
+
+    /// `NodeRemoved`.
+    pub(super) fn removed(&mut self, name: &str, env: &Envelope) {
+        if self
+            .by_name
+            .get(name)
+            .is_some_and(|w| !matches!(w.state, WorkerState::Removed | WorkerState::Lost))
+        {
+            self.transition(name, WorkerState::Removed, env);
+        }
+    }
+
+    /// A scale-down of `name` failed while cordoning or draining: the node stays, back to Ready
+    /// (the NodeManager uncordons it).
+    pub(super) fn put_back(&mut self, name: &str, env: &Envelope) {
+        self.transition(name, WorkerState::Ready, env);
+        if let Some(w) = self.by_name.get_mut(name) {
+            w.removal = None;
+        }
+    }
+
+    /// The Kubernetes side of `ClusterObserved`: learns workers, follows readiness and annotations,
+    /// and removes leaving workers that neither Kubernetes nor Docker shows any more.
+    pub(super) fn observe(&mut self, env: &Envelope, o: &ClusterObserved) {
+        for n in &o.k8s_nodes {
+            self.observe_node(env, n, o.docker_containers.contains(&n.name));
+        }
+        let in_k8s: BTreeSet<&str> = o.k8s_nodes.iter().map(|n| n.name.as_str()).collect();
+        // Removed even if the executor's report was lost or its last step failed after doing its work.
+        let vanished: Vec<String> = self
+            .by_name
+            .values()
+            .filter(|w| w.state.is_leaving())
+            .filter(|w| !in_k8s.contains(w.name.as_str()) && !o.docker_containers.contains(&w.name))
+            .map(|w| w.name.clone())
+            .collect();
+        for name in vanished {
+            self.transition(&name, WorkerState::Removed, env);
+        }
+    }
+
+    fn observe_node(&mut self, env: &Envelope, n: &ObservedNode, has_container: bool) {
+        match self.state_of(&n.name) {
+            // A Node object without a container is an orphan for the StateSynchronizer, not a worker.
+            None if !has_container => {}
+            None => {
+                let st = if n.ready {
+                    WorkerState::Ready
+                } else {
+                    WorkerState::NotReady
+                };
+                let w = self.insert_new(&n.name, st, env);
+                if n.ready {
+                    w.ready_at = Some(env.timestamp);
+                }
+            }
+            Some(st) if st.is_provisioning() => {
+                if n.ready {
+                    self.became_ready(&n.name, env);
+                } else if st != WorkerState::Registered {
+                    self.transition(&n.name, WorkerState::Registered, env);
+                }
+            }
+            Some(WorkerState::Ready) if !n.ready => {
+                self.transition(&n.name, WorkerState::NotReady, env)
+            }
+            Some(WorkerState::NotReady) if n.ready => {
+                self.transition(&n.name, WorkerState::Ready, env)
+            }
+            _ => {}
+        }
+        if let Some(w) = self.by_name.get_mut(&n.name) {
+            w.scale_down_disabled = n.scale_down_disabled;
+        }
+    }
+
+    pub(super) fn transition(&mut self, name: &str, state: WorkerState, env: &Envelope) {
+        if let Some(w) = self.by_name.get_mut(name) {
+            w.state = state;
+            w.since = env.timestamp;
+            w.transitioned_by = env.event_id;
+        }
+    }
+
+    /// Records a new worker (replacing a gone one of the same name) and keeps `max_seq` above it.
+    fn insert_new(&mut self, name: &str, state: WorkerState, env: &Envelope) -> &mut Worker {
+        if let Some(n) = name
+            .strip_prefix(&self.name_prefix)
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            self.max_seq = self.max_seq.max(n);
+        }
+        let w = Worker {
+            name: name.to_string(),
+            state,
+            since: env.timestamp,
+            transitioned_by: env.event_id,
+            requested_at: None,
+            ready_at: None,
+            requested_by: None,
+            removal: None,
+            scale_down_disabled: false,
+            interruption: None,
+            replacement: None,
+        };
+        match self.by_name.entry(name.to_string()) {
+            std::collections::btree_map::Entry::Occupied(mut e) => {
+                e.insert(w);
+                e.into_mut()
+            }
+            std::collections::btree_map::Entry::Vacant(e) => e.insert(w),
+        }
+    }
+}
