@@ -66,11 +66,7 @@ pub fn up_need(model: &Model, event: &Envelope, policy: &Policy) -> UpNeed {
         };
     }
     if pending > 0 {
-        let pods = model
-            .pending
-            .report
-            .as_ref()
-            .map_or(&[][..], |p| &p.pods[..]);
+        let pods = model.pending.pods();
         let packing = binpack::workers_needed(pods, pending, &policy.workers);
         // Workers already being created count as capacity for these pods (like Karpenter's in-flight
         // node claims), so a repeated report does not add more. So do workers Ready for less than

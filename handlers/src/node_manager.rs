@@ -25,7 +25,7 @@ use chrono::{DateTime, Utc};
 
 use crate::codes;
 use crate::command::{Cause, Command, Emitter, Outcome};
-use crate::model::{Failure, Model, ScaleUpGoal, WorkerState};
+use crate::model::{Model, WorkerState};
 use crate::policy::{chrono, Policy};
 
 /// The handler's name (consumer group and event source).
@@ -168,17 +168,8 @@ impl NodeManager {
             );
             outcome.extend(out.finish());
         }
-        if let (
-            Some(ScaleUpGoal {
-                target_workers: goal,
-                ..
-            }),
-            Some(Failure {
-                at: failed_at,
-                cause: failure,
-            }),
-        ) = (&model.provision.goal, &model.provision.last_failure)
-        {
+        if let (Some(goal), Some(last)) = (&model.provision.goal, &model.provision.last_failure) {
+            let (goal, failed_at, failure) = (&goal.target_workers, &last.at, &last.cause);
             let planned = model.planned_workers();
             if *goal > planned && model.provisioning() == 0 && model.provision.failures > 0 {
                 let mut out = Emitter::new(HANDLER, failure, now);

@@ -65,6 +65,11 @@ impl PendingPods {
         self.report.as_ref().map_or(0, |p| p.count)
     }
 
+    /// The pods of the pending report (none when nothing is pending, or the report listed none).
+    pub fn pods(&self) -> &[PodRequest] {
+        self.report.as_ref().map_or(&[][..], |p| &p.pods[..])
+    }
+
     /// Some pod of the pending report was already sized by a `pending_pods` scale-up.
     pub fn awaits_provided_capacity(&self) -> bool {
         self.report.as_ref().is_some_and(|p| {
