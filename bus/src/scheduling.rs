@@ -102,13 +102,7 @@ impl Resources {
 
     /// How many requests of `self` fit into `free` at once (`u32::MAX` for a zero request).
     pub fn copies_in(&self, free: &Resources) -> u32 {
-        let per = |need: u64, have: u64| {
-            if need == 0 {
-                u64::from(u32::MAX)
-            } else {
-                have / need
-            }
-        };
+        let per = |need: u64, have: u64| have.checked_div(need).unwrap_or(u64::from(u32::MAX));
         per(self.cpu_millis, free.cpu_millis)
             .min(per(self.memory_bytes, free.memory_bytes))
             .min(per(u64::from(self.pods), u64::from(free.pods)))
