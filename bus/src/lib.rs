@@ -5,6 +5,8 @@
 //!   that `redis-cli XRANGE` shows.
 //! - [`stream_id`]: stream ids, and `--since`/`--from` positions (id, RFC 3339 time, `10m` ago).
 //! - [`config`]: [`BusConfig`], the transport's settings.
+//! - [`scheduling`]: what the scheduling simulation reads — [`PodSpec`], [`NodeSpec`], [`Resources`],
+//!   taints, tolerations, node affinity and pod anti-affinity, with Kubernetes' matching semantics.
 //! - with the default `redis` feature, the Redis Streams transport:
 //!   - [`connect`] → [`Bus`]: a self-healing shared connection, and one of its own per blocking reader;
 //!   - [`publisher`]: [`RedisPublisher`] (trimmed, pipelined, idempotent);
@@ -18,6 +20,7 @@
 pub mod config;
 pub mod envelope;
 pub mod event;
+pub mod scheduling;
 pub mod stream_id;
 
 #[cfg(feature = "redis")]
@@ -40,6 +43,7 @@ pub mod testing;
 pub use config::BusConfig;
 pub use envelope::{Envelope, Metadata, SCHEMA_VERSION};
 pub use event::{Event, EVENT_TYPES};
+pub use scheduling::{NodeSpec, PodRef, PodSpec, Resources, Taint, TaintEffect, Toleration};
 
 #[cfg(feature = "redis")]
 pub use audit::{Audit, ConsumerInfo, DeadLetter, Follower, GroupInfo, Query, Retried, RetryTo};

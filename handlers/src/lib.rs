@@ -11,6 +11,8 @@
 //!   [`node_manager`] (per-node state machine), [`sync`] (StateSynchronizer and trigger de-duplication),
 //!   [`alerts`] (AlertManager, payloads, redaction);
 //! - [`binpack`]: how many workers pending pods need;
+//! - [`scheduling`]: the scheduling simulation over node pools (predicates, scale-up with
+//!   expanders, scale-down), pure and deterministic;
 //! - [`traits`]: the async I/O boundary `autoscaler` implements, with fakes; [`executor`]: commands →
 //!   trait calls → facts;
 //! - [`simulate`]: a whole-system driver with a [`simulate::SimulatedWorld`] (tests, what-if);
@@ -50,6 +52,7 @@ pub mod model;
 pub mod node_manager;
 pub mod policy;
 pub mod replay;
+pub mod scheduling;
 pub mod simulate;
 pub mod sync;
 pub mod traits;
