@@ -14,8 +14,8 @@
 //! - `classes`: equivalence classes of pods.
 //!
 //! Choices:
-//! - **Classes.** Pods with the same namespace, requests and constraints (and labels, when some pod
-//!   has anti-affinity) answer every predicate alike, so they are checked once per pool or node, as
+//! - **Classes.** Pods with the same namespace, requests and constraints (and the values of the
+//!   labels some anti-affinity selector reads) answer every predicate alike, so they are checked once per pool or node, as
 //!   cluster-autoscaler's equivalence groups do: 10,000 pending pods of 50 Deployments are 50
 //!   checks per pool, and packing moves a class onto a node in one step (how many copies fit).
 //! - **Order of predicates.** Node selector, node affinity, taints, resources, anti-affinity

@@ -194,8 +194,7 @@ pub fn scale_down<'a, S: AsRef<str>>(
         .collect();
 
     let placed: Vec<&'a PodSpec> = states.iter().flat_map(|n| n.pods()).collect();
-    let any_anti = placed.iter().any(|p| !p.anti_affinity.is_empty());
-    let (classes, assignment) = Classes::group(&placed, any_anti);
+    let (classes, assignment) = Classes::group(&placed, false);
     let mut nodes = Vec::with_capacity(states.len());
     // Where each node's pods start in `placed` (and `assignment`).
     let mut offsets = Vec::with_capacity(states.len());

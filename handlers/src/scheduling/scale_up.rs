@@ -278,8 +278,7 @@ pub fn scale_up<'a>(
     }
     plan.ignored
         .sort_by(|a, b| (&a.0.namespace, &a.0.name).cmp(&(&b.0.namespace, &b.0.name)));
-    let any_anti = considered.iter().any(|p| !p.anti_affinity.is_empty());
-    let (mut classes, _) = Classes::group(&considered, any_anti);
+    let (mut classes, _) = Classes::group(&considered, true);
     let nc = classes.len();
 
     // Whether a class runs on an empty node of each pool, or the first predicate that fails.
