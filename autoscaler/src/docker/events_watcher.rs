@@ -40,12 +40,13 @@ use bus::event::{Event, NodeCreated, NodeInterruptionNotice, NodeUnexpectedlyLos
 use bus::{Envelope, Metadata};
 use chrono::{DateTime, TimeZone, Utc};
 use futures::StreamExt;
+use primitives::Backoff;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::intents::Intents;
 use super::pool::{inspect_container, list_managed, managed_filters, DockerWorkerPool, Worker};
-use super::{Backoff, Engine, Result};
+use super::{Engine, Result};
 
 /// The `source` of the envelopes this watcher emits.
 pub const SOURCE: &str = "docker_events_watcher";

@@ -454,7 +454,7 @@ impl DockerWorkerPool {
     /// engine reserves the name before the container can be inspected, so a 404 is retried briefly.
     async fn inspect_conflicting(&self, name: &str) -> Result<Option<Worker>> {
         let mut backoff =
-            super::Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
+            primitives::Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
         for _ in 0..10 {
             if let Some(w) = self.inspect_any(name).await? {
                 return Ok(Some(w));
@@ -599,7 +599,7 @@ impl DockerWorkerPool {
         let docker = self.engine.docker();
         // The engine may still count the just-removed container as a user for a moment (409): retry.
         let mut backoff =
-            super::Backoff::new(Duration::from_millis(50), Duration::from_millis(500));
+            primitives::Backoff::new(Duration::from_millis(50), Duration::from_millis(500));
         for attempt in 1..=5 {
             let result = self
                 .engine

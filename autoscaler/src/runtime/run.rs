@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use handlers::Model;
+use primitives::Backoff;
 use tokio::sync::{mpsc, watch, Mutex};
 use tokio_util::sync::CancellationToken;
 
@@ -38,19 +39,20 @@ async fn connect_retrying<T, E: std::fmt::Display, F: Future<Output = Result<T, 
     stop: &CancellationToken,
     mut connect: impl FnMut() -> F,
 ) -> Option<T> {
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
-        match connect().await {
+        let delay = match connect().await {
             Ok(v) => return Some(v),
             Err(e) => {
+                let delay = backoff.next_delay();
                 tracing::warn!(error = %e, retry_in = ?delay, "cannot connect to {what}");
+                delay
             }
-        }
+        };
         tokio::select! {
             _ = stop.cancelled() => return None,
             _ = tokio::time::sleep(delay) => {}
         }
-        delay = (delay * 2).min(Duration::from_secs(10));
     }
 }
 

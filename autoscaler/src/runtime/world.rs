@@ -9,6 +9,7 @@ use handlers::traits::{ActionError, NodeOps, Notifier, WorkerPool};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
+use primitives::Backoff;
 
 use crate::docker::DockerWorkerPool;
 use crate::intents::Intents;
@@ -152,7 +153,7 @@ impl Notifier for Webhooks {
         let mut failures = Vec::new();
         for target in &self.targets {
             let body = payload(alert, target.format);
-            let mut delay = Duration::from_millis(200);
+            let mut backoff = Backoff::new(Duration::from_millis(200), Duration::MAX);
             let mut last = None;
             for attempt in 1..=self.attempts {
                 match self.post(&target.url, &body).await {
@@ -164,8 +165,7 @@ impl Notifier for Webhooks {
                         tracing::warn!(target = %redacted(&target.url), attempt, error = %e, "webhook failed");
                         last = Some(e);
                         if attempt < self.attempts {
-                            tokio::time::sleep(delay).await;
-                            delay *= 2;
+                            tokio::time::sleep(backoff.next_delay()).await;
                         }
                     }
                 }
