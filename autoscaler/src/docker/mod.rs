@@ -32,7 +32,7 @@ use bollard::Docker;
 pub use breaker::CircuitBreaker;
 pub use error::DockerError;
 pub use events_watcher::DockerEventsWatcher;
-pub use intents::{Intent, Intents};
+pub use intents::{Intent, PoolIntents};
 pub use pool::{Acquired, CreateWorker, DockerWorkerPool, Released, Worker, WorkerState};
 pub use stats::UsageSample;
 

@@ -1,12 +1,12 @@
 //! `autoscaler run`: the bus, the handlers in their consumer groups, and (on the leader) the watchers
 //! and pollers, wired together.
 
-pub mod decider;
+pub mod adapters;
+pub mod group_runner;
 pub mod observers;
 pub mod projection;
 pub mod run;
 pub mod sink;
-pub mod world;
 
 pub use run::run;
 

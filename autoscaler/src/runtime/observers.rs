@@ -13,12 +13,12 @@ use k8s_openapi::api::core::v1::Node;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::decider::Decider;
+use super::adapters::Adapters;
+use super::group_runner::GroupRunner;
 use super::projection::Projection;
-use super::world::World;
 use crate::config::Settings;
 use crate::docker::{DockerEventsWatcher, DockerWorkerPool};
-use crate::intents::Intents;
+use crate::intents::RemovalIntents;
 use crate::kube::node_watcher::{NodeObservation, Readiness};
 use crate::kube::{BatchWindows, NodeWatcher, PendingPodsWatcher};
 use crate::leader::Leadership;
@@ -31,9 +31,9 @@ pub struct Observers {
     pub metadata: Metadata,
     pub pool: Arc<DockerWorkerPool>,
     pub kube: kube::Client,
-    pub intents: Intents,
+    pub intents: RemovalIntents,
     pub bus: bus::Bus,
-    pub world: Option<Arc<World>>,
+    pub adapters: Option<Arc<Adapters>>,
     pub tx: mpsc::Sender<Envelope>,
 }
 
@@ -302,9 +302,10 @@ impl Observers {
             let outcome = handler.tick(projection.model(), &self.policy, Utc::now());
             let mut events = outcome.events;
             events.extend(
-                Decider::execute(self.world.as_deref(), handler.name(), &outcome.commands).await,
+                GroupRunner::execute(self.adapters.as_deref(), handler.name(), &outcome.commands)
+                    .await,
             );
-            super::decider::mark_dry_run(self.world.is_none(), &mut events);
+            super::group_runner::mark_dry_run(self.adapters.is_none(), &mut events);
             for e in events {
                 if self.tx.send(e).await.is_err() {
                     return;

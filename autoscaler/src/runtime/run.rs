@@ -13,18 +13,19 @@ use primitives::Backoff;
 use tokio::sync::{mpsc, watch, Mutex};
 use tokio_util::sync::CancellationToken;
 
-use super::decider::Decider;
+use super::adapters::{Adapters, DockerWorkers, KubeNodes};
+use super::group_runner::GroupRunner;
 use super::observers::{supervise, Observers};
 use super::projection::Projection;
-use super::world::{DockerWorkers, KubeNodes, Webhook, Webhooks, World};
 use super::{bus_config, metadata, policy, pool_config, replica_id, sink};
 use crate::config::Settings;
 use crate::docker::DockerWorkerPool;
 use crate::http::{self, HttpState};
-use crate::intents::Intents;
+use crate::intents::RemovalIntents;
 use crate::kube::KubeNodeOps;
 use crate::leader::{self, Leadership};
 use crate::metrics::Metrics;
+use crate::webhooks::{Webhook, Webhooks};
 
 /// What a running autoscaler exposes to its caller (the `lab` command, tests).
 pub struct Running {
@@ -103,7 +104,7 @@ pub async fn run(
         .await
         .context("connecting the handlers' bus")?;
 
-    let intents = Intents::new();
+    let intents = RemovalIntents::new();
     let pool_cfg = pool_config(&settings).context("reading the k3s token file")?;
     let Some(pool) = connect_retrying("the Docker engine", &stop, || {
         DockerWorkerPool::connect(pool_cfg.clone())
@@ -123,7 +124,7 @@ pub async fn run(
         return Ok(());
     };
 
-    let world = if a.dry_run {
+    let adapters = if a.dry_run {
         tracing::warn!("dry run: decisions are published marked dry_run; nothing is changed");
         None
     } else {
@@ -138,7 +139,7 @@ pub async fn run(
                 })
             })
             .collect();
-        Some(Arc::new(World {
+        Some(Arc::new(Adapters {
             workers: DockerWorkers {
                 pool: pool.clone(),
                 intents: intents.clone(),
@@ -191,11 +192,11 @@ pub async fn run(
             .ensure_group(name)
             .await
             .with_context(|| format!("creating consumer group {name}"))?;
-        let decider = Decider {
+        let runner = GroupRunner {
             handler,
             policy: policy.clone(),
             projection: Mutex::new(Projection::new(Model::new(&policy), handler_bus.audit())),
-            world: world.clone(),
+            adapters: adapters.clone(),
             publisher: handler_bus.publisher(),
             metrics: metrics.clone(),
         };
@@ -204,7 +205,7 @@ pub async fn run(
         let token = stop.clone();
         consumers.push(tokio::spawn(async move {
             if let Err(e) = consumer
-                .run(decider, &group, &consumer_name, token.cancelled_owned())
+                .run(runner, &group, &consumer_name, token.cancelled_owned())
                 .await
             {
                 tracing::error!(group, error = %e, "consumer stopped with an error");
@@ -243,7 +244,7 @@ pub async fn run(
         kube: kube.clone(),
         intents,
         bus: bus.clone(),
-        world,
+        adapters,
         tx,
     };
     let supervisor = tokio::spawn(supervise(observers, lead_rx, stop.clone()));

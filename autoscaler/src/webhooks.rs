@@ -1,90 +1,14 @@
-//! The decision core's I/O traits (`handlers::traits`) implemented on the real adapters: Docker for
-//! workers, Kubernetes for nodes, webhooks for alerts.
+//! Alerts to webhooks: JSON or Slack payloads over HTTP(S), each target retried with backoff. URLs are
+//! never logged whole (they often carry a token); only scheme and host are.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use handlers::alerts::{payload, Alert, Format};
-use handlers::traits::{ActionError, NodeOps, Notifier, WorkerPool};
+use handlers::traits::{ActionError, Notifier};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
 use primitives::Backoff;
-
-use crate::docker::DockerWorkerPool;
-use crate::intents::Intents;
-use crate::kube::KubeNodeOps;
-
-/// How long our own removal of a node silences the watchers (drain + stop + delete).
-const REMOVAL_INTENT: Duration = Duration::from_secs(600);
-
-/// Workers through the Docker pool (its own `WorkerPool` implementation, warm-pool aware), recording
-/// our removals so the watchers do not report them.
-pub struct DockerWorkers {
-    pub pool: Arc<DockerWorkerPool>,
-    pub intents: Intents,
-}
-
-impl WorkerPool for DockerWorkers {
-    async fn create_worker(&self, name: &str) -> Result<String, ActionError> {
-        WorkerPool::create_worker(self.pool.as_ref(), name).await
-    }
-
-    async fn remove_worker(&self, name: &str) -> Result<(), ActionError> {
-        self.intents.removing(name, REMOVAL_INTENT);
-        WorkerPool::remove_worker(self.pool.as_ref(), name).await
-    }
-}
-
-/// Nodes through the Kubernetes API.
-pub struct KubeNodes {
-    pub ops: KubeNodeOps,
-    pub intents: Intents,
-}
-
-fn kube_err(e: crate::kube::KubeError) -> ActionError {
-    // The stable code first (`pdb`, `drain_timeout`, …), so the failure event says why at a glance.
-    let message = format!("{}: {e}", e.code());
-    if e.retryable() {
-        ActionError::retryable(message)
-    } else {
-        ActionError::permanent(message)
-    }
-}
-
-impl NodeOps for KubeNodes {
-    async fn cordon_and_taint(&self, node: &str) -> Result<(), ActionError> {
-        self.intents.removing(node, REMOVAL_INTENT);
-        self.ops.cordon(node).await.map_err(kube_err)
-    }
-
-    async fn uncordon(&self, node: &str) -> Result<(), ActionError> {
-        self.intents.done(node);
-        self.ops.uncordon(node).await.map_err(kube_err)
-    }
-
-    async fn drain(&self, node: &str, timeout: Duration) -> Result<u32, ActionError> {
-        self.intents.removing(node, REMOVAL_INTENT);
-        let report = self
-            .ops
-            .drain_within(node, timeout)
-            .await
-            .map_err(kube_err)?;
-        Ok(u32::try_from(report.evicted.len()).unwrap_or(u32::MAX))
-    }
-
-    async fn delete_node(&self, node: &str) -> Result<(), ActionError> {
-        self.intents.removing(node, REMOVAL_INTENT);
-        self.ops.delete(node).await.map(|_| ()).map_err(kube_err)
-    }
-
-    async fn annotate(&self, node: &str, text: &str) -> Result<(), ActionError> {
-        self.ops
-            .annotate_decision(node, text)
-            .await
-            .map_err(kube_err)
-    }
-}
 
 /// One webhook target.
 #[derive(Debug, Clone)]
@@ -93,8 +17,7 @@ pub struct Webhook {
     pub format: Format,
 }
 
-/// Alerts to webhooks: JSON or Slack payloads, retried with backoff. URLs are never logged whole (they
-/// often carry a token); only scheme and host are.
+/// The alerts' [`Notifier`]: the webhook targets and the HTTP client that posts to them.
 pub struct Webhooks {
     pub targets: Vec<Webhook>,
     pub attempts: u32,
@@ -180,11 +103,4 @@ impl Notifier for Webhooks {
             Err(ActionError::retryable(failures.join("; ")))
         }
     }
-}
-
-/// The world the executor acts on. In a dry run there is none: decisions are published, nothing is done.
-pub struct World {
-    pub workers: DockerWorkers,
-    pub nodes: KubeNodes,
-    pub alerts: Webhooks,
 }
