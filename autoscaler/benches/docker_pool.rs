@@ -43,16 +43,13 @@ async fn run(runs: usize) {
     };
 
     // Warm-up: the first container on a fresh image pays for layer set-up.
-    let w = pool
-        .create_worker(&req(1000))
-        .await
-        .expect("warm-up create");
+    let w = pool.create(&req(1000)).await.expect("warm-up create");
     pool.remove_worker(&w.name).await.expect("warm-up remove");
 
     let mut create_start = Vec::with_capacity(runs);
     for i in 0..runs {
         let t = Instant::now();
-        pool.create_worker(&req(i)).await.expect("create");
+        pool.create(&req(i)).await.expect("create");
         create_start.push(t.elapsed());
     }
     let mut warm_start = Vec::with_capacity(runs);

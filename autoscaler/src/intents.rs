@@ -1,20 +1,21 @@
 //! What this process itself is doing to workers, so watchers can tell our own actions from someone else's.
 //!
 //! A removal we asked for must not come back as `NodeUnexpectedlyLost`; an interruption of a worker we are
-//! stopping is not a notice. Watchers ask [`Intents::is_removing`]; executors record before they act.
+//! stopping is not a notice. Watchers ask [`RemovalIntents::is_removing`]; executors record before they act.
 //! Entries expire, so a crash mid-action cannot silence a watcher forever.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Shared, cheap to clone.
+/// The nodes this process is removing (stopping, draining, deleting), each until a deadline: what the
+/// node and Docker events watchers consult. Shared, cheap to clone.
 #[derive(Debug, Clone, Default)]
-pub struct Intents {
+pub struct RemovalIntents {
     removing: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
-impl Intents {
+impl RemovalIntents {
     pub fn new() -> Self {
         Self::default()
     }
@@ -50,7 +51,7 @@ mod tests {
 
     #[test]
     fn an_intent_expires() {
-        let i = Intents::new();
+        let i = RemovalIntents::new();
         i.removing("w1", Duration::from_millis(20));
         assert!(i.is_removing("w1"));
         std::thread::sleep(Duration::from_millis(30));
@@ -59,7 +60,7 @@ mod tests {
 
     #[test]
     fn done_forgets_at_once() {
-        let i = Intents::new();
+        let i = RemovalIntents::new();
         i.removing("w1", Duration::from_secs(60));
         i.done("w1");
         assert!(!i.is_removing("w1"));

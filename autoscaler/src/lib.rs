@@ -6,6 +6,7 @@
 //! - [`leader`]: the Redis lease that makes one replica the observer, with a fencing token.
 //! - [`metrics`], [`http`]: Prometheus metrics and the /metrics, /healthz, /readyz, /status port.
 //! - [`telemetry`], [`shutdown`]: logging and signals.
+//! - [`webhooks`]: alerts posted to webhooks, retried with backoff.
 
 pub mod cli;
 pub mod config;
@@ -21,3 +22,4 @@ pub mod runtime;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;
+pub mod webhooks;

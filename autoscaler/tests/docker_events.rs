@@ -58,8 +58,8 @@ async fn docker_kill_and_stop_by_another_actor_arrive_as_events_but_own_actions_
         requested_by: e.to_string(),
         extra_labels: BTreeMap::new(),
     };
-    let killed = pool.create_worker(&req("evt-1")).await.unwrap();
-    let stopped = pool.create_worker(&req("evt-2")).await.unwrap();
+    let killed = pool.create(&req("evt-1")).await.unwrap();
+    let stopped = pool.create(&req("evt-2")).await.unwrap();
 
     let (tx, mut rx) = mpsc::channel(64);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -137,7 +137,7 @@ async fn docker_kill_and_stop_by_another_actor_arrive_as_events_but_own_actions_
 
     // The pool's own create, stop and removals: no events. The probe's removal by another actor
     // (`docker rm -f`) after them is the next event, so nothing came in between.
-    let own = pool.create_worker(&req("evt-3")).await.unwrap();
+    let own = pool.create(&req("evt-3")).await.unwrap();
     pool.stop_worker(&own.name).await.unwrap();
     pool.remove_worker(&own.name).await.unwrap();
     pool.remove_worker(&killed.name).await.unwrap();

@@ -27,8 +27,8 @@ async fn docker_pool_creates_lists_adopts_inspects_stops_and_removes_workers() {
     let prefix = config.name_prefix.clone();
     let pool = DockerWorkerPool::new(env.docker.clone(), config.clone());
 
-    let w1 = pool.create_worker(&request("evt-1")).await.unwrap();
-    let w2 = pool.create_worker(&request("evt-2")).await.unwrap();
+    let w1 = pool.create(&request("evt-1")).await.unwrap();
+    let w2 = pool.create(&request("evt-2")).await.unwrap();
     assert_eq!(w1.name, format!("{prefix}1"));
     assert_eq!(w2.name, format!("{prefix}2"));
     assert_eq!(w1.state, WorkerState::Running);
@@ -90,7 +90,7 @@ async fn docker_pool_creates_lists_adopts_inspects_stops_and_removes_workers() {
 
     // A third worker takes the lowest free index again after a removal.
     restarted.remove_worker(&w1.name).await.unwrap();
-    let w3 = restarted.create_worker(&request("evt-3")).await.unwrap();
+    let w3 = restarted.create(&request("evt-3")).await.unwrap();
     assert_eq!(w3.name, format!("{prefix}1"));
 
     for w in [&w2.name, &w3.name] {
@@ -119,12 +119,12 @@ async fn docker_create_of_an_existing_name_is_idempotent_success() {
         name: Some(name.clone()),
         ..request("evt-same")
     };
-    let (ra, rb) = tokio::join!(a.create_worker(&req), b.create_worker(&req));
+    let (ra, rb) = tokio::join!(a.create(&req), b.create(&req));
     let (wa, wb) = (ra.unwrap(), rb.unwrap());
     assert_eq!(wa.id, wb.id, "both replicas get the one container");
     assert_eq!(env.container_names().await, vec![name.clone()]);
     // And once more, sequentially.
-    let again = a.create_worker(&req).await.unwrap();
+    let again = a.create(&req).await.unwrap();
     assert_eq!(again.id, wa.id);
     assert_eq!(again.state, WorkerState::Running);
     a.remove_worker(&name).await.unwrap();
@@ -141,7 +141,7 @@ async fn docker_name_of_a_foreign_container_is_not_taken_over() {
     let theirs = DockerWorkerPool::new(env.docker.clone(), other_cluster);
     let name = format!("{}1", mine.name_prefix);
     theirs
-        .create_worker(&CreateWorker {
+        .create(&CreateWorker {
             name: Some(name.clone()),
             ..request("evt-theirs")
         })
@@ -149,7 +149,7 @@ async fn docker_name_of_a_foreign_container_is_not_taken_over() {
         .unwrap();
     let pool = DockerWorkerPool::new(env.docker.clone(), mine.clone());
     let err = pool
-        .create_worker(&CreateWorker {
+        .create(&CreateWorker {
             name: Some(name.clone()),
             ..request("evt-mine")
         })
@@ -158,7 +158,7 @@ async fn docker_name_of_a_foreign_container_is_not_taken_over() {
     assert!(matches!(err, DockerError::NameTaken { .. }), "{err}");
     assert!(!err.retryable());
     // Unnamed creates skip the taken name; listing and removal never touch the foreign container.
-    let w = pool.create_worker(&request("evt-mine")).await.unwrap();
+    let w = pool.create(&request("evt-mine")).await.unwrap();
     assert_eq!(w.name, format!("{}2", mine.name_prefix));
     assert_eq!(pool.list_workers().await.unwrap().len(), 1);
     assert!(matches!(
@@ -172,7 +172,7 @@ async fn docker_name_of_a_foreign_container_is_not_taken_over() {
 async fn docker_token_is_in_the_environment_but_never_in_a_label() {
     let env = TestEnv::new("token").await;
     let pool = DockerWorkerPool::new(env.docker.clone(), env.config());
-    let w = pool.create_worker(&request("evt-token")).await.unwrap();
+    let w = pool.create(&request("evt-token")).await.unwrap();
     let token = env.token();
     let raw = env
         .docker
@@ -245,10 +245,10 @@ async fn docker_warm_pool_starts_a_stopped_worker_before_creating_one() {
 async fn docker_stats_give_percentages_per_worker_and_averages() {
     let env = TestEnv::new("stats").await;
     let pool = DockerWorkerPool::new(env.docker.clone(), env.config());
-    let w1 = pool.create_worker(&request("evt-1")).await.unwrap();
-    let w2 = pool.create_worker(&request("evt-2")).await.unwrap();
+    let w1 = pool.create(&request("evt-1")).await.unwrap();
+    let w2 = pool.create(&request("evt-2")).await.unwrap();
     // A stopped worker is not measured.
-    let w3 = pool.create_worker(&request("evt-3")).await.unwrap();
+    let w3 = pool.create(&request("evt-3")).await.unwrap();
     pool.stop_worker(&w3.name).await.unwrap();
 
     // The first sample reads two engine samples; the second uses one-shot readings and the first's

@@ -120,9 +120,9 @@ async fn docker_outage_opens_the_breaker_and_the_watcher_reports_what_it_missed(
         requested_by: e.to_string(),
         extra_labels: BTreeMap::new(),
     };
-    let w1 = direct.create_worker(&req("evt-1")).await.unwrap();
-    let w2 = direct.create_worker(&req("evt-2")).await.unwrap();
-    let w3 = direct.create_worker(&req("evt-3")).await.unwrap();
+    let w1 = direct.create(&req("evt-1")).await.unwrap();
+    let w2 = direct.create(&req("evt-2")).await.unwrap();
+    let w3 = direct.create(&req("evt-3")).await.unwrap();
 
     // The autoscaler's view of the engine goes through the proxy.
     let proxied = DockerWorkerPool::connect(PoolConfig {

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use autoscaler::intents::Intents;
+use autoscaler::intents::RemovalIntents;
 use autoscaler::kube::node_ops::{
     KubeNodeOps, LAST_DECISION_ANNOTATION, SAFE_TO_EVICT_ANNOTATION,
     SCALE_DOWN_DISABLED_ANNOTATION, TO_BE_DELETED_TAINT,
@@ -375,7 +375,12 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_node_watcher_reports_ready_once_and_degraded_once() {
     let mut lab = Lab::start(Duration::from_secs(2)).await;
-    let watcher = NodeWatcher::new(lab.client.clone(), PREFIX, Intents::new(), metadata());
+    let watcher = NodeWatcher::new(
+        lab.client.clone(),
+        PREFIX,
+        RemovalIntents::new(),
+        metadata(),
+    );
     let store = watcher.store();
     let (mut rx, stop, task) = spawn_node_watcher(watcher);
 
@@ -425,7 +430,7 @@ async fn kube_node_deleted_during_a_partition_is_lost_on_relist_unless_we_remove
     // A long grace: these nodes have no agent and must stay Ready on their own heartbeat.
     let lab = Lab::start(Duration::from_secs(300)).await;
     let proxy = Proxy::start(lab.addr).await;
-    let intents = Intents::new();
+    let intents = RemovalIntents::new();
     let watcher = NodeWatcher::new(
         lab.client_via(&proxy).await,
         PREFIX,
@@ -490,7 +495,7 @@ async fn kube_node_deleted_while_the_watch_was_away_too_long_is_lost_after_410_r
     let watcher = NodeWatcher::new(
         lab.client_via(&proxy).await,
         PREFIX,
-        Intents::new(),
+        RemovalIntents::new(),
         metadata(),
     )
     .with_resync(None);

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use autoscaler::labenv::{LabEnv, LabEnvOptions};
@@ -173,6 +173,36 @@ impl Lab {
     pub fn kill_replica(&mut self, i: usize) {
         let _ = self.replicas[i].kill();
         let _ = self.replicas[i].wait();
+    }
+
+    /// SIGTERM to replica `i`: a graceful shutdown begins (see [`Lab::wait_replica_exit`]).
+    pub fn terminate_replica(&self, i: usize) {
+        let out = Command::new("kill")
+            .args(["-TERM", &self.replicas[i].id().to_string()])
+            .output()
+            .expect("kill -TERM");
+        assert!(out.status.success(), "kill -TERM: {out:?}");
+    }
+
+    /// Replica `i`'s exit status if it has exited.
+    pub fn replica_exited(&mut self, i: usize) -> Option<ExitStatus> {
+        self.replicas[i].try_wait().expect("try_wait")
+    }
+
+    /// Waits until replica `i` has exited and returns its status; panics (with the logs) after `within`.
+    pub async fn wait_replica_exit(&mut self, i: usize, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.replica_exited(i) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica-{i} still running {within:?} later\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The bus of this lab.

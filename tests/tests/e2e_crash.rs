@@ -1,5 +1,5 @@
 //! Crashes end to end (issue 7): `kill -9` of `autoscaler run` in the middle of a scale-up and of a
-//! scale-down, and of the leader of two replicas. Real Redis, real Docker containers running the lab's
+//! scale-down, and of the leader of two replicas; and, for contrast, a SIGTERM in the middle of a drain. Real Redis, real Docker containers running the lab's
 //! node agent, the lab cluster, and `autoscaler run` as real processes.
 //!
 //! After a crash the restarted process (same replica id, so the same consumer name: it first reads its
@@ -405,6 +405,126 @@ async fn e2e_kill_9_right_after_a_scale_down_decision_leaves_no_half_removed_wor
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_kill_9_during_a_drain_that_cannot_finish_puts_the_worker_back_in_service() {
     scale_down_crash(KillAt::DrainKept).await;
+}
+
+/// The bound of a graceful shutdown: `scaling.drain_timeout` (30 s in the harness) + 30 s.
+const SHUTDOWN_BOUND: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_sigterm_during_a_drain_waits_for_the_drain_to_finish() {
+    // A SIGTERM while a PodDisruptionBudget holds a scale-down's drain: the process stops reading but
+    // carries the drain on; the budget is lifted 5 s later, the drain finishes, and only then does the
+    // process exit, within the bound, saying all in-flight work finished.
+    let mut lab = Lab::start(LabOptions::default()).await;
+    let started = Instant::now();
+    lab.settled(0, 2..=2, Duration::from_secs(90)).await;
+    lab.kubectl_apply(&deployment("web", 3));
+    let events = lab
+        .wait_for_events("the scale-up to three", Duration::from_secs(90), |ev| {
+            find(
+                ev,
+                0,
+                "ScalingActionCompleted",
+                |e| matches!(&e.event, Event::ScalingActionCompleted(c) if c.new_workers == 3),
+            )
+            .is_some()
+        })
+        .await;
+    let workers = wait_consistent(&lab, 3, Duration::from_secs(60)).await;
+    lab.kubectl_apply(GUARD_PDB);
+    for w in &workers {
+        lab.kubectl_apply(&guard_pod(w));
+    }
+    let from = events.len();
+    lab.kubectl(&["delete", "deployment", "web"]);
+
+    let bus = lab.bus().await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let victim = loop {
+        let events = events_of(&bus).await;
+        if let Some((_, e)) = find(&events, from, "NodeCordoned", |_| true) {
+            break e.event.node_name().unwrap_or_default().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no scale-down began\n{}\n{}",
+            trail(&events),
+            lab.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Let the drain meet the budget, then ask the process to stop in the middle of it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let at_term = events_of(&bus).await;
+    assert!(
+        find(&at_term, from, "NodeDrained", |_| true).is_none(),
+        "the drain should still be blocked\n{}",
+        trail(&at_term)
+    );
+    lab.terminate_replica(0);
+    let termed = Instant::now();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        lab.replica_exited(0),
+        None,
+        "still draining 5 s after the SIGTERM\n{}",
+        lab.logs()
+    );
+    lab.kubectl(&["delete", "pdb", "guard"]);
+    let status = lab.wait_replica_exit(0, SHUTDOWN_BOUND).await;
+    let took = termed.elapsed();
+    println!("SHUTDOWN: replica-0 exited {took:?} after SIGTERM ({status}); the budget was lifted 5 s after it");
+    assert!(status.success(), "{status}\n{}", lab.logs());
+    assert!(
+        took >= Duration::from_secs(5),
+        "it waited for the drain: {took:?}"
+    );
+
+    // The drain, the delivery in flight at the SIGTERM, finished before the exit and its facts were
+    // published with its ack. The removal that follows from `NodeDrained` is a delivery of its own,
+    // read by the next process.
+    let events = lab.events().await;
+    assert!(
+        find(&events, from, "NodeDrained", |e| {
+            e.event.node_name() == Some(victim.as_str())
+        })
+        .is_some(),
+        "NodeDrained for {victim} before the exit\n{}\n{}",
+        trail(&events),
+        lab.logs()
+    );
+    let log = std::fs::read_to_string(lab.dir.join("replica-0.log")).unwrap_or_default();
+    for l in log
+        .lines()
+        .filter(|l| l.contains("shutting down") || l.contains("stopped"))
+    {
+        println!("log: {l}");
+    }
+    assert!(
+        log.contains("stopped: all in-flight work finished"),
+        "the shutdown finished everything\n{log}"
+    );
+
+    // A new process finishes the removal: a consistent world of two.
+    let restart_index = events.len();
+    lab.spawn_replica(0, false);
+    lab.wait_for_events(
+        "the removal after the restart",
+        Duration::from_secs(60),
+        |ev| {
+            find(ev, from, "NodeRemoved", |e| {
+                e.event.node_name() == Some(victim.as_str())
+            })
+            .is_some()
+        },
+    )
+    .await;
+    let names = wait_consistent(&lab, 2, Duration::from_secs(60)).await;
+    println!("workers after the restart: {names:?} (restart at event {restart_index})");
+    assert!(!names.contains(&victim));
+    let dlq = all_acked(&lab, Duration::from_secs(30)).await;
+    assert!(dlq.is_empty(), "{} dead letters", dlq.len());
+    println!("sigterm test took {:?}", started.elapsed());
 }
 
 /// Where a scale-down is hit.

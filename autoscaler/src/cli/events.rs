@@ -12,6 +12,7 @@ use anyhow::Context;
 use bus::stream_id::{parse_position, StreamId};
 use bus::{Audit, Envelope, Event, Metadata, Query, RawEntry, RetryTo, EVENT_TYPES};
 use chrono::Utc;
+use primitives::Backoff;
 use uuid::Uuid;
 
 use super::EXIT_BAD_CONFIG;
@@ -201,13 +202,13 @@ async fn follow(audit: &Audit, from: &str, args: &TailArgs) -> anyhow::Result<Ex
     let mut follower = audit.follow(from).await.context("following the stream")?;
     let stop = crate::shutdown::signal();
     tokio::pin!(stop);
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         tokio::select! {
             () = &mut stop => return Ok(ExitCode::SUCCESS),
             batch = follower.next_batch() => match batch {
                 Ok(entries) => {
-                    delay = Duration::from_millis(100);
+                    backoff.reset();
                     for e in entries.iter().filter(|e| matches_types(e, &args.types)) {
                         if !emit(&render(e, args.json)) {
                             return Ok(ExitCode::SUCCESS);
@@ -216,9 +217,9 @@ async fn follow(audit: &Audit, from: &str, args: &TailArgs) -> anyhow::Result<Ex
                 }
                 Err(e) => {
                     // Redis restarting: keep following.
+                    let delay = backoff.next_delay();
                     eprintln!("warning: {e}; retrying in {delay:?}");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
                 }
             },
         }

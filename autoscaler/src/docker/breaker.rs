@@ -1,4 +1,5 @@
-//! Resilience around engine calls: exponential backoff and a circuit breaker.
+//! Resilience around engine calls: a circuit breaker (the backoff of their retries is
+//! [`primitives::Backoff`]).
 //!
 //! The breaker is a plain state machine over an explicit `now`, so its rules are tested without clocks:
 //! closed → (N consecutive failures) → open → (cool-off elapsed) → half-open: one probe call goes
@@ -6,40 +7,6 @@
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-/// Exponential backoff: `initial`, doubled each step, capped at `max`.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    /// The first delay.
-    pub initial: Duration,
-    /// The cap, so a long outage is polled at a steady pace.
-    pub max: Duration,
-    /// Delay of the next step.
-    current: Duration,
-}
-
-impl Backoff {
-    /// A backoff starting at `initial` and never waiting longer than `max`.
-    pub fn new(initial: Duration, max: Duration) -> Self {
-        Self {
-            initial,
-            max,
-            current: initial,
-        }
-    }
-
-    /// The next delay to wait.
-    pub fn next_delay(&mut self) -> Duration {
-        let d = self.current.min(self.max);
-        self.current = (self.current * 2).min(self.max);
-        d
-    }
-
-    /// Back to the initial delay after a success.
-    pub fn reset(&mut self) {
-        self.current = self.initial;
-    }
-}
 
 /// The state the breaker is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,9 +187,11 @@ mod tests {
         assert!(b.try_acquire(t0).is_ok());
     }
 
+    /// The engine calls' retry delays, now those of [`primitives::Backoff`].
     #[test]
     fn docker_backoff_doubles_up_to_the_cap() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
+        let mut b =
+            primitives::Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
         let got: Vec<_> = (0..4).map(|_| b.next_delay().as_millis()).collect();
         assert_eq!(got, vec![100, 200, 350, 350]);
         b.reset();

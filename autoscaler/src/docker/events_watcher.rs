@@ -16,7 +16,7 @@
 //! De-duplication: per container incarnation there is at most one notice and one loss. `docker kill`
 //! (kill → die) and `docker stop` (kill(SIGTERM) → die → stop) each give one `NodeInterruptionNotice`
 //! followed by one `NodeUnexpectedlyLost`; `docker rm -f` adds no second loss for its `destroy`; an
-//! `oom` followed by `die` is one loss. Events caused by the pool itself (its [`Intents`]) are not
+//! `oom` followed by `die` is one loss. Events caused by the pool itself (its [`PoolIntents`]) are not
 //! reported: the NodeManager that called the pool reports those.
 //!
 //! After the stream fails (engine restart, socket gone) the watcher reconnects with exponential
@@ -40,12 +40,13 @@ use bus::event::{Event, NodeCreated, NodeInterruptionNotice, NodeUnexpectedlyLos
 use bus::{Envelope, Metadata};
 use chrono::{DateTime, TimeZone, Utc};
 use futures::StreamExt;
+use primitives::Backoff;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::intents::Intents;
+use super::intents::PoolIntents;
 use super::pool::{inspect_container, list_managed, managed_filters, DockerWorkerPool, Worker};
-use super::{Backoff, Engine, Result};
+use super::{Engine, Result};
 
 /// The `source` of the envelopes this watcher emits.
 pub const SOURCE: &str = "docker_events_watcher";
@@ -326,9 +327,9 @@ pub struct DockerEventsWatcher {
     /// Only this cluster's containers are watched.
     cluster_id: String,
     /// The pool's own actions, not to be reported.
-    intents: Arc<Intents>,
+    intents: Arc<PoolIntents>,
     /// The process-wide removal intents of the executors (drain + remove in flight), also not reported.
-    shared: Option<crate::intents::Intents>,
+    shared: Option<crate::intents::RemovalIntents>,
     /// Metadata of the emitted envelopes.
     metadata: Metadata,
     /// First reconnect delay.
@@ -352,7 +353,7 @@ impl DockerEventsWatcher {
     pub fn new(
         engine: Engine,
         cluster_id: String,
-        intents: Arc<Intents>,
+        intents: Arc<PoolIntents>,
         metadata: Metadata,
     ) -> Self {
         Self {
@@ -367,7 +368,7 @@ impl DockerEventsWatcher {
     }
 
     /// Also treats the workers the executors are removing (`crate::intents`) as expected to stop.
-    pub fn with_shared_intents(mut self, shared: crate::intents::Intents) -> Self {
+    pub fn with_shared_intents(mut self, shared: crate::intents::RemovalIntents) -> Self {
         self.shared = Some(shared);
         self
     }

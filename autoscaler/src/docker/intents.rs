@@ -20,16 +20,17 @@ pub enum Intent {
     Remove,
 }
 
-/// The shared set of recent intents, keyed by worker name. Cheap to clone through an `Arc`.
+/// The pool's own recent engine actions (start, stop, remove) per worker name, so the events watcher
+/// expects the engine events they cause. Cheap to clone through an `Arc`.
 #[derive(Debug)]
-pub struct Intents {
+pub struct PoolIntents {
     /// How long an intent covers the engine's events.
     ttl: Duration,
     /// std mutex: short critical sections, never held across an await.
     entries: Mutex<HashMap<String, Vec<(Intent, Instant)>>>,
 }
 
-impl Intents {
+impl PoolIntents {
     /// An empty set whose intents expire after `ttl`.
     pub fn new(ttl: Duration) -> Self {
         Self {
@@ -47,7 +48,7 @@ impl Intents {
         self.record_at(name, intent, Instant::now());
     }
 
-    /// As [`Intents::record`] at an explicit time.
+    /// As [`PoolIntents::record`] at an explicit time.
     pub fn record_at(&self, name: &str, intent: Intent, now: Instant) {
         let mut entries = self.lock();
         let ttl = self.ttl;
@@ -66,7 +67,7 @@ impl Intents {
         self.expects_at(name, action, Instant::now())
     }
 
-    /// As [`Intents::expects`] at an explicit time.
+    /// As [`PoolIntents::expects`] at an explicit time.
     pub fn expects_at(&self, name: &str, action: &str, now: Instant) -> bool {
         let entries = self.lock();
         let Some(list) = entries.get(name) else {
@@ -102,7 +103,7 @@ mod tests {
 
     #[test]
     fn docker_intents_cover_their_events_until_they_expire() {
-        let intents = Intents::new(Duration::from_secs(60));
+        let intents = PoolIntents::new(Duration::from_secs(60));
         let t0 = Instant::now();
         intents.record_at("w-1", Intent::Remove, t0);
         assert!(intents.expects_at("w-1", "kill", t0));
@@ -114,7 +115,7 @@ mod tests {
 
     #[test]
     fn docker_stop_intent_does_not_cover_destroy() {
-        let intents = Intents::new(Duration::from_secs(60));
+        let intents = PoolIntents::new(Duration::from_secs(60));
         intents.record("w-1", Intent::Stop);
         assert!(intents.expects("w-1", "die"));
         assert!(!intents.expects("w-1", "destroy"));

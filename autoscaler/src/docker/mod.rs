@@ -29,10 +29,10 @@ use std::time::{Duration, Instant};
 
 use bollard::Docker;
 
-pub use breaker::{Backoff, CircuitBreaker};
+pub use breaker::CircuitBreaker;
 pub use error::DockerError;
 pub use events_watcher::DockerEventsWatcher;
-pub use intents::{Intent, Intents};
+pub use intents::{Intent, PoolIntents};
 pub use pool::{Acquired, CreateWorker, DockerWorkerPool, Released, Worker, WorkerState};
 pub use stats::UsageSample;
 
@@ -300,7 +300,8 @@ impl Engine {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, bollard::errors::Error>>,
     {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let mut backoff =
+            primitives::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         let mut attempt = 1;
         loop {
             match self.call(operation, extra, make()).await {

@@ -29,7 +29,7 @@ use futures::{StreamExt, TryStreamExt};
 use handlers::traits::ActionError;
 use tracing::{debug, info, warn};
 
-use super::intents::{Intent, Intents};
+use super::intents::{Intent, PoolIntents};
 use super::naming;
 use super::{
     connect, engine_address, DockerError, Engine, PoolConfig, Result, LABEL_CLUSTER_ID,
@@ -212,7 +212,7 @@ pub struct DockerWorkerPool {
     /// Shared with clones of the config elsewhere; never logged whole (the token is a [`super::Secret`]).
     config: Arc<PoolConfig>,
     /// The pool's own recent actions, shared with the events watcher.
-    intents: Arc<Intents>,
+    intents: Arc<PoolIntents>,
     /// Serialises name allocation + create in this process: two local creates never pick the same
     /// name; across replicas Docker's 409 settles it.
     create_lock: tokio::sync::Mutex<()>,
@@ -251,7 +251,7 @@ impl DockerWorkerPool {
         Self {
             engine,
             config: Arc::new(config),
-            intents: Arc::new(Intents::new(INTENT_TTL)),
+            intents: Arc::new(PoolIntents::new(INTENT_TTL)),
             create_lock: tokio::sync::Mutex::new(()),
             warm: Mutex::new(BTreeSet::new()),
             cpu_prev: Mutex::new(HashMap::new()),
@@ -269,7 +269,7 @@ impl DockerWorkerPool {
     }
 
     /// The pool's record of its own actions, for [`super::DockerEventsWatcher`].
-    pub fn intents(&self) -> Arc<Intents> {
+    pub fn intents(&self) -> Arc<PoolIntents> {
         self.intents.clone()
     }
 
@@ -387,7 +387,7 @@ impl DockerWorkerPool {
 
     /// Creates and starts a worker. A 409 for its name means it exists already: if it is ours, that is
     /// success and the existing worker is returned (and started); if not, [`DockerError::NameTaken`].
-    pub async fn create_worker(&self, req: &CreateWorker) -> Result<Worker> {
+    pub async fn create(&self, req: &CreateWorker) -> Result<Worker> {
         let name = {
             // Held from choosing the name until the engine has reserved it, not during the start.
             let _serialised = self.create_lock.lock().await;
@@ -454,7 +454,7 @@ impl DockerWorkerPool {
     /// engine reserves the name before the container can be inspected, so a 404 is retried briefly.
     async fn inspect_conflicting(&self, name: &str) -> Result<Option<Worker>> {
         let mut backoff =
-            super::Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
+            primitives::Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
         for _ in 0..10 {
             if let Some(w) = self.inspect_any(name).await? {
                 return Ok(Some(w));
@@ -599,7 +599,7 @@ impl DockerWorkerPool {
         let docker = self.engine.docker();
         // The engine may still count the just-removed container as a user for a moment (409): retry.
         let mut backoff =
-            super::Backoff::new(Duration::from_millis(50), Duration::from_millis(500));
+            primitives::Backoff::new(Duration::from_millis(50), Duration::from_millis(500));
         for attempt in 1..=5 {
             let result = self
                 .engine
@@ -715,7 +715,7 @@ impl DockerWorkerPool {
                 }
             }
         }
-        let worker = self.create_worker(req).await?;
+        let worker = self.create(req).await?;
         Ok(Acquired {
             worker,
             from_warm_pool: false,
@@ -808,10 +808,7 @@ impl handlers::traits::WorkerPool for DockerWorkerPool {
             name: Some(name.to_string()),
             ..CreateWorker::default()
         };
-        DockerWorkerPool::create_worker(self, &req)
-            .await
-            .map(|w| w.id)
-            .map_err(action_error)
+        self.create(&req).await.map(|w| w.id).map_err(action_error)
     }
 
     async fn remove_worker(&self, name: &str) -> std::result::Result<(), ActionError> {

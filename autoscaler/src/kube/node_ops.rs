@@ -17,6 +17,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret, Taint};
 use kube::api::{DeleteParams, EvictParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client};
+use primitives::Backoff;
 use serde_json::json;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -245,7 +246,7 @@ impl KubeNodeOps {
 
         // Evict in rounds; a round's refusals (PDB) wait for the next round.
         let mut remaining = to_evict.clone();
-        let mut pause = self.eviction_backoff.0;
+        let mut backoff = Backoff::new(self.eviction_backoff.0, self.eviction_backoff.1);
         loop {
             let mut refused = Vec::new();
             for pod in remaining {
@@ -258,6 +259,8 @@ impl KubeNodeOps {
                 break;
             }
             let names: Vec<String> = refused.iter().map(pod_id).collect();
+            // The pause this round would wait, without taking it yet.
+            let pause = backoff.delay_for(backoff.attempts() + 1);
             if Instant::now() + pause >= deadline {
                 warn!(node, pods = ?names, "drain blocked by a PodDisruptionBudget until the deadline");
                 return Err(KubeError::PdbBlocked {
@@ -267,8 +270,7 @@ impl KubeNodeOps {
                 });
             }
             debug!(node, pods = ?names, ?pause, "evictions refused by a PodDisruptionBudget; retrying");
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(self.eviction_backoff.1);
+            tokio::time::sleep(backoff.next_delay()).await;
             remaining = refused;
         }
 
@@ -336,7 +338,7 @@ impl KubeNodeOps {
             body["deleteOptions"] = json!({"gracePeriodSeconds": g});
         }
         let body = serde_json::to_vec(&body).unwrap_or_default();
-        let mut pause = self.eviction_backoff.0;
+        let mut backoff = Backoff::new(self.eviction_backoff.0, self.eviction_backoff.1);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let result = match tokio::time::timeout(left, self.post_eviction(ns, name, &body)).await
@@ -356,12 +358,12 @@ impl KubeNodeOps {
                 Err(e) if api_status(&e) == Some(429) => return Ok(Eviction::Refused),
                 Err(e) => {
                     let err = KubeError::api("evict pod")(e);
+                    let pause = backoff.delay_for(backoff.attempts() + 1);
                     if !err.retryable() || Instant::now() + pause >= deadline {
                         return Err(err);
                     }
                     warn!(error = %err, pod = %pod_id(pod), "eviction failed; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(self.eviction_backoff.1);
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
         }

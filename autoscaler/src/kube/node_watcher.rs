@@ -8,7 +8,7 @@
 //! - `NodeHealthDegraded {status: "NotReady" | "Unknown"}` only on a Ready → not-Ready transition, never
 //!   for NotReady → NotReady updates (heartbeats of a dead node's conditions, label changes, …);
 //! - `NodeUnexpectedlyLost {cause: "node_deleted"}` for a deleted worker node when no removal of ours is in
-//!   flight ([`Intents::is_removing`]), including a deletion noticed only on a re-list: after a watch
+//!   flight ([`RemovalIntents::is_removing`]), including a deletion noticed only on a re-list: after a watch
 //!   restart (`Init` … `InitDone`), a node known before but absent from the new list was deleted meanwhile
 //!   (the tombstones of seed 003).
 //!
@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::error::Result;
-use crate::intents::Intents;
+use crate::intents::RemovalIntents;
 
 /// The `source` of the envelopes this watcher emits.
 pub const SOURCE: &str = "node_watcher";
@@ -261,7 +261,7 @@ pub struct NodeWatcher {
     /// Only nodes whose name starts with this produce events (all nodes when empty).
     name_prefix: String,
     /// Our own removals in flight: their deletion is not a loss.
-    intents: Intents,
+    intents: RemovalIntents,
     /// Metadata of the emitted envelopes.
     metadata: Metadata,
     /// Reader half of the reflector, handed out by [`NodeWatcher::store`].
@@ -278,7 +278,7 @@ impl NodeWatcher {
     pub fn new(
         client: Client,
         name_prefix: impl Into<String>,
-        intents: Intents,
+        intents: RemovalIntents,
         metadata: Metadata,
     ) -> Self {
         let (store, writer) = reflector::store();

@@ -1,145 +1,27 @@
 //! `autoscaler run`: the bus, the handlers in their consumer groups, and (on the leader) the watchers
-//! and pollers, wired together.
+//! and pollers, wired together. Its parts:
+//!
+//! - [`run`]: the process's steps in order (connect, build the adapters, start the consumer groups,
+//!   the leader's work and the HTTP port) and its bounded graceful shutdown;
+//! - [`tasks`]: every task `run` starts, tracked by name, so shutdown waits for in-flight work;
+//! - [`group_runner`]: one decision-core handler as the handler of its consumer group;
+//! - [`adapters`]: the decision core's I/O traits on Docker, Kubernetes and the webhooks;
+//! - [`observers`]: what the leader runs: watchers, the metrics collector, the cluster observation,
+//!   the handlers' timers;
+//! - [`projection`]: a handler's view of history, folded from the stream;
+//! - [`sink`]: the channel the observers publish through;
+//! - [`settings`]: the configuration mapped onto the bus, the pool and the decision core's policy.
+//!
+//! How these fit the rest of the system: `docs/ARCHITECTURE.md`.
 
-pub mod decider;
+pub mod adapters;
+pub mod group_runner;
 pub mod observers;
 pub mod projection;
 pub mod run;
+pub mod settings;
 pub mod sink;
-pub mod world;
+pub mod tasks;
 
 pub use run::run;
-
-use crate::config::Settings;
-
-/// The bus settings of a configuration.
-pub fn bus_config(settings: &Settings) -> bus::BusConfig {
-    let b = &settings.autoscaler.events.event_bus;
-    let mut c = bus::BusConfig::new(b.url.clone(), b.stream_name.clone());
-    c.max_len = usize::try_from(b.max_stream_length).unwrap_or(usize::MAX);
-    c.claim_idle = b.claim_idle;
-    c.max_deliveries = b.max_deliveries;
-    c.block = b.block;
-    c.batch_size = b.batch_size;
-    c.concurrency = b.concurrency;
-    c.idempotency_ttl = b.idempotency_ttl;
-    c
-}
-
-/// This replica's stable name: `AUTOSCALER_REPLICA_ID`, else the hostname, so a restarted replica reads
-/// its own pending entries first.
-pub fn replica_id() -> String {
-    if let Ok(id) = std::env::var("AUTOSCALER_REPLICA_ID") {
-        if !id.is_empty() {
-            return id;
-        }
-    }
-    std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "autoscaler".to_string())
-}
-
-/// The metadata every event of this cluster carries.
-pub fn metadata(settings: &Settings) -> bus::Metadata {
-    let mut m = bus::Metadata::new(
-        settings.autoscaler.cluster_id.clone(),
-        settings.autoscaler.region.clone(),
-    );
-    m.dry_run = settings.autoscaler.dry_run;
-    m
-}
-
-/// The k3s join token: `K3S_TOKEN`, else the contents of `workers.token_file`. Never logged.
-pub fn k3s_token(settings: &Settings) -> std::io::Result<Option<crate::docker::Secret>> {
-    if let Ok(t) = std::env::var("K3S_TOKEN") {
-        if !t.is_empty() {
-            return Ok(Some(crate::docker::Secret::new(t)));
-        }
-    }
-    let file = &settings.autoscaler.workers.token_file;
-    if file.is_empty() {
-        return Ok(None);
-    }
-    let t = std::fs::read_to_string(file)?;
-    Ok(Some(crate::docker::Secret::new(t.trim().to_string())))
-}
-
-/// The Docker pool settings of a configuration.
-pub fn pool_config(settings: &Settings) -> std::io::Result<crate::docker::PoolConfig> {
-    let a = &settings.autoscaler;
-    let w = &a.workers;
-    Ok(crate::docker::PoolConfig {
-        host: a.docker.host.clone(),
-        name_prefix: w.name_prefix.clone(),
-        image: w.image.clone(),
-        args: w.args.clone(),
-        k3s_url: w.k3s_url.clone(),
-        token: k3s_token(settings)?,
-        network: w.network.clone(),
-        restart_policy: w.restart_policy.clone(),
-        pool: w.pool.clone(),
-        cluster_id: a.cluster_id.clone(),
-        cpu: w.cpu,
-        memory_bytes: w.memory,
-        privileged: w.privileged,
-        warm_pool: w.warm_pool,
-        timeout: a.docker.timeout,
-        breaker_failures: a.docker.circuit_breaker_failures,
-        // The lab's node agent reads its capacity from these; a k3s agent ignores them.
-        extra_env: [
-            ("LAB_NODE_CPU".to_string(), w.cpu.to_string()),
-            ("LAB_NODE_MEMORY".to_string(), w.memory.to_string()),
-        ]
-        .into_iter()
-        .collect(),
-        ..crate::docker::PoolConfig::default()
-    })
-}
-
-/// The decision core's policy of a configuration.
-pub fn policy(settings: &Settings) -> handlers::policy::Policy {
-    use handlers::policy as p;
-    let a = &settings.autoscaler;
-    p::Policy {
-        limits: p::Limits {
-            min_nodes: a.limits.min_nodes,
-            max_nodes: a.limits.max_nodes,
-        },
-        enforcement: p::Enforcement {
-            auto_scale_to_min: a.enforcement.auto_scale_to_min,
-            min_violation_check_interval: a.enforcement.min_violation_check_interval,
-            emergency_scale_threshold: a.enforcement.emergency_scale_threshold,
-            ..p::Enforcement::default()
-        },
-        thresholds: p::Thresholds {
-            cpu_high: a.thresholds.cpu_high,
-            memory_high: a.thresholds.memory_high,
-            cpu_low: a.thresholds.cpu_low,
-            memory_low: a.thresholds.memory_low,
-            consecutive_periods: a.thresholds.consecutive_periods,
-        },
-        scaling: p::Scaling {
-            scale_up_step: a.scaling.scale_up_step,
-            underutilized_for: a.scaling.underutilized_for,
-            scale_up_cooldown: a.scaling.scale_up_cooldown,
-            scale_down_cooldown: a.scaling.scale_down_cooldown,
-            max_unhealthy_fraction: a.scaling.max_unhealthy_fraction,
-            max_node_provision_time: a.scaling.max_node_provision_time,
-            drain_timeout: a.scaling.drain_timeout,
-            ..p::Scaling::default()
-        },
-        workers: p::WorkerTemplate {
-            name_prefix: a.workers.name_prefix.clone(),
-            cpu_millis: (a.workers.cpu * 1000.0).round() as u64,
-            memory_bytes: a.workers.memory,
-            max_pods: a.workers.max_pods,
-            protected: a.workers.protected.clone(),
-        },
-        alerts: p::AlertPolicy {
-            dedup_window: a.alerts.dedup_window,
-        },
-        sync: p::SyncPolicy::default(),
-    }
-}
+pub use settings::{bus_config, k3s_token, metadata, policy, pool_config};

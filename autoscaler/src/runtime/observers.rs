@@ -13,12 +13,13 @@ use k8s_openapi::api::core::v1::Node;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::decider::Decider;
+use super::adapters::Adapters;
+use super::group_runner::GroupRunner;
 use super::projection::Projection;
-use super::world::World;
+use super::tasks::Tasks;
 use crate::config::Settings;
 use crate::docker::{DockerEventsWatcher, DockerWorkerPool};
-use crate::intents::Intents;
+use crate::intents::RemovalIntents;
 use crate::kube::node_watcher::{NodeObservation, Readiness};
 use crate::kube::{BatchWindows, NodeWatcher, PendingPodsWatcher};
 use crate::leader::Leadership;
@@ -31,10 +32,12 @@ pub struct Observers {
     pub metadata: Metadata,
     pub pool: Arc<DockerWorkerPool>,
     pub kube: kube::Client,
-    pub intents: Intents,
+    pub intents: RemovalIntents,
     pub bus: bus::Bus,
-    pub world: Option<Arc<World>>,
+    pub adapters: Option<Arc<Adapters>>,
     pub tx: mpsc::Sender<Envelope>,
+    /// Where their tasks are tracked, so a shutdown waits for them.
+    pub tasks: Tasks,
 }
 
 /// The `metadata` key of the fencing token every observation carries: which leader's tenure published
@@ -97,7 +100,7 @@ impl Observers {
             self.intents.clone(),
             self.metadata.clone(),
         );
-        spawn_logged(
+        self.tasks.spawn_logged(
             "node watcher",
             node_watcher.run(self.tx.clone(), token.clone().cancelled_owned()),
         );
@@ -110,24 +113,33 @@ impl Observers {
             ),
             self.metadata.clone(),
         );
-        spawn_logged(
+        self.tasks.spawn_logged(
             "pending pods watcher",
             pending.run(self.tx.clone(), token.clone().cancelled_owned()),
         );
 
         let docker_events = DockerEventsWatcher::for_pool(&self.pool, self.metadata.clone())
             .with_shared_intents(self.intents.clone());
-        spawn_logged(
+        self.tasks.spawn_logged(
             "docker events watcher",
             docker_events.run(self.tx.clone(), token.clone().cancelled_owned()),
         );
 
-        tokio::spawn(self.clone().metrics_collector(token.clone()));
-        tokio::spawn(self.clone().cluster_observer(token.clone()));
+        self.tasks.spawn(
+            "metrics collector",
+            self.clone().metrics_collector(token.clone()),
+        );
+        self.tasks.spawn(
+            "cluster observer",
+            self.clone().cluster_observer(token.clone()),
+        );
         for name in &a.events.handlers {
             if let Some(h) = handlers::Handler::from_name(name) {
                 if let Some(every) = h.tick_interval(&self.policy) {
-                    tokio::spawn(self.clone().ticker(h, every, token.clone()));
+                    self.tasks.spawn(
+                        format!("ticker {}", h.name()),
+                        self.clone().ticker(h, every, token.clone()),
+                    );
                 }
             }
         }
@@ -198,7 +210,7 @@ impl Observers {
     }
 
     /// Observes Kubernetes and Docker for the StateSynchronizer: on a timer, and soon after any event
-    /// that calls for it, with triggers collapsed (seed 003).
+    /// that calls for it, with a burst of triggers collapsed into one observation.
     async fn cluster_observer(self, token: CancellationToken) {
         let mut triggers = handlers::SyncTriggers::new(self.policy.sync.clone());
         let audit = self.bus.audit();
@@ -302,9 +314,10 @@ impl Observers {
             let outcome = handler.tick(projection.model(), &self.policy, Utc::now());
             let mut events = outcome.events;
             events.extend(
-                Decider::execute(self.world.as_deref(), handler.name(), &outcome.commands).await,
+                GroupRunner::execute(self.adapters.as_deref(), handler.name(), &outcome.commands)
+                    .await,
             );
-            super::decider::mark_dry_run(self.world.is_none(), &mut events);
+            super::group_runner::mark_dry_run(self.adapters.is_none(), &mut events);
             for e in events {
                 if self.tx.send(e).await.is_err() {
                     return;
@@ -312,15 +325,4 @@ impl Observers {
             }
         }
     }
-}
-
-fn spawn_logged<E: std::fmt::Display + Send + 'static>(
-    what: &'static str,
-    fut: impl std::future::Future<Output = Result<(), E>> + Send + 'static,
-) {
-    tokio::spawn(async move {
-        if let Err(e) = fut.await {
-            tracing::error!(error = %e, "{what} stopped");
-        }
-    });
 }

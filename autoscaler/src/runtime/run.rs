@@ -1,5 +1,7 @@
-//! `autoscaler run`, assembled: connections, the handlers' consumer groups, leadership and observers,
-//! the HTTP port; graceful shutdown on the given future.
+//! `autoscaler run`, step by step: `start` (shared state), `connect`, `build_adapters`,
+//! `spawn_consumers` (the handlers' consumer groups), `spawn_leader_work` (leadership, observers,
+//! gauges), `spawn_http`, then on the given shutdown future `shut_down`: every task started is
+//! tracked ([`Tasks`]) and waited for, up to [`in_flight_bound`].
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -9,21 +11,24 @@ use std::time::Duration;
 
 use anyhow::Context;
 use handlers::Model;
+use primitives::Backoff;
 use tokio::sync::{mpsc, watch, Mutex};
 use tokio_util::sync::CancellationToken;
 
-use super::decider::Decider;
+use super::adapters::{Adapters, DockerWorkers, KubeNodes};
+use super::group_runner::GroupRunner;
 use super::observers::{supervise, Observers};
 use super::projection::Projection;
-use super::world::{DockerWorkers, KubeNodes, Webhook, Webhooks, World};
-use super::{bus_config, metadata, policy, pool_config, replica_id, sink};
+use super::tasks::{Stopped, Tasks};
+use super::{bus_config, metadata, policy, pool_config, sink};
 use crate::config::Settings;
 use crate::docker::DockerWorkerPool;
 use crate::http::{self, HttpState};
-use crate::intents::Intents;
+use crate::intents::RemovalIntents;
 use crate::kube::KubeNodeOps;
 use crate::leader::{self, Leadership};
 use crate::metrics::Metrics;
+use crate::webhooks::{Webhook, Webhooks};
 
 /// What a running autoscaler exposes to its caller (the `lab` command, tests).
 pub struct Running {
@@ -38,45 +43,103 @@ async fn connect_retrying<T, E: std::fmt::Display, F: Future<Output = Result<T, 
     stop: &CancellationToken,
     mut connect: impl FnMut() -> F,
 ) -> Option<T> {
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
-        match connect().await {
+        let delay = match connect().await {
             Ok(v) => return Some(v),
             Err(e) => {
+                let delay = backoff.next_delay();
                 tracing::warn!(error = %e, retry_in = ?delay, "cannot connect to {what}");
+                delay
             }
-        }
+        };
         tokio::select! {
             _ = stop.cancelled() => return None,
             _ = tokio::time::sleep(delay) => {}
         }
-        delay = (delay * 2).min(Duration::from_secs(10));
     }
 }
 
-/// Runs the autoscaler until `shutdown` resolves. `bound` receives the HTTP address once serving.
+/// What every step of [`run`] shares.
+struct Shared {
+    settings: Arc<Settings>,
+    policy: Arc<handlers::Policy>,
+    metrics: Arc<Metrics>,
+    /// This replica's consumer name and lease holder name.
+    replica: String,
+    /// Nodes this process is removing, so the watchers do not report them.
+    intents: RemovalIntents,
+    /// `/readyz`.
+    ready: Arc<AtomicBool>,
+    /// Every task started, for the shutdown to wait for.
+    tasks: Tasks,
+    /// Cancelled when the shutdown begins.
+    stop: CancellationToken,
+}
+
+/// The connections `connect` made.
+struct Connections {
+    /// For publishing, reading and the lease.
+    bus: bus::Bus,
+    /// For the handlers' consumer groups (one delivery at a time, claimed late: see `connect`).
+    handler_bus: bus::Bus,
+    pool: Arc<DockerWorkerPool>,
+    kube: kube::Client,
+}
+
+/// The longest one piece of in-flight work may take: a delivery or a tick may carry out a whole drain
+/// (bounded by `scaling.drain_timeout`), then stop and delete the worker. It is how long another
+/// consumer waits before claiming a handler's delivery, and how long a shutdown waits for in-flight
+/// work before it gives up (a restart, or another replica, repairs what was cut short).
+pub fn in_flight_bound(settings: &Settings) -> Duration {
+    settings.autoscaler.scaling.drain_timeout + Duration::from_secs(30)
+}
+
+/// Runs the autoscaler until `shutdown` resolves, then waits for in-flight work up to
+/// [`in_flight_bound`]. `bound` receives the HTTP address once serving.
 pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
     bound: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) -> anyhow::Result<()> {
+    let shared = start(settings, shutdown);
+    let Some(conns) = connect(&shared).await? else {
+        return Ok(());
+    };
+    let adapters = build_adapters(&shared, &conns)?;
+    // Observations flow through one channel into the stream.
+    let (tx, rx) = mpsc::channel(sink::SINK_CAPACITY);
+    shared.tasks.spawn(
+        "publish sink",
+        sink::drain(rx, conns.bus.publisher(), shared.metrics.clone()),
+    );
+    spawn_consumers(&shared, &conns, adapters.clone()).await?;
+    http::set_ready(&shared.ready, true);
+    spawn_leader_work(&shared, &conns, adapters, tx);
+    spawn_http(&shared, &conns, bound)?;
+    shared.stop.cancelled().await;
+    shut_down(&shared).await;
+    Ok(())
+}
+
+/// The shared state, the metrics' limits, the start-up log line, and the task that turns `shutdown`
+/// into the stop token.
+fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send + 'static) -> Shared {
+    let tasks = Tasks::new();
     let stop = CancellationToken::new();
     {
         let stop = stop.clone();
-        tokio::spawn(async move {
+        tasks.spawn("shutdown signal", async move {
             shutdown.await;
             stop.cancel();
         });
     }
     let settings = Arc::new(settings);
     let a = &settings.autoscaler;
-    let policy = Arc::new(policy(&settings));
     let metrics = Arc::new(Metrics::new());
     metrics.workers_min.set(i64::from(a.limits.min_nodes));
     metrics.workers_max.set(i64::from(a.limits.max_nodes));
     let replica = replica_id();
-    let metadata = metadata(&settings);
-    let ready = Arc::new(AtomicBool::new(false));
     tracing::info!(
         replica = %replica,
         cluster_id = %a.cluster_id,
@@ -85,30 +148,43 @@ pub async fn run(
         handlers = ?a.events.handlers,
         "autoscaler starting"
     );
+    Shared {
+        policy: Arc::new(policy(&settings)),
+        settings,
+        metrics,
+        replica,
+        intents: RemovalIntents::new(),
+        ready: Arc::new(AtomicBool::new(false)),
+        tasks,
+        stop,
+    }
+}
 
-    let Some(bus) = connect_retrying("Redis", &stop, || bus::connect(bus_config(&settings))).await
+/// Redis, the Docker engine (adopting its managed workers) and Kubernetes, each retried until it
+/// answers; `None` if the shutdown came first.
+async fn connect(shared: &Shared) -> anyhow::Result<Option<Connections>> {
+    let (settings, stop) = (&shared.settings, &shared.stop);
+    let a = &settings.autoscaler;
+    let Some(bus) = connect_retrying("Redis", stop, || bus::connect(bus_config(settings))).await
     else {
-        return Ok(());
+        return Ok(None);
     };
     // Handlers decide one delivery at a time, in stream order, and a delivery may carry out a whole
     // drain: give it longer than the drain before another consumer may claim it.
-    let mut handler_config = bus_config(&settings);
+    let mut handler_config = bus_config(settings);
     handler_config.concurrency = 1;
-    handler_config.claim_idle = handler_config
-        .claim_idle
-        .max(a.scaling.drain_timeout + Duration::from_secs(30));
+    handler_config.claim_idle = handler_config.claim_idle.max(in_flight_bound(settings));
     let handler_bus = bus::connect(handler_config)
         .await
         .context("connecting the handlers' bus")?;
 
-    let intents = Intents::new();
-    let pool_cfg = pool_config(&settings).context("reading the k3s token file")?;
-    let Some(pool) = connect_retrying("the Docker engine", &stop, || {
+    let pool_cfg = pool_config(settings).context("reading the k3s token file")?;
+    let Some(pool) = connect_retrying("the Docker engine", stop, || {
         DockerWorkerPool::connect(pool_cfg.clone())
     })
     .await
     else {
-        return Ok(());
+        return Ok(None);
     };
     let pool = Arc::new(pool);
     match pool.adopt().await {
@@ -116,46 +192,94 @@ pub async fn run(
         Err(e) => tracing::warn!(error = %e, "docker: cannot list managed workers yet"),
     }
     let Some(kube) =
-        connect_retrying("Kubernetes", &stop, || crate::kube::connect(&a.kubernetes)).await
+        connect_retrying("Kubernetes", stop, || crate::kube::connect(&a.kubernetes)).await
     else {
-        return Ok(());
+        return Ok(None);
     };
+    Ok(Some(Connections {
+        bus,
+        handler_bus,
+        pool,
+        kube,
+    }))
+}
 
-    let world = if a.dry_run {
+/// The adapters the executors act through; `None` in a dry run.
+fn build_adapters(shared: &Shared, conns: &Connections) -> anyhow::Result<Option<Arc<Adapters>>> {
+    let a = &shared.settings.autoscaler;
+    if a.dry_run {
         tracing::warn!("dry run: decisions are published marked dry_run; nothing is changed");
-        None
-    } else {
-        let targets = a
-            .alerts
-            .webhooks
-            .iter()
-            .filter_map(|w| {
-                handlers::alerts::Format::parse(&w.format).map(|format| Webhook {
-                    url: w.url.clone(),
-                    format,
-                })
+        return Ok(None);
+    }
+    let targets = a
+        .alerts
+        .webhooks
+        .iter()
+        .filter_map(|w| {
+            handlers::alerts::Format::parse(&w.format).map(|format| Webhook {
+                url: w.url.clone(),
+                format,
             })
-            .collect();
-        Some(Arc::new(World {
-            workers: DockerWorkers {
-                pool: pool.clone(),
-                intents: intents.clone(),
-            },
-            nodes: KubeNodes {
-                ops: KubeNodeOps::new(kube.clone(), a.scaling.drain_timeout),
-                intents: intents.clone(),
-            },
-            alerts: Webhooks::new(targets).context("loading the TLS roots for webhooks")?,
-        }))
-    };
+        })
+        .collect();
+    Ok(Some(Arc::new(Adapters {
+        workers: DockerWorkers {
+            pool: conns.pool.clone(),
+            intents: shared.intents.clone(),
+        },
+        nodes: KubeNodes {
+            ops: KubeNodeOps::new(conns.kube.clone(), a.scaling.drain_timeout),
+            intents: shared.intents.clone(),
+        },
+        alerts: Webhooks::new(targets).context("loading the TLS roots for webhooks")?,
+    })))
+}
 
-    // Observations flow through one channel into the stream.
-    let (tx, rx) = mpsc::channel(sink::SINK_CAPACITY);
-    let sink_task = tokio::spawn(sink::drain(rx, bus.publisher(), metrics.clone()));
+/// The handlers, one consumer group each, counted into the metrics.
+async fn spawn_consumers(
+    shared: &Shared,
+    conns: &Connections,
+    adapters: Option<Arc<Adapters>>,
+) -> anyhow::Result<()> {
+    let stats = delivery_stats(shared.metrics.clone());
+    for name in &shared.settings.autoscaler.events.handlers {
+        let Some(handler) = handlers::Handler::from_name(name) else {
+            anyhow::bail!("unknown handler {name}");
+        };
+        let consumer = conns.handler_bus.consumer().with_stats(stats.clone());
+        consumer
+            .ensure_group(name)
+            .await
+            .with_context(|| format!("creating consumer group {name}"))?;
+        let runner = GroupRunner {
+            handler,
+            policy: shared.policy.clone(),
+            projection: Mutex::new(Projection::new(
+                Model::new(&shared.policy),
+                conns.handler_bus.audit(),
+            )),
+            adapters: adapters.clone(),
+            publisher: conns.handler_bus.publisher(),
+            metrics: shared.metrics.clone(),
+        };
+        let group = name.clone();
+        let consumer_name = shared.replica.clone();
+        let token = shared.stop.clone();
+        shared.tasks.spawn(format!("consumer {name}"), async move {
+            if let Err(e) = consumer
+                .run(runner, &group, &consumer_name, token.cancelled_owned())
+                .await
+            {
+                tracing::error!(group, error = %e, "consumer stopped with an error");
+            }
+        });
+    }
+    Ok(())
+}
 
-    // The handlers, one consumer group each.
-    let stats = bus::Stats::with_observer({
-        let metrics = metrics.clone();
+/// The bus's per-delivery outcomes as metrics.
+fn delivery_stats(metrics: Arc<Metrics>) -> bus::Stats {
+    bus::Stats::with_observer(
         move |group: &str, event_type: &str, outcome: bus::Outcome| {
             let labels = crate::metrics::GroupTypeLabels {
                 group: group.to_string(),
@@ -177,133 +301,153 @@ pub async fn run(
                         .inc();
                 }
             }
-        }
-    });
-    let mut consumers = Vec::new();
-    for name in &a.events.handlers {
-        let Some(handler) = handlers::Handler::from_name(name) else {
-            anyhow::bail!("unknown handler {name}");
-        };
-        let consumer = handler_bus.consumer().with_stats(stats.clone());
-        consumer
-            .ensure_group(name)
-            .await
-            .with_context(|| format!("creating consumer group {name}"))?;
-        let decider = Decider {
-            handler,
-            policy: policy.clone(),
-            projection: Mutex::new(Projection::new(Model::new(&policy), handler_bus.audit())),
-            world: world.clone(),
-            publisher: handler_bus.publisher(),
-            metrics: metrics.clone(),
-        };
-        let group = name.clone();
-        let consumer_name = replica.clone();
-        let token = stop.clone();
-        consumers.push(tokio::spawn(async move {
-            if let Err(e) = consumer
-                .run(decider, &group, &consumer_name, token.cancelled_owned())
-                .await
-            {
-                tracing::error!(group, error = %e, "consumer stopped with an error");
-            }
-        }));
-    }
-    http::set_ready(&ready, true);
+        },
+    )
+}
 
-    // Leadership and the leader's observers.
+/// Leadership, the leader's observers (which publish through `tx`), and the gauges.
+fn spawn_leader_work(
+    shared: &Shared,
+    conns: &Connections,
+    adapters: Option<Arc<Adapters>>,
+    tx: mpsc::Sender<bus::Envelope>,
+) {
+    let (settings, tasks, stop) = (&shared.settings, &shared.tasks, &shared.stop);
+    let a = &settings.autoscaler;
     let (lead_tx, lead_rx) = watch::channel(Leadership::default());
-    let leader_task = tokio::spawn(leader::run(
-        bus.connection(),
-        a.events.event_bus.stream_name.clone(),
-        replica.clone(),
-        a.leader.lease_ttl,
-        lead_tx,
-        stop.clone().cancelled_owned(),
-    ));
-    {
-        let metrics = metrics.clone();
-        let mut rx = lead_rx.clone();
-        tokio::spawn(async move {
-            loop {
-                metrics.leader.set(i64::from(rx.borrow_and_update().leader));
-                if rx.changed().await.is_err() {
-                    break;
-                }
-            }
-        });
-    }
+    tasks.spawn(
+        "leader lease",
+        leader::run(
+            conns.bus.connection(),
+            a.events.event_bus.stream_name.clone(),
+            shared.replica.clone(),
+            a.leader.lease_ttl,
+            lead_tx,
+            stop.clone().cancelled_owned(),
+        ),
+    );
+    tasks.spawn(
+        "leader gauge",
+        leader_gauge(shared.metrics.clone(), lead_rx.clone()),
+    );
     let observers = Observers {
         settings: settings.clone(),
-        policy: policy.clone(),
-        metadata,
-        pool: pool.clone(),
-        kube: kube.clone(),
-        intents,
-        bus: bus.clone(),
-        world,
+        policy: shared.policy.clone(),
+        metadata: metadata(settings),
+        pool: conns.pool.clone(),
+        kube: conns.kube.clone(),
+        intents: shared.intents.clone(),
+        bus: conns.bus.clone(),
+        adapters,
         tx,
+        tasks: tasks.clone(),
     };
-    let supervisor = tokio::spawn(supervise(observers, lead_rx, stop.clone()));
-
+    tasks.spawn(
+        "observer supervisor",
+        supervise(observers, lead_rx, stop.clone()),
+    );
     // Gauges read from Redis and the record, refreshed in the background.
-    tokio::spawn(refresh_gauges(
-        bus.clone(),
-        policy.clone(),
-        metrics.clone(),
-        stop.clone(),
-    ));
+    tasks.spawn(
+        "gauges",
+        refresh_gauges(
+            conns.bus.clone(),
+            shared.policy.clone(),
+            shared.metrics.clone(),
+            stop.clone(),
+        ),
+    );
+}
 
-    // HTTP.
-    let status: http::StatusFn = {
+/// Shows whether this replica leads, until the lease task is gone.
+async fn leader_gauge(metrics: Arc<Metrics>, mut rx: watch::Receiver<Leadership>) {
+    loop {
+        metrics.leader.set(i64::from(rx.borrow_and_update().leader));
+        if rx.changed().await.is_err() {
+            break;
+        }
+    }
+}
+
+/// The HTTP port: metrics, health, readiness and the status report.
+fn spawn_http(
+    shared: &Shared,
+    conns: &Connections,
+    bound: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+) -> anyhow::Result<()> {
+    let listen: SocketAddr = shared
+        .settings
+        .autoscaler
+        .http
+        .listen
+        .parse()
+        .context("http.listen")?;
+    let state = HttpState {
+        metrics: shared.metrics.clone(),
+        ready: shared.ready.clone(),
+        status: status_fn(shared.settings.clone(), conns),
+    };
+    let stop = shared.stop.clone().cancelled_owned();
+    shared.tasks.spawn("http", async move {
+        if let Err(e) = http::serve(listen, state, stop, bound).await {
+            tracing::warn!(error = %e, "http server failed");
+        }
+    });
+    Ok(())
+}
+
+/// `/status`: the status report over this process's connections.
+fn status_fn(settings: Arc<Settings>, conns: &Connections) -> http::StatusFn {
+    let (bus, pool, kube) = (conns.bus.clone(), conns.pool.clone(), conns.kube.clone());
+    Arc::new(move || {
         let settings = settings.clone();
         let bus = bus.clone();
         let pool = pool.clone();
         let kube = kube.clone();
-        Arc::new(move || {
-            let settings = settings.clone();
-            let bus = bus.clone();
-            let pool = pool.clone();
-            let kube = kube.clone();
-            Box::pin(async move {
-                crate::status::collect(crate::status::Sources {
-                    settings: &settings,
-                    bus: Some(&bus),
-                    pool: Some(&pool),
-                    kube: Some(&kube),
-                })
-                .await
+        Box::pin(async move {
+            crate::status::collect(crate::status::Sources {
+                settings: &settings,
+                bus: Some(&bus),
+                pool: Some(&pool),
+                kube: Some(&kube),
             })
+            .await
         })
-    };
-    let listen: SocketAddr = a.http.listen.parse().context("http.listen")?;
-    let http_state = HttpState {
-        metrics: metrics.clone(),
-        ready: ready.clone(),
-        status,
-    };
-    let http_task = tokio::spawn(http::serve(
-        listen,
-        http_state,
-        stop.clone().cancelled_owned(),
-        bound,
-    ));
+    })
+}
 
-    stop.cancelled().await;
-    tracing::info!("shutting down: finishing in-flight deliveries");
-    http::set_ready(&ready, false);
-    for c in consumers {
-        let _ = c.await;
+/// Not ready any more; then every task (consumers finishing their deliveries, tickers their commands,
+/// the sink what they publish) gets up to [`in_flight_bound`] to end.
+async fn shut_down(shared: &Shared) {
+    let bound = in_flight_bound(&shared.settings);
+    tracing::info!(bound = ?bound, running = ?shared.tasks.running(), "shutting down: finishing in-flight work");
+    http::set_ready(&shared.ready, false);
+    let began = std::time::Instant::now();
+    match shared.tasks.shut_down(bound).await {
+        Stopped::All => tracing::info!(
+            waited = ?began.elapsed(),
+            "stopped: all in-flight work finished"
+        ),
+        Stopped::AtBound(still) => tracing::warn!(
+            waited = ?began.elapsed(),
+            still_running = ?still,
+            "stopped at the shutdown bound; the work still running is cut short (a restart repairs it)"
+        ),
     }
-    let _ = supervisor.await;
-    let _ = leader_task.await;
-    // The observers' senders are gone with the supervisor; flush what they left.
-    let _ = tokio::time::timeout(Duration::from_secs(5), sink_task).await;
-    if let Ok(Err(e)) = http_task.await {
-        tracing::warn!(error = %e, "http server failed");
+}
+
+/// This replica's stable name: `AUTOSCALER_REPLICA_ID`, else the hostname, so a restarted replica reads
+/// its own pending entries first.
+pub fn replica_id() -> String {
+    if let Ok(id) = std::env::var("AUTOSCALER_REPLICA_ID") {
+        if !id.is_empty() {
+            return id;
+        }
     }
-    tracing::info!("stopped");
-    Ok(())
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "autoscaler".to_string())
 }
 
 /// Workers by state (from the record), DLQ length, pending and lag per group, every few seconds.

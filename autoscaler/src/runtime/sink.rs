@@ -4,8 +4,10 @@
 //! replicas both derived deterministically (same v5 id), or that a retry sends twice, lands once.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bus::{Envelope, RedisPublisher};
+use primitives::Backoff;
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
@@ -22,7 +24,7 @@ pub async fn drain(
 ) {
     while let Some(envelope) = rx.recv().await {
         let key = format!("event:{}", envelope.event_id);
-        let mut delay = std::time::Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             match publisher.publish_idempotent(&key, &envelope).await {
                 Ok(Some(id)) => {
@@ -36,8 +38,7 @@ pub async fn drain(
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, event_type = envelope.event_type(), "cannot publish observation; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
         }

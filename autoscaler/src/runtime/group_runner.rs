@@ -1,7 +1,7 @@
-//! One handler of the decision core as a consumer-group handler of the bus.
+//! [`GroupRunner`]: one handler of the decision core run as the handler of its bus consumer group.
 //!
 //! For each delivery: fold the stream up to and including the delivered entry, decide (pure), carry
-//! out the decision's commands through the world's adapters (unless this is a dry run), and return the
+//! out the decision's commands through the real adapters (unless this is a dry run), and return the
 //! decision's events plus the executor's facts — which the bus publishes atomically with the ack.
 //!
 //! A decision with commands is published *before* they run (creating or draining a worker takes
@@ -17,8 +17,8 @@ use chrono::Utc;
 use handlers::{Model, Policy};
 use tokio::sync::Mutex;
 
+use super::adapters::Adapters;
 use super::projection::{Fold, Projection};
-use super::world::World;
 use crate::metrics::Metrics;
 
 impl Fold for Model {
@@ -27,30 +27,32 @@ impl Fold for Model {
     }
 }
 
-/// A handler with its own view of history.
-pub struct Decider {
+/// The consumer-group adapter of one decision-core handler: it folds each delivery into its own view
+/// of history, has the handler decide, publishes the decision ahead of its commands, executes them
+/// through the [`Adapters`] and returns the outputs for the bus to publish with the ack.
+pub struct GroupRunner {
     pub handler: handlers::Handler,
     pub policy: Arc<Policy>,
     /// Held for the whole delivery: deliveries of one group are decided one at a time, in order.
     pub projection: Mutex<Projection<Model>>,
     /// `None` in a dry run.
-    pub world: Option<Arc<World>>,
+    pub adapters: Option<Arc<Adapters>>,
     /// Publishes decisions ahead of their commands.
     pub publisher: bus::RedisPublisher,
     pub metrics: Arc<Metrics>,
 }
 
-impl Decider {
-    /// Runs `issued` against the world (or only logs them in a dry run); returns the facts.
+impl GroupRunner {
+    /// Runs `issued` through the adapters (or only logs them in a dry run); returns the facts.
     pub async fn execute(
-        world: Option<&World>,
+        adapters: Option<&Adapters>,
         handler: &str,
         issued: &[handlers::Issued],
     ) -> Vec<Envelope> {
         if issued.is_empty() {
             return Vec::new();
         }
-        let Some(world) = world else {
+        let Some(adapters) = adapters else {
             for i in issued {
                 tracing::info!(
                     handler,
@@ -63,9 +65,9 @@ impl Decider {
         };
         let done = handlers::executor::execute(
             issued,
-            &world.workers,
-            &world.nodes,
-            &world.alerts,
+            &adapters.workers,
+            &adapters.nodes,
+            &adapters.alerts,
             Utc::now(),
         )
         .await;
@@ -76,7 +78,7 @@ impl Decider {
     }
 }
 
-impl bus::Handler for Decider {
+impl bus::Handler for GroupRunner {
     async fn handle(&self, delivery: &Delivery) -> Result<Vec<Envelope>, HandlerError> {
         let mut projection = self.projection.lock().await;
         projection
@@ -91,7 +93,7 @@ impl bus::Handler for Decider {
         );
         let name = self.handler.name();
         let mut events = outcome.events;
-        if self.world.is_some() && !outcome.commands.is_empty() {
+        if self.adapters.is_some() && !outcome.commands.is_empty() {
             for e in &events {
                 self.publisher
                     .publish_idempotent(&format!("event:{}", e.event_id), e)
@@ -99,8 +101,8 @@ impl bus::Handler for Decider {
                     .map_err(HandlerError::retry)?;
             }
         }
-        events.extend(Self::execute(self.world.as_deref(), name, &outcome.commands).await);
-        mark_dry_run(self.world.is_none(), &mut events);
+        events.extend(Self::execute(self.adapters.as_deref(), name, &outcome.commands).await);
+        mark_dry_run(self.adapters.is_none(), &mut events);
         for e in &events {
             self.metrics.observe_published(&e.event);
         }

@@ -1,0 +1,122 @@
+//! What each part of the runtime takes from the [`Settings`]: the bus's configuration, the events'
+//! metadata, the Docker pool's configuration (with the k3s join token) and the decision core's
+//! [`handlers::policy::Policy`]. Plain field mapping, no I/O beyond reading the token file.
+
+use crate::config::Settings;
+
+/// The bus settings of a configuration.
+pub fn bus_config(settings: &Settings) -> bus::BusConfig {
+    let b = &settings.autoscaler.events.event_bus;
+    let mut c = bus::BusConfig::new(b.url.clone(), b.stream_name.clone());
+    c.max_len = usize::try_from(b.max_stream_length).unwrap_or(usize::MAX);
+    c.claim_idle = b.claim_idle;
+    c.max_deliveries = b.max_deliveries;
+    c.block = b.block;
+    c.batch_size = b.batch_size;
+    c.concurrency = b.concurrency;
+    c.idempotency_ttl = b.idempotency_ttl;
+    c
+}
+
+/// The metadata every event of this cluster carries.
+pub fn metadata(settings: &Settings) -> bus::Metadata {
+    let mut m = bus::Metadata::new(
+        settings.autoscaler.cluster_id.clone(),
+        settings.autoscaler.region.clone(),
+    );
+    m.dry_run = settings.autoscaler.dry_run;
+    m
+}
+
+/// The k3s join token: `K3S_TOKEN`, else the contents of `workers.token_file`. Never logged.
+pub fn k3s_token(settings: &Settings) -> std::io::Result<Option<crate::docker::Secret>> {
+    if let Ok(t) = std::env::var("K3S_TOKEN") {
+        if !t.is_empty() {
+            return Ok(Some(crate::docker::Secret::new(t)));
+        }
+    }
+    let file = &settings.autoscaler.workers.token_file;
+    if file.is_empty() {
+        return Ok(None);
+    }
+    let t = std::fs::read_to_string(file)?;
+    Ok(Some(crate::docker::Secret::new(t.trim().to_string())))
+}
+
+/// The Docker pool settings of a configuration.
+pub fn pool_config(settings: &Settings) -> std::io::Result<crate::docker::PoolConfig> {
+    let a = &settings.autoscaler;
+    let w = &a.workers;
+    Ok(crate::docker::PoolConfig {
+        host: a.docker.host.clone(),
+        name_prefix: w.name_prefix.clone(),
+        image: w.image.clone(),
+        args: w.args.clone(),
+        k3s_url: w.k3s_url.clone(),
+        token: k3s_token(settings)?,
+        network: w.network.clone(),
+        restart_policy: w.restart_policy.clone(),
+        pool: w.pool.clone(),
+        cluster_id: a.cluster_id.clone(),
+        cpu: w.cpu,
+        memory_bytes: w.memory,
+        privileged: w.privileged,
+        warm_pool: w.warm_pool,
+        timeout: a.docker.timeout,
+        breaker_failures: a.docker.circuit_breaker_failures,
+        // The lab's node agent reads its capacity from these; a k3s agent ignores them.
+        extra_env: [
+            ("LAB_NODE_CPU".to_string(), w.cpu.to_string()),
+            ("LAB_NODE_MEMORY".to_string(), w.memory.to_string()),
+        ]
+        .into_iter()
+        .collect(),
+        ..crate::docker::PoolConfig::default()
+    })
+}
+
+/// The decision core's policy of a configuration.
+pub fn policy(settings: &Settings) -> handlers::policy::Policy {
+    use handlers::policy as p;
+    let a = &settings.autoscaler;
+    p::Policy {
+        limits: p::Limits {
+            min_nodes: a.limits.min_nodes,
+            max_nodes: a.limits.max_nodes,
+        },
+        enforcement: p::Enforcement {
+            auto_scale_to_min: a.enforcement.auto_scale_to_min,
+            min_violation_check_interval: a.enforcement.min_violation_check_interval,
+            emergency_scale_threshold: a.enforcement.emergency_scale_threshold,
+            ..p::Enforcement::default()
+        },
+        thresholds: p::Thresholds {
+            cpu_high: a.thresholds.cpu_high,
+            memory_high: a.thresholds.memory_high,
+            cpu_low: a.thresholds.cpu_low,
+            memory_low: a.thresholds.memory_low,
+            consecutive_periods: a.thresholds.consecutive_periods,
+        },
+        scaling: p::Scaling {
+            scale_up_step: a.scaling.scale_up_step,
+            underutilized_for: a.scaling.underutilized_for,
+            scale_up_cooldown: a.scaling.scale_up_cooldown,
+            scale_down_cooldown: a.scaling.scale_down_cooldown,
+            max_unhealthy_fraction: a.scaling.max_unhealthy_fraction,
+            max_node_provision_time: a.scaling.max_node_provision_time,
+            drain_timeout: a.scaling.drain_timeout,
+            ..p::Scaling::default()
+        },
+        workers: p::WorkerTemplate {
+            name_prefix: a.workers.name_prefix.clone(),
+            cpu_millis: (a.workers.cpu * 1000.0).round() as u64,
+            memory_bytes: a.workers.memory,
+            max_pods: a.workers.max_pods,
+            protected: a.workers.protected.clone(),
+        },
+        alerts: p::AlertPolicy {
+            dedup_window: a.alerts.dedup_window,
+        },
+        sync: p::SyncPolicy::default(),
+    }
+}
