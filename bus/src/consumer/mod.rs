@@ -52,7 +52,7 @@ use std::time::Duration;
 
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
-use rand::Rng;
+use primitives::Backoff;
 use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::AbortOnDropHandle;
@@ -228,30 +228,8 @@ async fn deliver_until<H: Handler>(
     }
 }
 
-/// Exponential backoff with jitter, 50 ms to 5 s.
-#[derive(Debug)]
-struct Backoff {
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self { next: Self::MIN }
-    }
-}
-
-impl Backoff {
-    const MIN: Duration = Duration::from_millis(50);
-    const MAX: Duration = Duration::from_secs(5);
-
-    fn next_delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(Self::MAX);
-        let jitter = rand::rng().random_range(0..=d.as_millis() as u64 / 2);
-        d + Duration::from_millis(jitter)
-    }
-
-    fn reset(&mut self) {
-        self.next = Self::MIN;
-    }
+/// The backoff of the consumer's retries after a Redis error: 50 ms doubling to 5 s, plus up to half
+/// of each delay at random so consumers that failed together do not retry together.
+fn redis_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(50), Duration::from_secs(5)).with_jitter(0.5)
 }

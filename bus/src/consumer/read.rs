@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::liveness::{self, DEAD_CHECK_EVERY};
-use super::{Backoff, Ctx, Work};
+use super::{redis_backoff, Ctx, Work};
 use crate::connection::Bus;
 use crate::entry::{parse_read, ReadEntry};
 use crate::error::{BusError, Result};
@@ -58,7 +58,7 @@ pub(super) async fn read_loop(
     tx: mpsc::Sender<Work>,
 ) {
     let mut state = ReadState::new();
-    let mut backoff = Backoff::default();
+    let mut backoff = redis_backoff();
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;

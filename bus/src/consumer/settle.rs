@@ -8,7 +8,7 @@ use redis::AsyncCommands;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::{Backoff, Ctx, Finish, Outcome};
+use super::{redis_backoff, Ctx, Finish, Outcome};
 use crate::envelope::format_timestamp;
 use crate::error::{BusError, Result};
 use crate::publisher::add_options;
@@ -23,7 +23,7 @@ pub const DLQ_FIELDS: [&str; 5] = ["original_id", "group", "error", "deliveries"
 pub(super) async fn ack_loop(ctx: Arc<Ctx>, mut rx: mpsc::UnboundedReceiver<String>) {
     let batch = ctx.config.batch_size.max(1);
     let mut ids: Vec<String> = Vec::with_capacity(batch);
-    let mut backoff = Backoff::default();
+    let mut backoff = redis_backoff();
     let mut failures = 0u32;
     loop {
         if !gather(&mut rx, &mut ids, batch).await {
