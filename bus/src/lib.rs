@@ -8,7 +8,7 @@
 //! - with the default `redis` feature, the Redis Streams transport:
 //!   - [`connect`] → [`Bus`]: a self-healing shared connection, and one of its own per blocking reader;
 //!   - [`publisher`]: [`RedisPublisher`] (trimmed, pipelined, idempotent);
-//!   - [`consumer`]: the consumer-group runtime ([`Handler`], [`Consumer::run`]: own pending list first,
+//!   - [`consumer`]: the consumer-group runtime ([`GroupHandler`], [`Consumer::run`]: own pending list first,
 //!     claims, retries, dead letters, batched acks, graceful shutdown);
 //!   - [`audit`]: queries by id/time range and type, follow, DLQ list/retry/purge, group info and rewind.
 //! - with the `testing` feature, [`testing::RedisServer`]: a throwaway `redis-server` for tests.
@@ -47,8 +47,8 @@ pub use audit::{Audit, ConsumerInfo, DeadLetter, Follower, GroupInfo, Query, Ret
 pub use connection::{connect, Bus};
 #[cfg(feature = "redis")]
 pub use consumer::{
-    handler_fn, Consumer, Counters, Delivery, ErrorPolicy, Handler, HandlerError, Outcome, Stats,
-    RETRY_FOR,
+    handler_fn, Consumer, Counters, Delivery, DeliveryOutcome, ErrorPolicy, GroupHandler,
+    HandlerError, Stats, RETRY_FOR,
 };
 #[cfg(feature = "redis")]
 pub use entry::RawEntry;

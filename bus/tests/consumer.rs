@@ -28,7 +28,7 @@ fn calls_len(calls: &Calls) -> usize {
 }
 
 /// Runs a consumer in a task; returns the task, its stats and a shutdown trigger.
-fn spawn_consumer<H: bus::Handler>(
+fn spawn_consumer<H: bus::GroupHandler>(
     bus: &bus::Bus,
     handler: H,
     group: &str,

@@ -76,7 +76,7 @@ impl Decider {
     }
 }
 
-impl bus::Handler for Decider {
+impl bus::GroupHandler for Decider {
     async fn handle(&self, delivery: &Delivery) -> Result<Vec<Envelope>, HandlerError> {
         let mut projection = self.projection.lock().await;
         projection

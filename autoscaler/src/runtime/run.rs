@@ -156,19 +156,19 @@ pub async fn run(
     // The handlers, one consumer group each.
     let stats = bus::Stats::with_observer({
         let metrics = metrics.clone();
-        move |group: &str, event_type: &str, outcome: bus::Outcome| {
+        move |group: &str, event_type: &str, outcome: bus::DeliveryOutcome| {
             let labels = crate::metrics::GroupTypeLabels {
                 group: group.to_string(),
                 event_type: event_type.to_string(),
             };
             match outcome {
-                bus::Outcome::Handled => {
+                bus::DeliveryOutcome::Handled => {
                     metrics.events_handled.get_or_create(&labels).inc();
                 }
-                bus::Outcome::Failed => {
+                bus::DeliveryOutcome::Failed => {
                     metrics.events_failed.get_or_create(&labels).inc();
                 }
-                bus::Outcome::DeadLettered => {
+                bus::DeliveryOutcome::DeadLettered => {
                     metrics
                         .events_dead_lettered
                         .get_or_create(&crate::metrics::GroupLabel {

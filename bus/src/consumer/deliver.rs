@@ -9,12 +9,12 @@ use futures::FutureExt;
 use tracing::{debug, info_span, warn, Instrument};
 
 use super::settle::{dead_letter, publish_and_ack};
-use super::{Ctx, Delivery, Finish, Handler, HandlerError, Outcome, Work, RETRY_FOR};
+use super::{Ctx, Delivery, DeliveryOutcome, Finish, GroupHandler, HandlerError, Work, RETRY_FOR};
 use crate::entry::{RawEntry, ReadEntry};
 use crate::Envelope;
 
 /// Handles one delivery and settles it.
-pub(super) async fn process<H: Handler>(ctx: Arc<Ctx>, handler: Arc<H>, work: Work) -> Finish {
+pub(super) async fn process<H: GroupHandler>(ctx: Arc<Ctx>, handler: Arc<H>, work: Work) -> Finish {
     let Work {
         entry,
         deliveries,
@@ -88,7 +88,10 @@ async fn admit(
 }
 
 /// The handler's result, a panic in it turned into a transient failure.
-async fn call<H: Handler>(handler: &H, delivery: &Delivery) -> Result<Vec<Envelope>, HandlerError> {
+async fn call<H: GroupHandler>(
+    handler: &H,
+    delivery: &Delivery,
+) -> Result<Vec<Envelope>, HandlerError> {
     match AssertUnwindSafe(handler.handle(delivery))
         .catch_unwind()
         .await
@@ -112,15 +115,19 @@ async fn conclude(
     let max = ctx.config.max_deliveries.max(1);
     match result {
         Ok(outputs) if outputs.is_empty() => {
-            ctx.stats.record(&ctx.group, event_type, Outcome::Handled);
+            ctx.stats
+                .record(&ctx.group, event_type, DeliveryOutcome::Handled);
             Finish::Ack(raw.id)
         }
         Ok(outputs) => {
             match publish_and_ack(ctx, &raw.id, &outputs).await {
-                Ok(()) => ctx.stats.record(&ctx.group, event_type, Outcome::Handled),
+                Ok(()) => ctx
+                    .stats
+                    .record(&ctx.group, event_type, DeliveryOutcome::Handled),
                 Err(e) => {
                     warn!(error = %e, "could not publish the handler's outputs; the entry stays pending");
-                    ctx.stats.record(&ctx.group, event_type, Outcome::Failed);
+                    ctx.stats
+                        .record(&ctx.group, event_type, DeliveryOutcome::Failed);
                 }
             }
             Finish::Settled(raw.id)
@@ -135,7 +142,8 @@ async fn conclude(
         }
         Err(HandlerError::Retry(reason)) => {
             warn!(error = %reason, "handler failed; retried after claim_idle");
-            ctx.stats.record(&ctx.group, event_type, Outcome::Failed);
+            ctx.stats
+                .record(&ctx.group, event_type, DeliveryOutcome::Failed);
             Finish::Settled(raw.id)
         }
     }
@@ -143,7 +151,7 @@ async fn conclude(
 
 /// [`process`], with a panic outside the handler (which `process` already catches) leaving the entry
 /// pending for a retry after claim_idle instead of ending the consumer.
-pub(super) async fn guarded<H: Handler>(ctx: Arc<Ctx>, handler: Arc<H>, work: Work) -> Finish {
+pub(super) async fn guarded<H: GroupHandler>(ctx: Arc<Ctx>, handler: Arc<H>, work: Work) -> Finish {
     let id = work.entry.id.clone();
     let group = ctx.group.clone();
     match AssertUnwindSafe(process(ctx, handler, work))

@@ -1,4 +1,4 @@
-//! The handler contract: [`Handler`], the [`Delivery`] it gets, the [`HandlerError`] it may return and
+//! The handler contract: [`GroupHandler`], the [`Delivery`] it gets, the [`HandlerError`] it may return and
 //! the [`ErrorPolicy`] that error stands for.
 
 use std::fmt;
@@ -63,7 +63,7 @@ impl HandlerError {
 }
 
 /// A handler of one consumer group. Returns the events it caused (published atomically with the ack).
-pub trait Handler: Send + Sync + 'static {
+pub trait GroupHandler: Send + Sync + 'static {
     /// Handles one delivery. Must be idempotent: a delivery can come again (see the module docs).
     fn handle(
         &self,
@@ -71,10 +71,10 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<Envelope>, HandlerError>> + Send;
 }
 
-/// A [`Handler`] from a closure taking an owned [`Delivery`].
+/// A [`GroupHandler`] from a closure taking an owned [`Delivery`].
 pub struct FnHandler<F>(F);
 
-/// Wraps `f` as a [`Handler`].
+/// Wraps `f` as a [`GroupHandler`].
 pub fn handler_fn<F, Fut>(f: F) -> FnHandler<F>
 where
     F: Fn(Delivery) -> Fut + Send + Sync + 'static,
@@ -83,7 +83,7 @@ where
     FnHandler(f)
 }
 
-impl<F, Fut> Handler for FnHandler<F>
+impl<F, Fut> GroupHandler for FnHandler<F>
 where
     F: Fn(Delivery) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Vec<Envelope>, HandlerError>> + Send + 'static,

@@ -2,7 +2,7 @@
 //!
 //! Its parts:
 //! - this file: [`Consumer`] and its run loop (start the tasks, dispatch deliveries, shut down);
-//! - `handler.rs`: the contract — [`Handler`], [`Delivery`], [`HandlerError`] and its [`ErrorPolicy`];
+//! - `handler.rs`: the contract — [`GroupHandler`], [`Delivery`], [`HandlerError`] and its [`ErrorPolicy`];
 //! - `read.rs`: the reader task — own pending list first, then claims and new entries;
 //! - `liveness.rs`: heartbeats, dead-consumer detection, `XCLAIM`/`XAUTOCLAIM` claims;
 //! - `deliver.rs`: one delivery — checks, the handler run, what its result means;
@@ -58,10 +58,10 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{info, info_span, warn, Instrument};
 
-pub use handler::{handler_fn, Delivery, ErrorPolicy, FnHandler, Handler, HandlerError};
+pub use handler::{handler_fn, Delivery, ErrorPolicy, FnHandler, GroupHandler, HandlerError};
 pub use liveness::{heartbeat_key, DEAD_AFTER, HEARTBEAT_EVERY};
 pub use settle::DLQ_FIELDS;
-pub use stats::{AckCounters, Counters, Observer, Outcome, Stats};
+pub use stats::{AckCounters, Counters, DeliveryOutcome, Observer, Stats};
 
 use crate::config::BusConfig;
 use crate::connection::Bus;
@@ -146,7 +146,7 @@ impl Consumer {
     ///
     /// Redis errors never end the loop: they are logged and retried with backoff (the connection
     /// reconnects by itself, a group lost with a restarted Redis is created again).
-    pub async fn run<H: Handler>(
+    pub async fn run<H: GroupHandler>(
         &self,
         handler: H,
         group: &str,
@@ -194,7 +194,7 @@ impl Consumer {
 }
 
 /// Handles what `rx` brings until `shutdown`, then stops `sources` and finishes the deliveries in flight.
-async fn deliver_until<H: Handler>(
+async fn deliver_until<H: GroupHandler>(
     ctx: &Arc<Ctx>,
     handler: Arc<H>,
     mut rx: mpsc::Receiver<Work>,

@@ -8,7 +8,7 @@ use redis::AsyncCommands;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::{redis_backoff, Ctx, Finish, Outcome};
+use super::{redis_backoff, Ctx, DeliveryOutcome, Finish};
 use crate::envelope::format_timestamp;
 use crate::error::{BusError, Result};
 use crate::publisher::add_options;
@@ -181,11 +181,12 @@ pub(super) async fn dead_letter(
         Ok(()) => {
             warn!(group = %ctx.group, stream_id = %id, event_type, deliveries, error = %reason, "dead-lettered");
             ctx.stats
-                .record(&ctx.group, event_type, Outcome::DeadLettered);
+                .record(&ctx.group, event_type, DeliveryOutcome::DeadLettered);
         }
         Err(e) => {
             warn!(group = %ctx.group, stream_id = %id, error = %e, "could not dead-letter; the entry stays pending");
-            ctx.stats.record(&ctx.group, event_type, Outcome::Failed);
+            ctx.stats
+                .record(&ctx.group, event_type, DeliveryOutcome::Failed);
         }
     }
 }

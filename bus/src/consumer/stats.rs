@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 /// What became of one delivery, for counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum DeliveryOutcome {
     /// The handler succeeded (its outputs, if any, are published).
     Handled,
     /// The handler failed (or its outputs could not be published); the entry stays pending.
@@ -33,7 +33,7 @@ pub struct AckCounters {
 }
 
 /// Called on every outcome with (group, event type, outcome): where Prometheus counters plug in.
-pub type Observer = Arc<dyn Fn(&str, &str, Outcome) + Send + Sync>;
+pub type Observer = Arc<dyn Fn(&str, &str, DeliveryOutcome) + Send + Sync>;
 
 #[derive(Default)]
 struct StatsInner {
@@ -58,7 +58,9 @@ impl fmt::Debug for Stats {
 
 impl Stats {
     /// Counters that also call `observer` on every outcome.
-    pub fn with_observer(observer: impl Fn(&str, &str, Outcome) + Send + Sync + 'static) -> Self {
+    pub fn with_observer(
+        observer: impl Fn(&str, &str, DeliveryOutcome) + Send + Sync + 'static,
+    ) -> Self {
         Self {
             inner: Arc::default(),
             observer: Some(Arc::new(observer)),
@@ -70,7 +72,7 @@ impl Stats {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn record(&self, group: &str, event_type: &str, outcome: Outcome) {
+    pub(crate) fn record(&self, group: &str, event_type: &str, outcome: DeliveryOutcome) {
         {
             let mut inner = self.lock();
             let c = inner
@@ -78,9 +80,9 @@ impl Stats {
                 .entry((group.to_string(), event_type.to_string()))
                 .or_default();
             match outcome {
-                Outcome::Handled => c.handled += 1,
-                Outcome::Failed => c.failed += 1,
-                Outcome::DeadLettered => c.dead_lettered += 1,
+                DeliveryOutcome::Handled => c.handled += 1,
+                DeliveryOutcome::Failed => c.failed += 1,
+                DeliveryOutcome::DeadLettered => c.dead_lettered += 1,
             }
         }
         if let Some(observer) = &self.observer {
