@@ -9,7 +9,10 @@ use futures::FutureExt;
 use tracing::{debug, info_span, warn, Instrument};
 
 use super::settle::{dead_letter, publish_and_ack};
-use super::{Ctx, Delivery, DeliveryOutcome, Finish, GroupHandler, HandlerError, Work, RETRY_FOR};
+use super::{
+    default_retry_backoff, Ctx, Delivery, DeliveryOutcome, ErrorPolicy, Finish, GroupHandler,
+    HandlerError, Work, RETRY_FOR,
+};
 use crate::entry::{RawEntry, ReadEntry};
 use crate::Envelope;
 
@@ -104,7 +107,7 @@ async fn call<H: GroupHandler>(
     }
 }
 
-/// Acts on the handler's result: ack, publish its outputs with the ack, leave pending or dead-letter.
+/// Acts on the handler's result: ack, publish its outputs with the ack, retry later or dead-letter.
 async fn conclude(
     ctx: &Ctx,
     raw: RawEntry,
@@ -112,40 +115,49 @@ async fn conclude(
     deliveries: u32,
     result: Result<Vec<Envelope>, HandlerError>,
 ) -> Finish {
-    let max = ctx.config.max_deliveries.max(1);
     match result {
         Ok(outputs) if outputs.is_empty() => {
             ctx.stats
                 .record(&ctx.group, event_type, DeliveryOutcome::Handled);
             Finish::Ack(raw.id)
         }
-        Ok(outputs) => {
-            match publish_and_ack(ctx, &raw.id, &outputs).await {
-                Ok(()) => ctx
-                    .stats
-                    .record(&ctx.group, event_type, DeliveryOutcome::Handled),
-                Err(e) => {
-                    warn!(error = %e, "could not publish the handler's outputs; the entry stays pending");
-                    ctx.stats
-                        .record(&ctx.group, event_type, DeliveryOutcome::Failed);
-                }
+        Ok(outputs) => match publish_and_ack(ctx, &raw.id, &outputs).await {
+            Ok(()) => {
+                ctx.stats
+                    .record(&ctx.group, event_type, DeliveryOutcome::Handled);
+                Finish::Settled(raw.id)
             }
-            Finish::Settled(raw.id)
-        }
-        Err(HandlerError::DeadLetter(reason)) => {
-            dead_letter(ctx, &raw.id, &raw.fields, &reason, deliveries, event_type).await;
-            Finish::Settled(raw.id)
-        }
-        Err(HandlerError::Retry(reason)) if deliveries >= max => {
-            dead_letter(ctx, &raw.id, &raw.fields, &reason, deliveries, event_type).await;
-            Finish::Settled(raw.id)
-        }
-        Err(HandlerError::Retry(reason)) => {
-            warn!(error = %reason, "handler failed; retried after claim_idle");
-            ctx.stats
-                .record(&ctx.group, event_type, DeliveryOutcome::Failed);
-            Finish::Settled(raw.id)
-        }
+            Err(e) => {
+                // Redis failed, not the handler: no dead letter for it (a redelivery past
+                // max_deliveries is dead-lettered before its handler runs).
+                let delay = default_retry_backoff().delay_for(deliveries);
+                warn!(error = %e, retry_in_ms = delay.as_millis() as u64,
+                    "could not publish the handler's outputs; the entry stays pending");
+                ctx.stats
+                    .record(&ctx.group, event_type, DeliveryOutcome::Failed);
+                Finish::Retry { id: raw.id, delay }
+            }
+        },
+        Err(e) => match e.policy(deliveries, ctx.config.max_deliveries) {
+            ErrorPolicy::DeadLetter => {
+                dead_letter(
+                    ctx,
+                    &raw.id,
+                    &raw.fields,
+                    e.reason(),
+                    deliveries,
+                    event_type,
+                )
+                .await;
+                Finish::Settled(raw.id)
+            }
+            ErrorPolicy::RetryAfter(delay) => {
+                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "handler failed; retried after a delay");
+                ctx.stats
+                    .record(&ctx.group, event_type, DeliveryOutcome::Failed);
+                Finish::Retry { id: raw.id, delay }
+            }
+        },
     }
 }
 

@@ -5,9 +5,10 @@
 //! - `handler.rs`: the contract — [`GroupHandler`], [`Delivery`], [`HandlerError`] and its [`ErrorPolicy`];
 //! - `read.rs`: the reader task — own pending list first, then claims and new entries;
 //! - `liveness.rs`: heartbeats, dead-consumer detection, `XCLAIM`/`XAUTOCLAIM` claims;
+//! - `retry.rs`: the retry task — a failed entry redelivered to this consumer after its delay;
 //! - `deliver.rs`: one delivery — checks, the handler run, what its result means;
 //! - `settle.rs`: batched acks, the outputs-and-ack Lua script, dead letters;
-//! - `stats.rs`: [`Stats`] and its [`Counters`].
+//! - `stats.rs`: [`Stats`], its [`Counters`] and the [`DeliveryOutcome`] they count.
 //!
 //! How an entry travels:
 //! 1. On start the group is created (`XGROUP CREATE … 0 MKSTREAM`; `BUSYGROUP` means it exists). It is
@@ -18,7 +19,7 @@
 //!    received but not acknowledged before a crash or restart — then new entries (`>`), blocking on a
 //!    connection of its own.
 //! 3. Every `claim_idle / 2` it runs `XAUTOCLAIM` for entries idle longer than `claim_idle`: work of dead
-//!    consumers, and its own entries left pending by a handler error (that is the retry). Ids that
+//!    consumers, and entries whose scheduled retry (5.) was lost with its consumer. Ids that
 //!    XAUTOCLAIM reports deleted from the stream (trimmed before being acknowledged) are recorded in the DLQ.
 //!    Every consumer writes a heartbeat every second from a task of its own; the entries of a consumer
 //!    whose heartbeat is older than [`DEAD_AFTER`] (killed, its host gone) are claimed at once with
@@ -26,9 +27,14 @@
 //! 4. At most `concurrency` deliveries are handled at once. A handler returns its output events; outputs
 //!    and the input's XACK go in one Lua script (each output at most once per event id), so no input
 //!    is acknowledged without its outputs and no output is published twice. Plain acks (no outputs) are batched.
-//! 5. A handler error leaves the entry pending ([`HandlerError::Retry`]) or dead-letters it at once
-//!    ([`HandlerError::DeadLetter`]). Once an entry has been delivered `max_deliveries` times and fails,
-//!    it moves to `<stream>:dlq` — the original fields plus `original_id`, `group`, `error`, `deliveries`,
+//! 5. A handler error chooses an [`ErrorPolicy`] ([`HandlerError::policy`]). A transient one
+//!    ([`HandlerError::Retry`]: 1 s doubling to 30 s by delivery count; [`HandlerError::RetryAfter`]:
+//!    the handler's delay) leaves the entry pending, and this consumer delivers it to itself again once
+//!    the delay is over (`XCLAIM` to itself, which counts a delivery); meanwhile its idle time is kept
+//!    low, so no consumer claims it. Shutdown does not wait for scheduled retries: those entries stay
+//!    pending and come first on the next start (2.). [`HandlerError::DeadLetter`] dead-letters the entry
+//!    at once. Once an entry has been delivered `max_deliveries` times and fails, it moves to
+//!    `<stream>:dlq` — the original fields plus `original_id`, `group`, `error`, `deliveries`,
 //!    `failed_at` — atomically with its XACK. An undecodable entry goes there at once.
 //! 6. A dead letter put back with [`crate::Audit::dlq_retry`] carries [`RETRY_FOR`]: the other groups
 //!    acknowledge it without handling it (they handled it the first time).
@@ -42,6 +48,7 @@ mod deliver;
 mod handler;
 mod liveness;
 mod read;
+mod retry;
 mod settle;
 mod stats;
 
@@ -58,7 +65,9 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{info, info_span, warn, Instrument};
 
-pub use handler::{handler_fn, Delivery, ErrorPolicy, FnHandler, GroupHandler, HandlerError};
+pub use handler::{
+    default_retry_backoff, handler_fn, Delivery, ErrorPolicy, FnHandler, GroupHandler, HandlerError,
+};
 pub use liveness::{heartbeat_key, DEAD_AFTER, HEARTBEAT_EVERY};
 pub use settle::DLQ_FIELDS;
 pub use stats::{AckCounters, Counters, DeliveryOutcome, Observer, Stats};
@@ -109,13 +118,25 @@ struct Work {
 enum Finish {
     /// Handled without outputs: XACK in the next batch.
     Ack(String),
+    /// Failed: stays pending, and is delivered to this consumer again after `delay`.
+    Retry { id: String, delay: Duration },
     /// Nothing left to do here (acked with its outputs, dead-lettered, or left pending).
     Settled(String),
+}
+
+/// Where finished deliveries go on to.
+struct Outlets {
+    /// Plain acks, to the acker task.
+    acks: mpsc::UnboundedSender<String>,
+    /// Retries, to the retry task.
+    retries: mpsc::UnboundedSender<retry::Retry>,
 }
 
 /// The tasks that feed the delivery loop; dropping it stops them.
 struct Sources {
     _reader: AbortOnDropHandle<()>,
+    /// Scheduled retries are not waited for: they stay pending and come first on the next start.
+    _retrier: AbortOnDropHandle<()>,
 }
 
 impl Consumer {
@@ -165,15 +186,22 @@ impl Consumer {
         let permits = Arc::new(Semaphore::new(concurrency));
         let (tx, rx) = mpsc::channel::<Work>(concurrency);
         let _beat = AbortOnDropHandle::new(tokio::spawn(liveness::beat_loop(ctx.clone())));
-        let reader = read::read_loop(ctx.clone(), self.bus.clone(), permits.clone(), tx)
-            .instrument(info_span!("bus_reader", group, consumer = consumer_name));
+        let span = || info_span!("bus_reader", group, consumer = consumer_name);
+        let reader = read::read_loop(ctx.clone(), self.bus.clone(), permits.clone(), tx.clone());
+        let (retry_tx, retry_rx) = mpsc::unbounded_channel();
+        let retrier = retry::retry_loop(ctx.clone(), permits, retry_rx, tx);
         let sources = Sources {
-            _reader: AbortOnDropHandle::new(tokio::spawn(reader)),
+            _reader: AbortOnDropHandle::new(tokio::spawn(reader.instrument(span()))),
+            _retrier: AbortOnDropHandle::new(tokio::spawn(retrier.instrument(span()))),
         };
         // Plain acks go to a task of their own, so the dispatch loop never waits on Redis: while one XACK
         // is in flight the next batch gathers (one XACK per event when quiet, large batches under load).
         let (ack_tx, ack_rx) = mpsc::unbounded_channel::<String>();
         let acker = tokio::spawn(settle::ack_loop(ctx.clone(), ack_rx));
+        let outlets = Outlets {
+            acks: ack_tx,
+            retries: retry_tx,
+        };
         info!(
             group,
             consumer = consumer_name,
@@ -181,9 +209,9 @@ impl Consumer {
             concurrency,
             "consumer started"
         );
-        deliver_until(&ctx, Arc::new(handler), rx, sources, &ack_tx, shutdown).await;
+        deliver_until(&ctx, Arc::new(handler), rx, sources, &outlets, shutdown).await;
         // The acker flushes what is left and ends once the channel is closed and empty.
-        drop(ack_tx);
+        drop(outlets);
         if let Err(e) = acker.await {
             warn!(group, error = %e, "ack task failed; unacknowledged entries will be redelivered");
         }
@@ -199,7 +227,7 @@ async fn deliver_until<H: GroupHandler>(
     handler: Arc<H>,
     mut rx: mpsc::Receiver<Work>,
     sources: Sources,
-    acks: &mpsc::UnboundedSender<String>,
+    outlets: &Outlets,
     shutdown: impl Future<Output = ()>,
 ) {
     // Deliveries run concurrently on this task rather than as tasks of their own: a spawn, a join
@@ -211,7 +239,7 @@ async fn deliver_until<H: GroupHandler>(
         tokio::select! {
             biased;
             () = &mut shutdown => break,
-            Some(done) = deliveries.next(), if !deliveries.is_empty() => settle::finish(ctx, done, acks),
+            Some(done) = deliveries.next(), if !deliveries.is_empty() => settle::finish(ctx, done, outlets),
             work = rx.recv() => match work {
                 Some(work) => deliveries.push(deliver::guarded(ctx.clone(), handler.clone(), work)),
                 // The reader only ends when aborted; nothing more will come.
@@ -224,7 +252,7 @@ async fn deliver_until<H: GroupHandler>(
     drop(sources);
     drop(rx);
     while let Some(done) = deliveries.next().await {
-        settle::finish(ctx, done, acks);
+        settle::finish(ctx, done, outlets);
     }
 }
 

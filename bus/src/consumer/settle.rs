@@ -8,7 +8,8 @@ use redis::AsyncCommands;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::{redis_backoff, Ctx, DeliveryOutcome, Finish};
+use super::retry::Retry;
+use super::{redis_backoff, Ctx, DeliveryOutcome, Finish, Outlets};
 use crate::envelope::format_timestamp;
 use crate::error::{BusError, Result};
 use crate::publisher::add_options;
@@ -80,13 +81,21 @@ async fn gather(
     true
 }
 
-/// Passes a finished delivery on: a plain ack to the acker, anything else out of `inflight`.
-pub(super) fn finish(ctx: &Ctx, done: Finish, acks: &mpsc::UnboundedSender<String>) {
+/// Passes a finished delivery on: a plain ack to the acker, a retry to the retry task (the entry stays
+/// in `inflight` while it waits, so a claim here does not start it early), anything else out of
+/// `inflight`.
+pub(super) fn finish(ctx: &Ctx, done: Finish, outlets: &Outlets) {
     match done {
         Finish::Ack(id) => {
-            if let Err(unsent) = acks.send(id) {
+            if let Err(unsent) = outlets.acks.send(id) {
                 // Only after the acker ended: the entry stays pending and is redelivered.
                 ctx.inflight().remove(&unsent.0);
+            }
+        }
+        Finish::Retry { id, delay } => {
+            if let Err(unsent) = outlets.retries.send(Retry { id, delay }) {
+                // Stopping: the entry stays pending and is redelivered on the next start.
+                ctx.inflight().remove(&unsent.0.id);
             }
         }
         Finish::Settled(id) => {
