@@ -4,7 +4,7 @@
 //! - end-to-end rate: publish → handler → ack, one group, 4 consumers;
 //! - publish → handler latency p50/p99 at a steady 1,000 events/s for 5 s.
 //!
-//! Targets (issue 3): end-to-end ≥ 25 % of the raw pipelined XADD rate; p99 ≤ 2 ms.
+//! Targets: end-to-end ≥ 25 % of the raw pipelined XADD rate; p99 ≤ 2 ms.
 
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -172,7 +172,7 @@ async fn publish_rates(server: &RedisServer) {
 /// The end-to-end run's work without the bus: the same entries, encoded before the clock starts, XADDed
 /// in pipelines of 100 by 2 tasks; 4 consumers each looping XREADGROUP COUNT 256 BLOCK + XACK of the ids,
 /// nothing decoded but the ids, no handler. What redis-rs and the server alone reach on this machine for
-/// the DESIGN's 9-field entry: a ceiling for any bus, beside the raw `f v` one.
+/// the 9-field event entry: a ceiling for any bus, beside the raw `f v` one.
 async fn bare_redis(server: &RedisServer, raw: Option<f64>) -> Option<f64> {
     let stream = "bench_bare";
     let bus = bus::connect(config(server, stream)).await.expect("connect");
@@ -372,7 +372,7 @@ async fn end_to_end(
             "  = {share:.1} % of the raw pipelined XADD rate (target ≥ 25 %): {}",
             if share >= 25.0 { "met" } else { "NOT met" }
         );
-        // What the server alone allows: XADD + XREADGROUP + XACK of the DESIGN's 9-field entry,
+        // What the server alone allows: XADD + XREADGROUP + XACK of the 9-field event entry,
         // with a client that cost nothing and a core of its own.
         let server_only = 1e6 / cpu.server_us;
         println!(

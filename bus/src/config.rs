@@ -11,12 +11,14 @@ pub struct BusConfig {
     pub url: String,
     /// The stream every event goes to (`autoscaler_events`).
     pub stream: String,
-    /// Where dead letters go: `<stream>:dlq` by contract (DESIGN.md).
+    /// Where dead letters go: `<stream>:dlq` by contract (tools and `events dlq` look there).
     pub dlq: String,
     /// `XADD … MAXLEN ~ max_len`: the stream (and the DLQ) are trimmed near this length.
     pub max_len: usize,
     /// An entry pending longer than this is claimed by any live consumer of its group (a dead consumer's
-    /// work, or a retry after a handler error). Must exceed the slowest handler's run time.
+    /// work, or an entry whose scheduled retry was lost with its consumer). Must exceed the slowest
+    /// handler's run time. A handler error is retried sooner, by the consumer itself (see
+    /// `bus::HandlerError`).
     pub claim_idle: Duration,
     /// After this many failed deliveries an entry moves to the DLQ.
     pub max_deliveries: u32,

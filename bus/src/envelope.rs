@@ -1,4 +1,5 @@
-//! The envelope around every event and its stream-entry codec (DESIGN.md, "Stream entry").
+//! The envelope around every event and its stream-entry codec (the entry layout is a contract; see
+//! `docs/ARCHITECTURE.md`).
 //!
 //! An entry is flat string fields so that `redis-cli XRANGE` reads it without any tool:
 //! `event_id`, `event_type`, `timestamp`, `source`, `data` (JSON), `metadata` (JSON), `correlation_id`,

@@ -1,7 +1,7 @@
 //! The event catalogue: every fact and decision the autoscaler records, as typed data.
 //!
-//! Names and data fields are contracts (DESIGN.md, seed 001): tools read them with `redis-cli`, so they
-//! are PascalCase event types with snake_case JSON fields, percentages as plain numbers (`85.0` is 85 %)
+//! Names and data fields are contracts shared with every reader of the stream (see
+//! `docs/ARCHITECTURE.md`): tools read them with `redis-cli`, so they are PascalCase event types with snake_case JSON fields, percentages as plain numbers (`85.0` is 85 %)
 //! and durations in seconds.
 
 use chrono::{DateTime, Utc};

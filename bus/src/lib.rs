@@ -1,21 +1,35 @@
 //! `bus`: the event spine of k3s-autoscaler.
 //!
-//! - [`event`]: the typed catalogue of every observation, decision and action (DESIGN.md, seed 001).
+//! Always built (the decision core, `handlers`, depends on this crate without the `redis` feature):
+//! - [`event`]: the typed catalogue of every observation, decision and action; names and fields are
+//!   contracts (`docs/ARCHITECTURE.md`).
 //! - [`envelope`]: identity, time, origin and causation around an event, and the flat stream-entry codec
-//!   that `redis-cli XRANGE` shows.
+//!   that `redis-cli XRANGE` shows; [`DecodeError`] says why an entry is not an envelope.
 //! - [`stream_id`]: stream ids, and `--since`/`--from` positions (id, RFC 3339 time, `10m` ago).
 //! - [`config`]: [`BusConfig`], the transport's settings.
 //! - [`scheduling`]: what the scheduling simulation reads — [`PodSpec`], [`NodeSpec`], [`Resources`],
 //!   taints, tolerations, node affinity and pod anti-affinity, with Kubernetes' matching semantics.
-//! - with the default `redis` feature, the Redis Streams transport:
-//!   - [`connect`] → [`Bus`]: a self-healing shared connection, and one of its own per blocking reader;
-//!   - [`publisher`]: [`RedisPublisher`] (trimmed, pipelined, idempotent);
-//!   - [`consumer`]: the consumer-group runtime ([`Handler`], [`Consumer::run`]: own pending list first,
-//!     claims, retries, dead letters, batched acks, graceful shutdown);
-//!   - [`audit`]: queries by id/time range and type, follow, DLQ list/retry/purge, group info and rewind.
-//! - with the `testing` feature, [`testing::RedisServer`]: a throwaway `redis-server` for tests.
 //!
-//! The decision core (`handlers`) depends on this crate without the `redis` feature.
+//! With the default `redis` feature, the Redis Streams transport:
+//! - `connection`: [`connect`] → [`Bus`], a self-healing shared connection, and one of its own per
+//!   blocking reader;
+//! - [`publisher`]: [`RedisPublisher`] (trimmed, pipelined, idempotent);
+//! - [`consumer`]: the consumer-group runtime — [`GroupHandler`] and [`Consumer::run`]. Its parts:
+//!   - `consumer/mod.rs`: [`Consumer`] and the run loop (start, dispatch, graceful shutdown);
+//!   - `consumer/handler.rs`: the contract — [`GroupHandler`], [`Delivery`], [`HandlerError`] and the
+//!     [`ErrorPolicy`] it stands for (retry after a delay, or dead-letter);
+//!   - `consumer/read.rs`: own pending list first, then new entries from a blocking reader;
+//!   - `consumer/liveness.rs`: heartbeats, dead-consumer detection, `XCLAIM`/`XAUTOCLAIM` claims;
+//!   - `consumer/retry.rs`: retries after a delay, redelivered to the same consumer;
+//!   - `consumer/deliver.rs`: one delivery — checks, the handler run, what its result means;
+//!   - `consumer/settle.rs`: batched acks, the outputs-and-ack Lua script, dead letters;
+//!   - `consumer/stats.rs`: [`Stats`], [`Counters`], [`DeliveryOutcome`];
+//! - `reader`: the consumers' blocking `XREADGROUP`, decoded with `redis-protocol` (the hot path);
+//! - [`entry`]: raw stream entries ([`RawEntry`]) parsed from Redis replies, bytes kept exactly;
+//! - [`audit`]: queries by id/time range and type, follow, DLQ list/retry/purge, group info and rewind;
+//! - [`error`]: [`BusError`], the transport's error.
+//!
+//! With the `testing` feature, [`testing::RedisServer`]: a throwaway `redis-server` for tests.
 
 pub mod config;
 pub mod envelope;
@@ -51,8 +65,8 @@ pub use audit::{Audit, ConsumerInfo, DeadLetter, Follower, GroupInfo, Query, Ret
 pub use connection::{connect, Bus};
 #[cfg(feature = "redis")]
 pub use consumer::{
-    handler_fn, Consumer, Counters, Delivery, ErrorPolicy, Handler, HandlerError, Outcome, Stats,
-    RETRY_FOR,
+    handler_fn, Consumer, Counters, Delivery, DeliveryOutcome, ErrorPolicy, GroupHandler,
+    HandlerError, Stats, RETRY_FOR,
 };
 #[cfg(feature = "redis")]
 pub use entry::RawEntry;

@@ -28,7 +28,7 @@ fn calls_len(calls: &Calls) -> usize {
 }
 
 /// Runs a consumer in a task; returns the task, its stats and a shutdown trigger.
-fn spawn_consumer<H: bus::Handler>(
+fn spawn_consumer<H: bus::GroupHandler>(
     bus: &bus::Bus,
     handler: H,
     group: &str,
@@ -620,4 +620,168 @@ async fn a_dead_consumers_entries_are_claimed_once_its_heartbeat_stops_not_after
         took < Duration::from_secs(60),
         "claimed {took:?} after the kill, long before claim_idle"
     );
+}
+
+/// Every call of a handler: (consumer, entry number, delivery count, when).
+type Seen = Arc<Mutex<Vec<(&'static str, usize, u32, std::time::Instant)>>>;
+
+/// A handler that records its calls in `seen` and fails the first delivery of each entry with what
+/// `fail` says for its number (`None`: succeed).
+fn fails_first(
+    name: &'static str,
+    seen: &Seen,
+    fail: fn(usize) -> Option<HandlerError>,
+) -> impl bus::GroupHandler {
+    let seen = seen.clone();
+    handler_fn(move |d: Delivery| {
+        let n = number_of(&d.envelope);
+        seen.lock()
+            .unwrap()
+            .push((name, n, d.deliveries, std::time::Instant::now()));
+        let result = match fail(n) {
+            Some(e) if d.deliveries == 1 => Err(e),
+            _ => Ok(Vec::new()),
+        };
+        async move { result }
+    })
+}
+
+/// The calls for entry `n`: (consumer, delivery count, when).
+fn calls_of(seen: &Seen, n: usize) -> Vec<(&'static str, u32, std::time::Instant)> {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .filter(|c| c.1 == n)
+        .map(|c| (c.0, c.2, c.3))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_failure_is_handled_again_after_its_delay_long_before_claim_idle() {
+    let server = RedisServer::start();
+    let mut cfg = config(&server, "retry-delay");
+    // No claim would pick the entries up during the test: only the consumer's own retry can.
+    cfg.claim_idle = Duration::from_secs(3600);
+    let bus = connect(cfg).await;
+    // Entry 0 fails with a plain retry (1 s after a first delivery), entry 1 asks for 300 ms.
+    let seen = Seen::default();
+    let handler = fails_first("c1", &seen, |n| match n {
+        0 => Some(HandlerError::retry("node agent unreachable")),
+        _ => Some(HandlerError::retry_after(
+            Duration::from_millis(300),
+            "drain in progress",
+        )),
+    });
+    let (task, stats, stop) = spawn_consumer(&bus, handler, "G", "c1");
+    bus.publisher()
+        .publish_batch(&(0..2).map(numbered).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(10), "both entries acked", || async {
+        stats.acks("G").acked == 2
+    })
+    .await;
+    stop.send(()).unwrap();
+    task.await.unwrap();
+
+    for (n, delay) in [(0, Duration::from_secs(1)), (1, Duration::from_millis(300))] {
+        let calls = calls_of(&seen, n);
+        let counts: Vec<u32> = calls.iter().map(|c| c.1).collect();
+        assert_eq!(
+            counts,
+            [1, 2],
+            "entry {n}: delivered twice, the retry counted"
+        );
+        let gap = calls[1].2 - calls[0].2;
+        assert!(
+            gap >= delay.mul_f64(0.9) && gap < delay + Duration::from_secs(1),
+            "entry {n} retried {gap:?} after its failure, its delay is {delay:?}"
+        );
+    }
+    let c = stats.totals("G");
+    assert_eq!((c.handled, c.failed, c.dead_lettered), (2, 2, 0));
+    assert_eq!(pending(&server.url(), "retry-delay", "G").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_always_asking_to_retry_after_a_delay_is_dead_lettered_after_max_deliveries() {
+    let server = RedisServer::start();
+    let mut cfg = config(&server, "retry-poison");
+    cfg.max_deliveries = 3;
+    cfg.claim_idle = Duration::from_secs(3600);
+    let bus = connect(cfg).await;
+    let id = bus.publisher().publish(&numbered(7)).await.unwrap();
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let handler = {
+        let attempts = attempts.clone();
+        handler_fn(move |d: Delivery| {
+            attempts.lock().unwrap().push(d.deliveries);
+            async {
+                Err::<Vec<Envelope>, _>(HandlerError::retry_after(
+                    Duration::from_millis(100),
+                    "cluster busy",
+                ))
+            }
+        })
+    };
+    let (task, stats, stop) = spawn_consumer(&bus, handler, "G", "c1");
+    let audit = bus.audit();
+    wait_until(
+        Duration::from_secs(5),
+        "the entry is dead-lettered",
+        || async { audit.dlq_len().await.unwrap() == 1 },
+    )
+    .await;
+    stop.send(()).unwrap();
+    task.await.unwrap();
+
+    assert_eq!(*attempts.lock().unwrap(), vec![1, 2, 3]);
+    let dl = &audit.dlq(10).await.unwrap()[0];
+    assert_eq!(dl.original_id, id);
+    assert_eq!(dl.error, "cluster busy");
+    assert_eq!(dl.deliveries, 3);
+    let c = stats.counters("G", "NodeReady");
+    assert_eq!((c.failed, c.dead_lettered, c.handled), (2, 1, 0));
+    assert_eq!(pending(&server.url(), "retry-poison", "G").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_waiting_for_its_retry_is_not_claimed_by_another_consumer() {
+    let server = RedisServer::start();
+    let mut cfg = config(&server, "retry-own");
+    // Far shorter than the retry's delay: were the entry left idle, B (or A's own XAUTOCLAIM) would take it.
+    cfg.claim_idle = Duration::from_millis(300);
+    let bus = connect(cfg).await;
+    let seen = Seen::default();
+    let fail = |_| Some(HandlerError::retry_after(Duration::from_secs(2), "wait"));
+    let (a, _a_stats, stop_a) = spawn_consumer(&bus, fails_first("a", &seen, fail), "G", "a");
+    bus.publisher().publish(&numbered(0)).await.unwrap();
+    wait_until(Duration::from_secs(5), "A fails the entry once", || async {
+        !calls_of(&seen, 0).is_empty()
+    })
+    .await;
+    let (b, b_stats, stop_b) = spawn_consumer(&bus, fails_first("b", &seen, fail), "G", "b");
+    wait_until(
+        Duration::from_secs(10),
+        "the entry is handled again",
+        || async { calls_of(&seen, 0).len() >= 2 },
+    )
+    .await;
+    // Time for a stray claim to show.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop_a.send(()).unwrap();
+    stop_b.send(()).unwrap();
+    a.await.unwrap();
+    b.await.unwrap();
+
+    let calls = calls_of(&seen, 0);
+    let who: Vec<(&str, u32)> = calls.iter().map(|c| (c.0, c.1)).collect();
+    assert_eq!(who, [("a", 1), ("a", 2)], "only A, once per delivery");
+    let gap = calls[1].2 - calls[0].2;
+    assert!(
+        gap >= Duration::from_millis(1800),
+        "retried after {gap:?}, before its delay"
+    );
+    assert_eq!(b_stats.totals("G"), bus::Counters::default());
+    assert_eq!(pending(&server.url(), "retry-own", "G").await, 0);
 }

@@ -1,4 +1,5 @@
-//! Every event type goes through the stream and comes back unchanged; the entry is what DESIGN.md says.
+//! Every event type goes through the stream and comes back unchanged; the entry has the documented
+//! flat layout (`bus::envelope`).
 
 mod common;
 

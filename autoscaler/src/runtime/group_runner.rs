@@ -78,7 +78,7 @@ impl GroupRunner {
     }
 }
 
-impl bus::Handler for GroupRunner {
+impl bus::GroupHandler for GroupRunner {
     async fn handle(&self, delivery: &Delivery) -> Result<Vec<Envelope>, HandlerError> {
         let mut projection = self.projection.lock().await;
         projection

@@ -280,19 +280,19 @@ async fn spawn_consumers(
 /// The bus's per-delivery outcomes as metrics.
 fn delivery_stats(metrics: Arc<Metrics>) -> bus::Stats {
     bus::Stats::with_observer(
-        move |group: &str, event_type: &str, outcome: bus::Outcome| {
+        move |group: &str, event_type: &str, outcome: bus::DeliveryOutcome| {
             let labels = crate::metrics::GroupTypeLabels {
                 group: group.to_string(),
                 event_type: event_type.to_string(),
             };
             match outcome {
-                bus::Outcome::Handled => {
+                bus::DeliveryOutcome::Handled => {
                     metrics.events_handled.get_or_create(&labels).inc();
                 }
-                bus::Outcome::Failed => {
+                bus::DeliveryOutcome::Failed => {
                     metrics.events_failed.get_or_create(&labels).inc();
                 }
-                bus::Outcome::DeadLettered => {
+                bus::DeliveryOutcome::DeadLettered => {
                     metrics
                         .events_dead_lettered
                         .get_or_create(&crate::metrics::GroupLabel {
