@@ -1,4 +1,4 @@
-//! Crashes end to end (issue 7): `kill -9` of `autoscaler run` in the middle of a scale-up and of a
+//! Crashes end to end: `kill -9` of `autoscaler run` in the middle of a scale-up and of a
 //! scale-down, and of the leader of two replicas; and, for contrast, a SIGTERM in the middle of a drain. Real Redis, real Docker containers running the lab's
 //! node agent, the lab cluster, and `autoscaler run` as real processes.
 //!

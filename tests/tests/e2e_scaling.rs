@@ -1,5 +1,6 @@
-//! Seed 001's scenarios end to end: real Redis, real Docker containers running the lab's node agent,
-//! the lab cluster, and `autoscaler run` as real processes.
+//! The four scenarios the autoscaler was designed against (scale-down to the minimum, node failure,
+//! resource pressure, pending pods), end to end: real Redis, real Docker containers running the lab's
+//! node agent, the lab cluster, and `autoscaler run` as real processes.
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! The command line (DESIGN.md, "CLI"). Each command group has its own module; this one holds the tree.
+//! The command line (the README's "CLI" table). Each command group has its own module; this one holds the tree.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +9,7 @@ pub mod explain;
 pub mod lab_up;
 pub mod scale;
 
-/// Exit code for bad configuration or usage (DESIGN.md: 0 success, 1 runtime failure, 2 bad config/usage).
+/// Exit code for bad configuration or usage (0 success, 1 runtime failure, 2 bad config/usage: `docs/ARCHITECTURE.md`, "Contracts").
 pub const EXIT_BAD_CONFIG: u8 = 2;
 
 #[derive(Debug, clap::Parser)]

@@ -10,7 +10,7 @@
 //! - `NodeUnexpectedlyLost {cause: "node_deleted"}` for a deleted worker node when no removal of ours is in
 //!   flight ([`RemovalIntents::is_removing`]), including a deletion noticed only on a re-list: after a watch
 //!   restart (`Init` … `InitDone`), a node known before but absent from the new list was deleted meanwhile
-//!   (the tombstones of seed 003).
+//!   (tombstones, as kube-runtime keeps for deleted objects).
 //!
 //! Only worker nodes count: those whose name starts with `workers.name_prefix` (the autoscaler names its
 //! workers so, and hostname = container name = node name). The server and other nodes stay in the store
