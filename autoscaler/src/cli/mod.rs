@@ -1,4 +1,11 @@
-//! The command line (the README's "CLI" table). Each command group has its own module; this one holds the tree.
+//! The command line (the README's "CLI" table): this module holds the clap tree and dispatches; each
+//! command group has its own module:
+//! - [`config`]: `config check`;
+//! - [`events`]: `events tail`, `publish`, `replay` (rewind or what-if), `dlq list|retry|purge`;
+//! - [`explain`]: `explain EVENT_ID`, an event's causation chain;
+//! - [`scale`]: `scale --to N`, a manual, audited request;
+//! - [`lab_up`]: `autoscaler lab`, the whole lab on this machine (`lab serve`/`lab node` come from the
+//!   `lab` crate's own commands).
 
 use std::path::PathBuf;
 use std::process::ExitCode;

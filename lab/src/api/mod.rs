@@ -1,5 +1,8 @@
 //! The HTTP API: one axum fallback handler decodes the path ([`path`]), checks the bearer token, and
-//! dispatches to discovery ([`discovery`]), the verbs ([`verbs`]) or a watch ([`watch`]).
+//! dispatches to discovery ([`discovery`]), the verbs ([`verbs`]) or a watch ([`watch`]). The parts:
+//! [`path`] (what a path addresses), [`discovery`], [`verbs`] (get, list, create, update, patch, delete,
+//! eviction, scale), [`watch`], [`table`] (what `kubectl get` prints), [`status`] (errors as `Status`),
+//! [`openapi`] (the minimal spec kubectl validates with), [`metrics`] (`metrics.k8s.io`).
 
 pub mod discovery;
 pub mod metrics;

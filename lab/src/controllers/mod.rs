@@ -1,6 +1,11 @@
 //! The controllers inside `lab serve`. One task runs them in order after every change (and on a short
 //! resync tick, for the time-based ones): each is a level-triggered pass over the whole store that
 //! writes only what differs, so a pass that changes nothing produces no new events and the loop settles.
+//!
+//! The passes: [`scheduler`] (binds pending pods as kube-scheduler's filters allow), [`deployment`] and
+//! [`replicaset`] (pods for their templates), [`node_lifecycle`] (NotReady when heartbeats stop, taints),
+//! [`garbage`] (orphaned pods and owned objects), [`disruption_budget`] (PDB status), [`events`] (the
+//! Events they record for `kubectl describe`).
 
 pub mod deployment;
 pub mod disruption_budget;
