@@ -94,6 +94,7 @@ impl Issued {
             crate::executor::SOURCE,
             Event::NodeRemoved(bus::event::NodeRemoved {
                 node_name: String::new(),
+                pool: None,
             }),
             self.cause.timestamp,
         )

@@ -313,6 +313,8 @@ impl ScalingDecisionEngine {
                             current_workers: current,
                             target_workers,
                             reason: reason.into(),
+                            pool: None,
+                            pool_target: None,
                         });
                     }
                     UpNeed::Covered { pending, short } => {
@@ -337,6 +339,7 @@ impl ScalingDecisionEngine {
                                 pending_count: Some(pending),
                                 node_name: None,
                                 detail: None,
+                                pool: None,
                             });
                         }
                     }
@@ -369,6 +372,7 @@ impl ScalingDecisionEngine {
                     target_workers: current - 1,
                     nodes: vec![node],
                     reason: reason::UNDERUTILIZED.into(),
+                    pool: None,
                 });
             }
             Down::Blocked {
@@ -383,6 +387,7 @@ impl ScalingDecisionEngine {
                     pending_count: None,
                     node_name: node,
                     detail,
+                    pool: None,
                 });
             }
         }
@@ -419,6 +424,8 @@ impl ScalingDecisionEngine {
                 current_workers: current,
                 target_workers: target,
                 reason: "manual".into(),
+                pool: None,
+                pool_target: None,
             });
             return;
         }
@@ -432,6 +439,7 @@ impl ScalingDecisionEngine {
             pending_count: pending,
             node_name: None,
             detail,
+            pool: None,
         };
         match up_need(model, event, policy) {
             UpNeed::Nothing(_) => {}
@@ -466,6 +474,7 @@ impl ScalingDecisionEngine {
                 .map(|w| w.name.clone())
                 .collect(),
             reason: "manual".into(),
+            pool: None,
         });
     }
 }

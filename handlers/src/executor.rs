@@ -67,6 +67,7 @@ pub async fn execute<P: WorkerPool, N: NodeOps, A: Notifier>(
                     NodeCreated {
                         node_name: name.clone(),
                         container_id: Some(id),
+                        pool: None,
                     },
                     now,
                 )),
@@ -102,6 +103,7 @@ pub async fn execute<P: WorkerPool, N: NodeOps, A: Notifier>(
                     SOURCE,
                     NodeRemoved {
                         node_name: node.clone(),
+                        pool: None,
                     },
                     now,
                 )),

@@ -80,6 +80,7 @@ impl NodeManager {
                         count: 1,
                         target_workers: model.planned_workers(),
                         nodes: names.clone(),
+                        pool: None,
                     });
                     create(&names, &started, &mut out);
                 }
@@ -116,6 +117,7 @@ impl NodeManager {
                                     pending_count: None,
                                     node_name: Some(node.clone()),
                                     detail: Some(f.error.clone()),
+                                    pool: None,
                                 });
                             }
                         }
@@ -199,6 +201,7 @@ impl NodeManager {
                                     count: target - planned,
                                     target_workers: target,
                                     nodes: names.clone(),
+                                    pool: None,
                                 },
                                 &format!("retry:{}", failure.event_id),
                             );
@@ -231,6 +234,7 @@ impl NodeManager {
             count: target - planned,
             target_workers: target,
             nodes: names.clone(),
+            pool: None,
         });
         create(&names, &started, out);
     }
@@ -268,6 +272,7 @@ impl NodeManager {
                 pending_count: None,
                 node_name: None,
                 detail: Some(format!("decision {} would leave {after}", event.event_id)),
+                pool: None,
             });
             return;
         }
@@ -380,6 +385,7 @@ fn create_again(name: &str, by: &Cause, at: DateTime<Utc>, outcome: &mut Outcome
             count: 1,
             target_workers: 0,
             nodes: vec![name.to_string()],
+            pool: None,
         }
         .into(),
         metadata: by.metadata.clone(),

@@ -223,6 +223,7 @@ impl Simulation {
                         bus::event::NodeCreated {
                             node_name: name.clone(),
                             container_id: Some(format!("sim-{name}")),
+                            pool: None,
                         },
                         self.now,
                     );
@@ -270,6 +271,7 @@ impl Simulation {
                     EXECUTOR,
                     bus::event::NodeRemoved {
                         node_name: node.clone(),
+                        pool: None,
                     },
                     self.now,
                 );

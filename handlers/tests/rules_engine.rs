@@ -201,6 +201,7 @@ fn scale_down_never_goes_below_min_nodes() {
             target_workers: 1,
             nodes: vec!["k3s-worker-1".into()],
             reason: "test".into(),
+            pool: None,
         },
     );
     assert!(events_of(&sim, "ScaleDownStarted").is_empty());

@@ -218,7 +218,8 @@ impl Model {
             Event::ClusterObserved(o) => self.on_observed(env, o),
             Event::UnderutilizationWarning(_)
             | Event::ResourcePressureAlert(_)
-            | Event::ManualScaleRequested(_) => {}
+            | Event::ManualScaleRequested(_)
+            | Event::ScaleUpBlocked(_) => {}
         }
         true
     }
