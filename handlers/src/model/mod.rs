@@ -141,9 +141,15 @@ impl Model {
         self.workers.transitioned(node, event_id)
     }
 
-    /// The next `count` free worker names (`<prefix><n>` above every name ever seen).
+    /// The next `count` free worker names of the default pool (`<prefix><n>` above every name
+    /// ever seen).
     pub fn next_names(&self, count: u32) -> Vec<String> {
         self.workers.next_names(count)
+    }
+
+    /// The next `count` free worker names of `pool` (see [`Workers::next_names_in`]).
+    pub fn next_names_in(&self, pool: &str, count: u32) -> Vec<String> {
+        self.workers.next_names_in(pool, count)
     }
 
     /// Pods pending now.
@@ -192,7 +198,7 @@ impl Model {
             Event::EmergencyScaleUp(d) => self.on_emergency(env, d),
             Event::ScaleDownBlocked(b) => self.decisions.blocked(&b.reason, ts),
             Event::ScaleUpStarted(s) => self.on_scale_up_started(env, s),
-            Event::NodeCreated(c) => self.workers.created(&c.node_name, env),
+            Event::NodeCreated(c) => self.workers.created(&c.node_name, c.pool.as_deref(), env),
             Event::NodeReady(r) => self.workers.became_ready(&r.node_name, env),
             Event::NodeHealthDegraded(h) => self.workers.degraded(&h.node_name, env),
             Event::NodeUnexpectedlyLost(l) => self.on_lost(env, &l.node_name),
@@ -319,9 +325,10 @@ impl Model {
         };
         match (f.action, self.workers.state_of(node)) {
             (ScalingAction::ScaleUp, Some(st)) if st.is_provisioning() => {
+                let pool = self.workers[node.as_str()].pool.clone();
                 self.workers.transition(node, WorkerState::Failed, env);
                 self.decisions.drop_node(node);
-                self.provision.failed(env);
+                self.provision.failed(env, &pool);
             }
             (ScalingAction::ScaleDown, Some(WorkerState::Cordoning | WorkerState::Draining)) => {
                 self.workers.put_back(node, env);
