@@ -50,7 +50,7 @@ use crate::policy::Policy;
 pub use alerts::{AlertWindow, AlertWindows};
 pub use decisions::{Action, Blocked, DecisionKey, DecisionRecord, Decisions};
 pub use minimum::{Loss, Minimum, Violation};
-pub use pending::{Pending, PendingPods, ProvidedFor};
+pub use pending::{blocked_key, Pending, PendingPods, ProvidedFor};
 pub use provision::{Failure, Provision, ScaleUpGoal};
 pub use streaks::{NodeLoad, Sample, Streaks};
 pub use stream::{LastEvent, Stream};
@@ -191,6 +191,7 @@ impl Model {
         match &env.event {
             Event::MetricsSampled(s) => self.streaks.sampled(ts, s),
             Event::PendingPodsDetected(p) => self.pending.reported(env, p),
+            Event::ScaleUpBlocked(b) => self.pending.blocked_published(b),
             Event::OptimalStateTrigger(_) => self.streaks.optimal_announced = true,
             Event::ScaleUpDecision(d) => self.on_scale_up_decision(env, d),
             Event::ScaleDownDecision(d) => self.decisions.decided(env, Some(d.target_workers)),
@@ -224,8 +225,7 @@ impl Model {
             Event::ClusterObserved(o) => self.on_observed(env, o),
             Event::UnderutilizationWarning(_)
             | Event::ResourcePressureAlert(_)
-            | Event::ManualScaleRequested(_)
-            | Event::ScaleUpBlocked(_) => {}
+            | Event::ManualScaleRequested(_) => {}
         }
         true
     }

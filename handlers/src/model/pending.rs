@@ -1,9 +1,9 @@
 //! Pending pods: the pods the scheduler cannot place, as last reported, and which of them a
 //! `pending_pods` scale-up has already sized workers for.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use bus::event::PendingPodsDetected;
+use bus::event::{PendingPodsDetected, ScaleUpBlocked};
 use bus::scheduling::PodSpec;
 use bus::Envelope;
 use chrono::{DateTime, Utc};
@@ -50,6 +50,24 @@ pub struct PendingPods {
     /// scale-up's completion): the workers made for them can be Ready before the scheduler binds
     /// them.
     pub provided_for: BTreeSet<ProvidedFor>,
+    /// Per pending pod (`namespace/name`), the [`blocked_key`] of the last `ScaleUpBlocked` naming
+    /// it: a block is published again only when its reason changes. Pods no longer reported are
+    /// forgotten.
+    #[serde(default)]
+    pub blocked: BTreeMap<String, String>,
+}
+
+/// What identifies a `ScaleUpBlocked` reason for a pod: its code, the pool it names and the
+/// failing predicate per pool.
+pub fn blocked_key(b: &ScaleUpBlocked) -> String {
+    let mut key = b.reason.clone();
+    if let Some(p) = &b.pool {
+        key.push_str(&format!(" pool={p}"));
+    }
+    for (pool, predicate) in &b.predicates {
+        key.push_str(&format!(" {pool}:{predicate}"));
+    }
+    key
 }
 
 impl PendingPods {
@@ -58,6 +76,7 @@ impl PendingPods {
             ttl,
             report: None,
             provided_for: BTreeSet::new(),
+            blocked: BTreeMap::new(),
         }
     }
 
@@ -89,6 +108,7 @@ impl PendingPods {
         if let Some(p) = &self.report {
             if now - p.last_report > chrono(self.ttl) {
                 self.report = None;
+                self.blocked.clear();
             }
         }
     }
@@ -99,8 +119,15 @@ impl PendingPods {
         if !p.pods.is_empty() {
             let now: BTreeSet<ProvidedFor> = p.pods.iter().map(ProvidedFor::pod).collect();
             self.provided_for.retain(|k| now.contains(k));
+            let names: BTreeSet<String> = p
+                .pods
+                .iter()
+                .map(|pod| format!("{}/{}", pod.namespace, pod.name))
+                .collect();
+            self.blocked.retain(|k, _| names.contains(k));
         } else if p.pending_count == 0 {
             self.provided_for.clear();
+            self.blocked.clear();
         }
         if p.pending_count == 0 {
             self.report = None;
@@ -113,6 +140,14 @@ impl PendingPods {
                 last_report: env.timestamp,
                 cause: Cause::from(env),
             });
+        }
+    }
+
+    /// `ScaleUpBlocked`: remembers the reason for each pod it names.
+    pub(super) fn blocked_published(&mut self, b: &ScaleUpBlocked) {
+        let key = blocked_key(b);
+        for pod in &b.pods {
+            self.blocked.insert(pod.clone(), key.clone());
         }
     }
 
