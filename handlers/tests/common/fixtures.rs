@@ -42,6 +42,20 @@ impl PodBuilder {
         self
     }
 
+    /// `nodeSelector: {key: value}`.
+    pub fn select(mut self, key: &str, value: &str) -> Self {
+        self.0.node_selector.insert(key.into(), value.into());
+        self
+    }
+
+    /// Tolerates `key=value` taints of any effect.
+    pub fn tolerate(mut self, key: &str, value: &str) -> Self {
+        self.0
+            .tolerations
+            .push(bus::scheduling::Toleration::equal(key, value));
+        self
+    }
+
     pub fn build(self) -> PodSpec {
         self.0
     }
