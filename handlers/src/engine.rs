@@ -314,11 +314,14 @@ pub enum Down {
     NotDue,
     Remove {
         node: String,
+        pool: String,
     },
     Blocked {
         reason: &'static str,
         node: Option<String>,
         detail: Option<String>,
+        /// The pool the block is about (its minimum).
+        pool: Option<String>,
     },
 }
 
@@ -327,7 +330,16 @@ fn blocked(reason: &'static str) -> Down {
         reason,
         node: None,
         detail: None,
+        pool: None,
     }
+}
+
+/// Whether removing one live worker of `pool` keeps the pool at or above its `min_nodes` (a pool
+/// the policy does not know has no minimum of its own).
+pub fn above_pool_min(model: &Model, policy: &Policy, pool: &str) -> bool {
+    policy
+        .pool(pool)
+        .is_none_or(|p| model.workers.current_in(pool) > p.min_nodes)
 }
 
 /// Live workers that may be removed, best candidate first: least utilised, then newest.
@@ -430,6 +442,7 @@ pub fn scale_down(model: &Model, event: &Envelope, policy: &Policy, _: NoPending
         return Down::Blocked {
             reason: reason::COOLDOWN,
             node: None,
+            pool: None,
             detail: Some(
                 if after_up {
                     "after scale-up"
@@ -445,22 +458,38 @@ pub fn scale_down(model: &Model, event: &Envelope, policy: &Policy, _: NoPending
         return Down::Blocked {
             reason: reason::UNHEALTHY_NODES,
             node: None,
+            pool: None,
             detail: Some(format!("{unhealthy} of {current} workers NotReady")),
         };
     }
     let candidates = removal_candidates(model, policy);
-    let Some(best) = candidates.first() else {
+    let Some(first) = candidates.first() else {
         return blocked(reason::SCALE_DOWN_DISABLED);
+    };
+    // Each pool keeps its own minimum: the best candidate of a pool above it goes.
+    let Some(best) = candidates
+        .iter()
+        .find(|w| above_pool_min(model, policy, &w.pool))
+    else {
+        let min = policy.pool(&first.pool).map_or(0, |p| p.min_nodes);
+        return Down::Blocked {
+            reason: reason::MIN_NODES_REACHED,
+            node: None,
+            detail: Some(format!("pool {} is at its min_nodes ({min})", first.pool)),
+            pool: Some(first.pool.clone()),
+        };
     };
     if let Err(why) = fits_on_fewer(model, policy) {
         return Down::Blocked {
             reason: reason::NO_PLACE_FOR_PODS,
             node: Some(best.name.clone()),
+            pool: pool_field(&best.pool),
             detail: Some(why),
         };
     }
     Down::Remove {
         node: best.name.clone(),
+        pool: best.pool.clone(),
     }
 }
 
@@ -562,28 +591,34 @@ impl ScalingDecisionEngine {
         let current = model.current_workers();
         match scale_down(model, event, policy, proof) {
             Down::NotDue => {}
-            Down::Remove { node } => {
+            Down::Remove { node, pool } => {
                 out.emit(ScaleDownDecision {
                     current_workers: current,
                     target_workers: current - 1,
                     nodes: vec![node],
                     reason: reason::UNDERUTILIZED.into(),
-                    pool: None,
+                    pool: pool_field(&pool),
                 });
             }
             Down::Blocked {
                 reason,
                 node,
                 detail,
+                pool,
             } => {
+                // A pool's block names the pool's minimum; the cluster's names the cluster's.
+                let min_workers = pool
+                    .as_deref()
+                    .and_then(|p| policy.pool(p))
+                    .map_or(policy.limits.min_nodes, |p| p.min_nodes);
                 out.emit(ScaleDownBlocked {
                     reason: reason.into(),
                     workers: current,
-                    min_workers: policy.limits.min_nodes,
+                    min_workers,
                     pending_count: None,
                     node_name: node,
                     detail,
-                    pool: None,
+                    pool: pool.and_then(|p| pool_field(&p)),
                 });
             }
         }
@@ -652,25 +687,51 @@ impl ScalingDecisionEngine {
             out.emit(block(reason::ACTION_IN_PROGRESS, None, None));
             return;
         }
-        let candidates = removal_candidates(model, policy);
+        let all = removal_candidates(model, policy);
         let wanted = (current - target) as usize;
-        if candidates.len() < wanted {
+        if all.len() < wanted {
             out.emit(block(
                 reason::SCALE_DOWN_DISABLED,
                 None,
-                Some(format!("only {} removable workers", candidates.len())),
+                Some(format!("only {} removable workers", all.len())),
             ));
             return;
         }
+        // Each pool keeps its own minimum.
+        let mut left: BTreeMap<&str, u32> = BTreeMap::new();
+        let mut candidates: Vec<&Worker> = Vec::new();
+        for w in all {
+            let live = left
+                .entry(w.pool.as_str())
+                .or_insert_with(|| model.workers.current_in(&w.pool));
+            if policy.pool(&w.pool).is_none_or(|p| *live > p.min_nodes) {
+                *live -= 1;
+                candidates.push(w);
+            }
+        }
+        if candidates.len() < wanted {
+            out.emit(block(
+                reason::MIN_NODES_REACHED,
+                None,
+                Some(format!(
+                    "only {} workers can go without a pool below its min_nodes",
+                    candidates.len()
+                )),
+            ));
+            return;
+        }
+        let nodes: Vec<&Worker> = candidates[..wanted].to_vec();
+        // One pool named when every node is of it.
+        let pool = match nodes.first() {
+            Some(w) if nodes.iter().all(|n| n.pool == w.pool) => pool_field(&w.pool),
+            _ => None,
+        };
         out.emit(ScaleDownDecision {
             current_workers: current,
             target_workers: target,
-            nodes: candidates[..wanted]
-                .iter()
-                .map(|w| w.name.clone())
-                .collect(),
+            nodes: nodes.iter().map(|w| w.name.clone()).collect(),
             reason: "manual".into(),
-            pool: None,
+            pool,
         });
     }
 }

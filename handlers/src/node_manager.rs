@@ -292,6 +292,30 @@ impl NodeManager {
             });
             return;
         }
+        // Each pool keeps its own minimum too.
+        let mut leaving: std::collections::BTreeMap<String, u32> = Default::default();
+        for n in &nodes {
+            *leaving.entry(model.workers.pool_of(n)).or_default() += 1;
+        }
+        for (pool, going) in &leaving {
+            let Some(p) = policy.pool(pool) else { continue };
+            let left = model.workers.current_in(pool).saturating_sub(*going);
+            if left < p.min_nodes {
+                out.emit(ScaleDownBlocked {
+                    reason: codes::reason::MIN_NODES_REACHED.into(),
+                    workers: current,
+                    min_workers: p.min_nodes,
+                    pending_count: None,
+                    node_name: None,
+                    detail: Some(format!(
+                        "decision {} would leave pool {pool} with {left}",
+                        event.event_id
+                    )),
+                    pool: pool_field(pool),
+                });
+                return;
+            }
+        }
         let started = out.emit(ScaleDownStarted {
             count: u32::try_from(nodes.len()).unwrap_or(u32::MAX),
             target_workers: after,

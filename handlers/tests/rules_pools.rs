@@ -260,6 +260,89 @@ fn the_cluster_maximum_holds() {
     assert!(sim.model.planned_workers() <= 3);
 }
 
+/// `with_general(policy, 2)` plus one Ready `highmem` worker.
+fn general_and_highmem(policy: Policy) -> Simulation {
+    let mut sim = Simulation::new(policy, t0());
+    for name in [
+        "k3s-worker-general-1",
+        "k3s-worker-general-2",
+        "k3s-worker-highmem-1",
+    ] {
+        sim.world.containers.insert(name.to_string());
+        sim.world.nodes.insert(name.to_string(), true);
+    }
+    sim.observe_cluster();
+    sim
+}
+
+#[test]
+fn a_scale_down_keeps_each_pools_minimum() {
+    // general is at its minimum (2): the highmem worker goes although general-2 ranks first.
+    let mut sim = general_and_highmem(two_pools(2));
+    sample_for(&mut sim, 330, 10.0, 10.0);
+    let d = first(&sim.log, "ScaleDownDecision");
+    let Event::ScaleDownDecision(d) = &d.event else {
+        unreachable!()
+    };
+    assert_eq!(d.nodes, ["k3s-worker-highmem-1"]);
+    assert_eq!(d.pool.as_deref(), Some("highmem"));
+    sim.advance(Duration::from_secs(30));
+    let removed: Vec<Option<String>> = events_of(&sim, "NodeRemoved")
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::NodeRemoved(r) => Some(r.pool.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(removed, [Some("highmem".to_string())]);
+
+    // Every pool at its minimum: nothing goes, and the block names the pool.
+    let mut policy = two_pools(2);
+    policy.pools[1].min_nodes = 1;
+    let mut sim = general_and_highmem(policy);
+    sample_for(&mut sim, 330, 10.0, 10.0);
+    assert!(events_of(&sim, "ScaleDownDecision").is_empty());
+    let blocks: Vec<(String, Option<String>, u32)> = events_of(&sim, "ScaleDownBlocked")
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::ScaleDownBlocked(b) => Some((b.reason.clone(), b.pool.clone(), b.min_workers)),
+            _ => None,
+        })
+        .collect();
+    assert!(!blocks.is_empty());
+    assert!(
+        blocks.iter().all(|b| *b
+            == (
+                "min_nodes_reached".to_string(),
+                Some("general".to_string()),
+                2
+            )),
+        "{blocks:?}"
+    );
+}
+
+#[test]
+fn the_node_manager_refuses_a_decision_below_a_pools_minimum() {
+    let mut sim = general_and_highmem(two_pools(2));
+    sim.observe(
+        "operator",
+        ScaleDownDecision {
+            current_workers: 3,
+            target_workers: 2,
+            nodes: vec!["k3s-worker-general-1".into()],
+            reason: "test".into(),
+            pool: Some("general".into()),
+        },
+    );
+    assert!(events_of(&sim, "ScaleDownStarted").is_empty());
+    let b = first(&sim.log, "ScaleDownBlocked");
+    let Event::ScaleDownBlocked(b) = &b.event else {
+        unreachable!()
+    };
+    assert_eq!(b.reason, "min_nodes_reached");
+    assert_eq!(b.pool.as_deref(), Some("general"));
+}
+
 /// A random pending pod: its requests, whether it selects `highmem` (or a label no pool has) and
 /// whether it tolerates the `highmem` taint.
 fn any_pod() -> impl Strategy<Value = (u64, u64, u8, bool)> {
