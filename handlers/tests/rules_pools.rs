@@ -343,6 +343,26 @@ fn the_node_manager_refuses_a_decision_below_a_pools_minimum() {
     assert_eq!(b.pool.as_deref(), Some("general"));
 }
 
+#[test]
+fn a_pool_below_its_minimum_is_topped_up() {
+    let mut policy = two_pools(2);
+    policy.limits.min_nodes = 1;
+    let mut sim = with_general(policy, 1);
+    assert_eq!(created(&sim), [pair("k3s-worker-general-2", "general")]);
+    let d = first(&sim.log, "ScaleUpDecision");
+    let Event::ScaleUpDecision(d) = &d.event else {
+        unreachable!()
+    };
+    assert_eq!(d.pool.as_deref(), Some("general"));
+    assert_eq!(d.pool_target, Some(2));
+    assert_eq!(d.reason, "minimum_violation");
+    // Once it is in, nothing more.
+    sim.advance(Duration::from_secs(120));
+    sim.observe_cluster();
+    assert_eq!(created(&sim).len(), 1);
+    assert_eq!(sim.model.workers.current_in("general"), 2);
+}
+
 /// A random pending pod: its requests, whether it selects `highmem` (or a label no pool has) and
 /// whether it tolerates the `highmem` taint.
 fn any_pod() -> impl Strategy<Value = (u64, u64, u8, bool)> {
