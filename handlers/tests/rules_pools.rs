@@ -172,6 +172,12 @@ fn a_pod_selecting_a_label_no_pool_has_gets_no_worker_and_one_block() {
         ])
     );
     assert!(events_of(&sim, "ScalingActionFailed").is_empty());
+    let alerts = sim
+        .commands
+        .iter()
+        .filter(|i| matches!(&i.command, Command::Notify { alert } if alert.event_type == "ScaleUpBlocked"))
+        .count();
+    assert_eq!(alerts, 1, "alerted once");
 }
 
 #[test]
