@@ -1,4 +1,10 @@
-//! ScalingDecisionEngine: decides scale-up and scale-down, and says why a scale-down does not happen.
+//! ScalingDecisionEngine: decides scale-up and scale-down, and says why a scale-down does not happen
+//! (`ScaleDownBlocked`) or why pending pods get no worker (`ScaleUpBlocked`, once per pod and reason).
+//!
+//! **Pools.** Listed pending pods go through the scheduling simulation ([`crate::scheduling`]) over
+//! the policy's pools ([`Policy::node_pools`]): one `ScaleUpDecision` per pool that grows, with the
+//! cluster's absolute `target_workers` and the pool's `pool_target`. Without configured pools there
+//! is one pool, `default`, and the decisions are those of before pools.
 //!
 //! **Pending pods always win.** The engine first computes the scale-up need ([`up_need`]); only when
 //! no pod is pending does it get a [`NoPendingPods`] token, and [`scale_down`] cannot be called without
