@@ -239,6 +239,7 @@ mod tests {
                 pending_count: Some(1),
                 node_name: None,
                 detail: None,
+                pool: None,
             },
         ));
         m.observe_published(&bus::Event::ScalingActionCompleted(

@@ -291,8 +291,15 @@ async fn docker_pool_through_the_handlers_trait_is_idempotent_by_name() {
     let env = TestEnv::new("trait").await;
     let pool = DockerWorkerPool::new(env.docker.clone(), env.config());
     let name = format!("{}3", pool.config().name_prefix);
-    let id = WorkerPool::create_worker(&pool, &name).await.unwrap();
-    assert_eq!(WorkerPool::create_worker(&pool, &name).await.unwrap(), id);
+    let id = WorkerPool::create_worker(&pool, &name, "default")
+        .await
+        .unwrap();
+    assert_eq!(
+        WorkerPool::create_worker(&pool, &name, "default")
+            .await
+            .unwrap(),
+        id
+    );
     let w = pool.inspect_worker(&name).await.unwrap().unwrap();
     assert_eq!(w.id, id);
     assert_eq!(w.requested_by(), None, "the trait carries no event id");

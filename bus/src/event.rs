@@ -4,8 +4,12 @@
 //! `docs/ARCHITECTURE.md`): tools read them with `redis-cli`, so they are PascalCase event types with snake_case JSON fields, percentages as plain numbers (`85.0` is 85 %)
 //! and durations in seconds.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+
+use crate::scheduling::PodSpec;
 
 /// Which way a scaling action goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -22,18 +26,6 @@ impl ScalingAction {
             ScalingAction::ScaleDown => "scale_down",
         }
     }
-}
-
-/// Resource requests of one pod, for bin-packing pending pods onto new workers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PodRequest {
-    pub namespace: String,
-    pub name: String,
-    /// CPU request in millicores.
-    pub cpu_millis: u64,
-    /// Memory request in bytes.
-    pub memory_bytes: u64,
 }
 
 /// Utilisation of one worker in one sample.
@@ -129,9 +121,11 @@ pub struct PendingPodsDetected {
     /// Seconds the oldest of them has waited.
     pub waiting_time: f64,
     pub affected_deployments: Vec<String>,
-    /// Their requests, when the watcher knows them.
+    /// Their requests and constraints, when the watcher knows them (entries written before
+    /// constraints were carried hold only `namespace`, `name`, `cpu_millis`, `memory_bytes`, and
+    /// still decode).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub pods: Vec<PodRequest>,
+    pub pods: Vec<PodSpec>,
 }
 
 /// A raw utilisation sample of the MetricsCollector; MetricsListener turns samples into resource events.
@@ -175,6 +169,9 @@ pub struct NodeCreated {
     pub node_name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_id: Option<String>,
+    /// The worker's pool; absent for the default pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
 
 /// A worker's Node became Ready for the first time.
@@ -213,6 +210,9 @@ pub struct NodeDrained {
 #[serde(deny_unknown_fields)]
 pub struct NodeRemoved {
     pub node_name: String,
+    /// The worker's pool; absent for the default pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
 
 /// One worker Node as Kubernetes shows it, in a [`ClusterObserved`] snapshot.
@@ -287,9 +287,18 @@ pub struct EmergencyScaleUp {
 #[serde(deny_unknown_fields)]
 pub struct ScaleUpDecision {
     pub current_workers: u32,
+    /// Cluster-wide, absolute.
     pub target_workers: u32,
     /// e.g. `pending_pods`, `resource_pressure`, `minimum_violation`, `manual`.
     pub reason: String,
+    /// The pool that grows; absent for the default pool. A scale-up over two pools is two
+    /// decisions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// The pool's absolute size after the decision, when it names a pool target (pending-pods
+    /// scale-ups do).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_target: Option<u32>,
 }
 
 /// The engine decided to shrink to `target_workers` by removing `nodes`.
@@ -300,6 +309,9 @@ pub struct ScaleDownDecision {
     pub target_workers: u32,
     pub nodes: Vec<String>,
     pub reason: String,
+    /// The pool of `nodes`; absent for the default pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
 
 /// An operator asked for an absolute size (`autoscaler scale --to N`).
@@ -317,6 +329,9 @@ pub struct ScaleUpStarted {
     pub count: u32,
     pub target_workers: u32,
     pub nodes: Vec<String>,
+    /// The pool of `nodes`; absent for the default pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
 
 /// The NodeManager began removing workers.
@@ -343,6 +358,30 @@ pub struct ScaleDownBlocked {
     pub node_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// The pool whose minimum or nodes the block is about; absent for the default pool or the
+    /// whole cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+}
+
+/// Pending pods that get no new worker, and the stable code of why. Published when a pod's reason
+/// first appears or changes, not on every re-report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleUpBlocked {
+    /// `no_pool_fits`, `pool_max_reached`, `max_nodes_reached`.
+    pub reason: String,
+    /// The pods, as `namespace/name`.
+    pub pods: Vec<String>,
+    /// The pool at its maximum (`pool_max_reached` with one pool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// For `no_pool_fits`: per pool, the first predicate its new node fails (`resources`,
+    /// `node_selector`, `node_affinity`, `taints`, `anti_affinity`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub predicates: BTreeMap<String, String>,
 }
 
 /// A scaling action failed.
@@ -451,6 +490,7 @@ catalogue!(
     ScaleUpStarted,
     ScaleDownStarted,
     ScaleDownBlocked,
+    ScaleUpBlocked,
     ScalingActionFailed,
 );
 
@@ -470,5 +510,58 @@ impl Event {
             Event::ScaleDownBlocked(d) => d.node_name.as_deref(),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_old_pending_pods_entry_decodes_into_pod_specs() {
+        let old = r#"{"pending_count":1,"waiting_time":5.0,"affected_deployments":["web"],"pods":[{"namespace":"default","name":"web-1","cpu_millis":250,"memory_bytes":268435456}]}"#;
+        let Event::PendingPodsDetected(p) = Event::from_parts("PendingPodsDetected", old).unwrap()
+        else {
+            unreachable!()
+        };
+        let mut want = PodSpec::new("default", "web-1");
+        want.cpu_millis = 250;
+        want.memory_bytes = 268_435_456;
+        assert_eq!(p.pods, [want]);
+        assert_eq!(Event::from(p).data_string(), old);
+    }
+
+    #[test]
+    fn default_pool_entries_look_as_before_pools() {
+        let old = r#"{"current_workers":2,"target_workers":3,"reason":"pending_pods"}"#;
+        let e = Event::from_parts("ScaleUpDecision", old).unwrap();
+        assert_eq!(e.data_string(), old);
+        let old = r#"{"count":1,"target_workers":3,"nodes":["k3s-worker-3"]}"#;
+        let e = Event::from_parts("ScaleUpStarted", old).unwrap();
+        assert_eq!(e.data_string(), old);
+        let old = r#"{"node_name":"k3s-worker-3","container_id":"abc"}"#;
+        assert_eq!(
+            Event::from_parts("NodeCreated", old).unwrap().data_string(),
+            old
+        );
+    }
+
+    #[test]
+    fn scale_up_blocked_carries_the_predicate_per_pool() {
+        let b = ScaleUpBlocked {
+            reason: "no_pool_fits".into(),
+            pods: vec!["default/ssd".into()],
+            pool: None,
+            detail: None,
+            predicates: [
+                ("general".to_string(), "node_selector".to_string()),
+                ("highmem".to_string(), "taints".to_string()),
+            ]
+            .into(),
+        };
+        assert_eq!(
+            Event::from(b).data_string(),
+            r#"{"reason":"no_pool_fits","pods":["default/ssd"],"predicates":{"general":"node_selector","highmem":"taints"}}"#
+        );
     }
 }

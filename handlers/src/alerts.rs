@@ -88,9 +88,9 @@ fn classify(event: &Event) -> (Severity, Phase) {
         Event::MinimumNodesViolation(_) | Event::EmergencyScaleUp(_) => {
             (Severity::Critical, Phase::Detected)
         }
-        Event::NodeUnexpectedlyLost(_) | Event::NodeHealthDegraded(_) => {
-            (Severity::Warning, Phase::Detected)
-        }
+        Event::NodeUnexpectedlyLost(_)
+        | Event::NodeHealthDegraded(_)
+        | Event::ScaleUpBlocked(_) => (Severity::Warning, Phase::Detected),
         Event::AutoScaleUpToMinimum(_) | Event::ScaleUpStarted(_) | Event::ScaleDownStarted(_) => {
             (Severity::Info, Phase::Before)
         }

@@ -42,6 +42,8 @@ pub fn dedup_key(event: &Event) -> Option<String> {
             f.node_name.as_deref().unwrap_or("")
         ),
         Event::ScaleUpStarted(s) => format!("ScaleUpStarted:{}", nodes(&s.nodes)),
+        // Pods that get no worker are said once per reason: each such event is worth an alert.
+        Event::ScaleUpBlocked(b) => format!("ScaleUpBlocked:{}:{}", b.reason, nodes(&b.pods)),
         Event::ScaleDownStarted(s) => format!("ScaleDownStarted:{}", nodes(&s.nodes)),
         Event::ScalingActionCompleted(c) => {
             format!(

@@ -18,8 +18,14 @@ use crate::alerts::Alert;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Command {
-    /// Create and start worker `name` (Docker answers 409 if another replica already did: success).
-    CreateWorker { name: String, requested_by: Uuid },
+    /// Create and start worker `name` of `pool` (Docker answers 409 if another replica already
+    /// did: success).
+    CreateWorker {
+        name: String,
+        requested_by: Uuid,
+        #[serde(default = "default_pool")]
+        pool: String,
+    },
     /// Taint `NoSchedule` and cordon.
     CordonAndTaint { node: String },
     /// Evict the node's pods (PDB-aware), giving up after `timeout`.
@@ -28,8 +34,13 @@ pub enum Command {
     RemoveWorker { node: String },
     /// Make a node schedulable again after a scale-down of it failed.
     Uncordon { node: String },
-    /// Delete the Node object and k3s's `<node>.node-password.k3s` secret; reported as `NodeRemoved`.
-    DeleteNode { node: String },
+    /// Delete the Node object and k3s's `<node>.node-password.k3s` secret; reported as `NodeRemoved`
+    /// (with the worker's `pool`).
+    DeleteNode {
+        node: String,
+        #[serde(default = "default_pool")]
+        pool: String,
+    },
     /// Record a note on the Node (why it is being removed).
     AnnotateNode { node: String, text: String },
     /// Send an alert to every configured webhook (retries and backoff live in `autoscaler`).
@@ -44,7 +55,7 @@ impl Command {
             Command::CordonAndTaint { node }
             | Command::Drain { node, .. }
             | Command::RemoveWorker { node }
-            | Command::DeleteNode { node }
+            | Command::DeleteNode { node, .. }
             | Command::Uncordon { node }
             | Command::AnnotateNode { node, .. } => Some(node),
             Command::Notify { .. } => None,
@@ -78,6 +89,10 @@ impl Command {
     }
 }
 
+fn default_pool() -> String {
+    crate::policy::DEFAULT_POOL.to_string()
+}
+
 /// A command together with the event its resulting facts must name as their cause.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Issued {
@@ -94,6 +109,7 @@ impl Issued {
             crate::executor::SOURCE,
             Event::NodeRemoved(bus::event::NodeRemoved {
                 node_name: String::new(),
+                pool: None,
             }),
             self.cause.timestamp,
         )
@@ -278,6 +294,7 @@ mod tests {
             Command::CreateWorker {
                 name: node(),
                 requested_by: Uuid::nil(),
+                pool: "default".into(),
             },
             Command::CordonAndTaint { node: node() },
             Command::Drain {
@@ -285,7 +302,10 @@ mod tests {
                 timeout: Duration::from_secs(1),
             },
             Command::RemoveWorker { node: node() },
-            Command::DeleteNode { node: node() },
+            Command::DeleteNode {
+                node: node(),
+                pool: "default".into(),
+            },
             Command::Uncordon { node: node() },
             Command::AnnotateNode {
                 node: node(),

@@ -1,4 +1,10 @@
-//! ScalingDecisionEngine: decides scale-up and scale-down, and says why a scale-down does not happen.
+//! ScalingDecisionEngine: decides scale-up and scale-down, and says why a scale-down does not happen
+//! (`ScaleDownBlocked`) or why pending pods get no worker (`ScaleUpBlocked`, once per pod and reason).
+//!
+//! **Pools.** Listed pending pods go through the scheduling simulation ([`crate::scheduling`]) over
+//! the policy's pools ([`Policy::node_pools`]): one `ScaleUpDecision` per pool that grows, with the
+//! cluster's absolute `target_workers` and the pool's `pool_target`. Without configured pools there
+//! is one pool, `default`, and the decisions are those of before pools.
 //!
 //! **Pending pods always win.** The engine first computes the scale-up need ([`up_need`]); only when
 //! no pod is pending does it get a [`NoPendingPods`] token, and [`scale_down`] cannot be called without
@@ -6,9 +12,11 @@
 //!
 //! Rule time is the input event's timestamp (identical on every replica); `now` only stamps outputs.
 
+use std::collections::BTreeMap;
+
 use bus::event::{
-    Event, ManualScaleRequested, ScaleDownBlocked, ScaleDownDecision, ScaleUpDecision,
-    ScalingAction, ScalingActionFailed,
+    Event, ManualScaleRequested, ScaleDownBlocked, ScaleDownDecision, ScaleUpBlocked,
+    ScaleUpDecision, ScalingAction, ScalingActionFailed,
 };
 use bus::Envelope;
 use chrono::{DateTime, Utc};
@@ -16,8 +24,9 @@ use chrono::{DateTime, Utc};
 use crate::binpack;
 use crate::codes::reason;
 use crate::command::{Cause, Emitter, Outcome};
-use crate::model::{Model, Worker, WorkerState};
-use crate::policy::{chrono, Policy};
+use crate::model::{blocked_key, Model, Worker, WorkerState};
+use crate::policy::{chrono, pool_field, Policy, WorkerTemplate, DEFAULT_POOL};
+use crate::scheduling::{scale_up, BlockedPods, PoolTemplate, ScaleUpBlock, Snapshot};
 
 /// The handler's name (consumer group and event source).
 pub const HANDLER: &str = "ScalingDecisionEngine";
@@ -26,23 +35,134 @@ pub const HANDLER: &str = "ScalingDecisionEngine";
 #[derive(Debug)]
 pub struct NoPendingPods(());
 
+/// One pool's share of a scale-up: one `ScaleUpDecision` each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolDecision {
+    pub pool: String,
+    /// Cluster-wide and absolute: what the cluster has once this and the decisions before it in
+    /// the same answer are carried out.
+    pub target_workers: u32,
+    /// The pool's absolute size after it (`None` for the default pool of a configuration without
+    /// pools, whose decisions look as they did before pools).
+    pub pool_target: Option<u32>,
+}
+
 /// What the scale-up side wants.
 #[derive(Debug)]
 pub enum UpNeed {
-    /// Grow to `target_workers`.
+    /// Grow the pools, in this order.
     ScaleUp {
-        target_workers: u32,
+        decisions: Vec<PoolDecision>,
         reason: &'static str,
+        /// Pods that get no worker and whose reason is new (see [`UpNeed::Covered`]).
+        blocked: Vec<ScaleUpBlocked>,
     },
-    /// Pods are pending but capacity for them is already on its way (or `max_nodes` is reached).
+    /// Pods are pending but capacity for them is already on its way, or no new worker can help.
     Covered {
         pending: u32,
-        /// Why more workers would not help, when that is the case: `max_nodes_reached` (more were
-        /// needed than the limit allows) or `pods_too_large` (some pod fits no worker).
+        /// Pods that get no worker, grouped by reason, only those whose reason was not published
+        /// yet (the model remembers the last one per pod), so a re-report says nothing again.
+        blocked: Vec<ScaleUpBlocked>,
+        /// Why more workers would not help pods the report does not list (old watchers):
+        /// `max_nodes_reached`.
         short: Option<String>,
     },
     /// No pending pods and nothing else asks for more.
     Nothing(NoPendingPods),
+}
+
+/// The snapshot the scale-up simulation reads: the pending pods, and per pool the workers planned
+/// (as nodes, only counted: kube-scheduler has already found the pods do not fit on them) and the
+/// capacity on its way. Workers being created are on their way; so are workers Ready for less than
+/// `new_worker_grace` while pods a scale-up made them for are still pending (the scheduler has not
+/// bound those pods yet), like Karpenter's in-flight node claims.
+fn snapshot(model: &Model, event: &Envelope, policy: &Policy, pools: &[PoolTemplate]) -> Snapshot {
+    let awaiting = model.pending_awaits_provided_capacity();
+    let grace = policy.scaling.new_worker_grace;
+    let mut nodes = Vec::new();
+    let mut provisioning = BTreeMap::new();
+    for pool in pools {
+        let w = &model.workers;
+        let arriving = w.provisioning_in(&pool.name)
+            + if awaiting {
+                w.newly_ready_in(&pool.name, event.timestamp, grace)
+            } else {
+                0
+            };
+        let planned = w.planned_in(&pool.name);
+        for i in 0..planned.saturating_sub(arriving) {
+            // Placeholders: only their number matters (the pool's maximum).
+            let mut n = pool.node(format!("planned:{}:{i}", pool.name));
+            n.cordoned = true;
+            nodes.push(n);
+        }
+        if arriving > 0 {
+            provisioning.insert(pool.name.clone(), arriving);
+        }
+    }
+    Snapshot::from_parts(
+        nodes,
+        std::iter::empty(),
+        model.pending.pods().iter().cloned(),
+        provisioning,
+    )
+}
+
+/// `ScaleUpBlocked` for the pods of `b` whose reason the model has not published yet.
+fn newly_blocked(
+    model: &Model,
+    b: &BlockedPods<'_>,
+    policy: &Policy,
+    cluster_full: bool,
+) -> Option<ScaleUpBlocked> {
+    // With no room left in the cluster at all, the cluster maximum is the reason, also when a pool
+    // maximum (the default pool's is the cluster's) is reached as well.
+    let reason = match &b.reason {
+        ScaleUpBlock::PoolMaxReached { .. } if cluster_full => ScaleUpBlock::MaxNodesReached,
+        r => r.clone(),
+    };
+    let max = policy.limits.max_nodes;
+    let (pool, detail, predicates) = match &reason {
+        ScaleUpBlock::NoPoolFits { predicates } => (
+            None,
+            format!(
+                "no pool can run them: {}",
+                predicates
+                    .iter()
+                    .map(|(p, why)| format!("{p}: {why}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            predicates
+                .iter()
+                .map(|(p, why)| (p.clone(), why.to_string()))
+                .collect(),
+        ),
+        ScaleUpBlock::PoolMaxReached { pools } => (
+            match pools.as_slice() {
+                [one] => Some(one.clone()),
+                _ => None,
+            },
+            format!("pools at their max_nodes: {}", pools.join(", ")),
+            BTreeMap::new(),
+        ),
+        ScaleUpBlock::MaxNodesReached => (None, format!("max_nodes is {max}"), BTreeMap::new()),
+    };
+    let mut block = ScaleUpBlocked {
+        reason: reason.code().to_string(),
+        pods: Vec::new(),
+        pool,
+        detail: Some(detail),
+        predicates,
+    };
+    let key = blocked_key(&block);
+    block.pods = b
+        .pods
+        .iter()
+        .map(|p| format!("{}/{}", p.namespace, p.name))
+        .filter(|p| model.pending.blocked.get(p) != Some(&key))
+        .collect();
+    (!block.pods.is_empty()).then_some(block)
 }
 
 /// The scale-up need for `event` (pending pods are considered whatever the event).
@@ -57,54 +177,65 @@ pub fn up_need(model: &Model, event: &Envelope, policy: &Policy) -> UpNeed {
     let answered = model.pending.report.as_ref().is_some_and(|p| {
         model
             .decisions
-            .answered(p.cause.event_id, "ScaleUpDecision")
+            .answered_any(p.cause.event_id, "ScaleUpDecision")
     });
     if pending > 0 && answered {
         return UpNeed::Covered {
             pending,
+            blocked: Vec::new(),
             short: None,
         };
     }
+    if pending > 0 && model.pending.pods().is_empty() {
+        return slots_need(model, event, policy, pending);
+    }
     if pending > 0 {
-        let pods = model.pending.pods();
-        let packing = binpack::workers_needed(pods, pending, &policy.workers);
-        // Workers already being created count as capacity for these pods (like Karpenter's in-flight
-        // node claims), so a repeated report does not add more. So do workers Ready for less than
-        // `new_worker_grace` while pods a scale-up made them for are still pending: the scheduler has
-        // not bound those pods yet.
-        let awaiting = model.pending_awaits_provided_capacity();
-        let arriving = model.provisioning()
-            + if awaiting {
-                model.newly_ready(event.timestamp, policy.scaling.new_worker_grace)
+        let pools = policy.node_pools();
+        let snap = snapshot(model, event, policy, &pools);
+        let room = max.saturating_sub(planned);
+        let plan = scale_up(&snap, &pools, policy.expander, room);
+        let mut decisions = Vec::new();
+        let mut running = planned;
+        for (pool, grow) in &plan.new_nodes {
+            running += grow.new_nodes;
+            decisions.push(PoolDecision {
+                pool: pool.clone(),
+                target_workers: running,
+                pool_target: (!policy.pools.is_empty())
+                    .then(|| model.workers.planned_in(pool) + grow.new_nodes),
+            });
+        }
+        if policy.pools.is_empty() {
+            // One pool: the decision of before pools, which also brings the cluster to its minimum.
+            let target = running.max(policy.limits.min_nodes).min(max);
+            decisions = if target > planned {
+                vec![PoolDecision {
+                    pool: DEFAULT_POOL.to_string(),
+                    target_workers: target,
+                    pool_target: None,
+                }]
             } else {
-                0
+                Vec::new()
             };
-        let base = planned - arriving.min(planned);
-        let target = (base + packing.workers)
-            .max(planned)
-            .max(policy.limits.min_nodes)
-            .min(max);
-        return if target > planned {
-            UpNeed::ScaleUp {
-                target_workers: target,
-                reason: reason::PENDING_PODS,
+        }
+        let cluster_full = room == plan.total_new_nodes();
+        let blocked = plan
+            .blocked
+            .iter()
+            .filter_map(|b| newly_blocked(model, b, policy, cluster_full))
+            .collect();
+        return if decisions.is_empty() {
+            UpNeed::Covered {
+                pending,
+                blocked,
+                short: None,
             }
         } else {
-            let wanted = base + packing.workers;
-            let short = if wanted > max && planned >= max {
-                Some(format!(
-                    "max_nodes_reached: {pending} pending pods need {} workers, max_nodes is {max}",
-                    wanted
-                ))
-            } else if !packing.unschedulable.is_empty() {
-                Some(format!(
-                    "pods_too_large: {} fit no worker of the template",
-                    packing.unschedulable.join(",")
-                ))
-            } else {
-                None
-            };
-            UpNeed::Covered { pending, short }
+            UpNeed::ScaleUp {
+                decisions,
+                reason: reason::PENDING_PODS,
+                blocked,
+            }
         };
     }
     if let Event::ResourcePressureAlert(_) = &event.event {
@@ -118,13 +249,68 @@ pub fn up_need(model: &Model, event: &Envelope, policy: &Policy) -> UpNeed {
                 .min(max);
             if target > planned {
                 return UpNeed::ScaleUp {
-                    target_workers: target,
+                    decisions: vec![PoolDecision {
+                        pool: policy.primary_pool(),
+                        target_workers: target,
+                        pool_target: None,
+                    }],
                     reason: reason::RESOURCE_PRESSURE,
+                    blocked: Vec::new(),
                 };
             }
         }
     }
     UpNeed::Nothing(NoPendingPods(()))
+}
+
+/// A report that lists no pods (an older watcher): `pending` pods of one pod slot each, in the
+/// primary pool, as before pools.
+fn slots_need(model: &Model, event: &Envelope, policy: &Policy, pending: u32) -> UpNeed {
+    let planned = model.planned_workers();
+    let max = policy.limits.max_nodes;
+    let pool = policy.primary_pool();
+    let template = policy.pool(&pool).map_or_else(
+        || policy.workers.clone(),
+        |p| WorkerTemplate {
+            cpu_millis: p.allocatable.cpu_millis,
+            memory_bytes: p.allocatable.memory_bytes,
+            max_pods: p.allocatable.pods,
+            ..policy.workers.clone()
+        },
+    );
+    let packing = binpack::workers_needed(&[], pending, &template);
+    let awaiting = model.pending_awaits_provided_capacity();
+    let arriving = model.provisioning()
+        + if awaiting {
+            model.newly_ready(event.timestamp, policy.scaling.new_worker_grace)
+        } else {
+            0
+        };
+    let base = planned - arriving.min(planned);
+    let wanted = base + packing.workers;
+    let target = wanted.max(planned).max(policy.limits.min_nodes).min(max);
+    if target > planned {
+        return UpNeed::ScaleUp {
+            decisions: vec![PoolDecision {
+                pool_target: (!policy.pools.is_empty())
+                    .then(|| model.workers.planned_in(&pool) + (target - planned)),
+                pool,
+                target_workers: target,
+            }],
+            reason: reason::PENDING_PODS,
+            blocked: Vec::new(),
+        };
+    }
+    let short = (wanted > max && planned >= max).then(|| {
+        format!(
+            "max_nodes_reached: {pending} pending pods need {wanted} workers, max_nodes is {max}"
+        )
+    });
+    UpNeed::Covered {
+        pending,
+        blocked: Vec::new(),
+        short,
+    }
 }
 
 /// The scale-down side's answer.
@@ -134,11 +320,14 @@ pub enum Down {
     NotDue,
     Remove {
         node: String,
+        pool: String,
     },
     Blocked {
         reason: &'static str,
         node: Option<String>,
         detail: Option<String>,
+        /// The pool the block is about (its minimum).
+        pool: Option<String>,
     },
 }
 
@@ -147,7 +336,16 @@ fn blocked(reason: &'static str) -> Down {
         reason,
         node: None,
         detail: None,
+        pool: None,
     }
+}
+
+/// Whether removing one live worker of `pool` keeps the pool at or above its `min_nodes` (a pool
+/// the policy does not know has no minimum of its own).
+pub fn above_pool_min(model: &Model, policy: &Policy, pool: &str) -> bool {
+    policy
+        .pool(pool)
+        .is_none_or(|p| model.workers.current_in(pool) > p.min_nodes)
 }
 
 /// Live workers that may be removed, best candidate first: least utilised, then newest.
@@ -250,6 +448,7 @@ pub fn scale_down(model: &Model, event: &Envelope, policy: &Policy, _: NoPending
         return Down::Blocked {
             reason: reason::COOLDOWN,
             node: None,
+            pool: None,
             detail: Some(
                 if after_up {
                     "after scale-up"
@@ -265,22 +464,38 @@ pub fn scale_down(model: &Model, event: &Envelope, policy: &Policy, _: NoPending
         return Down::Blocked {
             reason: reason::UNHEALTHY_NODES,
             node: None,
+            pool: None,
             detail: Some(format!("{unhealthy} of {current} workers NotReady")),
         };
     }
     let candidates = removal_candidates(model, policy);
-    let Some(best) = candidates.first() else {
+    let Some(first) = candidates.first() else {
         return blocked(reason::SCALE_DOWN_DISABLED);
+    };
+    // Each pool keeps its own minimum: the best candidate of a pool above it goes.
+    let Some(best) = candidates
+        .iter()
+        .find(|w| above_pool_min(model, policy, &w.pool))
+    else {
+        let min = policy.pool(&first.pool).map_or(0, |p| p.min_nodes);
+        return Down::Blocked {
+            reason: reason::MIN_NODES_REACHED,
+            node: None,
+            detail: Some(format!("pool {} is at its min_nodes ({min})", first.pool)),
+            pool: Some(first.pool.clone()),
+        };
     };
     if let Err(why) = fits_on_fewer(model, policy) {
         return Down::Blocked {
             reason: reason::NO_PLACE_FOR_PODS,
             node: Some(best.name.clone()),
+            pool: pool_field(&best.pool),
             detail: Some(why),
         };
     }
     Down::Remove {
         node: best.name.clone(),
+        pool: best.pool.clone(),
     }
 }
 
@@ -306,26 +521,44 @@ impl ScalingDecisionEngine {
                 let current = model.current_workers();
                 match up_need(model, event, policy) {
                     UpNeed::ScaleUp {
-                        target_workers,
+                        decisions,
                         reason,
+                        blocked,
                     } => {
-                        out.emit(ScaleUpDecision {
-                            current_workers: current,
-                            target_workers,
-                            reason: reason.into(),
-                        });
-                    }
-                    UpNeed::Covered { pending, short } => {
-                        // Say once per report why pending pods get no new worker (alerted, and
-                        // visible in `explain`), instead of staying silent.
-                        if let (Event::PendingPodsDetected(_), Some(error)) = (&event.event, short)
-                        {
-                            out.emit(ScalingActionFailed {
-                                action: ScalingAction::ScaleUp,
-                                node_name: None,
-                                error,
-                                retryable: false,
+                        for d in decisions {
+                            out.emit(ScaleUpDecision {
+                                current_workers: current,
+                                target_workers: d.target_workers,
+                                reason: reason.into(),
+                                pool: pool_field(&d.pool),
+                                pool_target: d.pool_target,
                             });
+                        }
+                        if matches!(event.event, Event::PendingPodsDetected(_)) {
+                            for b in blocked {
+                                out.emit(b);
+                            }
+                        }
+                    }
+                    UpNeed::Covered {
+                        pending,
+                        blocked,
+                        short,
+                    } => {
+                        // Say why pending pods get no new worker (visible in `explain`), once per
+                        // pod and reason, instead of staying silent or repeating it every report.
+                        if matches!(event.event, Event::PendingPodsDetected(_)) {
+                            for b in blocked {
+                                out.emit(b);
+                            }
+                            if let Some(error) = short {
+                                out.emit(ScalingActionFailed {
+                                    action: ScalingAction::ScaleUp,
+                                    node_name: None,
+                                    error,
+                                    retryable: false,
+                                });
+                            }
                         }
                         if matches!(event.event, Event::UnderutilizationWarning(_))
                             && !matches!(scale_down_due(model, event, policy), Down::NotDue)
@@ -337,6 +570,7 @@ impl ScalingDecisionEngine {
                                 pending_count: Some(pending),
                                 node_name: None,
                                 detail: None,
+                                pool: None,
                             });
                         }
                     }
@@ -363,26 +597,34 @@ impl ScalingDecisionEngine {
         let current = model.current_workers();
         match scale_down(model, event, policy, proof) {
             Down::NotDue => {}
-            Down::Remove { node } => {
+            Down::Remove { node, pool } => {
                 out.emit(ScaleDownDecision {
                     current_workers: current,
                     target_workers: current - 1,
                     nodes: vec![node],
                     reason: reason::UNDERUTILIZED.into(),
+                    pool: pool_field(&pool),
                 });
             }
             Down::Blocked {
                 reason,
                 node,
                 detail,
+                pool,
             } => {
+                // A pool's block names the pool's minimum; the cluster's names the cluster's.
+                let min_workers = pool
+                    .as_deref()
+                    .and_then(|p| policy.pool(p))
+                    .map_or(policy.limits.min_nodes, |p| p.min_nodes);
                 out.emit(ScaleDownBlocked {
                     reason: reason.into(),
                     workers: current,
-                    min_workers: policy.limits.min_nodes,
+                    min_workers,
                     pending_count: None,
                     node_name: node,
                     detail,
+                    pool: pool.and_then(|p| pool_field(&p)),
                 });
             }
         }
@@ -419,6 +661,8 @@ impl ScalingDecisionEngine {
                 current_workers: current,
                 target_workers: target,
                 reason: "manual".into(),
+                pool: None,
+                pool_target: None,
             });
             return;
         }
@@ -432,6 +676,7 @@ impl ScalingDecisionEngine {
             pending_count: pending,
             node_name: None,
             detail,
+            pool: None,
         };
         match up_need(model, event, policy) {
             UpNeed::Nothing(_) => {}
@@ -448,24 +693,51 @@ impl ScalingDecisionEngine {
             out.emit(block(reason::ACTION_IN_PROGRESS, None, None));
             return;
         }
-        let candidates = removal_candidates(model, policy);
+        let all = removal_candidates(model, policy);
         let wanted = (current - target) as usize;
-        if candidates.len() < wanted {
+        if all.len() < wanted {
             out.emit(block(
                 reason::SCALE_DOWN_DISABLED,
                 None,
-                Some(format!("only {} removable workers", candidates.len())),
+                Some(format!("only {} removable workers", all.len())),
             ));
             return;
         }
+        // Each pool keeps its own minimum.
+        let mut left: BTreeMap<&str, u32> = BTreeMap::new();
+        let mut candidates: Vec<&Worker> = Vec::new();
+        for w in all {
+            let live = left
+                .entry(w.pool.as_str())
+                .or_insert_with(|| model.workers.current_in(&w.pool));
+            if policy.pool(&w.pool).is_none_or(|p| *live > p.min_nodes) {
+                *live -= 1;
+                candidates.push(w);
+            }
+        }
+        if candidates.len() < wanted {
+            out.emit(block(
+                reason::MIN_NODES_REACHED,
+                None,
+                Some(format!(
+                    "only {} workers can go without a pool below its min_nodes",
+                    candidates.len()
+                )),
+            ));
+            return;
+        }
+        let nodes: Vec<&Worker> = candidates[..wanted].to_vec();
+        // One pool named when every node is of it.
+        let pool = match nodes.first() {
+            Some(w) if nodes.iter().all(|n| n.pool == w.pool) => pool_field(&w.pool),
+            _ => None,
+        };
         out.emit(ScaleDownDecision {
             current_workers: current,
             target_workers: target,
-            nodes: candidates[..wanted]
-                .iter()
-                .map(|w| w.name.clone())
-                .collect(),
+            nodes: nodes.iter().map(|w| w.name.clone()).collect(),
             reason: "manual".into(),
+            pool,
         });
     }
 }

@@ -19,6 +19,7 @@ use bus::Envelope;
 use chrono::{DateTime, Utc};
 
 use crate::command::{Command, Issued};
+use crate::policy::pool_field;
 use crate::traits::{ActionError, NodeOps, Notifier, WorkerPool};
 
 /// The source of the executor's facts.
@@ -61,12 +62,17 @@ pub async fn execute<P: WorkerPool, N: NodeOps, A: Notifier>(
             )
         };
         let fact = match &i.command {
-            Command::CreateWorker { name, .. } => match pool.create_worker(name).await {
+            Command::CreateWorker {
+                name,
+                pool: node_pool,
+                ..
+            } => match pool.create_worker(name, node_pool).await {
                 Ok(id) => Some(i.fact(
                     SOURCE,
                     NodeCreated {
                         node_name: name.clone(),
                         container_id: Some(id),
+                        pool: pool_field(node_pool),
                     },
                     now,
                 )),
@@ -97,11 +103,15 @@ pub async fn execute<P: WorkerPool, N: NodeOps, A: Notifier>(
                 Ok(()) => None,
                 Err(e) => Some(fail(ScalingAction::ScaleDown, node, e)),
             },
-            Command::DeleteNode { node } => match nodes.delete_node(node).await {
+            Command::DeleteNode {
+                node,
+                pool: node_pool,
+            } => match nodes.delete_node(node).await {
                 Ok(()) => Some(i.fact(
                     SOURCE,
                     NodeRemoved {
                         node_name: node.clone(),
+                        pool: pool_field(node_pool),
                     },
                     now,
                 )),

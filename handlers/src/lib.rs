@@ -10,7 +10,7 @@
 //!   hysteresis), [`engine`] (ScalingDecisionEngine), [`minimum`] (MinimumNodeEnforcer),
 //!   [`node_manager`] (per-node state machine), [`sync`] (StateSynchronizer and trigger de-duplication),
 //!   [`alerts`] (AlertManager, payloads, redaction);
-//! - [`binpack`]: how many workers pending pods need;
+//! - [`binpack`]: how many workers pending pods need when a report lists none (pod slots only);
 //! - [`scheduling`]: the scheduling simulation over node pools (predicates, scale-up with
 //!   expanders, scale-down), pure and deterministic;
 //! - [`traits`]: the async I/O boundary `autoscaler` implements, with fakes; [`executor`]: commands →
@@ -24,11 +24,12 @@
 //!   `MinimumNodesRestored` per violation, one `ScalingActionCompleted` per action), so redelivery and
 //!   several replicas publish each output once;
 //! - a decision names an absolute target; the NodeManager acts only on the first decision of a type
-//!   per cause and only on the event that made a node's transition (single-flight);
+//!   (and pool) per cause and only on the event that made a node's transition (single-flight);
 //! - pending pods are cleared by a report of 0, by a completed scale-up started after them, or after
 //!   `pending_pods_ttl` ([`model`]); pods without requests count as one pod slot each ([`binpack`]);
 //! - workers being created, and those Ready for less than `new_worker_grace` while pods a scale-up
-//!   made them for are still pending, count as capacity for pending pods ([`engine::up_need`]);
+//!   made them for are still pending, count as capacity for pending pods ([`engine::up_need`]), which
+//!   sizes listed pods with the [`scheduling`] simulation over the pools;
 //! - `NodeReady` comes from the node watcher as a root, so a scale-up's `ScalingActionCompleted` is
 //!   caused by it (the chain back to the decision is the worker's `ScaleUpStarted`);
 //! - the executor reports `NodeCordoned`, `NodeDrained`, `NodeRemoved` after acting; the NodeManager

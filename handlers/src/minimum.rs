@@ -14,6 +14,7 @@
 
 use bus::event::{
     AutoScaleUpToMinimum, EmergencyScaleUp, Event, MinimumNodesRestored, MinimumNodesViolation,
+    ScaleUpDecision,
 };
 use std::collections::BTreeSet;
 
@@ -22,7 +23,7 @@ use chrono::{DateTime, Utc};
 
 use crate::command::{Cause, Emitter, Outcome};
 use crate::model::{Model, Violation};
-use crate::policy::Policy;
+use crate::policy::{pool_field, Policy};
 
 /// The handler's name (consumer group and event source).
 pub const HANDLER: &str = "MinimumNodeEnforcer";
@@ -57,7 +58,34 @@ impl MinimumNodeEnforcer {
         let emergency = matches!(event.event, Event::NodeUnexpectedlyLost(_))
             && self.emergency(model, policy, &mut out);
         self.check(model, policy, event.timestamp, None, emergency, &mut out);
+        self.pool_minimums(model, policy, &mut out);
         out.finish()
+    }
+
+    /// Tops up each configured pool below its own `min_nodes` (counting workers on their way) with
+    /// a `ScaleUpDecision` for that pool, absolute in the pool's size. Without configured pools the
+    /// default pool's minimum is the cluster's, which [`MinimumNodeEnforcer::check`] keeps.
+    fn pool_minimums(&self, model: &Model, policy: &Policy, out: &mut Emitter<'_>) {
+        if policy.pools.is_empty() || !policy.enforcement.auto_scale_to_min {
+            return;
+        }
+        let mut planned = model.planned_workers();
+        for pool in &policy.pools {
+            let have = model.workers.planned_in(&pool.name);
+            let room = policy.limits.max_nodes.saturating_sub(planned);
+            let gap = pool.min_nodes.saturating_sub(have).min(room);
+            if gap == 0 {
+                continue;
+            }
+            planned += gap;
+            out.emit(ScaleUpDecision {
+                current_workers: model.current_workers(),
+                target_workers: planned,
+                reason: "minimum_violation".into(),
+                pool: pool_field(&pool.name),
+                pool_target: Some(have + gap),
+            });
+        }
     }
 
     /// The periodic check. Outputs continue the open violation's chain when there is one; otherwise a

@@ -26,7 +26,7 @@ use chrono::{DateTime, Utc};
 use crate::codes;
 use crate::command::{Cause, Command, Emitter, Outcome};
 use crate::model::{Model, WorkerState};
-use crate::policy::{chrono, Policy};
+use crate::policy::{chrono, pool_field, Policy};
 
 /// The handler's name (consumer group and event source).
 pub const HANDLER: &str = "NodeManager";
@@ -57,13 +57,23 @@ impl NodeManager {
         }
         match &event.event {
             Event::ScaleUpDecision(d) => {
-                self.grow(model, policy, event, d.target_workers, &mut out)
+                let pool = d.pool.clone().unwrap_or_else(|| policy.primary_pool());
+                let goal = Grow {
+                    target: d.target_workers,
+                    pool: &pool,
+                    pool_target: d.pool_target,
+                };
+                self.grow(model, policy, goal, &mut out)
             }
             Event::AutoScaleUpToMinimum(d) => {
-                self.grow(model, policy, event, d.target_workers, &mut out)
+                let pool = policy.primary_pool();
+                let goal = Grow::cluster(d.target_workers, &pool);
+                self.grow(model, policy, goal, &mut out)
             }
             Event::EmergencyScaleUp(d) => {
-                self.grow(model, policy, event, d.target_workers, &mut out)
+                let pool = policy.primary_pool();
+                let goal = Grow::cluster(d.target_workers, &pool);
+                self.grow(model, policy, goal, &mut out)
             }
             Event::ScaleDownDecision(d) => self.shrink(model, policy, event, d, &mut out),
             Event::NodeInterruptionNotice(n) => {
@@ -75,13 +85,16 @@ impl NodeManager {
                             .is_some_and(|i| i.event_id == event.event_id)
                 });
                 if first {
-                    let names = model.next_names(1);
+                    // The replacement is made in the interrupted worker's pool.
+                    let pool = model.workers.pool_of(&n.node_name);
+                    let names = model.next_names_in(&pool, 1);
                     let started = out.emit(ScaleUpStarted {
                         count: 1,
                         target_workers: model.planned_workers(),
                         nodes: names.clone(),
+                        pool: pool_field(&pool),
                     });
-                    create(&names, &started, &mut out);
+                    create(&names, &pool, &started, &mut out);
                 }
             }
             Event::NodeCordoned(c) => {
@@ -97,14 +110,14 @@ impl NodeManager {
             }
             Event::NodeDrained(d) => {
                 if model.transitioned(&d.node_name, event.event_id) {
-                    remove(&d.node_name, event, &mut out);
+                    remove(model, &d.node_name, event, &mut out);
                 }
             }
             Event::ScalingActionFailed(f) => {
                 if let Some(node) = &f.node_name {
                     if model.transitioned(node, event.event_id) {
                         match f.action {
-                            ScalingAction::ScaleUp => remove(node, event, &mut out),
+                            ScalingAction::ScaleUp => remove(model, node, event, &mut out),
                             ScalingAction::ScaleDown => {
                                 // The node is back in service: say why the scale-down did not happen,
                                 // with the executor's stable code (`pdb`, `drain_timeout`, …).
@@ -116,6 +129,7 @@ impl NodeManager {
                                     pending_count: None,
                                     node_name: Some(node.clone()),
                                     detail: Some(f.error.clone()),
+                                    pool: None,
                                 });
                             }
                         }
@@ -149,7 +163,7 @@ impl NodeManager {
                     // Named by a ScaleUpStarted but never reported created: whoever was creating it
                     // died (the decision is published before it is carried out). Create it again,
                     // idempotently (an existing container of that name is started, Docker's 409).
-                    create_again(&w.name, by, at, &mut outcome);
+                    create_again(&w.name, &w.pool, by, at, &mut outcome);
                 }
                 continue;
             }
@@ -192,17 +206,22 @@ impl NodeManager {
                     let backoff = chrono(policy.scaling.provision_retry_backoff) * (1 << exp);
                     if now - *failed_at >= backoff {
                         let target = (*goal).min(policy.limits.max_nodes);
-                        if target > planned {
-                            let names = model.next_names(target - planned);
+                        // Failed workers are replaced in the pool they were made for.
+                        let pool = &last.pool;
+                        let count =
+                            (target - planned.min(target)).min(pool_room(model, policy, pool));
+                        if count > 0 {
+                            let names = model.next_names_in(pool, count);
                             let started = out.emit_keyed(
                                 ScaleUpStarted {
-                                    count: target - planned,
-                                    target_workers: target,
+                                    count,
+                                    target_workers: planned + count,
                                     nodes: names.clone(),
+                                    pool: pool_field(pool),
                                 },
                                 &format!("retry:{}", failure.event_id),
                             );
-                            create(&names, &started, &mut out);
+                            create(&names, pool, &started, &mut out);
                         }
                     }
                 }
@@ -212,27 +231,28 @@ impl NodeManager {
         outcome
     }
 
-    fn grow(
-        &self,
-        model: &Model,
-        policy: &Policy,
-        _event: &Envelope,
-        target: u32,
-        out: &mut Emitter<'_>,
-    ) {
-        let target = target.min(policy.limits.max_nodes);
+    /// Creates workers in `goal.pool` up to the cluster target and the pool's target (and never
+    /// beyond `max_nodes` or the pool's `max_nodes`).
+    fn grow(&self, model: &Model, policy: &Policy, goal: Grow<'_>, out: &mut Emitter<'_>) {
+        let target = goal.target.min(policy.limits.max_nodes);
         let planned = model.planned_workers();
-        if target <= planned {
-            // Absolute targets: an older or repeated decision is already satisfied.
+        // Absolute targets: an older or repeated decision is already satisfied.
+        let mut count = target.saturating_sub(planned);
+        if let Some(pool_target) = goal.pool_target {
+            count = count.min(pool_target.saturating_sub(model.workers.planned_in(goal.pool)));
+        }
+        count = count.min(pool_room(model, policy, goal.pool));
+        if count == 0 {
             return;
         }
-        let names = model.next_names(target - planned);
+        let names = model.next_names_in(goal.pool, count);
         let started = out.emit(ScaleUpStarted {
-            count: target - planned,
-            target_workers: target,
+            count,
+            target_workers: planned + count,
             nodes: names.clone(),
+            pool: pool_field(goal.pool),
         });
-        create(&names, &started, out);
+        create(&names, goal.pool, &started, out);
     }
 
     fn shrink(
@@ -268,8 +288,33 @@ impl NodeManager {
                 pending_count: None,
                 node_name: None,
                 detail: Some(format!("decision {} would leave {after}", event.event_id)),
+                pool: None,
             });
             return;
+        }
+        // Each pool keeps its own minimum too.
+        let mut leaving: std::collections::BTreeMap<String, u32> = Default::default();
+        for n in &nodes {
+            *leaving.entry(model.workers.pool_of(n)).or_default() += 1;
+        }
+        for (pool, going) in &leaving {
+            let Some(p) = policy.pool(pool) else { continue };
+            let left = model.workers.current_in(pool).saturating_sub(*going);
+            if left < p.min_nodes {
+                out.emit(ScaleDownBlocked {
+                    reason: codes::reason::MIN_NODES_REACHED.into(),
+                    workers: current,
+                    min_workers: p.min_nodes,
+                    pending_count: None,
+                    node_name: None,
+                    detail: Some(format!(
+                        "decision {} would leave pool {pool} with {left}",
+                        event.event_id
+                    )),
+                    pool: pool_field(pool),
+                });
+                return;
+            }
         }
         let started = out.emit(ScaleDownStarted {
             count: u32::try_from(nodes.len()).unwrap_or(u32::MAX),
@@ -370,7 +415,7 @@ pub const RECREATE_AFTER: std::time::Duration = std::time::Duration::from_secs(1
 
 /// `CreateWorker` for `name` again, its facts caused by the `ScaleUpStarted` that named it (`by`), as the
 /// first command's were: the same fact ids, so a create that did complete is reported once.
-fn create_again(name: &str, by: &Cause, at: DateTime<Utc>, outcome: &mut Outcome) {
+fn create_again(name: &str, pool: &str, by: &Cause, at: DateTime<Utc>, outcome: &mut Outcome) {
     // The executor only needs the cause's identity, correlation and metadata.
     let started = Envelope {
         event_id: by.event_id,
@@ -380,6 +425,7 @@ fn create_again(name: &str, by: &Cause, at: DateTime<Utc>, outcome: &mut Outcome
             count: 1,
             target_workers: 0,
             nodes: vec![name.to_string()],
+            pool: pool_field(pool),
         }
         .into(),
         metadata: by.metadata.clone(),
@@ -391,24 +437,54 @@ fn create_again(name: &str, by: &Cause, at: DateTime<Utc>, outcome: &mut Outcome
         command: Command::CreateWorker {
             name: name.to_string(),
             requested_by: by.event_id,
+            pool: pool.to_string(),
         },
         cause: started,
     });
 }
 
-fn create(names: &[String], started: &Envelope, out: &mut Emitter<'_>) {
+/// What a scale-up decision asks of [`NodeManager::grow`].
+#[derive(Debug, Clone, Copy)]
+struct Grow<'a> {
+    /// Cluster-wide, absolute.
+    target: u32,
+    pool: &'a str,
+    /// The pool's absolute size, when the decision names one.
+    pool_target: Option<u32>,
+}
+
+impl<'a> Grow<'a> {
+    fn cluster(target: u32, pool: &'a str) -> Self {
+        Grow {
+            target,
+            pool,
+            pool_target: None,
+        }
+    }
+}
+
+/// How many more workers `pool` may get (its `max_nodes` minus those planned); a pool the policy
+/// does not know is bounded by the cluster only.
+fn pool_room(model: &Model, policy: &Policy, pool: &str) -> u32 {
+    policy.pool(pool).map_or(u32::MAX, |p| {
+        p.max_nodes.saturating_sub(model.workers.planned_in(pool))
+    })
+}
+
+fn create(names: &[String], pool: &str, started: &Envelope, out: &mut Emitter<'_>) {
     for n in names {
         out.command(
             Command::CreateWorker {
                 name: n.clone(),
                 requested_by: started.event_id,
+                pool: pool.to_string(),
             },
             started,
         );
     }
 }
 
-fn remove(node: &str, cause: &Envelope, out: &mut Emitter<'_>) {
+fn remove(model: &Model, node: &str, cause: &Envelope, out: &mut Emitter<'_>) {
     out.command(
         Command::RemoveWorker {
             node: node.to_string(),
@@ -418,6 +494,7 @@ fn remove(node: &str, cause: &Envelope, out: &mut Emitter<'_>) {
     out.command(
         Command::DeleteNode {
             node: node.to_string(),
+            pool: model.workers.pool_of(node),
         },
         cause,
     );

@@ -3,9 +3,29 @@
 //! The `autoscaler` crate maps its validated `Settings` onto this; the decision core never parses
 //! configuration itself, so a what-if replay can run the same rules under another policy.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
+use bus::scheduling::Resources;
 use serde::{Deserialize, Serialize};
+
+pub use crate::scheduling::{Expander, PoolTemplate};
+
+/// The pool a configuration without `pools` has, built from `workers`; also the pool of workers the
+/// stream names no pool for. Its workers keep the names `<name_prefix><n>`, and events about it
+/// carry no `pool`.
+pub const DEFAULT_POOL: &str = "default";
+
+/// The pool an event's `pool` field names (absent: the default pool).
+pub fn pool_name(pool: Option<&str>) -> &str {
+    pool.unwrap_or(DEFAULT_POOL)
+}
+
+/// The `pool` field of an event about `pool`: absent for the default pool, so its entries look as
+/// they did before pools.
+pub fn pool_field(pool: &str) -> Option<String> {
+    (pool != DEFAULT_POOL).then(|| pool.to_string())
+}
 
 /// Everything the handlers need to decide.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -17,6 +37,56 @@ pub struct Policy {
     pub workers: WorkerTemplate,
     pub alerts: AlertPolicy,
     pub sync: SyncPolicy,
+    /// `autoscaler.pools`; empty means one pool `default` built from `workers` (see
+    /// [`Policy::node_pools`]).
+    #[serde(default)]
+    pub pools: Vec<PoolTemplate>,
+    /// How the pool of new workers for pending pods is picked.
+    #[serde(default)]
+    pub expander: Expander,
+}
+
+impl Policy {
+    /// The pools the rules use: `pools`, or when it is empty one pool `default` with the
+    /// `workers` template and the cluster `limits` as its bounds (no labels, no taints).
+    pub fn node_pools(&self) -> Cow<'_, [PoolTemplate]> {
+        if self.pools.is_empty() {
+            Cow::Owned(vec![PoolTemplate::new(
+                DEFAULT_POOL,
+                self.limits.min_nodes,
+                self.limits.max_nodes,
+                Resources::new(
+                    self.workers.cpu_millis,
+                    self.workers.memory_bytes,
+                    self.workers.max_pods,
+                ),
+            )])
+        } else {
+            Cow::Borrowed(&self.pools)
+        }
+    }
+
+    /// The pool named `name`, if the rules know it.
+    pub fn pool(&self, name: &str) -> Option<PoolTemplate> {
+        self.node_pools().iter().find(|p| p.name == name).cloned()
+    }
+
+    /// The pool that grows when no pod says which (resource pressure, the minimum, manual
+    /// scaling): `default` when there is one, else the highest priority, then the smallest name.
+    pub fn primary_pool(&self) -> String {
+        let pools = self.node_pools();
+        if let Some(p) = pools.iter().find(|p| p.name == DEFAULT_POOL) {
+            return p.name.clone();
+        }
+        pools
+            .iter()
+            .min_by(|a, b| {
+                b.priority
+                    .cmp(&a.priority)
+                    .then_with(|| a.name.cmp(&b.name))
+            })
+            .map_or_else(|| DEFAULT_POOL.to_string(), |p| p.name.clone())
+    }
 }
 
 /// `autoscaler.limits`.

@@ -30,6 +30,12 @@ pub struct Decision {
     pub target_workers: Option<u32>,
     pub reason: Option<String>,
     pub nodes: Vec<String>,
+    /// The pool it is about (absent: the default pool, or the whole cluster).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// The pods a `ScaleUpBlocked` names.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<String>,
 }
 
 impl Decision {
@@ -42,6 +48,7 @@ impl Decision {
                 | Event::AutoScaleUpToMinimum(_)
                 | Event::EmergencyScaleUp(_)
                 | Event::ScaleDownBlocked(_)
+                | Event::ScaleUpBlocked(_)
         ) || (matches!(e.event, Event::ScalingActionFailed(_))
             && e.source == crate::engine::HANDLER);
         if !is_decision {
@@ -58,15 +65,12 @@ impl Decision {
                 .get("reason")
                 .and_then(|v| v.as_str())
                 .map(str::to_string),
-            nodes: data
-                .get("nodes")
-                .and_then(|v| v.as_array())
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|x| x.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            nodes: strings(&data, "nodes"),
+            pool: data
+                .get("pool")
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
+            pods: strings(&data, "pods"),
         })
     }
 
@@ -74,6 +78,8 @@ impl Decision {
         self.event_type == other.event_type
             && self.target_workers == other.target_workers
             && self.reason == other.reason
+            && self.pool == other.pool
+            && self.pods == other.pods
     }
 
     fn line(&self) -> String {
@@ -84,11 +90,29 @@ impl Decision {
         if let Some(r) = &self.reason {
             s.push_str(&format!(" reason={r}"));
         }
+        if let Some(p) = &self.pool {
+            s.push_str(&format!(" pool={p}"));
+        }
+        if !self.pods.is_empty() {
+            s.push_str(&format!(" pods={}", self.pods.join(",")));
+        }
         if !self.nodes.is_empty() {
             s.push_str(&format!(" nodes={}", self.nodes.join(",")));
         }
         s
     }
+}
+
+/// The strings of the array `key` of `data`.
+fn strings(data: &serde_json::Value, key: &str) -> Vec<String> {
+    data.get(key)
+        .and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A recorded decision beside the replayed one, for one root observation.

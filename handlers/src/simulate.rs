@@ -216,13 +216,14 @@ impl Simulation {
     fn run_command(&mut self, i: &Issued) {
         let w = self.world.clone();
         match &i.command {
-            Command::CreateWorker { name, .. } => {
+            Command::CreateWorker { name, pool, .. } => {
                 if self.world.containers.insert(name.clone()) {
                     let created = i.fact(
                         EXECUTOR,
                         bus::event::NodeCreated {
                             node_name: name.clone(),
                             container_id: Some(format!("sim-{name}")),
+                            pool: crate::policy::pool_field(pool),
                         },
                         self.now,
                     );
@@ -264,12 +265,13 @@ impl Simulation {
             Command::RemoveWorker { node } => {
                 self.world.containers.remove(node);
             }
-            Command::DeleteNode { node } => {
+            Command::DeleteNode { node, pool } => {
                 self.world.nodes.remove(node);
                 let f = i.fact(
                     EXECUTOR,
                     bus::event::NodeRemoved {
                         node_name: node.clone(),
+                        pool: crate::policy::pool_field(pool),
                     },
                     self.now,
                 );

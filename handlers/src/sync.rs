@@ -182,6 +182,7 @@ impl StateSynchronizer {
                 out.command(
                     Command::DeleteNode {
                         node: w.name.clone(),
+                        pool: w.pool.clone(),
                     },
                     event,
                 );
@@ -208,6 +209,7 @@ impl StateSynchronizer {
                     out.command(
                         Command::DeleteNode {
                             node: w.name.clone(),
+                            pool: w.pool.clone(),
                         },
                         event,
                     );
@@ -233,6 +235,7 @@ impl StateSynchronizer {
                 out.command(
                     Command::DeleteNode {
                         node: n.name.clone(),
+                        pool: model.workers.pool_of(name),
                     },
                     event,
                 );

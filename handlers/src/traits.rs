@@ -34,10 +34,13 @@ impl ActionError {
 
 /// Worker containers (`DockerWorkerPool`).
 pub trait WorkerPool: Send + Sync {
-    /// Creates and starts worker `name`; an existing worker of that name is success (409).
-    /// Returns the container id.
-    fn create_worker(&self, name: &str)
-        -> impl Future<Output = Result<String, ActionError>> + Send;
+    /// Creates and starts worker `name` of node pool `pool` (`default` when no pools are
+    /// configured); an existing worker of that name is success (409). Returns the container id.
+    fn create_worker(
+        &self,
+        name: &str,
+        pool: &str,
+    ) -> impl Future<Output = Result<String, ActionError>> + Send;
     /// Stops and removes the container with its volumes; a missing one is success.
     fn remove_worker(&self, name: &str) -> impl Future<Output = Result<(), ActionError>> + Send;
 }
@@ -80,15 +83,20 @@ impl FakeWorkerPool {
         }
     }
 
-    /// The calls so far, e.g. `create k3s-worker-3`.
+    /// The calls so far, e.g. `create k3s-worker-3`, `create k3s-worker-highmem-1 pool=highmem`.
     pub fn calls(&self) -> Vec<String> {
         self.calls.lock().map(|c| c.clone()).unwrap_or_default()
     }
 }
 
 impl WorkerPool for FakeWorkerPool {
-    async fn create_worker(&self, name: &str) -> Result<String, ActionError> {
-        self.record(format!("create {name}"));
+    async fn create_worker(&self, name: &str, pool: &str) -> Result<String, ActionError> {
+        // The default pool's calls read as they did before pools.
+        if pool == crate::policy::DEFAULT_POOL {
+            self.record(format!("create {name}"));
+        } else {
+            self.record(format!("create {name} pool={pool}"));
+        }
         let fail = self
             .fail_create
             .lock()

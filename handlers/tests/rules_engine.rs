@@ -201,6 +201,7 @@ fn scale_down_never_goes_below_min_nodes() {
             target_workers: 1,
             nodes: vec!["k3s-worker-1".into()],
             reason: "test".into(),
+            pool: None,
         },
     );
     assert!(events_of(&sim, "ScaleDownStarted").is_empty());
@@ -381,6 +382,17 @@ fn manual_scaling_goes_through_the_same_rules() {
     assert_eq!(sim.model.current_workers(), 3);
 }
 
+/// Every `ScaleUpBlocked` as (reason, pods, predicates per pool).
+fn scale_up_blocks(sim: &Simulation) -> Vec<ScaleUpBlocked> {
+    events_of(sim, "ScaleUpBlocked")
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::ScaleUpBlocked(b) => Some(b.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
 fn pending_pods_that_no_new_worker_can_help_are_reported_not_ignored() {
     let mut policy = Policy::default();
@@ -397,33 +409,34 @@ fn pending_pods_that_no_new_worker_can_help_are_reported_not_ignored() {
             1,
         ),
     );
-    let errors: Vec<String> = events_of(&sim, "ScalingActionFailed")
-        .iter()
-        .filter_map(|e| match &e.event {
-            Event::ScalingActionFailed(f) => Some(f.error.clone()),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(errors.len(), 2, "{errors:?}");
-    assert!(errors[0].starts_with("max_nodes_reached"));
-    assert!(errors[1].starts_with("max_nodes_reached") || errors[1].starts_with("pods_too_large"));
+    let blocks = scale_up_blocks(&sim);
+    assert_eq!(blocks.len(), 2, "{blocks:?}");
+    assert_eq!(blocks[0].reason, "max_nodes_reached");
+    assert_eq!(blocks[0].pods, ["default/a"]);
+    assert_eq!(blocks[1].reason, "no_pool_fits");
+    assert_eq!(blocks[1].pods, ["default/huge"]);
+    assert!(events_of(&sim, "ScalingActionFailed").is_empty());
     assert!(commands(&sim, "create_worker").is_empty());
 
     let mut sim = Simulation::new(Policy::default(), t0()).with_workers(2);
-    sim.observe(
-        "pending_pods_watcher",
-        pending(
-            vec![PodBuilder::new("huge").cpu(8000).memory_mi(1).build()],
-            1,
-        ),
-    );
-    let f = first(&sim.log, "ScalingActionFailed");
-    let Event::ScalingActionFailed(f) = &f.event else {
-        unreachable!()
-    };
+    for _ in 0..3 {
+        sim.observe(
+            "pending_pods_watcher",
+            pending(
+                vec![PodBuilder::new("huge").cpu(8000).memory_mi(1).build()],
+                1,
+            ),
+        );
+        sim.advance(Duration::from_secs(2));
+    }
+    let blocks = scale_up_blocks(&sim);
+    assert_eq!(blocks.len(), 1, "published once, not on every report");
+    assert_eq!(blocks[0].reason, "no_pool_fits");
+    assert_eq!(blocks[0].pods, ["default/huge"]);
     assert_eq!(
-        f.error,
-        "pods_too_large: default/huge fit no worker of the template"
+        blocks[0].predicates,
+        [("default".to_string(), "resources".to_string())].into()
     );
     assert!(decision_targets(&sim).is_empty());
+    assert!(events_of(&sim, "ScalingActionFailed").is_empty());
 }

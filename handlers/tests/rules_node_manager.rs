@@ -22,6 +22,7 @@ fn a_draining_node_is_not_drained_twice() {
             target_workers: 2,
             nodes: vec!["k3s-worker-3".into()],
             reason: "test".into(),
+            pool: None,
         },
     );
     // The same decision again (another replica) and two cordon reports.
@@ -32,6 +33,7 @@ fn a_draining_node_is_not_drained_twice() {
             target_workers: 2,
             nodes: vec!["k3s-worker-3".into()],
             reason: "test".into(),
+            pool: None,
         },
     );
     let started = first(&sim.log, "ScaleDownStarted").clone();
@@ -131,6 +133,7 @@ fn a_worker_named_but_never_created_is_created_again_on_the_timer() {
             count: 1,
             target_workers: 3,
             nodes: vec!["k3s-worker-3".into()],
+            pool: None,
         },
         bus::Metadata::default(),
     )
@@ -223,6 +226,7 @@ fn a_failed_node_deletion_is_retried_by_the_next_observation_and_the_scale_down_
             target_workers: 2,
             nodes: vec!["k3s-worker-3".into()],
             reason: "test".into(),
+            pool: None,
         },
     );
     let started = first(&sim.log, "ScaleDownStarted").clone();
@@ -289,6 +293,7 @@ fn a_failed_drain_puts_the_node_back_into_service() {
             target_workers: 2,
             nodes: vec!["k3s-worker-3".into()],
             reason: "test".into(),
+            pool: None,
         },
     );
     let started = first(&sim.log, "ScaleDownStarted").clone();

@@ -95,7 +95,7 @@ fn what_if_with_a_higher_maximum_shortens_the_time_pods_wait() {
         .expect(&text);
     assert_eq!(
         pair.recorded.as_ref().map(|d| d.event_type.as_str()),
-        Some("ScalingActionFailed")
+        Some("ScaleUpBlocked")
     );
     assert_eq!(
         pair.replayed.as_ref().and_then(|d| d.target_workers),

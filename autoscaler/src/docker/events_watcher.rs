@@ -103,6 +103,7 @@ fn created(name: &str, id: &str) -> Event {
     Event::NodeCreated(NodeCreated {
         node_name: name.to_string(),
         container_id: (!id.is_empty()).then(|| id.to_string()),
+        pool: None,
     })
 }
 

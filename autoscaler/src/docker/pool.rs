@@ -803,7 +803,13 @@ pub fn managed_filters(cluster_id: &str) -> HashMap<String, Vec<String>> {
 /// (its Node was already drained and deleted by then), and a later `create_worker` of the same name
 /// starts it again through the 409 path.
 impl handlers::traits::WorkerPool for DockerWorkerPool {
-    async fn create_worker(&self, name: &str) -> std::result::Result<String, ActionError> {
+    async fn create_worker(
+        &self,
+        name: &str,
+        // Not used yet: every worker gets the one template (`workers`) until the pool's labels,
+        // taints and label reach the container.
+        _pool: &str,
+    ) -> std::result::Result<String, ActionError> {
         let req = CreateWorker {
             name: Some(name.to_string()),
             ..CreateWorker::default()

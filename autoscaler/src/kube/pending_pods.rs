@@ -29,7 +29,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::time::Duration;
 
-use bus::event::{PendingPodsDetected, PodRequest};
+use bus::event::PendingPodsDetected;
+use bus::scheduling::PodSpec as PodRequest;
 use bus::{Envelope, Metadata};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -140,6 +141,7 @@ pub fn pod_request(pod: &Pod) -> Result<PodRequest> {
         name: pod.metadata.name.clone().unwrap_or_default(),
         cpu_millis: cpu,
         memory_bytes: mem,
+        ..PodRequest::default()
     })
 }
 
@@ -453,6 +455,7 @@ impl PendingPodsWatcher {
                             name: pod.metadata.name.clone().unwrap_or_default(),
                             cpu_millis: 0,
                             memory_bytes: 0,
+                            ..PodRequest::default()
                         }
                     }
                 };
@@ -526,6 +529,7 @@ mod tests {
                 name: format!("pod-{uid}"),
                 cpu_millis: 100,
                 memory_bytes: 1 << 20,
+                ..PodRequest::default()
             },
         }
     }

@@ -22,8 +22,8 @@ pub struct DockerWorkers {
 }
 
 impl WorkerPool for DockerWorkers {
-    async fn create_worker(&self, name: &str) -> Result<String, ActionError> {
-        WorkerPool::create_worker(self.pool.as_ref(), name).await
+    async fn create_worker(&self, name: &str, pool: &str) -> Result<String, ActionError> {
+        WorkerPool::create_worker(self.pool.as_ref(), name, pool).await
     }
 
     async fn remove_worker(&self, name: &str) -> Result<(), ActionError> {

@@ -118,5 +118,7 @@ pub fn policy(settings: &Settings) -> handlers::policy::Policy {
             dedup_window: a.alerts.dedup_window,
         },
         sync: p::SyncPolicy::default(),
+        pools: Vec::new(),
+        expander: p::Expander::default(),
     }
 }

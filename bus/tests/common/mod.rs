@@ -28,7 +28,7 @@ pub fn sample(event_type: &str) -> Event {
             json!({"cpu_avg": 85.0, "memory_avg": 70.5, "workers": 3, "max_workers": 10})
         }
         "PendingPodsDetected" => {
-            json!({"pending_count": 3, "waiting_time": 60.0, "affected_deployments": ["app1", "app2"], "pods": [{"namespace": "default", "name": "app1-x", "cpu_millis": 250, "memory_bytes": 268435456u64}]})
+            json!({"pending_count": 3, "waiting_time": 60.0, "affected_deployments": ["app1", "app2"], "pods": [{"namespace": "default", "name": "app1-x", "cpu_millis": 250, "memory_bytes": 268435456u64, "node_selector": {"tier": "highmem"}, "tolerations": [{"key": "dedicated", "operator": "Exists"}]}]})
         }
         "MetricsSampled" => {
             json!({"workers": 3, "cpu_avg": 55.5, "memory_avg": 40.0, "source": "docker_stats", "nodes": [{"node_name": "k3s-worker-2", "cpu": 55.5, "memory": 40.0}]})
@@ -39,11 +39,13 @@ pub fn sample(event_type: &str) -> Event {
         "NodeUnexpectedlyLost" => {
             json!({"node_name": "k3s-worker-1", "last_seen": t, "cause": "container_crash"})
         }
-        "NodeCreated" => json!({"node_name": "k3s-worker-4", "container_id": "abc123"}),
+        "NodeCreated" => {
+            json!({"node_name": "k3s-worker-4", "container_id": "abc123", "pool": "general"})
+        }
         "NodeReady" => json!({"node_name": "k3s-worker-4"}),
         "NodeInterruptionNotice" => json!({"node_name": "k3s-worker-2", "cause": "docker_kill"}),
         "NodeCordoned" => json!({"node_name": "k3s-worker-2"}),
-        "NodeRemoved" => json!({"node_name": "k3s-worker-2"}),
+        "NodeRemoved" => json!({"node_name": "k3s-worker-2", "pool": "general"}),
         "ClusterObserved" => {
             json!({"k8s_nodes": [{"name": "k3s-worker-1", "ready": true}, {"name": "k3s-worker-2", "ready": false, "scale_down_disabled": true}], "docker_containers": ["k3s-worker-1", "k3s-worker-2"]})
         }
@@ -61,16 +63,21 @@ pub fn sample(event_type: &str) -> Event {
             json!({"lost_count": 2, "remaining_workers": 1, "min_workers": 2, "emergency_scale": 2, "target_workers": 3})
         }
         "ScaleUpDecision" => {
-            json!({"current_workers": 2, "target_workers": 3, "reason": "pending_pods"})
+            json!({"current_workers": 2, "target_workers": 3, "reason": "pending_pods", "pool": "general", "pool_target": 2})
         }
         "ScaleDownDecision" => {
-            json!({"current_workers": 4, "target_workers": 3, "nodes": ["k3s-worker-4"], "reason": "underutilization"})
+            json!({"current_workers": 4, "target_workers": 3, "nodes": ["k3s-worker-4"], "reason": "underutilization", "pool": "general"})
         }
         "ManualScaleRequested" => json!({"target_workers": 5, "reason": "manual request"}),
-        "ScaleUpStarted" => json!({"count": 1, "target_workers": 3, "nodes": ["k3s-worker-3"]}),
+        "ScaleUpStarted" => {
+            json!({"count": 1, "target_workers": 3, "nodes": ["k3s-worker-3"], "pool": "general"})
+        }
         "ScaleDownStarted" => json!({"count": 1, "target_workers": 3, "nodes": ["k3s-worker-4"]}),
         "ScaleDownBlocked" => {
-            json!({"reason": "pending_pods", "workers": 3, "min_workers": 2, "pending_count": 2, "node_name": "k3s-worker-3", "detail": "2 pods pending"})
+            json!({"reason": "pending_pods", "workers": 3, "min_workers": 2, "pending_count": 2, "node_name": "k3s-worker-3", "detail": "2 pods pending", "pool": "general"})
+        }
+        "ScaleUpBlocked" => {
+            json!({"reason": "no_pool_fits", "pods": ["default/ssd-1"], "pool": "general", "detail": "no pool has disktype=ssd", "predicates": {"general": "node_selector"}})
         }
         "ScalingActionFailed" => {
             json!({"action": "scale_down", "node_name": "k3s-worker-3", "error": "drain timed out", "retryable": true})

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use bus::event::{ScalingAction, ScalingActionCompleted};
+use bus::event::{Event, ScalingAction, ScalingActionCompleted};
 use bus::Envelope;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -56,9 +56,19 @@ impl DecisionKey {
         }
     }
 
-    /// The key of the decision `env`.
+    /// The key of the decision `env`. A decision about a pool other than the default one is keyed
+    /// `<event type>:<pool>`, since one cause can decide for several pools.
     pub fn of(env: &Envelope) -> Self {
-        Self::new(env.causation_id.unwrap_or(env.event_id), env.event_type())
+        let pool = match &env.event {
+            Event::ScaleUpDecision(d) => d.pool.as_deref(),
+            Event::ScaleDownDecision(d) => d.pool.as_deref(),
+            _ => None,
+        };
+        let cause = env.causation_id.unwrap_or(env.event_id);
+        match pool {
+            Some(p) => Self::new(cause, &format!("{}:{p}", env.event_type())),
+            None => Self::new(cause, env.event_type()),
+        }
     }
 }
 
@@ -106,6 +116,17 @@ impl Decisions {
     pub fn answered(&self, cause: Uuid, event_type: &str) -> bool {
         self.by_cause
             .contains_key(&DecisionKey::new(cause, event_type))
+    }
+
+    /// Whether a decision of `event_type`, for any pool, was made for the event `cause`.
+    pub fn answered_any(&self, cause: Uuid, event_type: &str) -> bool {
+        self.by_cause
+            .range(DecisionKey::new(cause, event_type)..)
+            .take_while(|(k, _)| k.cause == cause && k.event_type.starts_with(event_type))
+            .any(|(k, _)| {
+                k.event_type.len() == event_type.len()
+                    || k.event_type[event_type.len()..].starts_with(':')
+            })
     }
 
     /// A scale-down is in flight.

@@ -50,7 +50,7 @@ use crate::policy::Policy;
 pub use alerts::{AlertWindow, AlertWindows};
 pub use decisions::{Action, Blocked, DecisionKey, DecisionRecord, Decisions};
 pub use minimum::{Loss, Minimum, Violation};
-pub use pending::{Pending, PendingPods, ProvidedFor};
+pub use pending::{blocked_key, Pending, PendingPods, ProvidedFor};
 pub use provision::{Failure, Provision, ScaleUpGoal};
 pub use streaks::{NodeLoad, Sample, Streaks};
 pub use stream::{LastEvent, Stream};
@@ -141,9 +141,15 @@ impl Model {
         self.workers.transitioned(node, event_id)
     }
 
-    /// The next `count` free worker names (`<prefix><n>` above every name ever seen).
+    /// The next `count` free worker names of the default pool (`<prefix><n>` above every name
+    /// ever seen).
     pub fn next_names(&self, count: u32) -> Vec<String> {
         self.workers.next_names(count)
+    }
+
+    /// The next `count` free worker names of `pool` (see [`Workers::next_names_in`]).
+    pub fn next_names_in(&self, pool: &str, count: u32) -> Vec<String> {
+        self.workers.next_names_in(pool, count)
     }
 
     /// Pods pending now.
@@ -185,6 +191,7 @@ impl Model {
         match &env.event {
             Event::MetricsSampled(s) => self.streaks.sampled(ts, s),
             Event::PendingPodsDetected(p) => self.pending.reported(env, p),
+            Event::ScaleUpBlocked(b) => self.pending.blocked_published(b),
             Event::OptimalStateTrigger(_) => self.streaks.optimal_announced = true,
             Event::ScaleUpDecision(d) => self.on_scale_up_decision(env, d),
             Event::ScaleDownDecision(d) => self.decisions.decided(env, Some(d.target_workers)),
@@ -192,7 +199,7 @@ impl Model {
             Event::EmergencyScaleUp(d) => self.on_emergency(env, d),
             Event::ScaleDownBlocked(b) => self.decisions.blocked(&b.reason, ts),
             Event::ScaleUpStarted(s) => self.on_scale_up_started(env, s),
-            Event::NodeCreated(c) => self.workers.created(&c.node_name, env),
+            Event::NodeCreated(c) => self.workers.created(&c.node_name, c.pool.as_deref(), env),
             Event::NodeReady(r) => self.workers.became_ready(&r.node_name, env),
             Event::NodeHealthDegraded(h) => self.workers.degraded(&h.node_name, env),
             Event::NodeUnexpectedlyLost(l) => self.on_lost(env, &l.node_name),
@@ -318,9 +325,10 @@ impl Model {
         };
         match (f.action, self.workers.state_of(node)) {
             (ScalingAction::ScaleUp, Some(st)) if st.is_provisioning() => {
+                let pool = self.workers[node.as_str()].pool.clone();
                 self.workers.transition(node, WorkerState::Failed, env);
                 self.decisions.drop_node(node);
-                self.provision.failed(env);
+                self.provision.failed(env, &pool);
             }
             (ScalingAction::ScaleDown, Some(WorkerState::Cordoning | WorkerState::Draining)) => {
                 self.workers.put_back(node, env);

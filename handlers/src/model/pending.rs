@@ -1,9 +1,10 @@
 //! Pending pods: the pods the scheduler cannot place, as last reported, and which of them a
 //! `pending_pods` scale-up has already sized workers for.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use bus::event::{PendingPodsDetected, PodRequest};
+use bus::event::{PendingPodsDetected, ScaleUpBlocked};
+use bus::scheduling::PodSpec;
 use bus::Envelope;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -15,7 +16,7 @@ use crate::policy::chrono;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pending {
     pub count: u32,
-    pub pods: Vec<PodRequest>,
+    pub pods: Vec<PodSpec>,
     pub since: DateTime<Utc>,
     pub last_report: DateTime<Utc>,
     pub cause: Cause,
@@ -32,7 +33,7 @@ pub enum ProvidedFor {
 }
 
 impl ProvidedFor {
-    fn pod(p: &PodRequest) -> Self {
+    fn pod(p: &PodSpec) -> Self {
         ProvidedFor::Pod(format!("{}/{}", p.namespace, p.name))
     }
 }
@@ -49,6 +50,24 @@ pub struct PendingPods {
     /// scale-up's completion): the workers made for them can be Ready before the scheduler binds
     /// them.
     pub provided_for: BTreeSet<ProvidedFor>,
+    /// Per pending pod (`namespace/name`), the [`blocked_key`] of the last `ScaleUpBlocked` naming
+    /// it: a block is published again only when its reason changes. Pods no longer reported are
+    /// forgotten.
+    #[serde(default)]
+    pub blocked: BTreeMap<String, String>,
+}
+
+/// What identifies a `ScaleUpBlocked` reason for a pod: its code, the pool it names and the
+/// failing predicate per pool.
+pub fn blocked_key(b: &ScaleUpBlocked) -> String {
+    let mut key = b.reason.clone();
+    if let Some(p) = &b.pool {
+        key.push_str(&format!(" pool={p}"));
+    }
+    for (pool, predicate) in &b.predicates {
+        key.push_str(&format!(" {pool}:{predicate}"));
+    }
+    key
 }
 
 impl PendingPods {
@@ -57,6 +76,7 @@ impl PendingPods {
             ttl,
             report: None,
             provided_for: BTreeSet::new(),
+            blocked: BTreeMap::new(),
         }
     }
 
@@ -66,7 +86,7 @@ impl PendingPods {
     }
 
     /// The pods of the pending report (none when nothing is pending, or the report listed none).
-    pub fn pods(&self) -> &[PodRequest] {
+    pub fn pods(&self) -> &[PodSpec] {
         self.report.as_ref().map_or(&[][..], |p| &p.pods[..])
     }
 
@@ -88,6 +108,7 @@ impl PendingPods {
         if let Some(p) = &self.report {
             if now - p.last_report > chrono(self.ttl) {
                 self.report = None;
+                self.blocked.clear();
             }
         }
     }
@@ -98,8 +119,15 @@ impl PendingPods {
         if !p.pods.is_empty() {
             let now: BTreeSet<ProvidedFor> = p.pods.iter().map(ProvidedFor::pod).collect();
             self.provided_for.retain(|k| now.contains(k));
+            let names: BTreeSet<String> = p
+                .pods
+                .iter()
+                .map(|pod| format!("{}/{}", pod.namespace, pod.name))
+                .collect();
+            self.blocked.retain(|k, _| names.contains(k));
         } else if p.pending_count == 0 {
             self.provided_for.clear();
+            self.blocked.clear();
         }
         if p.pending_count == 0 {
             self.report = None;
@@ -112,6 +140,14 @@ impl PendingPods {
                 last_report: env.timestamp,
                 cause: Cause::from(env),
             });
+        }
+    }
+
+    /// `ScaleUpBlocked`: remembers the reason for each pod it names.
+    pub(super) fn blocked_published(&mut self, b: &ScaleUpBlocked) {
+        let key = blocked_key(b);
+        for pod in &b.pods {
+            self.blocked.insert(pod.clone(), key.clone());
         }
     }
 

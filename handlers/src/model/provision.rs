@@ -18,6 +18,9 @@ pub struct ScaleUpGoal {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Failure {
     pub at: DateTime<Utc>,
+    /// The pool of the worker that failed: its replacement is made there.
+    #[serde(default = "default_pool")]
+    pub pool: String,
     /// The `ScalingActionFailed`.
     pub cause: Cause,
 }
@@ -45,11 +48,12 @@ impl Provision {
         });
     }
 
-    /// A worker failed to provision (`env`).
-    pub(super) fn failed(&mut self, env: &Envelope) {
+    /// A worker of `pool` failed to provision (`env`).
+    pub(super) fn failed(&mut self, env: &Envelope, pool: &str) {
         self.failures += 1;
         self.last_failure = Some(Failure {
             at: env.timestamp,
+            pool: pool.to_string(),
             cause: Cause::from(env),
         });
     }
@@ -58,4 +62,8 @@ impl Provision {
     pub(super) fn abandon(&mut self) {
         self.goal = None;
     }
+}
+
+fn default_pool() -> String {
+    crate::policy::DEFAULT_POOL.to_string()
 }

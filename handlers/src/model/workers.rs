@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::command::Cause;
-use crate::policy::chrono;
+use crate::policy::{chrono, pool_name, DEFAULT_POOL};
 
 /// Where a worker is in its life. Scale-up: Requested → Creating → Registered → Ready (or Failed);
 /// scale-down: Cordoning → Draining → Removing → Removed; NotReady and Lost come from the world.
@@ -72,6 +72,9 @@ impl WorkerState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Worker {
     pub name: String,
+    /// Its pool: from the `ScaleUpStarted` or `NodeCreated` that named it, else the one its name
+    /// says (`<prefix><pool>-<n>`; `<prefix><n>` is the default pool).
+    pub pool: String,
     pub state: WorkerState,
     /// When it entered `state`.
     pub since: DateTime<Utc>,
@@ -97,8 +100,10 @@ pub struct Worker {
 pub struct Workers {
     name_prefix: String,
     by_name: BTreeMap<String, Worker>,
-    /// Highest `n` of any `<name_prefix><n>` ever seen.
+    /// Highest `n` of any `<name_prefix><n>` ever seen (the default pool's names).
     pub max_seq: u64,
+    /// Per other pool `p`, the highest `n` of any `<name_prefix><p>-<n>` ever seen.
+    pub pool_seq: BTreeMap<String, u64>,
 }
 
 impl std::ops::Index<&str> for Workers {
@@ -116,7 +121,20 @@ impl Workers {
             name_prefix: name_prefix.to_string(),
             by_name: BTreeMap::new(),
             max_seq: 0,
+            pool_seq: BTreeMap::new(),
         }
+    }
+
+    /// The pool and sequence number a worker name says: `<prefix><n>` is `(default, n)`,
+    /// `<prefix><pool>-<n>` is `(pool, n)`; `None` for other names.
+    pub fn parse_name<'n>(&self, name: &'n str) -> Option<(&'n str, u64)> {
+        let rest = name.strip_prefix(&self.name_prefix)?;
+        if let Ok(n) = rest.parse::<u64>() {
+            return Some((DEFAULT_POOL, n));
+        }
+        let (pool, n) = rest.rsplit_once('-')?;
+        let n = n.parse::<u64>().ok()?;
+        (!pool.is_empty()).then_some((pool, n))
     }
 
     // ---- queries --------------------------------------------------------------------------------
@@ -149,6 +167,45 @@ impl Workers {
         self.count(|w| w.state.is_provisioning() || (w.state.is_live() && w.replacement.is_none()))
     }
 
+    /// The pool of worker `name`: the record's, else the one its name says, else the default pool.
+    pub fn pool_of(&self, name: &str) -> String {
+        match self.by_name.get(name) {
+            Some(w) => w.pool.clone(),
+            None => self
+                .parse_name(name)
+                .map_or(DEFAULT_POOL, |(p, _)| p)
+                .to_string(),
+        }
+    }
+
+    /// Live workers of `pool`.
+    pub fn current_in(&self, pool: &str) -> u32 {
+        self.count(|w| w.pool == pool && w.state.is_live())
+    }
+
+    /// Workers of `pool` being created.
+    pub fn provisioning_in(&self, pool: &str) -> u32 {
+        self.count(|w| w.pool == pool && w.state.is_provisioning())
+    }
+
+    /// [`Workers::planned`] for `pool`.
+    pub fn planned_in(&self, pool: &str) -> u32 {
+        self.count(|w| {
+            w.pool == pool
+                && (w.state.is_provisioning() || (w.state.is_live() && w.replacement.is_none()))
+        })
+    }
+
+    /// [`Workers::newly_ready`] for `pool`.
+    pub fn newly_ready_in(&self, pool: &str, at: DateTime<Utc>, grace: std::time::Duration) -> u32 {
+        self.count(|w| {
+            w.pool == pool
+                && w.state == WorkerState::Ready
+                && w.requested_by.is_some()
+                && w.ready_at.is_some_and(|r| at - r < chrono(grace))
+        })
+    }
+
     /// Live workers that are NotReady.
     pub fn unhealthy(&self) -> u32 {
         self.count(|w| w.state == WorkerState::NotReady)
@@ -175,10 +232,24 @@ impl Workers {
             .is_some_and(|w| w.transitioned_by == event_id)
     }
 
-    /// The next `count` free worker names (`<prefix><n>` above every name ever seen).
+    /// The next `count` free worker names of the default pool (`<prefix><n>` above every name
+    /// ever seen).
     pub fn next_names(&self, count: u32) -> Vec<String> {
+        self.next_names_in(DEFAULT_POOL, count)
+    }
+
+    /// The next `count` free worker names of `pool`: the default pool's are `<prefix><n>`, another
+    /// pool `p`'s `<prefix><p>-<n>`, each with its own sequence, so names stay unique and every
+    /// replica picks the same.
+    pub fn next_names_in(&self, pool: &str, count: u32) -> Vec<String> {
+        if pool == DEFAULT_POOL {
+            return (1..=u64::from(count))
+                .map(|i| format!("{}{}", self.name_prefix, self.max_seq + i))
+                .collect();
+        }
+        let seq = self.pool_seq.get(pool).copied().unwrap_or(0);
         (1..=u64::from(count))
-            .map(|i| format!("{}{}", self.name_prefix, self.max_seq + i))
+            .map(|i| format!("{}{pool}-{}", self.name_prefix, seq + i))
             .collect()
     }
 
@@ -204,7 +275,7 @@ impl Workers {
             .cloned()
             .collect();
         for n in &fresh {
-            let w = self.insert_new(n, WorkerState::Requested, env);
+            let w = self.insert_new(n, WorkerState::Requested, env, s.pool.as_deref());
             w.requested_at = Some(env.timestamp);
             w.requested_by = Some(Cause::from(env));
         }
@@ -234,13 +305,13 @@ impl Workers {
         fresh
     }
 
-    /// `NodeCreated`.
-    pub(super) fn created(&mut self, name: &str, env: &Envelope) {
+    /// `NodeCreated` (of a worker in `pool`, when the fact names one).
+    pub(super) fn created(&mut self, name: &str, pool: Option<&str>, env: &Envelope) {
         match self.state_of(name) {
             Some(WorkerState::Requested) => self.transition(name, WorkerState::Creating, env),
             Some(_) => {}
             None => {
-                self.insert_new(name, WorkerState::Creating, env);
+                self.insert_new(name, WorkerState::Creating, env, pool);
             }
         }
     }
@@ -249,7 +320,7 @@ impl Workers {
     pub(super) fn became_ready(&mut self, name: &str, env: &Envelope) {
         match self.state_of(name) {
             None => {
-                let w = self.insert_new(name, WorkerState::Ready, env);
+                let w = self.insert_new(name, WorkerState::Ready, env, None);
                 w.ready_at = Some(env.timestamp);
             }
             Some(st) if st.is_provisioning() || st == WorkerState::NotReady => {
@@ -348,7 +419,7 @@ impl Workers {
                 } else {
                     WorkerState::NotReady
                 };
-                let w = self.insert_new(&n.name, st, env);
+                let w = self.insert_new(&n.name, st, env, None);
                 if n.ready {
                     w.ready_at = Some(env.timestamp);
                 }
@@ -381,16 +452,32 @@ impl Workers {
         }
     }
 
-    /// Records a new worker (replacing a gone one of the same name) and keeps `max_seq` above it.
-    fn insert_new(&mut self, name: &str, state: WorkerState, env: &Envelope) -> &mut Worker {
-        if let Some(n) = name
-            .strip_prefix(&self.name_prefix)
-            .and_then(|s| s.parse::<u64>().ok())
-        {
-            self.max_seq = self.max_seq.max(n);
+    /// Records a new worker of `pool` (absent: the pool its name says, else the default pool),
+    /// replacing a gone one of the same name, and keeps its pool's sequence above it.
+    fn insert_new(
+        &mut self,
+        name: &str,
+        state: WorkerState,
+        env: &Envelope,
+        pool: Option<&str>,
+    ) -> &mut Worker {
+        let parsed = self.parse_name(name).map(|(p, n)| (p.to_string(), n));
+        if let Some((p, n)) = &parsed {
+            if p == DEFAULT_POOL {
+                self.max_seq = self.max_seq.max(*n);
+            } else {
+                let seq = self.pool_seq.entry(p.clone()).or_insert(0);
+                *seq = (*seq).max(*n);
+            }
         }
+        let pool = match (pool, &parsed) {
+            (Some(p), _) => p.to_string(),
+            (None, Some((p, _))) => p.clone(),
+            (None, None) => pool_name(None).to_string(),
+        };
         let w = Worker {
             name: name.to_string(),
+            pool,
             state,
             since: env.timestamp,
             transitioned_by: env.event_id,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use bus::scheduling::{NodeSpec, PodSpec, Resources, Taint, HOSTNAME_LABEL, POOL_LABEL};
 
 /// What a new node of a pool looks like, and how many the pool may have.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PoolTemplate {
     pub name: String,
     /// Scale-down never leaves the pool with fewer nodes.
