@@ -30,139 +30,160 @@ const DECISIONS: &[&str] = &[
 pub async fn collect(src: Sources<'_>) -> Value {
     let a = &src.settings.autoscaler;
     let mut errors: Vec<String> = Vec::new();
-    let prefix = a.workers.name_prefix.as_str();
-
     let docker = match src.pool {
-        Some(pool) => match pool.list_workers().await {
-            Ok(ws) => Some(
-                ws.iter()
-                    .map(|w| json!({"name": w.name, "state": format!("{:?}", w.state).to_lowercase()}))
-                    .collect::<Vec<_>>(),
-            ),
-            Err(e) => {
-                errors.push(format!("docker: {e}"));
-                None
-            }
-        },
+        Some(pool) => docker_workers(pool, &mut errors).await,
         None => None,
     };
-
     let kubernetes = match src.kube {
-        Some(client) => {
-            let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
-            match nodes.list(&Default::default()).await {
-                Ok(list) => Some(
-                    list.items
-                        .iter()
-                        .filter_map(|n| {
-                            let name = n.metadata.name.clone()?;
-                            name.starts_with(prefix).then(|| {
-                                let ready = n
-                                    .status
-                                    .as_ref()
-                                    .and_then(|s| s.conditions.as_ref())
-                                    .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-                                    .map(|c| c.status.clone())
-                                    .unwrap_or_else(|| "Unknown".into());
-                                let cordoned = n
-                                    .spec
-                                    .as_ref()
-                                    .and_then(|s| s.unschedulable)
-                                    .unwrap_or(false);
-                                json!({"name": name, "ready": ready, "cordoned": cordoned})
-                            })
-                        })
-                        .collect::<Vec<_>>(),
-                ),
-                Err(e) => {
-                    errors.push(format!("kubernetes: {e}"));
-                    None
-                }
-            }
-        }
+        Some(client) => kube_workers(client, &a.workers.name_prefix, &mut errors).await,
         None => None,
     };
-
-    let mut record = None;
-    let mut groups = None;
-    let mut leader = Value::Null;
-    let mut dlq_length = Value::Null;
-    let mut last_decision = Value::Null;
-    let mut last_blocked = Value::Null;
-    if let Some(bus) = src.bus {
-        let audit = bus.audit();
-        match audit.query(&Query::default()).await {
-            Ok(entries) => {
-                let envelopes: Vec<bus::Envelope> =
-                    entries.iter().filter_map(|e| e.decode().ok()).collect();
-                let model = handlers::model::Model::from_events(
-                    &crate::runtime::policy(src.settings),
-                    &envelopes,
-                );
-                record = Some(
-                    model
-                        .workers
-                        .values()
-                        .filter(|w| !w.state.is_gone())
-                        .map(|w| json!({"name": w.name, "state": crate::runtime::run::state_label(w.state), "since": bus::envelope::format_timestamp(w.since)}))
-                        .collect::<Vec<_>>(),
-                );
-                let newest = |types: &[&str]| {
-                    envelopes
-                        .iter()
-                        .rev()
-                        .find(|e| types.contains(&e.event_type()))
-                        .map(|e| e.to_json())
-                        .unwrap_or(Value::Null)
-                };
-                last_decision = newest(DECISIONS);
-                last_blocked = newest(&["ScaleDownBlocked"]);
-            }
-            Err(e) => errors.push(format!("redis: {e}")),
-        }
-        match audit.groups().await {
-            Ok(gs) => {
-                groups = Some(
-                    gs.iter()
-                        .map(|g| {
-                            json!({
-                                "name": g.name,
-                                "pending": g.pending,
-                                "lag": g.lag,
-                                "consumers": g.consumers.iter().map(|c| json!({"name": c.name, "pending": c.pending, "idle_ms": c.idle_ms})).collect::<Vec<_>>(),
-                            })
-                        })
-                        .collect::<Vec<_>>(),
-                )
-            }
-            Err(e) => errors.push(format!("redis: {e}")),
-        }
-        match audit.dlq_len().await {
-            Ok(n) => dlq_length = json!(n),
-            Err(e) => errors.push(format!("redis: {e}")),
-        }
-        let mut conn = bus.connection();
-        match crate::leader::current_holder(&mut conn, &bus.config().stream).await {
-            Ok(Some(holder)) => {
-                let (replica, token) = holder.split_once('|').unwrap_or((holder.as_str(), ""));
-                leader = json!({"replica": replica, "fencing_token": token});
-            }
-            Ok(None) => {}
-            Err(e) => errors.push(format!("redis: {e}")),
-        }
-    }
-
+    let b = match src.bus {
+        Some(bus) => bus_status(bus, src.settings, &mut errors).await,
+        None => BusStatus::default(),
+    };
     json!({
         "cluster_id": a.cluster_id,
         "limits": {"min_nodes": a.limits.min_nodes, "max_nodes": a.limits.max_nodes},
         "dry_run": a.dry_run,
-        "workers": {"kubernetes": kubernetes, "docker": docker, "record": record},
-        "leader": leader,
-        "groups": groups,
-        "dlq_length": dlq_length,
-        "last_decision": last_decision,
-        "last_blocked": last_blocked,
+        "workers": {"kubernetes": kubernetes, "docker": docker, "record": b.record},
+        "leader": b.leader,
+        "groups": b.groups,
+        "dlq_length": b.dlq_length,
+        "last_decision": b.last_decision,
+        "last_blocked": b.last_blocked,
         "errors": errors,
+    })
+}
+
+/// The workers as Docker sees them.
+async fn docker_workers(pool: &DockerWorkerPool, errors: &mut Vec<String>) -> Option<Vec<Value>> {
+    match pool.list_workers().await {
+        Ok(ws) => Some(
+            ws.iter()
+                .map(|w| json!({"name": w.name, "state": format!("{:?}", w.state).to_lowercase()}))
+                .collect(),
+        ),
+        Err(e) => {
+            errors.push(format!("docker: {e}"));
+            None
+        }
+    }
+}
+
+/// The worker nodes (named with the worker prefix) as Kubernetes sees them.
+async fn kube_workers(
+    client: &kube::Client,
+    prefix: &str,
+    errors: &mut Vec<String>,
+) -> Option<Vec<Value>> {
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+    match nodes.list(&Default::default()).await {
+        Ok(list) => Some(
+            list.items
+                .iter()
+                .filter_map(|n| node_summary(n, prefix))
+                .collect(),
+        ),
+        Err(e) => {
+            errors.push(format!("kubernetes: {e}"));
+            None
+        }
+    }
+}
+
+/// A worker node's name, Ready status and cordon; `None` for a node that is not a worker.
+fn node_summary(n: &k8s_openapi::api::core::v1::Node, prefix: &str) -> Option<Value> {
+    let name = n.metadata.name.clone()?;
+    name.starts_with(prefix).then(|| {
+        let ready = n
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+            .map(|c| c.status.clone())
+            .unwrap_or_else(|| "Unknown".into());
+        let cordoned = n
+            .spec
+            .as_ref()
+            .and_then(|s| s.unschedulable)
+            .unwrap_or(false);
+        json!({"name": name, "ready": ready, "cordoned": cordoned})
+    })
+}
+
+/// What the bus tells: the record's workers, the groups, the DLQ, the leader, the last decisions.
+/// `None`/null where that part could not be read.
+#[derive(Default)]
+struct BusStatus {
+    record: Option<Vec<Value>>,
+    groups: Option<Vec<Value>>,
+    leader: Value,
+    dlq_length: Value,
+    last_decision: Value,
+    last_blocked: Value,
+}
+
+async fn bus_status(bus: &Bus, settings: &Settings, errors: &mut Vec<String>) -> BusStatus {
+    let mut out = BusStatus::default();
+    let audit = bus.audit();
+    match audit.query(&Query::default()).await {
+        Ok(entries) => {
+            let envelopes: Vec<bus::Envelope> =
+                entries.iter().filter_map(|e| e.decode().ok()).collect();
+            out.record = Some(record_workers(settings, &envelopes));
+            out.last_decision = newest(&envelopes, DECISIONS);
+            out.last_blocked = newest(&envelopes, &["ScaleDownBlocked"]);
+        }
+        Err(e) => errors.push(format!("redis: {e}")),
+    }
+    match audit.groups().await {
+        Ok(gs) => out.groups = Some(gs.iter().map(group_json).collect()),
+        Err(e) => errors.push(format!("redis: {e}")),
+    }
+    match audit.dlq_len().await {
+        Ok(n) => out.dlq_length = json!(n),
+        Err(e) => errors.push(format!("redis: {e}")),
+    }
+    let mut conn = bus.connection();
+    match crate::leader::current_holder(&mut conn, &bus.config().stream).await {
+        Ok(Some(holder)) => {
+            let (replica, token) = holder.split_once('|').unwrap_or((holder.as_str(), ""));
+            out.leader = json!({"replica": replica, "fencing_token": token});
+        }
+        Ok(None) => {}
+        Err(e) => errors.push(format!("redis: {e}")),
+    }
+    out
+}
+
+/// The workers the record (the model folded from the stream) holds, gone ones left out.
+fn record_workers(settings: &Settings, envelopes: &[bus::Envelope]) -> Vec<Value> {
+    let model = handlers::model::Model::from_events(&crate::runtime::policy(settings), envelopes);
+    model
+        .workers
+        .values()
+        .filter(|w| !w.state.is_gone())
+        .map(|w| json!({"name": w.name, "state": crate::runtime::run::state_label(w.state), "since": bus::envelope::format_timestamp(w.since)}))
+        .collect()
+}
+
+/// The newest event of one of `types`, as JSON; null when there is none.
+fn newest(envelopes: &[bus::Envelope], types: &[&str]) -> Value {
+    envelopes
+        .iter()
+        .rev()
+        .find(|e| types.contains(&e.event_type()))
+        .map(|e| e.to_json())
+        .unwrap_or(Value::Null)
+}
+
+fn group_json(g: &bus::GroupInfo) -> Value {
+    json!({
+        "name": g.name,
+        "pending": g.pending,
+        "lag": g.lag,
+        "consumers": g.consumers.iter().map(|c| json!({"name": c.name, "pending": c.pending, "idle_ms": c.idle_ms})).collect::<Vec<_>>(),
     })
 }
 

@@ -1,7 +1,9 @@
 //! The worker pool on Docker: k3s agents as containers, created, adopted, watched and measured.
 //!
 //! - [`pool`]: [`DockerWorkerPool`]: create (idempotent on Docker's 409), list/adopt, inspect, stop,
-//!   remove (with the state volume), and the warm pool of stopped workers.
+//!   remove (with the state volume).
+//! - [`warm`]: the warm pool of stopped workers: `acquire` starts one before creating, `release` stops
+//!   one into it instead of removing.
 //! - [`events_watcher`]: [`DockerEventsWatcher`]: the engine's event stream → `NodeCreated`,
 //!   `NodeInterruptionNotice`, `NodeUnexpectedlyLost`; reconnects and re-lists.
 //! - [`stats`]: CPU % and memory % per worker from one-shot stats, bounded concurrency.
@@ -21,6 +23,7 @@ pub mod intents;
 pub mod naming;
 pub mod pool;
 pub mod stats;
+pub mod warm;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -33,8 +36,9 @@ pub use breaker::CircuitBreaker;
 pub use error::DockerError;
 pub use events_watcher::DockerEventsWatcher;
 pub use intents::{Intent, PoolIntents};
-pub use pool::{Acquired, CreateWorker, DockerWorkerPool, Released, Worker, WorkerState};
+pub use pool::{CreateWorker, DockerWorkerPool, Worker, WorkerState};
 pub use stats::UsageSample;
+pub use warm::{Acquired, Released};
 
 /// Result of this module.
 pub type Result<T, E = DockerError> = std::result::Result<T, E>;

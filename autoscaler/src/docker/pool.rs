@@ -5,11 +5,7 @@
 //! Docker's 409 for an existing name means another replica created that worker already: the pool
 //! answers with the existing container (idempotent success) when it carries our cluster id.
 //!
-//! Warm pool: `release` may stop a worker into the pool (up to `warm_pool`) instead of removing it, and
-//! `acquire` starts a stopped one before creating a new one. The caller still drains and deletes the
-//! worker's Node object before `release`: a warm worker is a stopped container, not a cluster node;
-//! when it starts again its agent registers the node anew. Warm membership is kept in memory and
-//! rebuilt by [`DockerWorkerPool::adopt`] from the stopped workers that exited cleanly.
+//! The warm pool of stopped workers (`acquire`, `release`) is in [`super::warm`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -187,24 +183,6 @@ fn parse_engine_time(s: Option<&str>) -> Option<DateTime<Utc>> {
     (t.year() > 1).then_some(t)
 }
 
-/// What [`DockerWorkerPool::acquire`] did.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Acquired {
-    /// The running worker.
-    pub worker: Worker,
-    /// Started from the warm pool rather than created.
-    pub from_warm_pool: bool,
-}
-
-/// What [`DockerWorkerPool::release`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Released {
-    /// Stopped and kept in the warm pool.
-    Warm,
-    /// Stopped and removed with its volume.
-    Removed,
-}
-
 /// The worker pool on one Docker engine.
 pub struct DockerWorkerPool {
     /// Engine client with timeout, breaker and retries.
@@ -217,7 +195,7 @@ pub struct DockerWorkerPool {
     /// name; across replicas Docker's 409 settles it.
     create_lock: tokio::sync::Mutex<()>,
     /// Names of stopped workers kept warm. std mutex: never held across an await.
-    warm: Mutex<BTreeSet<String>>,
+    pub(super) warm: Mutex<BTreeSet<String>>,
     /// Last CPU counters per container, for CPU % between two samples (see `stats`).
     pub(crate) cpu_prev: Mutex<HashMap<String, super::stats::CpuCounters>>,
 }
@@ -676,68 +654,6 @@ impl DockerWorkerPool {
             "adopted managed workers"
         );
         Ok(workers)
-    }
-
-    fn warm_lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
-        self.warm.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Names of the stopped workers kept warm.
-    pub fn warm_workers(&self) -> Vec<String> {
-        self.warm_lock().iter().cloned().collect()
-    }
-
-    /// Scale-up by one: starts a warm worker if there is one, else creates one.
-    pub async fn acquire(&self, req: &CreateWorker) -> Result<Acquired> {
-        loop {
-            let candidate = {
-                let mut warm = self.warm_lock();
-                let first = warm.iter().next().cloned();
-                if let Some(name) = &first {
-                    warm.remove(name);
-                }
-                first
-            };
-            let Some(name) = candidate else { break };
-            match self.start_worker(&name).await {
-                Ok(worker) => {
-                    return Ok(Acquired {
-                        worker,
-                        from_warm_pool: true,
-                    })
-                }
-                // Someone removed it meanwhile: try the next one.
-                Err(DockerError::NotFound(_)) => continue,
-                Err(e) => {
-                    // Keep it for later; the engine may be the problem, not the worker.
-                    self.warm_lock().insert(name);
-                    return Err(e);
-                }
-            }
-        }
-        let worker = self.create(req).await?;
-        Ok(Acquired {
-            worker,
-            from_warm_pool: false,
-        })
-    }
-
-    /// Scale-down of one worker (already drained and deleted from the cluster by the caller): stops it
-    /// into the warm pool while that holds fewer than `warm_pool`, else removes it.
-    pub async fn release(&self, name: &str) -> Result<Released> {
-        let keep = {
-            let warm = self.warm_lock();
-            !warm.contains(name) && warm.len() < self.config.warm_pool as usize
-        };
-        if keep {
-            self.stop_worker(name).await?;
-            self.warm_lock().insert(name.to_string());
-            info!(worker = %name, "worker stopped into the warm pool");
-            Ok(Released::Warm)
-        } else {
-            self.remove_worker(name).await?;
-            Ok(Released::Removed)
-        }
     }
 }
 

@@ -1,0 +1,363 @@
+//! The configuration's shape: the serde structs and their defaults. The decision core's knobs take their
+//! defaults from `handlers::policy`, so those are written once.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::serde_helpers::{duration, quantity};
+
+/// The handlers the runtime knows (each is a consumer group of that name), plus AlertManager.
+pub const HANDLER_NAMES: &[&str] = &[
+    "MetricsListener",
+    "ScalingDecisionEngine",
+    "NodeManager",
+    "MinimumNodeEnforcer",
+    "StateSynchronizer",
+    "AlertManager",
+];
+
+/// The whole file: everything lives under `autoscaler:`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub autoscaler: AutoscalerConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AutoscalerConfig {
+    pub limits: Limits,
+    #[serde(default)]
+    pub enforcement: Enforcement,
+    pub events: EventsConfig,
+    /// Names this cluster in every event's metadata.
+    #[serde(default = "default_cluster_id")]
+    pub cluster_id: String,
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Publish decisions marked `dry_run` and change nothing in Docker or Kubernetes.
+    #[serde(default)]
+    pub dry_run: bool,
+    #[serde(default)]
+    pub thresholds: Thresholds,
+    #[serde(default)]
+    pub scaling: Scaling,
+    #[serde(default)]
+    pub workers: Workers,
+    #[serde(default)]
+    pub metrics: Metrics,
+    #[serde(default)]
+    pub docker: DockerSettings,
+    #[serde(default)]
+    pub kubernetes: KubernetesSettings,
+    #[serde(default)]
+    pub leader: Leader,
+    #[serde(default)]
+    pub http: Http,
+    #[serde(default)]
+    pub alerts: Alerts,
+}
+
+fn default_cluster_id() -> String {
+    "k3s-lab".into()
+}
+fn default_region() -> String {
+    "local".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Limits {
+    pub min_nodes: u32,
+    pub max_nodes: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Enforcement {
+    /// Scale up to the minimum by itself when below it.
+    pub auto_scale_to_min: bool,
+    #[serde(deserialize_with = "duration")]
+    pub min_violation_check_interval: Duration,
+    /// This many workers lost together trigger `EmergencyScaleUp`.
+    pub emergency_scale_threshold: u32,
+}
+
+// The defaults of the knobs the decision core reads are the core's own (`handlers::Policy`), so they
+// are written once.
+impl Default for Enforcement {
+    fn default() -> Self {
+        let p = handlers::policy::Enforcement::default();
+        Self {
+            auto_scale_to_min: p.auto_scale_to_min,
+            min_violation_check_interval: p.min_violation_check_interval,
+            emergency_scale_threshold: p.emergency_scale_threshold,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct EventsConfig {
+    pub event_bus: EventBus,
+    pub handlers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct EventBus {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub stream_name: String,
+    pub max_stream_length: u64,
+    #[serde(default = "default_redis_url")]
+    pub url: String,
+    #[serde(default = "secs::<30>", deserialize_with = "duration")]
+    pub claim_idle: Duration,
+    #[serde(default = "default_max_deliveries")]
+    pub max_deliveries: u32,
+    #[serde(default = "secs::<2>", deserialize_with = "duration")]
+    pub block: Duration,
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    #[serde(default = "secs::<600>", deserialize_with = "duration")]
+    pub idempotency_ttl: Duration,
+}
+
+fn default_redis_url() -> String {
+    "redis://127.0.0.1:6379".into()
+}
+fn default_max_deliveries() -> u32 {
+    5
+}
+fn default_batch_size() -> usize {
+    64
+}
+fn default_concurrency() -> usize {
+    16
+}
+fn secs<const N: u64>() -> Duration {
+    Duration::from_secs(N)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Thresholds {
+    pub cpu_high: f64,
+    pub memory_high: f64,
+    pub cpu_low: f64,
+    pub memory_low: f64,
+    /// Samples a threshold must hold before its event (hysteresis).
+    pub consecutive_periods: u32,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        let p = handlers::policy::Thresholds::default();
+        Self {
+            cpu_high: p.cpu_high,
+            memory_high: p.memory_high,
+            cpu_low: p.cpu_low,
+            memory_low: p.memory_low,
+            consecutive_periods: p.consecutive_periods,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Scaling {
+    pub scale_up_step: u32,
+    #[serde(deserialize_with = "duration")]
+    pub underutilized_for: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub scale_up_cooldown: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub scale_down_cooldown: Duration,
+    pub max_unhealthy_fraction: f64,
+    #[serde(deserialize_with = "duration")]
+    pub max_node_provision_time: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for Scaling {
+    fn default() -> Self {
+        let p = handlers::policy::Scaling::default();
+        Self {
+            scale_up_step: p.scale_up_step,
+            underutilized_for: p.underutilized_for,
+            scale_up_cooldown: p.scale_up_cooldown,
+            scale_down_cooldown: p.scale_down_cooldown,
+            max_unhealthy_fraction: p.max_unhealthy_fraction,
+            max_node_provision_time: p.max_node_provision_time,
+            drain_timeout: p.drain_timeout,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Workers {
+    pub name_prefix: String,
+    pub image: String,
+    pub args: Vec<String>,
+    pub k3s_url: String,
+    /// K3S_TOKEN comes from the environment, else from this file.
+    pub token_file: String,
+    pub network: String,
+    pub restart_policy: String,
+    pub pool: String,
+    /// CPUs of the worker template (container limit and node allocatable).
+    pub cpu: f64,
+    /// Memory of the worker template, as a Kubernetes quantity (`2Gi`) or bytes.
+    #[serde(deserialize_with = "quantity")]
+    pub memory: u64,
+    pub max_pods: u32,
+    /// Privileged containers, as k3s agents need (the lab's node agent does not).
+    pub privileged: bool,
+    pub warm_pool: u32,
+    /// Workers never removed by a scale-down.
+    pub protected: Vec<String>,
+}
+
+impl Default for Workers {
+    fn default() -> Self {
+        Self {
+            name_prefix: "k3s-worker-".into(),
+            image: "rancher/k3s:v1.33.5-k3s1".into(),
+            args: Vec::new(),
+            k3s_url: "https://k3s-server:6443".into(),
+            token_file: String::new(),
+            network: "k3s-lab".into(),
+            restart_policy: "unless-stopped".into(),
+            pool: "default".into(),
+            cpu: 2.0,
+            memory: 2 * 1024 * 1024 * 1024,
+            max_pods: 110,
+            privileged: true,
+            warm_pool: 0,
+            protected: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Metrics {
+    /// `docker_stats`, `metrics_api` or `pod_requests`.
+    pub source: String,
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            source: "pod_requests".into(),
+            interval: Duration::from_secs(15),
+        }
+    }
+}
+
+pub const METRICS_SOURCES: &[&str] = &["docker_stats", "metrics_api", "pod_requests"];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct DockerSettings {
+    /// Empty: `DOCKER_HOST` or the local socket.
+    pub host: String,
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    pub circuit_breaker_failures: u32,
+}
+
+impl Default for DockerSettings {
+    fn default() -> Self {
+        Self {
+            host: String::new(),
+            timeout: Duration::from_secs(30),
+            circuit_breaker_failures: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct KubernetesSettings {
+    /// Empty: `KUBECONFIG`, in-cluster, or `~/.kube/config`.
+    pub kubeconfig: String,
+    /// Replaces the kubeconfig's server URL (k3s writes 127.0.0.1; a container reaches `k3s-server`).
+    pub server: String,
+    #[serde(deserialize_with = "duration")]
+    pub pending_batch_idle: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub pending_batch_max: Duration,
+}
+
+impl Default for KubernetesSettings {
+    fn default() -> Self {
+        Self {
+            kubeconfig: String::new(),
+            server: String::new(),
+            pending_batch_idle: Duration::from_secs(1),
+            pending_batch_max: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Leader {
+    #[serde(deserialize_with = "duration")]
+    pub lease_ttl: Duration,
+}
+
+impl Default for Leader {
+    fn default() -> Self {
+        Self {
+            lease_ttl: Duration::from_secs(15),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Http {
+    pub listen: String,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9090".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Alerts {
+    #[serde(deserialize_with = "duration")]
+    pub dedup_window: Duration,
+    pub webhooks: Vec<Webhook>,
+}
+
+impl Default for Alerts {
+    fn default() -> Self {
+        Self {
+            dedup_window: Duration::from_secs(300),
+            webhooks: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Webhook {
+    pub url: String,
+    /// `json` (generic) or `slack`.
+    #[serde(default = "default_webhook_format")]
+    pub format: String,
+}
+
+fn default_webhook_format() -> String {
+    "json".into()
+}

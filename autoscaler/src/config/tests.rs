@@ -1,0 +1,151 @@
+//! The configuration tests: loading, environment overrides, and field-named problems.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+/// The smallest valid configuration: the required keys, each set once.
+const MINIMAL_BLOCK: &str = r#"
+autoscaler:
+  limits:
+    min_nodes: 2
+    max_nodes: 6
+  enforcement:
+    auto_scale_to_min: true
+    min_violation_check_interval: 10  # seconds
+    emergency_scale_threshold: 2  # scale up 2x if this many lost
+  events:
+    event_bus:
+      type: "redis_streams"
+      stream_name: "autoscaler_events"
+      max_stream_length: 10000
+    handlers:
+      - "MetricsListener"
+      - "ScalingDecisionEngine"
+      - "NodeManager"
+      - "MinimumNodeEnforcer"
+      - "StateSynchronizer"
+"#;
+
+fn no_env() -> Vec<(String, String)> {
+    Vec::new()
+}
+
+fn fields(err: ConfigError) -> Vec<String> {
+    err.problems().into_iter().map(|p| p.field).collect()
+}
+
+#[test]
+fn the_minimal_block_loads_unchanged() {
+    let s = Settings::from_yaml_with_env(MINIMAL_BLOCK, no_env()).expect("minimal block is valid");
+    assert_eq!(s.autoscaler.limits.min_nodes, 2);
+    assert_eq!(s.autoscaler.limits.max_nodes, 6);
+    assert_eq!(
+        s.autoscaler.enforcement.min_violation_check_interval,
+        Duration::from_secs(10)
+    );
+    assert_eq!(
+        s.autoscaler.events.event_bus.stream_name,
+        "autoscaler_events"
+    );
+    assert_eq!(s.autoscaler.events.handlers.len(), 5);
+}
+
+#[test]
+fn the_shipped_config_yaml_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config.yaml");
+    let s = Settings::load_with_env(&path, no_env()).expect("config.yaml is valid");
+    assert_eq!(
+        s.autoscaler.scaling.underutilized_for,
+        Duration::from_secs(300)
+    );
+    assert_eq!(s.autoscaler.workers.memory, 2 * 1024 * 1024 * 1024);
+}
+
+#[test]
+fn environment_overrides_apply_and_redis_url_wins() {
+    let env = vec![
+        ("AUTOSCALER__LIMITS__MAX_NODES".to_string(), "8".to_string()),
+        (
+            "AUTOSCALER__SCALING__UNDERUTILIZED_FOR".to_string(),
+            "90s".to_string(),
+        ),
+        (
+            "REDIS_URL".to_string(),
+            "redis://10.0.0.1:6380/0".to_string(),
+        ),
+        ("PATH".to_string(), "/bin".to_string()),
+    ];
+    let s = Settings::from_yaml_with_env(MINIMAL_BLOCK, env).expect("valid");
+    assert_eq!(s.autoscaler.limits.max_nodes, 8);
+    assert_eq!(
+        s.autoscaler.scaling.underutilized_for,
+        Duration::from_secs(90)
+    );
+    assert_eq!(s.autoscaler.events.event_bus.url, "redis://10.0.0.1:6380/0");
+}
+
+#[test]
+fn durations_accept_seconds_and_humantime() {
+    let yaml = MINIMAL_BLOCK.replace(
+        "min_violation_check_interval: 10",
+        "min_violation_check_interval: \"1m 30s\"",
+    );
+    let s = Settings::from_yaml_with_env(&yaml, no_env()).expect("valid");
+    assert_eq!(
+        s.autoscaler.enforcement.min_violation_check_interval,
+        Duration::from_secs(90)
+    );
+    let bad = MINIMAL_BLOCK.replace(
+        "min_violation_check_interval: 10",
+        "min_violation_check_interval: soon",
+    );
+    let err = Settings::from_yaml_with_env(&bad, no_env()).unwrap_err();
+    assert_eq!(
+        fields(err),
+        vec!["autoscaler.enforcement.min_violation_check_interval"]
+    );
+}
+
+#[test]
+fn every_bad_field_is_reported_by_name() {
+    let yaml = MINIMAL_BLOCK
+        .replace("min_nodes: 2", "min_nodes: 9")
+        .replace("\"MetricsListener\"", "\"MetricListener\"")
+        .replace(
+            "max_stream_length: 10000",
+            "max_stream_length: 10000\n      url: \"not a url\"",
+        )
+        .replace(
+            "auto_scale_to_min: true",
+            "auto_scale_to_min: true\n    surprise: 1",
+        );
+    let err = Settings::from_yaml_with_env(&yaml, no_env()).unwrap_err();
+    let f = fields(err);
+    assert!(
+        f.contains(&"autoscaler.enforcement.surprise".to_string()),
+        "{f:?}"
+    );
+    assert!(
+        f.contains(&"autoscaler.limits.min_nodes".to_string()),
+        "{f:?}"
+    );
+    assert!(
+        f.contains(&"autoscaler.events.handlers[0]".to_string()),
+        "{f:?}"
+    );
+    assert!(
+        f.contains(&"autoscaler.events.event_bus.url".to_string()),
+        "{f:?}"
+    );
+}
+
+#[test]
+fn max_nodes_zero_is_rejected() {
+    let yaml = MINIMAL_BLOCK
+        .replace("min_nodes: 2", "min_nodes: 0")
+        .replace("max_nodes: 6", "max_nodes: 0");
+    let err = Settings::from_yaml_with_env(&yaml, no_env()).unwrap_err();
+    assert_eq!(fields(err), vec!["autoscaler.limits.max_nodes"]);
+}

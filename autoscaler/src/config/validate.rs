@@ -1,0 +1,237 @@
+//! The semantic checks of a well-formed configuration, one function per section. Each problem names its
+//! dotted field; the sections are checked in file order so `config check` lists them that way.
+
+use std::collections::BTreeMap;
+
+use super::schema::{
+    Alerts, AutoscalerConfig, Enforcement, EventsConfig, Http, Limits, Metrics, Scaling,
+    Thresholds, Workers, HANDLER_NAMES, METRICS_SOURCES,
+};
+use super::{Problem, Settings};
+
+impl Settings {
+    /// Every semantic problem of a well-formed configuration.
+    pub fn problems(&self) -> Vec<Problem> {
+        let a: &AutoscalerConfig = &self.autoscaler;
+        let mut out = Problems::default();
+        limits(&a.limits, &mut out);
+        enforcement(&a.enforcement, &mut out);
+        events(&a.events, &mut out);
+        thresholds(&a.thresholds, &mut out);
+        scaling(&a.scaling, &mut out);
+        workers(&a.workers, &mut out);
+        metrics(&a.metrics, &mut out);
+        http(&a.http, &mut out);
+        alerts(&a.alerts, &mut out);
+        out.0
+    }
+}
+
+/// The problems found so far; fields are given relative to `autoscaler.`.
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn bad(&mut self, field: &str, message: impl Into<String>) {
+        self.0.push(Problem {
+            field: format!("autoscaler.{field}"),
+            message: message.into(),
+        });
+    }
+}
+
+fn limits(l: &Limits, out: &mut Problems) {
+    if l.max_nodes == 0 {
+        out.bad("limits.max_nodes", "must be at least 1");
+    }
+    if l.min_nodes > l.max_nodes {
+        out.bad(
+            "limits.min_nodes",
+            format!(
+                "min_nodes ({}) is greater than max_nodes ({})",
+                l.min_nodes, l.max_nodes
+            ),
+        );
+    }
+}
+
+fn enforcement(e: &Enforcement, out: &mut Problems) {
+    if e.emergency_scale_threshold == 0 {
+        out.bad(
+            "enforcement.emergency_scale_threshold",
+            "must be at least 1",
+        );
+    }
+    if e.min_violation_check_interval.is_zero() {
+        out.bad(
+            "enforcement.min_violation_check_interval",
+            "must be positive",
+        );
+    }
+}
+
+fn events(e: &EventsConfig, out: &mut Problems) {
+    event_bus(e, out);
+    handlers(&e.handlers, out);
+}
+
+fn event_bus(e: &EventsConfig, out: &mut Problems) {
+    let bus = &e.event_bus;
+    if bus.kind != "redis_streams" {
+        out.bad(
+            "events.event_bus.type",
+            format!("unsupported bus type `{}` (only `redis_streams`)", bus.kind),
+        );
+    }
+    if bus.stream_name.is_empty() {
+        out.bad("events.event_bus.stream_name", "must not be empty");
+    }
+    if bus.max_stream_length == 0 {
+        out.bad("events.event_bus.max_stream_length", "must be at least 1");
+    }
+    match url::Url::parse(&bus.url) {
+        Ok(u) if matches!(u.scheme(), "redis" | "rediss" | "redis+unix" | "unix") => {}
+        Ok(u) => out.bad(
+            "events.event_bus.url",
+            format!(
+                "scheme `{}` is not redis://, rediss:// or unix://",
+                u.scheme()
+            ),
+        ),
+        // The URL may carry a password: name the field, never echo the value.
+        Err(e) => out.bad("events.event_bus.url", format!("not a valid URL ({e})")),
+    }
+    if bus.max_deliveries == 0 {
+        out.bad("events.event_bus.max_deliveries", "must be at least 1");
+    }
+    if bus.batch_size == 0 {
+        out.bad("events.event_bus.batch_size", "must be at least 1");
+    }
+    if bus.concurrency == 0 {
+        out.bad("events.event_bus.concurrency", "must be at least 1");
+    }
+    if bus.block.is_zero() {
+        out.bad("events.event_bus.block", "must be positive");
+    }
+}
+
+fn handlers(handlers: &[String], out: &mut Problems) {
+    let mut seen = BTreeMap::new();
+    for (i, h) in handlers.iter().enumerate() {
+        if !HANDLER_NAMES.contains(&h.as_str()) {
+            out.bad(
+                &format!("events.handlers[{i}]"),
+                format!(
+                    "unknown handler `{h}` (known: {})",
+                    HANDLER_NAMES.join(", ")
+                ),
+            );
+        } else if seen.insert(h.clone(), i).is_some() {
+            out.bad(
+                &format!("events.handlers[{i}]"),
+                format!("`{h}` listed twice"),
+            );
+        }
+    }
+}
+
+fn thresholds(t: &Thresholds, out: &mut Problems) {
+    for (name, v) in [
+        ("cpu_high", t.cpu_high),
+        ("memory_high", t.memory_high),
+        ("cpu_low", t.cpu_low),
+        ("memory_low", t.memory_low),
+    ] {
+        if !(0.0..=100.0).contains(&v) {
+            out.bad(
+                &format!("thresholds.{name}"),
+                format!("{v} is not a percentage in [0, 100]"),
+            );
+        }
+    }
+    if t.cpu_low >= t.cpu_high {
+        out.bad("thresholds.cpu_low", "must be below cpu_high");
+    }
+    if t.memory_low >= t.memory_high {
+        out.bad("thresholds.memory_low", "must be below memory_high");
+    }
+    if t.consecutive_periods == 0 {
+        out.bad("thresholds.consecutive_periods", "must be at least 1");
+    }
+}
+
+fn scaling(s: &Scaling, out: &mut Problems) {
+    if s.scale_up_step == 0 {
+        out.bad("scaling.scale_up_step", "must be at least 1");
+    }
+    if !(0.0..=1.0).contains(&s.max_unhealthy_fraction) {
+        out.bad("scaling.max_unhealthy_fraction", "must be in [0, 1]");
+    }
+}
+
+fn workers(w: &Workers, out: &mut Problems) {
+    if w.name_prefix.is_empty() {
+        out.bad("workers.name_prefix", "must not be empty");
+    }
+    if w.image.is_empty() {
+        out.bad("workers.image", "must not be empty");
+    }
+    if w.cpu <= 0.0 {
+        out.bad("workers.cpu", "must be positive");
+    }
+    if w.memory == 0 {
+        out.bad("workers.memory", "must be positive");
+    }
+    if !matches!(
+        w.restart_policy.as_str(),
+        "no" | "always" | "unless-stopped" | "on-failure"
+    ) {
+        out.bad(
+            "workers.restart_policy",
+            format!(
+                "`{}` is not one of no, always, unless-stopped, on-failure",
+                w.restart_policy
+            ),
+        );
+    }
+}
+
+fn metrics(m: &Metrics, out: &mut Problems) {
+    if !METRICS_SOURCES.contains(&m.source.as_str()) {
+        out.bad(
+            "metrics.source",
+            format!(
+                "`{}` is not one of {}",
+                m.source,
+                METRICS_SOURCES.join(", ")
+            ),
+        );
+    }
+    if m.interval.is_zero() {
+        out.bad("metrics.interval", "must be positive");
+    }
+}
+
+fn http(h: &Http, out: &mut Problems) {
+    if h.listen.parse::<std::net::SocketAddr>().is_err() {
+        out.bad(
+            "http.listen",
+            format!("`{}` is not an address like 127.0.0.1:9090", h.listen),
+        );
+    }
+}
+
+fn alerts(a: &Alerts, out: &mut Problems) {
+    for (i, hook) in a.webhooks.iter().enumerate() {
+        match url::Url::parse(&hook.url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            _ => out.bad(&format!("alerts.webhooks[{i}].url"), "not an http(s) URL"),
+        }
+        if !matches!(hook.format.as_str(), "json" | "slack") {
+            out.bad(
+                &format!("alerts.webhooks[{i}].format"),
+                format!("`{}` is not json or slack", hook.format),
+            );
+        }
+    }
+}
