@@ -67,6 +67,12 @@ struct Sim<'a> {
     states: Vec<&'a NodeState>,
     nodes: Vec<SimNode>,
     classes: Classes<'a>,
+    /// The class of each placed pod, node by node.
+    assignment: Vec<u32>,
+    /// Where each node's pods start in `assignment`.
+    offsets: Vec<usize>,
+    /// Per node, the larger of requested CPU and memory fractions.
+    util: Vec<f64>,
     /// Targets, most used first.
     order: Vec<usize>,
     /// Per class, the first position in `order` that may still take one of its pods: a node that
@@ -77,7 +83,45 @@ struct Sim<'a> {
     node_ok: Vec<Vec<u8>>,
 }
 
-impl Sim<'_> {
+impl<'a> Sim<'a> {
+    fn new(snapshot: &'a Snapshot) -> Self {
+        let states: Vec<&'a NodeState> = snapshot.nodes().values().collect();
+        let placed: Vec<&'a PodSpec> = states.iter().flat_map(|n| n.pods()).collect();
+        let (classes, assignment) = Classes::group(&placed, false);
+        let mut nodes = Vec::with_capacity(states.len());
+        let mut offsets = Vec::with_capacity(states.len());
+        let mut at = 0;
+        for n in &states {
+            offsets.push(at);
+            let mut counts = Vec::new();
+            for _ in n.pods() {
+                add_count(&mut counts, assignment[at], 1);
+                at += 1;
+            }
+            nodes.push(SimNode {
+                free: n.free(),
+                classes: counts,
+                target: n.spec.schedulable(),
+                removed: false,
+            });
+        }
+        let util: Vec<f64> = states.iter().map(|n| n.utilization()).collect();
+        let mut order: Vec<usize> = (0..states.len()).filter(|&i| nodes[i].target).collect();
+        order.sort_by(|&a, &b| util[b].total_cmp(&util[a]).then(a.cmp(&b)));
+        let nc = classes.len();
+        Sim {
+            states,
+            nodes,
+            classes,
+            assignment,
+            offsets,
+            util,
+            order,
+            cursor: vec![0; nc],
+            node_ok: vec![Vec::new(); nc],
+        }
+    }
+
     fn node_ok(&mut self, k: u32, t: usize) -> bool {
         let row = &mut self.node_ok[k as usize];
         if row.is_empty() {
@@ -185,149 +229,174 @@ pub fn scale_down<'a, S: AsRef<str>>(
     max_removals: u32,
 ) -> ScaleDownPlan<'a> {
     let mut plan = ScaleDownPlan::default();
-    let states: Vec<&'a NodeState> = snapshot.nodes().values().collect();
+    let mut sim = Sim::new(snapshot);
+    let todo = candidates_in_order(snapshot, candidates, &sim.util, &mut plan.blocked);
+    let mut limits = Limits::new(pools, &sim.states, max_removals);
+    for c in todo {
+        let state = sim.states[c];
+        match try_remove(&mut sim, &mut limits, c) {
+            Ok(()) => plan.removable.push(state.spec.name.as_str()),
+            Err(block) => {
+                plan.blocked.insert(state.spec.name.clone(), block);
+            }
+        }
+    }
+    plan
+}
+
+/// The known candidates' node indices, least utilised first; unknown ones go to `blocked`.
+fn candidates_in_order<S: AsRef<str>>(
+    snapshot: &Snapshot,
+    candidates: &[S],
+    util: &[f64],
+    blocked: &mut BTreeMap<String, ScaleDownBlock<'_>>,
+) -> Vec<usize> {
     let index: BTreeMap<&str, usize> = snapshot
         .nodes()
         .keys()
         .enumerate()
         .map(|(i, n)| (n.as_str(), i))
         .collect();
-
-    let placed: Vec<&'a PodSpec> = states.iter().flat_map(|n| n.pods()).collect();
-    let (classes, assignment) = Classes::group(&placed, false);
-    let mut nodes = Vec::with_capacity(states.len());
-    // Where each node's pods start in `placed` (and `assignment`).
-    let mut offsets = Vec::with_capacity(states.len());
-    let mut at = 0;
-    for n in &states {
-        offsets.push(at);
-        let mut counts = Vec::new();
-        for _ in n.pods() {
-            add_count(&mut counts, assignment[at], 1);
-            at += 1;
-        }
-        nodes.push(SimNode {
-            free: n.free(),
-            classes: counts,
-            target: n.spec.schedulable(),
-            removed: false,
-        });
-    }
-    let util: Vec<f64> = states.iter().map(|n| n.utilization()).collect();
-    let mut order: Vec<usize> = (0..states.len()).filter(|&i| nodes[i].target).collect();
-    order.sort_by(|&a, &b| util[b].total_cmp(&util[a]).then(a.cmp(&b)));
-
     let mut todo: Vec<usize> = Vec::new();
     for c in candidates {
         match index.get(c.as_ref()) {
             Some(&i) => todo.push(i),
             None => {
-                plan.blocked
-                    .insert(c.as_ref().to_string(), ScaleDownBlock::UnknownNode);
+                blocked.insert(c.as_ref().to_string(), ScaleDownBlock::UnknownNode);
             }
         }
     }
     todo.sort_by(|&a, &b| util[a].total_cmp(&util[b]).then(a.cmp(&b)));
     todo.dedup();
+    todo
+}
 
-    let nc = classes.len();
-    let mut sim = Sim {
-        states,
-        nodes,
-        classes,
-        order,
-        cursor: vec![0; nc],
-        node_ok: vec![Vec::new(); nc],
-    };
-    let mins: BTreeMap<&str, u32> = pools
-        .iter()
-        .map(|p| (p.name.as_str(), p.min_nodes))
-        .collect();
-    let mut in_pool: BTreeMap<&str, u32> = BTreeMap::new();
-    for n in &sim.states {
-        if let Some(p) = n.spec.pool.as_deref() {
-            *in_pool.entry(p).or_default() += 1;
-        }
-    }
-    let mut removals_left = max_removals;
+/// The cluster-wide and per-pool minimums, as removals use them up.
+struct Limits<'p> {
+    mins: BTreeMap<&'p str, u32>,
+    in_pool: BTreeMap<&'p str, u32>,
+    removals_left: u32,
+}
 
-    for c in todo {
-        let state = sim.states[c];
-        let name = state.spec.name.clone();
-        if removals_left == 0 {
-            plan.blocked.insert(name, ScaleDownBlock::MinNodesReached);
-            continue;
-        }
-        let pool = state.spec.pool.as_deref();
-        if let Some(p) = pool {
-            if in_pool.get(p).copied().unwrap_or(0) <= mins.get(p).copied().unwrap_or(0) {
-                plan.blocked.insert(
-                    name,
-                    ScaleDownBlock::PoolMinReached {
-                        pool: p.to_string(),
-                    },
-                );
-                continue;
+impl<'p> Limits<'p> {
+    fn new(pools: &'p [PoolTemplate], states: &[&'p NodeState], max_removals: u32) -> Self {
+        let mins = pools
+            .iter()
+            .map(|p| (p.name.as_str(), p.min_nodes))
+            .collect();
+        let mut in_pool: BTreeMap<&str, u32> = BTreeMap::new();
+        for n in states.iter().copied() {
+            if let Some(p) = n.spec.pool.as_deref() {
+                *in_pool.entry(p).or_default() += 1;
             }
         }
-        // Its own pods that must move, by name, with their classes.
-        let mut own: Vec<(&'a PodSpec, u32)> = state
-            .pods()
-            .iter()
-            .zip(&assignment[offsets[c]..])
-            .filter(|(p, _)| !p.is_daemon_set())
-            .map(|(p, &k)| (p, k))
-            .collect();
-        own.sort_by(|a, b| (&a.0.namespace, &a.0.name).cmp(&(&b.0.namespace, &b.0.name)));
-        if let Some(&(p, _)) = own.iter().find(|(p, _)| p.pdb_blocked) {
-            plan.blocked.insert(name, ScaleDownBlock::Pdb { pod: p });
-            continue;
+        Limits {
+            mins,
+            in_pool,
+            removals_left: max_removals,
         }
-        let mut movers: Vec<(u32, u32)> = sim.nodes[c]
+    }
+
+    /// Whether a node of `pool` may go without breaking a minimum.
+    fn allow(&self, pool: Option<&str>) -> Result<(), ScaleDownBlock<'static>> {
+        if self.removals_left == 0 {
+            return Err(ScaleDownBlock::MinNodesReached);
+        }
+        if let Some(p) = pool {
+            if self.in_pool.get(p).copied().unwrap_or(0) <= self.mins.get(p).copied().unwrap_or(0) {
+                return Err(ScaleDownBlock::PoolMinReached {
+                    pool: p.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn removed(&mut self, pool: Option<&str>) {
+        self.removals_left -= 1;
+        if let Some(p) = pool {
+            if let Some(n) = self.in_pool.get_mut(p) {
+                *n -= 1;
+            }
+        }
+    }
+}
+
+/// Removes node `c` in the simulation when the minimums allow and its pods can move, keeping the
+/// moves; otherwise says why it stays.
+fn try_remove<'a>(
+    sim: &mut Sim<'a>,
+    limits: &mut Limits<'_>,
+    c: usize,
+) -> Result<(), ScaleDownBlock<'a>> {
+    let state = sim.states[c];
+    let pool = state.spec.pool.as_deref();
+    limits.allow(pool)?;
+    // Its own pods that must move, by name, with their classes.
+    let mut own: Vec<(&'a PodSpec, u32)> = state
+        .pods()
+        .iter()
+        .zip(&sim.assignment[sim.offsets[c]..])
+        .filter(|(p, _)| !p.is_daemon_set())
+        .map(|(p, &k)| (p, k))
+        .collect();
+    own.sort_by(|a, b| (&a.0.namespace, &a.0.name).cmp(&(&b.0.namespace, &b.0.name)));
+    if let Some(&(p, _)) = own.iter().find(|(p, _)| p.pdb_blocked) {
+        return Err(ScaleDownBlock::Pdb { pod: p });
+    }
+    match sim.move_pods(c) {
+        Ok(tentative) => sim.commit(c, tentative),
+        Err(k) => {
+            // Name a pod of the class that was on the node from the start when there is one.
+            let pod = own
+                .iter()
+                .find(|o| o.1 == k)
+                .map_or(sim.classes.list[k as usize].rep(), |o| o.0);
+            return Err(ScaleDownBlock::NoPlaceForPods { pod });
+        }
+    }
+    limits.removed(pool);
+    Ok(())
+}
+
+impl Sim<'_> {
+    /// Places the pods on node `c` that must move (largest first) on the others, tentatively;
+    /// `Err` holds the first class that finds no room.
+    fn move_pods(&mut self, c: usize) -> Result<Vec<Tentative>, u32> {
+        let mut movers: Vec<(u32, u32)> = self.nodes[c]
             .classes
             .iter()
             .copied()
-            .filter(|&(k, _)| !sim.classes.list[k as usize].rep().is_daemon_set())
+            .filter(|&(k, _)| !self.classes.list[k as usize].rep().is_daemon_set())
             .collect();
         movers.sort_by(|a, b| {
             let (ra, rb) = (
-                sim.classes.list[a.0 as usize].requests,
-                sim.classes.list[b.0 as usize].requests,
+                self.classes.list[a.0 as usize].requests,
+                self.classes.list[b.0 as usize].requests,
             );
             (rb.cpu_millis, rb.memory_bytes)
                 .cmp(&(ra.cpu_millis, ra.memory_bytes))
                 .then(a.0.cmp(&b.0))
         });
         let mut tentative = Vec::new();
-        let stuck = movers
+        match movers
             .iter()
-            .find(|&&(k, n)| !sim.place(k, n, c, &mut tentative))
-            .map(|&(k, _)| k);
-        if let Some(k) = stuck {
-            // Name a pod of the class that was on the node from the start when there is one.
-            let pod = own
-                .iter()
-                .find(|o| o.1 == k)
-                .map_or(sim.classes.list[k as usize].rep(), |o| o.0);
-            plan.blocked
-                .insert(name, ScaleDownBlock::NoPlaceForPods { pod });
-            continue;
+            .find(|&&(k, n)| !self.place(k, n, c, &mut tentative))
+        {
+            Some(&(k, _)) => Err(k),
+            None => Ok(tentative),
         }
+    }
+
+    /// Keeps the moves off node `c` and marks it removed.
+    fn commit(&mut self, c: usize, tentative: Vec<Tentative>) {
         for t in tentative {
-            let n = &mut sim.nodes[t.node];
+            let n = &mut self.nodes[t.node];
             n.free = n.free.saturating_sub(t.used);
             for (k, count) in t.classes {
                 add_count(&mut n.classes, k, count);
             }
         }
-        sim.nodes[c].removed = true;
-        removals_left -= 1;
-        if let Some(p) = pool {
-            if let Some(n) = in_pool.get_mut(p) {
-                *n -= 1;
-            }
-        }
-        plan.removable.push(state.spec.name.as_str());
+        self.nodes[c].removed = true;
     }
-    plan
 }

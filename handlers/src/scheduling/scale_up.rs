@@ -266,23 +266,97 @@ pub fn scale_up<'a>(
     pools.sort_by(|a, b| a.name.cmp(&b.name));
 
     let mut plan = ScaleUpPlan::default();
+    let considered = set_aside_ignored(snapshot, &mut plan.ignored);
+    let (classes, _) = Classes::group(&considered, true);
+    let fit = fit_per_pool(&pools, &classes);
+    let fits: Vec<Vec<bool>> = fit
+        .iter()
+        .map(|row| row.iter().map(Result::is_ok).collect())
+        .collect();
+    let mut unplaced = Unplaced::new(classes);
+
+    fill_provisioning(
+        snapshot,
+        &pools,
+        &fits,
+        &mut unplaced,
+        &mut plan.on_provisioning,
+    );
+    let pool_room = add_new_nodes(
+        snapshot,
+        &pools,
+        expander,
+        max_new_nodes,
+        &fits,
+        &mut unplaced,
+        &mut plan.new_nodes,
+    );
+    plan.blocked = blocked(&pools, &fit, &fits, &pool_room, &unplaced);
+    for pods in plan.on_provisioning.values_mut() {
+        pods.sort_unstable_by(by_name);
+    }
+    for p in plan.new_nodes.values_mut() {
+        p.pods.sort_unstable_by(by_name);
+    }
+    plan
+}
+
+/// The pending pods by class, and how many of each are still without a place.
+struct Unplaced<'a> {
+    classes: Classes<'a>,
+    left: Vec<u32>,
+    /// The next member of each class to hand out: members go in name order.
+    next: Vec<usize>,
+}
+
+impl<'a> Unplaced<'a> {
+    fn new(classes: Classes<'a>) -> Self {
+        let left = classes
+            .list
+            .iter()
+            .map(|c| c.members.len() as u32)
+            .collect();
+        let next = vec![0; classes.len()];
+        Unplaced {
+            classes,
+            left,
+            next,
+        }
+    }
+
+    /// Hands out the next `n` members of class `k`: they have a place now.
+    fn take(&mut self, k: u32, n: u32) -> &[&'a PodSpec] {
+        self.left[k as usize] -= n;
+        take(&self.classes, &mut self.next, k, n)
+    }
+}
+
+fn by_name(a: &&PodSpec, b: &&PodSpec) -> std::cmp::Ordering {
+    (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name))
+}
+
+/// Records the pending pods that are [`Ignored`] in `ignored` (sorted) and returns the others.
+fn set_aside_ignored<'a>(
+    snapshot: &'a Snapshot,
+    ignored: &mut Vec<(&'a PodSpec, Ignored)>,
+) -> Vec<&'a PodSpec> {
     let mut considered = Vec::with_capacity(snapshot.pending().len());
     for p in snapshot.pending() {
         if p.is_daemon_set() {
-            plan.ignored.push((p, Ignored::DaemonSet));
+            ignored.push((p, Ignored::DaemonSet));
         } else if p.node_name.is_some() {
-            plan.ignored.push((p, Ignored::BoundToNode));
+            ignored.push((p, Ignored::BoundToNode));
         } else {
             considered.push(p);
         }
     }
-    plan.ignored
-        .sort_by(|a, b| (&a.0.namespace, &a.0.name).cmp(&(&b.0.namespace, &b.0.name)));
-    let (mut classes, _) = Classes::group(&considered, true);
-    let nc = classes.len();
+    ignored.sort_by(|a, b| (&a.0.namespace, &a.0.name).cmp(&(&b.0.namespace, &b.0.name)));
+    considered
+}
 
-    // Whether a class runs on an empty node of each pool, or the first predicate that fails.
-    let fit: Vec<Vec<Result<(), Predicate>>> = pools
+/// Per pool, whether each class runs on an empty node of it, or the first predicate that fails.
+fn fit_per_pool(pools: &[&PoolTemplate], classes: &Classes<'_>) -> Vec<Vec<Result<(), Predicate>>> {
+    pools
         .iter()
         .map(|pool| {
             let node = pool.template_node();
@@ -299,22 +373,19 @@ pub fn scale_up<'a>(
                 })
                 .collect()
         })
-        .collect();
-    let fits: Vec<Vec<bool>> = fit
-        .iter()
-        .map(|row| row.iter().map(Result::is_ok).collect())
-        .collect();
+        .collect()
+}
 
-    let mut left: Vec<u32> = classes
-        .list
-        .iter()
-        .map(|c| c.members.len() as u32)
-        .collect();
-    // The next member of each class to hand out: members go in name order.
-    let mut next: Vec<usize> = vec![0; nc];
-
-    // Capacity on its way, largest pods first.
-    let mut order: Vec<u32> = (0..nc as u32).collect();
+/// Places pending pods on capacity on its way (pools in name order), largest pods first.
+fn fill_provisioning<'a>(
+    snapshot: &Snapshot,
+    pools: &[&PoolTemplate],
+    fits: &[Vec<bool>],
+    unplaced: &mut Unplaced<'a>,
+    on_provisioning: &mut BTreeMap<String, Vec<&'a PodSpec>>,
+) {
+    let classes = &unplaced.classes;
+    let mut order: Vec<u32> = (0..classes.len() as u32).collect();
     order.sort_by(|&a, &b| {
         let (ra, rb) = (
             classes.list[a as usize].requests,
@@ -333,26 +404,36 @@ pub fn scale_up<'a>(
         .collect();
     for &k in &order {
         for (pi, pool) in pools.iter().enumerate() {
-            if left[k as usize] == 0 {
+            let left = unplaced.left[k as usize];
+            if left == 0 {
                 break;
             }
             if !fits[pi][k as usize] || on_the_way[pi].is_empty() {
                 continue;
             }
-            let n = fill(&mut classes, k, left[k as usize], &mut on_the_way[pi]);
+            let n = fill(&mut unplaced.classes, k, left, &mut on_the_way[pi]);
             if n > 0 {
-                left[k as usize] -= n;
-                let pods = take(&classes, &mut next, k, n);
-                plan.on_provisioning
+                on_provisioning
                     .entry(pool.name.clone())
                     .or_default()
-                    .extend_from_slice(pods);
+                    .extend_from_slice(unplaced.take(k, n));
             }
         }
     }
+}
 
-    // New nodes, one pool at a time as the expander picks.
-    let pool_room: Vec<u32> = pools
+/// Adds new nodes, one pool at a time as the expander picks, until no pool takes anything;
+/// returns each pool's room left.
+fn add_new_nodes<'a>(
+    snapshot: &Snapshot,
+    pools: &[&PoolTemplate],
+    expander: Expander,
+    max_new_nodes: u32,
+    fits: &[Vec<bool>],
+    unplaced: &mut Unplaced<'a>,
+    new_nodes: &mut BTreeMap<String, PoolScaleUp<'a>>,
+) -> Vec<u32> {
+    let mut pool_room: Vec<u32> = pools
         .iter()
         .map(|p| {
             let have = snapshot
@@ -361,7 +442,6 @@ pub fn scale_up<'a>(
             p.max_nodes.saturating_sub(have)
         })
         .collect();
-    let mut pool_room = pool_room;
     let mut cluster_room = max_new_nodes;
     let mut used = vec![false; pools.len()];
     loop {
@@ -371,13 +451,20 @@ pub fn scale_up<'a>(
             if used[pi] || room == 0 {
                 continue;
             }
-            let opt = simulate_pool(&mut classes, pi, pool, &fits[pi], &left, room);
+            let opt = simulate_pool(
+                &mut unplaced.classes,
+                pi,
+                pool,
+                &fits[pi],
+                &unplaced.left,
+                room,
+            );
             if opt.placed.is_empty() {
                 continue;
             }
             if best
                 .as_ref()
-                .is_none_or(|b| better(expander, &pools, &opt, b))
+                .is_none_or(|b| better(expander, pools, &opt, b))
             {
                 best = Some(opt);
             }
@@ -386,23 +473,26 @@ pub fn scale_up<'a>(
         used[best.pool] = true;
         cluster_room -= best.nodes;
         pool_room[best.pool] -= best.nodes;
-        let entry = plan
-            .new_nodes
-            .entry(pools[best.pool].name.clone())
-            .or_default();
+        let entry = new_nodes.entry(pools[best.pool].name.clone()).or_default();
         entry.new_nodes += best.nodes;
         for (k, n) in best.placed {
-            left[k as usize] -= n;
-            entry
-                .pods
-                .extend_from_slice(take(&classes, &mut next, k, n));
+            entry.pods.extend_from_slice(unplaced.take(k, n));
         }
     }
+    pool_room
+}
 
-    // Why the rest get nothing.
+/// Why the pods still without a place get nothing, by reason, each list sorted.
+fn blocked<'a>(
+    pools: &[&PoolTemplate],
+    fit: &[Vec<Result<(), Predicate>>],
+    fits: &[Vec<bool>],
+    pool_room: &[u32],
+    unplaced: &Unplaced<'a>,
+) -> Vec<BlockedPods<'a>> {
     let mut blocked: BTreeMap<ScaleUpBlock, Vec<&'a PodSpec>> = BTreeMap::new();
-    for k in 0..nc {
-        if left[k] == 0 {
+    for k in 0..unplaced.classes.len() {
+        if unplaced.left[k] == 0 {
             continue;
         }
         let fitting: Vec<usize> = (0..pools.len()).filter(|&pi| fits[pi][k]).collect();
@@ -410,7 +500,7 @@ pub fn scale_up<'a>(
             ScaleUpBlock::NoPoolFits {
                 predicates: pools
                     .iter()
-                    .zip(&fit)
+                    .zip(fit)
                     .filter_map(|(p, row)| row[k].err().map(|e| (p.name.clone(), e)))
                     .collect(),
             }
@@ -424,22 +514,13 @@ pub fn scale_up<'a>(
         blocked
             .entry(reason)
             .or_default()
-            .extend_from_slice(&classes.list[k].members[next[k]..]);
+            .extend_from_slice(&unplaced.classes.list[k].members[unplaced.next[k]..]);
     }
-    let by_name =
-        |a: &&PodSpec, b: &&PodSpec| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name));
-    plan.blocked = blocked
+    blocked
         .into_iter()
         .map(|(reason, mut pods)| {
             pods.sort_unstable_by(by_name);
             BlockedPods { reason, pods }
         })
-        .collect();
-    for pods in plan.on_provisioning.values_mut() {
-        pods.sort_unstable_by(by_name);
-    }
-    for p in plan.new_nodes.values_mut() {
-        p.pods.sort_unstable_by(by_name);
-    }
-    plan
+        .collect()
 }

@@ -107,91 +107,9 @@ fn cells(kind: Kind, o: &Value) -> Vec<Value> {
     let created = age(o["metadata"]["creationTimestamp"].as_str().unwrap_or(""));
     let int = |v: &Value| json!(v.as_i64().unwrap_or(0));
     match kind {
-        Kind::Node => {
-            let mut status = if node_is_ready(o) {
-                "Ready".to_string()
-            } else if condition_status(o, "Ready").is_some() {
-                "NotReady".into()
-            } else {
-                "Unknown".into()
-            };
-            if o["spec"]["unschedulable"].as_bool().unwrap_or(false) {
-                status.push_str(",SchedulingDisabled");
-            }
-            let roles: Vec<&str> = o["metadata"]["labels"]
-                .as_object()
-                .map(|m| {
-                    m.keys()
-                        .filter_map(|k| k.strip_prefix("node-role.kubernetes.io/"))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let roles = if roles.is_empty() {
-                "<none>".to_string()
-            } else {
-                roles.join(",")
-            };
-            let ip = o["status"]["addresses"]
-                .as_array()
-                .and_then(|a| a.iter().find(|x| x["type"] == "InternalIP"))
-                .map(|x| text(&x["address"]))
-                .unwrap_or(json!("<none>"));
-            vec![
-                name,
-                json!(status),
-                json!(roles),
-                json!(created),
-                text(&o["status"]["nodeInfo"]["kubeletVersion"]),
-                ip,
-            ]
-        }
-        Kind::Pod => {
-            let containers = o["spec"]["containers"].as_array().map_or(0, Vec::len);
-            let ready = o["status"]["containerStatuses"].as_array().map_or(0, |a| {
-                a.iter()
-                    .filter(|c| c["ready"].as_bool().unwrap_or(false))
-                    .count()
-            });
-            let status = if !o["metadata"]["deletionTimestamp"].is_null() {
-                "Terminating".to_string()
-            } else {
-                o["status"]["phase"]
-                    .as_str()
-                    .unwrap_or("Pending")
-                    .to_string()
-            };
-            let node = if o["spec"]["nodeName"].is_string() {
-                text(&o["spec"]["nodeName"])
-            } else {
-                json!("<none>")
-            };
-            vec![
-                name,
-                json!(format!("{ready}/{containers}")),
-                json!(status),
-                json!("0"),
-                json!(created),
-                text(&o["status"]["podIP"]),
-                node,
-            ]
-        }
-        Kind::Deployment => {
-            let want = o["spec"]["replicas"].as_i64().unwrap_or(1);
-            let ready = o["status"]["readyReplicas"].as_i64().unwrap_or(0);
-            vec![
-                name,
-                json!(format!("{ready}/{want}")),
-                json!(o["status"]["updatedReplicas"]
-                    .as_i64()
-                    .unwrap_or(0)
-                    .to_string()),
-                json!(o["status"]["availableReplicas"]
-                    .as_i64()
-                    .unwrap_or(0)
-                    .to_string()),
-                json!(created),
-            ]
-        }
+        Kind::Node => node_cells(o, name, created),
+        Kind::Pod => pod_cells(o, name, created),
+        Kind::Deployment => deployment_cells(o, name, created),
         Kind::ReplicaSet => vec![
             name,
             int(&o["spec"]["replicas"]),
@@ -199,21 +117,7 @@ fn cells(kind: Kind, o: &Value) -> Vec<Value> {
             int(&o["status"]["readyReplicas"]),
             json!(created),
         ],
-        Kind::PodDisruptionBudget => vec![
-            name,
-            if o["spec"]["minAvailable"].is_null() {
-                json!("N/A")
-            } else {
-                text(&o["spec"]["minAvailable"])
-            },
-            if o["spec"]["maxUnavailable"].is_null() {
-                json!("N/A")
-            } else {
-                text(&o["spec"]["maxUnavailable"])
-            },
-            int(&o["status"]["disruptionsAllowed"]),
-            json!(created),
-        ],
+        Kind::PodDisruptionBudget => pdb_cells(o, name, created),
         Kind::Secret => vec![
             name,
             text(&o["type"]),
@@ -226,22 +130,129 @@ fn cells(kind: Kind, o: &Value) -> Vec<Value> {
             json!(o["status"]["phase"].as_str().unwrap_or("Active")),
             json!(created),
         ],
-        Kind::Event => {
-            let involved = &o["involvedObject"];
-            let object = format!(
-                "{}/{}",
-                involved["kind"].as_str().unwrap_or("").to_lowercase(),
-                involved["name"].as_str().unwrap_or("")
-            );
-            vec![
-                json!(age(o["lastTimestamp"].as_str().unwrap_or(""))),
-                text(&o["type"]),
-                text(&o["reason"]),
-                json!(object),
-                text(&o["message"]),
-                name,
-            ]
-        }
+        Kind::Event => event_cells(o, name),
         _ => vec![name, json!(created)],
     }
+}
+
+fn node_cells(o: &Value, name: Value, created: String) -> Vec<Value> {
+    let mut status = if node_is_ready(o) {
+        "Ready".to_string()
+    } else if condition_status(o, "Ready").is_some() {
+        "NotReady".into()
+    } else {
+        "Unknown".into()
+    };
+    if o["spec"]["unschedulable"].as_bool().unwrap_or(false) {
+        status.push_str(",SchedulingDisabled");
+    }
+    let roles: Vec<&str> = o["metadata"]["labels"]
+        .as_object()
+        .map(|m| {
+            m.keys()
+                .filter_map(|k| k.strip_prefix("node-role.kubernetes.io/"))
+                .collect()
+        })
+        .unwrap_or_default();
+    let roles = if roles.is_empty() {
+        "<none>".to_string()
+    } else {
+        roles.join(",")
+    };
+    let ip = o["status"]["addresses"]
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["type"] == "InternalIP"))
+        .map(|x| text(&x["address"]))
+        .unwrap_or(json!("<none>"));
+    vec![
+        name,
+        json!(status),
+        json!(roles),
+        json!(created),
+        text(&o["status"]["nodeInfo"]["kubeletVersion"]),
+        ip,
+    ]
+}
+
+fn pod_cells(o: &Value, name: Value, created: String) -> Vec<Value> {
+    let containers = o["spec"]["containers"].as_array().map_or(0, Vec::len);
+    let ready = o["status"]["containerStatuses"].as_array().map_or(0, |a| {
+        a.iter()
+            .filter(|c| c["ready"].as_bool().unwrap_or(false))
+            .count()
+    });
+    let status = if !o["metadata"]["deletionTimestamp"].is_null() {
+        "Terminating".to_string()
+    } else {
+        o["status"]["phase"]
+            .as_str()
+            .unwrap_or("Pending")
+            .to_string()
+    };
+    let node = if o["spec"]["nodeName"].is_string() {
+        text(&o["spec"]["nodeName"])
+    } else {
+        json!("<none>")
+    };
+    vec![
+        name,
+        json!(format!("{ready}/{containers}")),
+        json!(status),
+        json!("0"),
+        json!(created),
+        text(&o["status"]["podIP"]),
+        node,
+    ]
+}
+
+fn deployment_cells(o: &Value, name: Value, created: String) -> Vec<Value> {
+    let want = o["spec"]["replicas"].as_i64().unwrap_or(1);
+    let ready = o["status"]["readyReplicas"].as_i64().unwrap_or(0);
+    vec![
+        name,
+        json!(format!("{ready}/{want}")),
+        json!(o["status"]["updatedReplicas"]
+            .as_i64()
+            .unwrap_or(0)
+            .to_string()),
+        json!(o["status"]["availableReplicas"]
+            .as_i64()
+            .unwrap_or(0)
+            .to_string()),
+        json!(created),
+    ]
+}
+
+fn pdb_cells(o: &Value, name: Value, created: String) -> Vec<Value> {
+    let bound = |v: &Value| {
+        if v.is_null() {
+            json!("N/A")
+        } else {
+            text(v)
+        }
+    };
+    vec![
+        name,
+        bound(&o["spec"]["minAvailable"]),
+        bound(&o["spec"]["maxUnavailable"]),
+        json!(o["status"]["disruptionsAllowed"].as_i64().unwrap_or(0)),
+        json!(created),
+    ]
+}
+
+fn event_cells(o: &Value, name: Value) -> Vec<Value> {
+    let involved = &o["involvedObject"];
+    let object = format!(
+        "{}/{}",
+        involved["kind"].as_str().unwrap_or("").to_lowercase(),
+        involved["name"].as_str().unwrap_or("")
+    );
+    vec![
+        json!(age(o["lastTimestamp"].as_str().unwrap_or(""))),
+        text(&o["type"]),
+        text(&o["reason"]),
+        json!(object),
+        text(&o["message"]),
+        name,
+    ]
 }

@@ -53,43 +53,8 @@ pub async fn handle(
     let name = t.name.clone();
     let sub = t.subresource.as_deref();
     match (method.clone(), name, sub) {
-        (Method::GET, None, None) => {
-            let selectors = Selectors::from_params(&req.params)?;
-            let ns_filter = t.namespace.as_deref().filter(|_| info.namespaced);
-            if is_true(req.params.get("watch")) {
-                return watch::serve(
-                    state,
-                    t.kind,
-                    ns_filter.map(String::from),
-                    selectors,
-                    &req.params,
-                    &req.accept,
-                );
-            }
-            let (items, rv) = store.list(t.kind, ns_filter);
-            let items: Vec<Arc<Value>> =
-                items.into_iter().filter(|o| selectors.matches(o)).collect();
-            if table::wants_table(&req.accept) {
-                return Ok(ok_json(table::table(t.kind, &items, rv)));
-            }
-            Ok(ok_json(json!({
-                "kind": format!("{}List", info.kind_name),
-                "apiVersion": info.api_version(),
-                "metadata": {"resourceVersion": rv.to_string()},
-                "items": items.iter().map(|o| (**o).clone()).collect::<Vec<_>>(),
-            })))
-        }
-        (Method::GET, Some(name), None | Some("status")) => {
-            let obj = get(store, t.kind, &ns, &name)?;
-            if table::wants_table(&req.accept) {
-                return Ok(ok_json(table::table(
-                    t.kind,
-                    &[obj],
-                    store.resource_version(),
-                )));
-            }
-            Ok(ok_json((*obj).clone()))
-        }
+        (Method::GET, None, None) => list_or_watch(state, &req),
+        (Method::GET, Some(name), None | Some("status")) => get_object(store, &ns, &name, &req),
         (Method::GET, Some(name), Some("scale")) => {
             Ok(ok_json(scale_of(&*get(store, t.kind, &ns, &name)?)))
         }
@@ -97,60 +62,125 @@ pub async fn handle(
         (Method::POST, Some(name), Some("eviction")) if t.kind == Kind::Pod => {
             evict(state, &ns, &name)
         }
-        (Method::PUT, Some(name), None | Some("status")) => {
-            let body = decode(&req)?;
-            let expected = body["metadata"]["resourceVersion"]
-                .as_str()
-                .map(String::from);
-            let obj = store.update(t.kind, &ns, &name, expected.as_deref(), |old| {
-                Ok(merge_subresource(t.kind, old, body, sub))
-            })?;
-            Ok(ok_json((*obj).clone()))
-        }
+        (Method::PUT, Some(name), None | Some("status")) => put_object(store, &ns, &name, &req),
         (Method::PATCH, Some(name), None | Some("status")) => {
             patch_object(store, t.kind, &ns, &name, sub, &req)
         }
         (Method::PUT | Method::PATCH, Some(name), Some("scale")) => {
-            let scale = get(store, t.kind, &ns, &name).map(|o| scale_of(&o))?;
-            let new_scale = if *method == Method::PUT {
-                decode(&req)?
-            } else {
-                let mut s = scale.clone();
-                apply_patch(&mut s, &req)?;
-                s
-            };
-            let replicas = new_scale["spec"]["replicas"].clone();
-            let obj = store.update(t.kind, &ns, &name, None, |old| {
-                let mut o = old.clone();
-                o["spec"]["replicas"] = replicas;
-                Ok(o)
-            })?;
-            Ok(ok_json(scale_of(&obj)))
+            update_scale(store, method, &ns, &name, &req)
         }
         (Method::DELETE, Some(name), None) => {
             let obj = delete(store, t.kind, &ns, &name)?;
             Ok(ok_json((*obj).clone()))
         }
-        (Method::DELETE, None, None) => {
-            let selectors = Selectors::from_params(&req.params)?;
-            let (items, _) = store.list(t.kind, t.namespace.as_deref().filter(|_| info.namespaced));
-            let mut deleted = Vec::new();
-            for o in items.iter().filter(|o| selectors.matches(o)) {
-                let o_ns = o["metadata"]["namespace"].as_str().unwrap_or("");
-                let o_name = o["metadata"]["name"].as_str().unwrap_or("");
-                if let Ok(d) = delete(store, t.kind, o_ns, o_name) {
-                    deleted.push((*d).clone());
-                }
-            }
-            Ok(ok_json(json!({
-                "kind": format!("{}List", info.kind_name),
-                "apiVersion": info.api_version(),
-                "metadata": {"resourceVersion": store.resource_version().to_string()},
-                "items": deleted,
-            })))
-        }
+        (Method::DELETE, None, None) => delete_collection(store, &req),
         _ => Err(ApiError::method_not_allowed()),
     }
+}
+
+/// GET on a collection: a watch when asked for, else the list (or its Table).
+fn list_or_watch(state: &Arc<ApiState>, req: &Request) -> Result<Response, ApiError> {
+    let t = &req.target;
+    let info = t.kind.info();
+    let selectors = Selectors::from_params(&req.params)?;
+    let ns_filter = t.namespace.as_deref().filter(|_| info.namespaced);
+    if is_true(req.params.get("watch")) {
+        return watch::serve(
+            state,
+            t.kind,
+            ns_filter.map(String::from),
+            selectors,
+            &req.params,
+            &req.accept,
+        );
+    }
+    let (items, rv) = state.store.list(t.kind, ns_filter);
+    let items: Vec<Arc<Value>> = items.into_iter().filter(|o| selectors.matches(o)).collect();
+    if table::wants_table(&req.accept) {
+        return Ok(ok_json(table::table(t.kind, &items, rv)));
+    }
+    Ok(ok_json(json!({
+        "kind": format!("{}List", info.kind_name),
+        "apiVersion": info.api_version(),
+        "metadata": {"resourceVersion": rv.to_string()},
+        "items": items.iter().map(|o| (**o).clone()).collect::<Vec<_>>(),
+    })))
+}
+
+/// GET on an object or its status.
+fn get_object(store: &Store, ns: &str, name: &str, req: &Request) -> Result<Response, ApiError> {
+    let kind = req.target.kind;
+    let obj = get(store, kind, ns, name)?;
+    if table::wants_table(&req.accept) {
+        return Ok(ok_json(table::table(
+            kind,
+            &[obj],
+            store.resource_version(),
+        )));
+    }
+    Ok(ok_json((*obj).clone()))
+}
+
+/// PUT on an object or its status.
+fn put_object(store: &Store, ns: &str, name: &str, req: &Request) -> Result<Response, ApiError> {
+    let kind = req.target.kind;
+    let sub = req.target.subresource.as_deref();
+    let body = decode(req)?;
+    let expected = body["metadata"]["resourceVersion"]
+        .as_str()
+        .map(String::from);
+    let obj = store.update(kind, ns, name, expected.as_deref(), |old| {
+        Ok(merge_subresource(kind, old, body, sub))
+    })?;
+    Ok(ok_json((*obj).clone()))
+}
+
+/// PUT or PATCH on the `scale` subresource: only `spec.replicas` is taken.
+fn update_scale(
+    store: &Store,
+    method: &Method,
+    ns: &str,
+    name: &str,
+    req: &Request,
+) -> Result<Response, ApiError> {
+    let kind = req.target.kind;
+    let scale = get(store, kind, ns, name).map(|o| scale_of(&o))?;
+    let new_scale = if *method == Method::PUT {
+        decode(req)?
+    } else {
+        let mut s = scale.clone();
+        apply_patch(&mut s, req)?;
+        s
+    };
+    let replicas = new_scale["spec"]["replicas"].clone();
+    let obj = store.update(kind, ns, name, None, |old| {
+        let mut o = old.clone();
+        o["spec"]["replicas"] = replicas;
+        Ok(o)
+    })?;
+    Ok(ok_json(scale_of(&obj)))
+}
+
+/// DELETE on a collection: the selected objects that could be deleted.
+fn delete_collection(store: &Store, req: &Request) -> Result<Response, ApiError> {
+    let t = &req.target;
+    let info = t.kind.info();
+    let selectors = Selectors::from_params(&req.params)?;
+    let (items, _) = store.list(t.kind, t.namespace.as_deref().filter(|_| info.namespaced));
+    let mut deleted = Vec::new();
+    for o in items.iter().filter(|o| selectors.matches(o)) {
+        let o_ns = o["metadata"]["namespace"].as_str().unwrap_or("");
+        let o_name = o["metadata"]["name"].as_str().unwrap_or("");
+        if let Ok(d) = delete(store, t.kind, o_ns, o_name) {
+            deleted.push((*d).clone());
+        }
+    }
+    Ok(ok_json(json!({
+        "kind": format!("{}List", info.kind_name),
+        "apiVersion": info.api_version(),
+        "metadata": {"resourceVersion": store.resource_version().to_string()},
+        "items": deleted,
+    })))
 }
 
 fn is_true(v: Option<&String>) -> bool {
