@@ -34,8 +34,7 @@ use bus::{Envelope, Metadata};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::{Container, Pod};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
 use tokio::sync::mpsc;
@@ -43,7 +42,6 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::error::Result;
-use primitives::quantity;
 
 /// The `source` of the envelopes this watcher emits.
 pub const SOURCE: &str = "pending_pods_watcher";
@@ -91,55 +89,14 @@ pub fn unschedulable_since(pod: &Pod) -> Option<DateTime<Utc>> {
         })
 }
 
-/// The (cpu millicores, memory bytes) one container asks for: its requests, or its limits where a
-/// request is missing (the API server defaults requests to limits).
-fn container_request(c: &Container) -> Result<(u64, u64)> {
-    let res = c.resources.as_ref();
-    let get = |name: &str| -> Option<&Quantity> {
-        res.and_then(|r| r.requests.as_ref())
-            .and_then(|m| m.get(name))
-            .or_else(|| {
-                res.and_then(|r| r.limits.as_ref())
-                    .and_then(|m| m.get(name))
-            })
-    };
-    let cpu = get("cpu").map(|q| quantity::cpu_millis(&q.0)).transpose()?;
-    let mem = get("memory")
-        .map(|q| quantity::memory_bytes(&q.0))
-        .transpose()?;
-    Ok((cpu.unwrap_or(0), mem.unwrap_or(0)))
-}
-
-/// The scheduler's view of a pod's requests: the sum over its containers, or the largest init
-/// container if that is more (init containers run one at a time, before the others), plus overhead.
+/// The requests of `pod` with its name.
 pub fn pod_request(pod: &Pod) -> Result<PodRequest> {
-    let mut cpu = 0u64;
-    let mut mem = 0u64;
-    if let Some(spec) = pod.spec.as_ref() {
-        for c in &spec.containers {
-            let (c_cpu, c_mem) = container_request(c)?;
-            cpu = cpu.saturating_add(c_cpu);
-            mem = mem.saturating_add(c_mem);
-        }
-        for c in spec.init_containers.iter().flatten() {
-            let (c_cpu, c_mem) = container_request(c)?;
-            cpu = cpu.max(c_cpu);
-            mem = mem.max(c_mem);
-        }
-        if let Some(overhead) = spec.overhead.as_ref() {
-            if let Some(q) = overhead.get("cpu") {
-                cpu = cpu.saturating_add(quantity::cpu_millis(&q.0)?);
-            }
-            if let Some(q) = overhead.get("memory") {
-                mem = mem.saturating_add(quantity::memory_bytes(&q.0)?);
-            }
-        }
-    }
+    let (cpu_millis, memory_bytes) = super::pod_spec::pod_requests(pod)?;
     Ok(PodRequest {
         namespace: pod.metadata.namespace.clone().unwrap_or_default(),
         name: pod.metadata.name.clone().unwrap_or_default(),
-        cpu_millis: cpu,
-        memory_bytes: mem,
+        cpu_millis,
+        memory_bytes,
     })
 }
 
@@ -513,7 +470,10 @@ impl PendingPodsWatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{PodCondition, PodSpec, PodStatus, ResourceRequirements};
+    use k8s_openapi::api::core::v1::{
+        Container, PodCondition, PodSpec, PodStatus, ResourceRequirements,
+    };
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
     fn entry(uid: &str, deployment: Option<&str>, since: DateTime<Utc>) -> PendingEntry {
