@@ -129,9 +129,9 @@ pub struct PendingPodsDetected {
     /// Seconds the oldest of them has waited.
     pub waiting_time: f64,
     pub affected_deployments: Vec<String>,
-    /// Their requests, when the watcher knows them.
+    /// Their requests and scheduling constraints, when the watcher knows them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub pods: Vec<PodRequest>,
+    pub pods: Vec<crate::scheduling::PodSpec>,
 }
 
 /// A raw utilisation sample of the MetricsCollector; MetricsListener turns samples into resource events.

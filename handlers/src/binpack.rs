@@ -1,7 +1,7 @@
 //! How many new workers a set of pending pods needs: first-fit-decreasing bin-packing of their
 //! requests onto the worker template's allocatable (CPU, memory, pod slots).
 
-use bus::event::PodRequest;
+use bus::scheduling::PodSpec;
 
 use crate::policy::WorkerTemplate;
 
@@ -16,11 +16,7 @@ pub struct Packing {
 
 /// Workers needed for `pods`; when the watcher sent no requests, `pending_count` pods are assumed to
 /// need only a pod slot each (so at least one worker when anything is pending).
-pub fn workers_needed(
-    pods: &[PodRequest],
-    pending_count: u32,
-    template: &WorkerTemplate,
-) -> Packing {
+pub fn workers_needed(pods: &[PodSpec], pending_count: u32, template: &WorkerTemplate) -> Packing {
     if pods.is_empty() {
         let slots = template.max_pods.max(1);
         return Packing {
@@ -28,10 +24,10 @@ pub fn workers_needed(
             unschedulable: Vec::new(),
         };
     }
-    let mut sorted: Vec<&PodRequest> = pods.iter().collect();
+    let mut sorted: Vec<&PodSpec> = pods.iter().collect();
     // Decreasing by the larger share of a worker the pod takes; name breaks ties so the result is
     // deterministic.
-    let share = |p: &PodRequest| {
+    let share = |p: &PodSpec| {
         let cpu = p.cpu_millis as f64 / template.cpu_millis.max(1) as f64;
         let mem = p.memory_bytes as f64 / template.memory_bytes.max(1) as f64;
         cpu.max(mem)

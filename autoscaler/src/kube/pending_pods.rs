@@ -8,7 +8,8 @@
 //! - the batch closes `pending_batch_idle` after the last new pod, or `pending_batch_max` after the
 //!   first, whichever comes first; then, if pods joined after the leading report, one more
 //!   `PendingPodsDetected` lists every pod still pending (count, seconds the oldest has waited, their
-//!   Deployments, their requests). The decision engine counts workers already being created as capacity,
+//!   Deployments, each pod's requests and scheduling constraints as a `bus::scheduling::PodSpec`,
+//!   see [`pod_spec`](super::pod_spec)). The decision engine counts workers already being created as capacity,
 //!   so the pod of the leading report is not provided for twice;
 //! - during a (re-)list the leading report waits for the list to complete, so a watcher that starts
 //!   amid many pending pods reports them together;
@@ -29,7 +30,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::time::Duration;
 
-use bus::event::{PendingPodsDetected, PodRequest};
+use bus::event::PendingPodsDetected;
+use bus::scheduling::PodSpec;
 use bus::{Envelope, Metadata};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -42,6 +44,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::error::Result;
+use super::pod_spec::pod_spec;
 
 /// The `source` of the envelopes this watcher emits.
 pub const SOURCE: &str = "pending_pods_watcher";
@@ -89,17 +92,6 @@ pub fn unschedulable_since(pod: &Pod) -> Option<DateTime<Utc>> {
         })
 }
 
-/// The requests of `pod` with its name.
-pub fn pod_request(pod: &Pod) -> Result<PodRequest> {
-    let (cpu_millis, memory_bytes) = super::pod_spec::pod_requests(pod)?;
-    Ok(PodRequest {
-        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
-        name: pod.metadata.name.clone().unwrap_or_default(),
-        cpu_millis,
-        memory_bytes,
-    })
-}
-
 /// The owning ReplicaSet's name, if a ReplicaSet controls `pod`.
 fn replicaset_owner(pod: &Pod) -> Option<&str> {
     pod.metadata
@@ -127,7 +119,8 @@ pub struct PendingEntry {
     pub uid: String,
     pub since: DateTime<Utc>,
     pub deployment: Option<String>,
-    pub request: PodRequest,
+    /// What it requests and where it may run, as published.
+    pub spec: PodSpec,
 }
 
 /// Batching windows.
@@ -300,7 +293,7 @@ impl PendingBatcher {
             .values()
             .filter_map(|p| p.deployment.clone())
             .collect();
-        let mut pods: Vec<PodRequest> = self.pods.values().map(|p| p.request.clone()).collect();
+        let mut pods: Vec<PodSpec> = self.pods.values().map(|p| p.spec.clone()).collect();
         pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         Some(PendingPodsDetected {
             pending_count: u32::try_from(pods.len()).unwrap_or(u32::MAX),
@@ -400,17 +393,16 @@ impl PendingPodsWatcher {
                     batcher.not_pending(&uid);
                     return;
                 }
-                let request = match pod_request(&pod) {
-                    Ok(r) => r,
+                let spec = match pod_spec(&pod) {
+                    Ok(s) => s,
                     Err(error) => {
-                        // A pod the API server accepted has valid quantities; count it without requests.
+                        // A pod the API server accepted has valid quantities; count it without requests
+                        // or constraints.
                         warn!(%error, pod = ?pod.metadata.name, "unreadable pod requests");
-                        PodRequest {
-                            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
-                            name: pod.metadata.name.clone().unwrap_or_default(),
-                            cpu_millis: 0,
-                            memory_bytes: 0,
-                        }
+                        PodSpec::new(
+                            pod.metadata.namespace.clone().unwrap_or_default(),
+                            pod.metadata.name.clone().unwrap_or_default(),
+                        )
                     }
                 };
                 let deployment = if batcher.is_pending(&uid) {
@@ -427,7 +419,7 @@ impl PendingPodsWatcher {
                         uid,
                         since,
                         deployment,
-                        request,
+                        spec,
                     },
                     Instant::now(),
                 );
@@ -481,11 +473,10 @@ mod tests {
             uid: uid.into(),
             since,
             deployment: deployment.map(Into::into),
-            request: PodRequest {
-                namespace: "default".into(),
-                name: format!("pod-{uid}"),
+            spec: bus::scheduling::PodSpec {
                 cpu_millis: 100,
                 memory_bytes: 1 << 20,
+                ..bus::scheduling::PodSpec::new("default", format!("pod-{uid}"))
             },
         }
     }
@@ -683,10 +674,37 @@ mod tests {
 
     #[test]
     fn requests_sum_containers_with_limits_standing_in_for_missing_requests() {
-        let r = pod_request(&pod()).unwrap();
+        let r = pod_spec(&pod()).unwrap();
         assert_eq!(r.cpu_millis, 1250);
         assert_eq!(r.memory_bytes, 192 * 1024 * 1024);
         assert_eq!(r.name, "web-5d9f8c7b6-abcde");
+        assert_eq!(r.owner_kind.as_deref(), Some("ReplicaSet"));
+    }
+
+    #[test]
+    fn a_report_lists_each_pod_with_its_constraints_sorted_by_name() {
+        let t0 = Instant::now();
+        let wall = Utc::now();
+        let mut p = pod();
+        let spec = p.spec.as_mut().unwrap();
+        spec.node_selector = Some(BTreeMap::from([("disktype".into(), "ssd".into())]));
+        let mut b = PendingBatcher::new(windows());
+        b.pending(entry("z", None, wall), t0);
+        b.pending(
+            PendingEntry {
+                uid: "u1".into(),
+                since: wall,
+                deployment: deployment_from_names(&p),
+                spec: pod_spec(&p).unwrap(),
+            },
+            t0,
+        );
+        let r = b.poll(t0, wall).unwrap();
+        assert_eq!(r.pending_count, 2);
+        assert_eq!(r.pods[0].name, "pod-z");
+        assert_eq!(r.pods[1].name, "web-5d9f8c7b6-abcde");
+        assert_eq!(r.pods[1].node_selector.get("disktype").unwrap(), "ssd");
+        assert_eq!(r.pods[1].cpu_millis, 1250);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 
 use std::collections::BTreeSet;
 
-use bus::event::{PendingPodsDetected, PodRequest};
+use bus::event::PendingPodsDetected;
+use bus::scheduling::PodSpec;
 use bus::Envelope;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -15,7 +16,7 @@ use crate::policy::chrono;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pending {
     pub count: u32,
-    pub pods: Vec<PodRequest>,
+    pub pods: Vec<PodSpec>,
     pub since: DateTime<Utc>,
     pub last_report: DateTime<Utc>,
     pub cause: Cause,
@@ -32,7 +33,7 @@ pub enum ProvidedFor {
 }
 
 impl ProvidedFor {
-    fn pod(p: &PodRequest) -> Self {
+    fn pod(p: &PodSpec) -> Self {
         ProvidedFor::Pod(format!("{}/{}", p.namespace, p.name))
     }
 }
@@ -66,7 +67,7 @@ impl PendingPods {
     }
 
     /// The pods of the pending report (none when nothing is pending, or the report listed none).
-    pub fn pods(&self) -> &[PodRequest] {
+    pub fn pods(&self) -> &[PodSpec] {
         self.report.as_ref().map_or(&[][..], |p| &p.pods[..])
     }
 

@@ -2,24 +2,20 @@
 
 use bus::event::{
     ClusterObserved, Event, MetricsSampled, NodeCordoned, NodeDrained, NodeRemoved, ObservedNode,
-    PendingPodsDetected, PodRequest, ScalingAction, ScalingActionCompleted,
+    PendingPodsDetected, ScalingAction, ScalingActionCompleted,
 };
+use bus::scheduling::PodSpec;
 
 use super::t0;
 
 /// A pending pod: `PodBuilder::new("web-1").cpu(250).memory_mi(128).build()`; in `default`, with
 /// no requests unless set.
 #[derive(Debug, Clone)]
-pub struct PodBuilder(PodRequest);
+pub struct PodBuilder(PodSpec);
 
 impl PodBuilder {
     pub fn new(name: &str) -> Self {
-        Self(PodRequest {
-            namespace: "default".into(),
-            name: name.into(),
-            cpu_millis: 0,
-            memory_bytes: 0,
-        })
+        Self(PodSpec::new("default", name))
     }
 
     pub fn namespace(mut self, namespace: &str) -> Self {
@@ -45,7 +41,7 @@ impl PodBuilder {
         self
     }
 
-    pub fn build(self) -> PodRequest {
+    pub fn build(self) -> PodSpec {
         self.0
     }
 }
@@ -85,7 +81,7 @@ impl NodeBuilder {
 }
 
 /// A pending-pods report of `count` pods listing `pods`.
-pub fn pending(pods: Vec<PodRequest>, count: u32) -> PendingPodsDetected {
+pub fn pending(pods: Vec<PodSpec>, count: u32) -> PendingPodsDetected {
     PendingPodsDetected {
         pending_count: count,
         waiting_time: 5.0,
