@@ -761,7 +761,12 @@ async fn kube_a_pod_bigger_than_any_node_is_reported_pending_with_its_deployment
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
     apply_yaml(&deployments, deployment("fits", 1, "100m", "64Mi")).await;
-    apply_yaml(&deployments, deployment("huge", 1, "8", "16Gi")).await;
+    // Its constraints ride along with its requests.
+    let mut huge = deployment("huge", 1, "8", "16Gi");
+    huge["spec"]["template"]["spec"]["nodeSelector"] = json!({"disktype": "ssd"});
+    huge["spec"]["template"]["spec"]["tolerations"] =
+        json!([{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}]);
+    apply_yaml(&deployments, huge).await;
 
     let (e, _) = expect(
         &mut rx,
@@ -780,6 +785,20 @@ async fn kube_a_pod_bigger_than_any_node_is_reported_pending_with_its_deployment
     assert!(p.pods[0].name.starts_with("huge-"), "{:?}", p.pods[0]);
     assert_eq!(p.pods[0].cpu_millis, 8000);
     assert_eq!(p.pods[0].memory_bytes, 16 << 30);
+    assert_eq!(p.pods[0].owner_kind.as_deref(), Some("ReplicaSet"));
+    assert_eq!(
+        p.pods[0].labels.get("app").map(String::as_str),
+        Some("huge")
+    );
+    assert_eq!(
+        p.pods[0].node_selector.get("disktype").map(String::as_str),
+        Some("ssd")
+    );
+    assert_eq!(
+        p.pods[0].tolerations,
+        [bus::scheduling::Toleration::exists("dedicated")
+            .with_effect(bus::scheduling::TaintEffect::NoSchedule)]
+    );
     assert!(p.waiting_time >= 0.0);
     assert_eq!(e.source, "pending_pods_watcher");
 

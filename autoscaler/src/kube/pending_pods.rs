@@ -8,7 +8,8 @@
 //! - the batch closes `pending_batch_idle` after the last new pod, or `pending_batch_max` after the
 //!   first, whichever comes first; then, if pods joined after the leading report, one more
 //!   `PendingPodsDetected` lists every pod still pending (count, seconds the oldest has waited, their
-//!   Deployments, their requests). The decision engine counts workers already being created as capacity,
+//!   Deployments, each pod's requests and scheduling constraints as a `bus::scheduling::PodSpec`,
+//!   see [`pod_spec`](super::pod_spec)). The decision engine counts workers already being created as capacity,
 //!   so the pod of the leading report is not provided for twice;
 //! - during a (re-)list the leading report waits for the list to complete, so a watcher that starts
 //!   amid many pending pods reports them together;
@@ -30,13 +31,12 @@ use std::future::Future;
 use std::time::Duration;
 
 use bus::event::PendingPodsDetected;
-use bus::scheduling::PodSpec as PodRequest;
+use bus::scheduling::PodSpec;
 use bus::{Envelope, Metadata};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::{Container, Pod};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
 use tokio::sync::mpsc;
@@ -44,7 +44,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::error::Result;
-use primitives::quantity;
+use super::pod_spec::pod_spec;
 
 /// The `source` of the envelopes this watcher emits.
 pub const SOURCE: &str = "pending_pods_watcher";
@@ -92,59 +92,6 @@ pub fn unschedulable_since(pod: &Pod) -> Option<DateTime<Utc>> {
         })
 }
 
-/// The (cpu millicores, memory bytes) one container asks for: its requests, or its limits where a
-/// request is missing (the API server defaults requests to limits).
-fn container_request(c: &Container) -> Result<(u64, u64)> {
-    let res = c.resources.as_ref();
-    let get = |name: &str| -> Option<&Quantity> {
-        res.and_then(|r| r.requests.as_ref())
-            .and_then(|m| m.get(name))
-            .or_else(|| {
-                res.and_then(|r| r.limits.as_ref())
-                    .and_then(|m| m.get(name))
-            })
-    };
-    let cpu = get("cpu").map(|q| quantity::cpu_millis(&q.0)).transpose()?;
-    let mem = get("memory")
-        .map(|q| quantity::memory_bytes(&q.0))
-        .transpose()?;
-    Ok((cpu.unwrap_or(0), mem.unwrap_or(0)))
-}
-
-/// The scheduler's view of a pod's requests: the sum over its containers, or the largest init
-/// container if that is more (init containers run one at a time, before the others), plus overhead.
-pub fn pod_request(pod: &Pod) -> Result<PodRequest> {
-    let mut cpu = 0u64;
-    let mut mem = 0u64;
-    if let Some(spec) = pod.spec.as_ref() {
-        for c in &spec.containers {
-            let (c_cpu, c_mem) = container_request(c)?;
-            cpu = cpu.saturating_add(c_cpu);
-            mem = mem.saturating_add(c_mem);
-        }
-        for c in spec.init_containers.iter().flatten() {
-            let (c_cpu, c_mem) = container_request(c)?;
-            cpu = cpu.max(c_cpu);
-            mem = mem.max(c_mem);
-        }
-        if let Some(overhead) = spec.overhead.as_ref() {
-            if let Some(q) = overhead.get("cpu") {
-                cpu = cpu.saturating_add(quantity::cpu_millis(&q.0)?);
-            }
-            if let Some(q) = overhead.get("memory") {
-                mem = mem.saturating_add(quantity::memory_bytes(&q.0)?);
-            }
-        }
-    }
-    Ok(PodRequest {
-        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
-        name: pod.metadata.name.clone().unwrap_or_default(),
-        cpu_millis: cpu,
-        memory_bytes: mem,
-        ..PodRequest::default()
-    })
-}
-
 /// The owning ReplicaSet's name, if a ReplicaSet controls `pod`.
 fn replicaset_owner(pod: &Pod) -> Option<&str> {
     pod.metadata
@@ -172,7 +119,8 @@ pub struct PendingEntry {
     pub uid: String,
     pub since: DateTime<Utc>,
     pub deployment: Option<String>,
-    pub request: PodRequest,
+    /// What it requests and where it may run, as published.
+    pub spec: PodSpec,
 }
 
 /// Batching windows.
@@ -345,7 +293,7 @@ impl PendingBatcher {
             .values()
             .filter_map(|p| p.deployment.clone())
             .collect();
-        let mut pods: Vec<PodRequest> = self.pods.values().map(|p| p.request.clone()).collect();
+        let mut pods: Vec<PodSpec> = self.pods.values().map(|p| p.spec.clone()).collect();
         pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         Some(PendingPodsDetected {
             pending_count: u32::try_from(pods.len()).unwrap_or(u32::MAX),
@@ -445,18 +393,16 @@ impl PendingPodsWatcher {
                     batcher.not_pending(&uid);
                     return;
                 }
-                let request = match pod_request(&pod) {
-                    Ok(r) => r,
+                let spec = match pod_spec(&pod) {
+                    Ok(s) => s,
                     Err(error) => {
-                        // A pod the API server accepted has valid quantities; count it without requests.
+                        // A pod the API server accepted has valid quantities; count it without requests
+                        // or constraints.
                         warn!(%error, pod = ?pod.metadata.name, "unreadable pod requests");
-                        PodRequest {
-                            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
-                            name: pod.metadata.name.clone().unwrap_or_default(),
-                            cpu_millis: 0,
-                            memory_bytes: 0,
-                            ..PodRequest::default()
-                        }
+                        PodSpec::new(
+                            pod.metadata.namespace.clone().unwrap_or_default(),
+                            pod.metadata.name.clone().unwrap_or_default(),
+                        )
                     }
                 };
                 let deployment = if batcher.is_pending(&uid) {
@@ -473,7 +419,7 @@ impl PendingPodsWatcher {
                         uid,
                         since,
                         deployment,
-                        request,
+                        spec,
                     },
                     Instant::now(),
                 );
@@ -516,7 +462,10 @@ impl PendingPodsWatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{PodCondition, PodSpec, PodStatus, ResourceRequirements};
+    use k8s_openapi::api::core::v1::{
+        Container, PodCondition, PodSpec, PodStatus, ResourceRequirements,
+    };
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
     fn entry(uid: &str, deployment: Option<&str>, since: DateTime<Utc>) -> PendingEntry {
@@ -524,12 +473,10 @@ mod tests {
             uid: uid.into(),
             since,
             deployment: deployment.map(Into::into),
-            request: PodRequest {
-                namespace: "default".into(),
-                name: format!("pod-{uid}"),
+            spec: bus::scheduling::PodSpec {
                 cpu_millis: 100,
                 memory_bytes: 1 << 20,
-                ..PodRequest::default()
+                ..bus::scheduling::PodSpec::new("default", format!("pod-{uid}"))
             },
         }
     }
@@ -727,10 +674,37 @@ mod tests {
 
     #[test]
     fn requests_sum_containers_with_limits_standing_in_for_missing_requests() {
-        let r = pod_request(&pod()).unwrap();
+        let r = pod_spec(&pod()).unwrap();
         assert_eq!(r.cpu_millis, 1250);
         assert_eq!(r.memory_bytes, 192 * 1024 * 1024);
         assert_eq!(r.name, "web-5d9f8c7b6-abcde");
+        assert_eq!(r.owner_kind.as_deref(), Some("ReplicaSet"));
+    }
+
+    #[test]
+    fn a_report_lists_each_pod_with_its_constraints_sorted_by_name() {
+        let t0 = Instant::now();
+        let wall = Utc::now();
+        let mut p = pod();
+        let spec = p.spec.as_mut().unwrap();
+        spec.node_selector = Some(BTreeMap::from([("disktype".into(), "ssd".into())]));
+        let mut b = PendingBatcher::new(windows());
+        b.pending(entry("z", None, wall), t0);
+        b.pending(
+            PendingEntry {
+                uid: "u1".into(),
+                since: wall,
+                deployment: deployment_from_names(&p),
+                spec: pod_spec(&p).unwrap(),
+            },
+            t0,
+        );
+        let r = b.poll(t0, wall).unwrap();
+        assert_eq!(r.pending_count, 2);
+        assert_eq!(r.pods[0].name, "pod-z");
+        assert_eq!(r.pods[1].name, "web-5d9f8c7b6-abcde");
+        assert_eq!(r.pods[1].node_selector.get("disktype").unwrap(), "ssd");
+        assert_eq!(r.pods[1].cpu_millis, 1250);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::{Api, Client};
 
 use super::error::{api_status, KubeError, Result};
-use super::pending_pods::pod_request;
+use super::pod_spec::pod_requests;
 use primitives::quantity;
 
 /// Utilisation of the workers in one sample.
@@ -97,10 +97,10 @@ pub fn from_requests<'a>(
         let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) else {
             continue;
         };
-        let r = pod_request(pod)?;
+        let (cpu, mem) = pod_requests(pod)?;
         let e = requested.entry(node).or_default();
-        e.0 = e.0.saturating_add(r.cpu_millis);
-        e.1 = e.1.saturating_add(r.memory_bytes);
+        e.0 = e.0.saturating_add(cpu);
+        e.1 = e.1.saturating_add(mem);
     }
     let mut usage = Vec::new();
     for node in nodes {
