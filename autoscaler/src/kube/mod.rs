@@ -25,6 +25,36 @@ pub use pending_pods::{BatchWindows, PendingPodsWatcher};
 pub use pod_spec::pod_spec;
 pub use utilisation::Utilisation;
 
+/// `cpu` (millicores) and `memory` (bytes) from a resource list, each taken from `fallback` where
+/// `primary` lacks it: requests falling back to limits, allocatable falling back to capacity.
+pub(crate) fn cpu_and_memory(
+    primary: Option<
+        &std::collections::BTreeMap<
+            String,
+            k8s_openapi::apimachinery::pkg::api::resource::Quantity,
+        >,
+    >,
+    fallback: Option<
+        &std::collections::BTreeMap<
+            String,
+            k8s_openapi::apimachinery::pkg::api::resource::Quantity,
+        >,
+    >,
+) -> Result<(u64, u64)> {
+    let get = |name: &str| {
+        primary
+            .and_then(|m| m.get(name))
+            .or_else(|| fallback.and_then(|m| m.get(name)))
+    };
+    let cpu = get("cpu")
+        .map(|q| primitives::quantity::cpu_millis(&q.0))
+        .transpose()?;
+    let mem = get("memory")
+        .map(|q| primitives::quantity::memory_bytes(&q.0))
+        .transpose()?;
+    Ok((cpu.unwrap_or(0), mem.unwrap_or(0)))
+}
+
 /// A Kubernetes timestamp (k8s-openapi's `jiff`) as the `chrono` time the event catalogue uses.
 pub(crate) fn to_chrono(t: &k8s_openapi::jiff::Timestamp) -> Option<chrono::DateTime<chrono::Utc>> {
     chrono::DateTime::from_timestamp_millis(t.as_millisecond())

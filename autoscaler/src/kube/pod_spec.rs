@@ -15,7 +15,6 @@ use bus::scheduling::{
     TolerationOperator, HOSTNAME_LABEL,
 };
 use k8s_openapi::api::core::v1 as core;
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
 use primitives::quantity;
 
@@ -103,19 +102,10 @@ pub fn pod_requests(pod: &core::Pod) -> Result<(u64, u64)> {
 /// request is missing (the API server defaults requests to limits).
 fn container_request(c: &core::Container) -> Result<(u64, u64)> {
     let res = c.resources.as_ref();
-    let get = |name: &str| -> Option<&Quantity> {
-        res.and_then(|r| r.requests.as_ref())
-            .and_then(|m| m.get(name))
-            .or_else(|| {
-                res.and_then(|r| r.limits.as_ref())
-                    .and_then(|m| m.get(name))
-            })
-    };
-    let cpu = get("cpu").map(|q| quantity::cpu_millis(&q.0)).transpose()?;
-    let mem = get("memory")
-        .map(|q| quantity::memory_bytes(&q.0))
-        .transpose()?;
-    Ok((cpu.unwrap_or(0), mem.unwrap_or(0)))
+    super::cpu_and_memory(
+        res.and_then(|r| r.requests.as_ref()),
+        res.and_then(|r| r.limits.as_ref()),
+    )
 }
 
 /// The kind of the owner marked `controller: true` (`metav1.GetControllerOf`).

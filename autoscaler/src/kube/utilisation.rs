@@ -53,21 +53,10 @@ impl Utilisation {
 /// A node's allocatable (cpu millicores, memory bytes), falling back to its capacity.
 pub fn allocatable(node: &Node) -> Result<(u64, u64)> {
     let status = node.status.as_ref();
-    let get = |name: &str| {
-        status
-            .and_then(|s| s.allocatable.as_ref())
-            .and_then(|m| m.get(name))
-            .or_else(|| {
-                status
-                    .and_then(|s| s.capacity.as_ref())
-                    .and_then(|m| m.get(name))
-            })
-    };
-    let cpu = get("cpu").map(|q| quantity::cpu_millis(&q.0)).transpose()?;
-    let mem = get("memory")
-        .map(|q| quantity::memory_bytes(&q.0))
-        .transpose()?;
-    Ok((cpu.unwrap_or(0), mem.unwrap_or(0)))
+    super::cpu_and_memory(
+        status.and_then(|s| s.allocatable.as_ref()),
+        status.and_then(|s| s.capacity.as_ref()),
+    )
 }
 
 fn percent(used: u64, total: u64) -> f64 {

@@ -23,6 +23,26 @@ pub struct Action {
     pub cause: Cause,
 }
 
+impl Action {
+    /// The action a Started event `env` begins, on the `nodes` it newly names.
+    pub fn started(
+        kind: ScalingAction,
+        env: &Envelope,
+        nodes: Vec<String>,
+        previous_workers: u32,
+        target_workers: u32,
+    ) -> Self {
+        Self {
+            kind,
+            nodes,
+            started_at: env.timestamp,
+            previous_workers,
+            target_workers,
+            cause: Cause::from(env),
+        }
+    }
+}
+
 /// The last decision any handler published.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DecisionRecord {

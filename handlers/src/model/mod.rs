@@ -44,7 +44,6 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::codes;
-use crate::command::Cause;
 use crate::policy::Policy;
 
 pub use alerts::{AlertWindow, AlertWindows};
@@ -254,14 +253,13 @@ impl Model {
         if fresh.is_empty() {
             return;
         }
-        let action = Action {
-            kind: ScalingAction::ScaleUp,
-            nodes: fresh,
-            started_at: env.timestamp,
-            previous_workers: previous,
-            target_workers: s.target_workers,
-            cause: Cause::from(env),
-        };
+        let action = Action::started(
+            ScalingAction::ScaleUp,
+            env,
+            fresh,
+            previous,
+            s.target_workers,
+        );
         self.decisions.start(env, action);
         self.streaks.last_scale_up = Some(env.timestamp);
         self.provision.started(env, s.target_workers);
@@ -274,14 +272,13 @@ impl Model {
         if fresh.is_empty() {
             return;
         }
-        let action = Action {
-            kind: ScalingAction::ScaleDown,
-            nodes: fresh,
-            started_at: env.timestamp,
-            previous_workers: previous,
-            target_workers: s.target_workers,
-            cause: Cause::from(env),
-        };
+        let action = Action::started(
+            ScalingAction::ScaleDown,
+            env,
+            fresh,
+            previous,
+            s.target_workers,
+        );
         self.decisions.start(env, action);
         self.streaks.last_scale_down = Some(env.timestamp);
         self.provision.abandon();
