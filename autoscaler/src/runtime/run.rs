@@ -30,12 +30,6 @@ use crate::leader::{self, Leadership};
 use crate::metrics::Metrics;
 use crate::webhooks::{Webhook, Webhooks};
 
-/// What a running autoscaler exposes to its caller (the `lab` command, tests).
-pub struct Running {
-    /// The bound HTTP address.
-    pub http: SocketAddr,
-}
-
 /// Retries `connect` with backoff until it succeeds or `stop` is cancelled: an outage at start-up is
 /// waited out, not crashed on.
 async fn connect_retrying<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
