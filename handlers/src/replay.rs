@@ -9,9 +9,9 @@
 //!   CLI), through the replay's world (below), and runs the handlers on it with the model folded
 //!   through it, as each consumer group does;
 //! - folds each output the replay decides at the position, and with the timestamp, its recorded twin
-//!   (same deterministic id) has: cooldowns and "answered" checks then read the same stream prefix as
-//!   the live handler did. An output the recording does not have (another decision) is folded right
-//!   after its cause;
+//!   (same deterministic id, same data) has: cooldowns and "answered" checks then read the same
+//!   stream prefix as the live handler did. An output the recording does not have, or has with other
+//!   data (another decision), is folded right after its cause;
 //! - runs the leader's timers where the recorded ones fired, at the stream position and time their
 //!   outputs' ids name (`MinimumNodeEnforcer`'s `tick:<position>` keys, `NodeManager`'s timeouts and
 //!   retries); a timer that fired and said nothing left no trace and needs none;
@@ -484,8 +484,12 @@ impl<'a> Replay<'a> {
             if self.model.has_seen(e.event_id) || self.held.contains_key(&e.event_id) {
                 continue;
             }
+            // Held only for a twin that says the same: one that says otherwise was decided in
+            // another situation, and its position says nothing of where this one belongs.
             match self.index.get(&e.event_id) {
-                Some(&j) if self.floor.is_none_or(|f| j > f) => {
+                Some(&j)
+                    if self.floor.is_none_or(|f| j > f) && self.recorded[j].event == e.event =>
+                {
                     self.held.insert(e.event_id, e);
                 }
                 _ => self.queue.push_back(e),
@@ -613,6 +617,8 @@ struct World {
     delays: Delays,
     /// Workers the recording created (named by its `ScaleUpStarted`s).
     by_recording: BTreeSet<String>,
+    /// Workers the recording shows at all (the others it did not create existed before).
+    known: BTreeSet<String>,
     /// Of those, the ones the replay created by the same command.
     adopted: BTreeSet<String>,
     /// The recorded world's last view of each worker.
@@ -637,9 +643,23 @@ impl World {
             })
             .flatten()
             .collect();
+        let mut known = BTreeSet::new();
+        for e in recorded {
+            match &e.event {
+                Event::ClusterObserved(o) => {
+                    known.extend(o.k8s_nodes.iter().map(|n| n.name.clone()));
+                    known.extend(o.docker_containers.iter().cloned());
+                }
+                Event::MetricsSampled(m) => {
+                    known.extend(m.nodes.iter().map(|n| n.node_name.clone()));
+                }
+                event => known.extend(event.node_name().map(str::to_string)),
+            }
+        }
         Self {
             delays: Delays::measured(recorded),
             by_recording,
+            known,
             adopted: BTreeSet::new(),
             recorded: BTreeMap::new(),
             simulated: BTreeMap::new(),
@@ -653,10 +673,12 @@ impl World {
     fn owner(&self, name: &str) -> Owner {
         if self.simulated.contains_key(name) {
             Owner::Simulated
-        } else if self.by_recording.contains(name) && !self.adopted.contains(name) {
-            Owner::Absent
-        } else {
+        } else if self.adopted.contains(name)
+            || (self.known.contains(name) && !self.by_recording.contains(name))
+        {
             Owner::Recorded
+        } else {
+            Owner::Absent
         }
     }
 
@@ -843,6 +865,9 @@ impl World {
             // A command that reports no fact, on a recorded cause: the recording's handler issued
             // it too (it decided on the same entry); its effect shows in the recorded observations.
             Owner::Recorded if !reports && index.contains_key(&i.cause.event_id) => return,
+            // Creating a worker both runs already have changes nothing (Docker's 409): the
+            // recording's world had it and said nothing more of it.
+            Owner::Recorded if creates => return,
             // Nothing to do to a worker the replay does not have.
             Owner::Absent if !creates => return,
             Owner::Recorded | Owner::Absent => self.diverge(&node),
