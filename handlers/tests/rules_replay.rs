@@ -13,6 +13,7 @@ use handlers::policy::PoolTemplate;
 use handlers::replay::{replay, what_if, Pair, WhatIfReport};
 use handlers::simulate::Simulation;
 use handlers::{Handler, Policy};
+use proptest::prelude::*;
 
 #[test]
 fn explain_renders_a_chain_root_first_with_reasons() {
@@ -423,4 +424,117 @@ fn what_if_with_a_pool_added_makes_the_worker_the_recording_could_not() {
         report.replayed.node_minutes > report.recorded.node_minutes,
         "{text}"
     );
+}
+
+/// One thing that happens in a random history.
+#[derive(Debug, Clone)]
+enum Step {
+    /// `n` pods of `cpu` millicores reported pending.
+    Pending(u8, u64),
+    /// No pod pending any more.
+    Cleared,
+    /// The `i`-th live worker's container dies (`docker kill`).
+    Kill(usize),
+    /// Utilisation samples for `secs` seconds.
+    Load(f64, u64),
+    /// Time passes, the cluster is observed.
+    Wait(u64),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        (1u8..5, prop_oneof![Just(300u64), Just(1500)]).prop_map(|(n, c)| Step::Pending(n, c)),
+        Just(Step::Cleared),
+        (0usize..4).prop_map(Step::Kill),
+        (prop_oneof![Just(5.0), Just(50.0), Just(95.0)], 30u64..400)
+            .prop_map(|(l, s)| Step::Load(l, s)),
+        (5u64..400).prop_map(Step::Wait),
+    ]
+}
+
+/// The stream of `steps` happening to a cluster of `workers` under `policy`.
+fn history(policy: &Policy, workers: u32, steps: &[Step]) -> Vec<Envelope> {
+    let mut sim = Simulation::new(policy.clone(), t0()).with_workers(workers);
+    for (i, s) in steps.iter().enumerate() {
+        match s {
+            Step::Pending(n, cpu) => {
+                let pods = (0..*n)
+                    .map(|p| {
+                        PodBuilder::new(&format!("p{i}-{p}"))
+                            .cpu(*cpu)
+                            .memory_mi(64)
+                            .build()
+                    })
+                    .collect();
+                sim.observe("pending_pods_watcher", pending(pods, u32::from(*n)));
+            }
+            Step::Cleared => {
+                sim.observe("pending_pods_watcher", pending(Vec::new(), 0));
+            }
+            Step::Kill(k) => {
+                let victim = sim.model.live().nth(*k).map(|w| w.name.clone());
+                if let Some(v) = victim {
+                    sim.kill(&v);
+                    sim.observe_cluster();
+                }
+            }
+            Step::Load(load, secs) => sample_for(&mut sim, *secs, *load, *load),
+            Step::Wait(secs) => {
+                sim.advance(Duration::from_secs(*secs));
+                sim.observe_cluster();
+            }
+        }
+    }
+    sim.log
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Whatever happened, the replay under the policy that recorded it decides every output again
+    /// and folds it where the recording has it: the same stream.
+    #[test]
+    fn under_its_own_policy_any_recorded_history_replays_as_itself(
+        workers in 0u32..4,
+        steps in prop::collection::vec(step(), 1..10),
+    ) {
+        let policy = Policy::default();
+        let recorded = history(&policy, workers, &steps);
+        let replayed = replay(&recorded, &policy, &Handler::ALL);
+        let ids = |log: &[Envelope]| log.iter().map(|e| (e.event_id, e.event_type())).collect::<Vec<_>>();
+        prop_assert_eq!(ids(&replayed.log), ids(&recorded));
+        for (r, e) in replayed.log.iter().zip(&recorded) {
+            prop_assert_eq!(&r.event, &e.event);
+            prop_assert_eq!(r.timestamp, e.timestamp);
+        }
+        prop_assert_eq!(what_if(&recorded, &policy).decisions_changed, 0);
+    }
+
+    /// Under other limits the replay follows them: it never plans more workers than `max_nodes`
+    /// (beyond those that were there), and under the recorded ones it changes nothing.
+    #[test]
+    fn under_other_limits_the_replay_keeps_them(
+        workers in 0u32..3,
+        steps in prop::collection::vec(step(), 1..10),
+        min in 0u32..3,
+        extra in 0u32..5,
+    ) {
+        let recorded = history(&Policy::default(), workers, &steps);
+        let mut other = Policy::default();
+        other.limits.min_nodes = min;
+        other.limits.max_nodes = (min + extra).max(1);
+        let replayed = replay(&recorded, &other, &Handler::ALL);
+        let max = other.limits.max_nodes.max(workers);
+        for e in &replayed.log {
+            if let Event::ScaleUpStarted(s) = &e.event {
+                prop_assert!(s.target_workers <= max, "{:?} above {}", s, max);
+            }
+        }
+        // Every decision, recorded or replayed, is in a pair.
+        let report = what_if(&recorded, &other);
+        let sides = report.pairs.iter().fold((0, 0), |(a, b), p| {
+            (a + usize::from(p.recorded.is_some()), b + usize::from(p.replayed.is_some()))
+        });
+        prop_assert_eq!(sides, (report.recorded.decisions, report.replayed.decisions));
+    }
 }
