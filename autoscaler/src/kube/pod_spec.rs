@@ -191,7 +191,12 @@ fn hostname_anti_affinity(term: &core::PodAffinityTerm) -> Option<LabelSelector>
     if term.topology_key != HOSTNAME_LABEL {
         return None;
     }
-    let selector = term.label_selector.as_ref()?;
+    label_selector(term.label_selector.as_ref()?)
+}
+
+/// A label selector in the simulation's terms; `None` for one with an operator Kubernetes does
+/// not define (such a selector matches nothing in kube-scheduler either).
+pub fn label_selector(selector: &meta::LabelSelector) -> Option<LabelSelector> {
     let match_expressions = selector
         .match_expressions
         .iter()
