@@ -204,7 +204,7 @@ pub fn label_selector(selector: &meta::LabelSelector) -> Option<LabelSelector> {
         .map(label_requirement)
         .collect::<Option<Vec<_>>>()?;
     Some(LabelSelector {
-        match_labels: selector.match_labels.clone().unwrap_or_else(BTreeMap::new),
+        match_labels: selector.match_labels.clone().unwrap_or_default(),
         match_expressions,
     })
 }
