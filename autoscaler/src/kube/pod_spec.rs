@@ -7,7 +7,6 @@
 //! requirement or an unsupported `matchFields` key becomes a term that matches no node, and a
 //! toleration with an unknown operator or effect, which tolerates nothing, is left out.
 
-use std::collections::BTreeMap;
 
 use bus::scheduling::{
     LabelSelector, LabelSelectorOperator, LabelSelectorRequirement, NodeSelectorOperator,
