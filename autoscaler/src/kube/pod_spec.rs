@@ -226,6 +226,7 @@ fn label_requirement(r: &meta::LabelSelectorRequirement) -> Option<LabelSelector
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
     use bus::scheduling::{Taint, DAEMON_SET};
 
     /// A pod from its JSON manifest, as the API server would serve it.
