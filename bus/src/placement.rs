@@ -16,6 +16,23 @@ use serde::{Deserialize, Serialize};
 use crate::event::{PlacementChanged, PlacementSnapshot};
 use crate::scheduling::{NodeSpec, PodRef, PodSpec};
 
+/// How many nodes, and how many pods, one `PlacementSnapshot` entry holds at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartSize {
+    pub nodes: usize,
+    pub pods: usize,
+}
+
+impl Default for PartSize {
+    /// Entries of some tens of kilobytes.
+    fn default() -> Self {
+        PartSize {
+            nodes: 100,
+            pods: 1_000,
+        }
+    }
+}
+
 /// Pods identical but for their name and node: the template once, then `[name, node]` per pod.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -226,50 +243,55 @@ impl PlacementTracker {
         self.published.is_some()
     }
 
-    /// The observed state as a snapshot `id` in parts of at most `nodes_per_part` nodes, each with the
-    /// pods on its nodes (pods on nodes the state does not list ride in the last part). Always at
-    /// least one part, also for an empty cluster.
+    /// The observed state as a snapshot `id` in parts: first the nodes, `size.nodes` a part, then
+    /// the placed pods grouped across the whole cluster (so a Deployment's replicas share one
+    /// template however they are spread), `size.pods` a part. Always at least one part, also for
+    /// an empty cluster.
     pub fn snapshot(
         &mut self,
         id: &str,
         state: Placement,
-        nodes_per_part: usize,
+        size: PartSize,
     ) -> Vec<PlacementSnapshot> {
-        let per = nodes_per_part.max(1);
-        let names: Vec<&String> = state.nodes.keys().collect();
-        let chunks: Vec<&[&String]> = if names.is_empty() {
-            vec![&[]]
-        } else {
-            names.chunks(per).collect()
-        };
-        let mut by_node: BTreeMap<&str, Vec<&PodSpec>> = BTreeMap::new();
-        for p in state.pods.values() {
-            by_node
-                .entry(p.node_name.as_deref().unwrap_or_default())
-                .or_default()
-                .push(p);
-        }
-        let parts = u32::try_from(chunks.len()).unwrap_or(u32::MAX);
-        let mut out = Vec::with_capacity(chunks.len());
-        for (i, chunk) in chunks.iter().enumerate() {
-            let nodes: Vec<NodeSpec> = chunk.iter().map(|n| state.nodes[*n].clone()).collect();
-            let mut pods: Vec<&PodSpec> = chunk
-                .iter()
-                .filter_map(|n| by_node.remove(n.as_str()))
-                .flatten()
-                .collect();
-            if i + 1 == chunks.len() {
-                // Bound to nodes the state does not list (yet): still placed, still counted.
-                pods.extend(std::mem::take(&mut by_node).into_values().flatten());
+        let mut parts: Vec<(Vec<NodeSpec>, Vec<PodGroup>)> = state
+            .nodes
+            .values()
+            .cloned()
+            .collect::<Vec<_>>()
+            .chunks(size.nodes.max(1))
+            .map(|c| (c.to_vec(), Vec::new()))
+            .collect();
+        let mut room = 0usize;
+        for g in PodGroup::group(state.pods.values()) {
+            for chunk in g.pods.chunks(size.pods.max(1)) {
+                if room < chunk.len() {
+                    parts.push((Vec::new(), Vec::new()));
+                    room = size.pods.max(1);
+                }
+                room -= chunk.len();
+                if let Some((_, groups)) = parts.last_mut() {
+                    groups.push(PodGroup {
+                        template: g.template.clone(),
+                        pods: chunk.to_vec(),
+                    });
+                }
             }
-            out.push(PlacementSnapshot {
+        }
+        if parts.is_empty() {
+            parts.push((Vec::new(), Vec::new()));
+        }
+        let total = u32::try_from(parts.len()).unwrap_or(u32::MAX);
+        let out = parts
+            .into_iter()
+            .enumerate()
+            .map(|(i, (nodes, pods))| PlacementSnapshot {
                 snapshot: id.to_string(),
                 part: u32::try_from(i).unwrap_or(u32::MAX),
-                parts,
+                parts: total,
                 nodes,
-                pods: PodGroup::group(pods),
-            });
-        }
+                pods,
+            })
+            .collect();
         self.published = Some(state);
         out
     }
@@ -368,8 +390,8 @@ mod tests {
             pod("c", "web", "gone"),
         ];
         let mut t = PlacementTracker::new();
-        let parts = t.snapshot("s1", state(&nodes, &pods), 2);
-        assert_eq!(parts.len(), 3);
+        let parts = t.snapshot("s1", state(&nodes, &pods), PartSize { nodes: 2, pods: 2 });
+        assert_eq!(parts.len(), 5, "3 parts of nodes, 2 of pods");
         let mut folded = Placement::new();
         for (i, p) in parts.iter().enumerate() {
             assert!(!folded.is_known(), "known before part {i}");
@@ -384,7 +406,7 @@ mod tests {
     fn a_history_cut_inside_a_snapshot_stays_unknown_until_the_next() {
         let nodes: Vec<NodeSpec> = (0..4).map(|i| node(&format!("n{i}"), true)).collect();
         let mut t = PlacementTracker::new();
-        let parts = t.snapshot("s1", state(&nodes, &[]), 2);
+        let parts = t.snapshot("s1", state(&nodes, &[]), PartSize { nodes: 2, pods: 2 });
         let mut folded = Placement::new();
         folded.apply_snapshot(&parts[1]);
         let change = t.change(state(&nodes[..3], &[])).unwrap();
@@ -396,7 +418,7 @@ mod tests {
     #[test]
     fn an_empty_cluster_is_one_part() {
         let mut t = PlacementTracker::new();
-        let parts = t.snapshot("s", Placement::new(), 50);
+        let parts = t.snapshot("s", Placement::new(), PartSize::default());
         assert_eq!(parts.len(), 1);
         let mut f = Placement::new();
         f.apply_snapshot(&parts[0]);
@@ -436,7 +458,7 @@ mod tests {
             let mut entries: Vec<Result<PlacementSnapshot, PlacementChanged>> = Vec::new();
             for (i, s) in states.iter().enumerate() {
                 if i == 0 || snapshot_at[i] {
-                    entries.extend(t.snapshot(&format!("s{i}"), s.clone(), per).into_iter().map(Ok));
+                    entries.extend(t.snapshot(&format!("s{i}"), s.clone(), PartSize { nodes: per, pods: per }).into_iter().map(Ok));
                 } else if let Some(c) = t.change(s.clone()) {
                     entries.push(Err(c));
                 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use bus::placement::{Placement, PlacementTracker};
+use bus::placement::{PartSize, Placement, PlacementTracker};
 use bus::scheduling::{LabelSelector, NodeSpec, PodSpec, Resources};
 use bus::Event;
 use common::*;
@@ -36,7 +36,7 @@ fn place(sim: &mut Simulation, nodes: &[NodeSpec], pods: &[PodSpec]) {
         nodes.iter().map(|n| (n.name.clone(), n.clone())).collect(),
         pods.iter().map(|p| (p.pod_ref(), p.clone())).collect(),
     );
-    for part in PlacementTracker::new().snapshot("s1", state, 2) {
+    for part in PlacementTracker::new().snapshot("s1", state, PartSize { nodes: 2, pods: 2 }) {
         sim.observe("placement_observer", part);
     }
 }
@@ -156,7 +156,7 @@ fn a_delta_that_frees_room_lets_the_node_go() {
         )
     };
     let mut tracker = PlacementTracker::new();
-    for part in tracker.snapshot("s1", state(&pods), 50) {
+    for part in tracker.snapshot("s1", state(&pods), PartSize::default()) {
         sim.observe("placement_observer", part);
     }
     sample_for(&mut sim, 330, 10.0, 10.0);

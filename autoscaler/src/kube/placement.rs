@@ -16,7 +16,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use bus::event::PlacementSnapshot;
-use bus::placement::{Placement, PlacementTracker};
+use bus::placement::{PartSize, Placement, PlacementTracker};
 use bus::scheduling::{LabelSelector, NodeSpec, PodRef, PodSpec, Resources, Taint, POOL_LABEL};
 use bus::{Envelope, Metadata};
 use futures::StreamExt;
@@ -33,9 +33,6 @@ use super::pod_spec::{label_selector, pod_spec};
 
 /// The `source` of the envelopes this observer emits.
 pub const SOURCE: &str = "placement_observer";
-
-/// Nodes per `PlacementSnapshot` entry: with 30 pods a node, a part is some tens of kilobytes.
-pub const NODES_PER_PART: usize = 50;
 
 /// The pool of the default configuration, for workers whose node has no pool label.
 const DEFAULT_POOL: &str = "default";
@@ -268,7 +265,7 @@ impl PlacementObserver {
                     let events: Vec<bus::Event> = if due {
                         last_snapshot = tokio::time::Instant::now();
                         let id = uuid::Uuid::new_v4().simple().to_string();
-                        let parts: Vec<PlacementSnapshot> = tracker.snapshot(&id, state, NODES_PER_PART);
+                        let parts: Vec<PlacementSnapshot> = tracker.snapshot(&id, state, PartSize::default());
                         info!(snapshot = %id, parts = parts.len(), nodes = nodes.items.len(), pods = pods.items.len(), "placement snapshot");
                         parts.into_iter().map(Into::into).collect()
                     } else {

@@ -7,7 +7,6 @@
 //! requirement or an unsupported `matchFields` key becomes a term that matches no node, and a
 //! toleration with an unknown operator or effect, which tolerates nothing, is left out.
 
-
 use bus::scheduling::{
     LabelSelector, LabelSelectorOperator, LabelSelectorRequirement, NodeSelectorOperator,
     NodeSelectorRequirement, NodeSelectorTerm, PodSpec, TaintEffect, Toleration,
@@ -226,8 +225,8 @@ fn label_requirement(r: &meta::LabelSelectorRequirement) -> Option<LabelSelector
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
     use bus::scheduling::{Taint, DAEMON_SET};
+    use std::collections::BTreeMap;
 
     /// A pod from its JSON manifest, as the API server would serve it.
     fn pod(manifest: serde_json::Value) -> core::Pod {
