@@ -940,3 +940,128 @@ async fn kube_drain_leaves_daemonset_and_mirror_pods_and_evicts_the_rest() {
     assert!(pods.get_opt("agentd-x").await.unwrap().is_some());
     assert!(pods.get_opt("static-web").await.unwrap().is_some());
 }
+
+// ---- PlacementObserver -----------------------------------------------------------------------------
+
+/// Folds what arrives within `during` into `into`; returns the envelopes' types.
+async fn fold_placement(
+    rx: &mut mpsc::Receiver<Envelope>,
+    into: &mut bus::placement::Placement,
+    during: Duration,
+) -> Vec<String> {
+    let mut types = Vec::new();
+    for e in drain_for(rx, during).await {
+        types.push(e.event_type().to_string());
+        match &e.event {
+            Event::PlacementSnapshot(s) => into.apply_snapshot(s),
+            Event::PlacementChanged(c) => into.apply_change(c),
+            other => panic!("the placement observer published {}", other.event_type()),
+        }
+    }
+    types
+}
+
+fn spawn_placement(client: &Client) -> (mpsc::Receiver<Envelope>, CancellationToken) {
+    let (tx, rx) = mpsc::channel(256);
+    let stop = CancellationToken::new();
+    let observer = autoscaler::kube::PlacementObserver::new(
+        client.clone(),
+        metadata(),
+        PREFIX,
+        Duration::from_millis(200),
+        Duration::from_secs(3600),
+    );
+    let s = stop.clone();
+    tokio::spawn(async move { observer.run(tx, s.cancelled_owned()).await.unwrap() });
+    (rx, stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_placement_is_a_snapshot_then_deltas_that_fold_to_what_a_new_snapshot_says() {
+    let mut lab = Lab::start(Duration::from_secs(30)).await;
+    let (a, b) = ("k3s-worker-place-a", "k3s-worker-place-b");
+    lab.start_agent(a, "2", "2Gi");
+    lab.start_agent(b, "2", "2Gi");
+    let client = lab.client.clone();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    apply_yaml(&deployments, deployment("web", 2, "100m", "64Mi")).await;
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), "default");
+    apply_yaml(
+        &pdbs,
+        json!({
+            "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "web"}}},
+        }),
+    )
+    .await;
+    wait_for(Duration::from_secs(15), "both replicas Ready", || async {
+        ready_pods_on(&client, "web", a).await.len() + ready_pods_on(&client, "web", b).await.len()
+            == 2
+    })
+    .await;
+
+    let (mut rx, stop) = spawn_placement(&client);
+    let mut folded = bus::placement::Placement::new();
+    let types = fold_placement(&mut rx, &mut folded, Duration::from_secs(2)).await;
+    assert_eq!(
+        types.first().map(String::as_str),
+        Some("PlacementSnapshot"),
+        "{types:?}"
+    );
+    assert!(folded.is_known());
+    for n in [a, b] {
+        let spec = &folded.nodes()[n];
+        assert!(spec.ready, "{spec:?}");
+        assert_eq!(spec.pool.as_deref(), Some("default"));
+        assert_eq!(spec.allocatable.cpu_millis, 2000);
+    }
+    let web: Vec<_> = folded
+        .pods()
+        .values()
+        .filter(|p| p.labels.get("app").is_some_and(|v| v == "web"))
+        .collect();
+    assert_eq!(web.len(), 2);
+    assert!(
+        web.iter().all(|p| p.pdb_blocked && p.cpu_millis == 100),
+        "{web:?}"
+    );
+
+    // A third replica gives the budget room; cordoning b changes a node: deltas, no new snapshot.
+    scale(&client, "web", 3).await;
+    KubeNodeOps::new(client.clone(), Duration::from_secs(5))
+        .cordon(b)
+        .await
+        .unwrap();
+    let mut types = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        types.extend(fold_placement(&mut rx, &mut folded, Duration::from_millis(300)).await);
+        let web: Vec<_> = folded
+            .pods()
+            .values()
+            .filter(|p| p.labels.get("app").is_some_and(|v| v == "web"))
+            .collect();
+        if web.len() == 3 && web.iter().all(|p| !p.pdb_blocked) && folded.nodes()[b].cordoned {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "deltas not folded: {folded:?}"
+        );
+    }
+    assert!(
+        !types.is_empty() && types.iter().all(|t| t == "PlacementChanged"),
+        "{types:?}"
+    );
+    stop.cancel();
+
+    // A new observer's snapshot says the same as the old snapshot plus its deltas.
+    let (mut rx, stop) = spawn_placement(&client);
+    let mut fresh = bus::placement::Placement::new();
+    fold_placement(&mut rx, &mut fresh, Duration::from_secs(2)).await;
+    stop.cancel();
+    assert!(fresh.is_known());
+    assert_eq!(fresh.nodes(), folded.nodes());
+    assert_eq!(fresh.pods(), folded.pods());
+}

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::scheduling::PodSpec;
+use crate::scheduling::{NodeSpec, PodRef, PodSpec};
 
 /// Which way a scaling action goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -235,6 +235,50 @@ pub struct ClusterObserved {
     pub k8s_nodes: Vec<ObservedNode>,
     /// Names of the managed worker containers that exist (running or not).
     pub docker_containers: Vec<String>,
+}
+
+/// Where pods run, a whole picture in `parts` entries: every node (labels, taints, allocatable,
+/// pool, cordoned, Ready) and every pod bound to one (requests and constraints), what the
+/// scale-down simulation folds. Published when the leader starts observing and then every
+/// `kubernetes.placement_snapshot_interval`; [`PlacementChanged`] deltas follow. See
+/// [`crate::placement`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementSnapshot {
+    /// The snapshot's id, the same in each of its parts.
+    pub snapshot: String,
+    /// 0-based; part 0 starts the picture afresh.
+    pub part: u32,
+    pub parts: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeSpec>,
+    /// The pods on this part's nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<crate::placement::PodGroup>,
+}
+
+/// What changed in where pods run since the last [`PlacementSnapshot`] or delta: nodes and pods
+/// added or changed (whole), and removed (by name).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementChanged {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes_removed: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<crate::placement::PodGroup>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods_removed: Vec<PodRef>,
+}
+
+impl PlacementChanged {
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+            && self.nodes_removed.is_empty()
+            && self.pods.is_empty()
+            && self.pods_removed.is_empty()
+    }
 }
 
 // ---- Minimum enforcement ------------------------------------------------------------------------------
@@ -478,6 +522,8 @@ catalogue!(
     NodeDrained,
     NodeRemoved,
     ClusterObserved,
+    PlacementSnapshot,
+    PlacementChanged,
     // minimum enforcement
     MinimumNodesViolation,
     AutoScaleUpToMinimum,

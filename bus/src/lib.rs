@@ -7,6 +7,7 @@
 //!   that `redis-cli XRANGE` shows; [`DecodeError`] says why an entry is not an envelope.
 //! - [`stream_id`]: stream ids, and `--since`/`--from` positions (id, RFC 3339 time, `10m` ago).
 //! - [`config`]: [`BusConfig`], the transport's settings.
+//! - [`placement`]: where pods run on the stream: snapshots in parts, deltas, and their fold.
 //! - [`scheduling`]: what the scheduling simulation reads — [`PodSpec`], [`NodeSpec`], [`Resources`],
 //!   taints, tolerations, node affinity and pod anti-affinity, with Kubernetes' matching semantics.
 //!
@@ -34,6 +35,7 @@
 pub mod config;
 pub mod envelope;
 pub mod event;
+pub mod placement;
 pub mod scheduling;
 pub mod stream_id;
 

@@ -24,9 +24,12 @@ use chrono::{DateTime, Utc};
 use crate::binpack;
 use crate::codes::reason;
 use crate::command::{Cause, Emitter, Outcome};
-use crate::model::{blocked_key, Model, Worker, WorkerState};
+use crate::model::{blocked_key, Blocked, Model, Worker, WorkerState};
 use crate::policy::{chrono, pool_field, Policy, WorkerTemplate, DEFAULT_POOL};
-use crate::scheduling::{scale_up, BlockedPods, PoolTemplate, ScaleUpBlock, Snapshot};
+use crate::scheduling::{
+    scale_down as simulate_scale_down, scale_up, BlockedPods, PoolTemplate, ScaleDownBlock,
+    ScaleUpBlock, Snapshot,
+};
 
 /// The handler's name (consumer group and event source).
 pub const HANDLER: &str = "ScalingDecisionEngine";
@@ -485,6 +488,14 @@ pub fn scale_down(model: &Model, event: &Envelope, policy: &Policy, _: NoPending
             pool: Some(first.pool.clone()),
         };
     };
+    let best = if model.placement.is_known() {
+        match simulated_removal(model, policy, &candidates) {
+            Ok(w) => w,
+            Err(blocked) => return blocked,
+        }
+    } else {
+        best
+    };
     if let Err(why) = fits_on_fewer(model, policy) {
         return Down::Blocked {
             reason: reason::NO_PLACE_FOR_PODS,
@@ -497,6 +508,76 @@ pub fn scale_down(model: &Model, event: &Envelope, policy: &Policy, _: NoPending
         node: best.name.clone(),
         pool: best.pool.clone(),
     }
+}
+
+/// With the placement on the stream known, the scheduling simulation picks among the candidates of
+/// pools above their minimum: the first whose pods all fit on the nodes that stay (under their
+/// constraints and PDBs) and whose removal wastes least. When none can go, why the best candidate
+/// stays. Without a known placement the fluid check ([`fits_on_fewer`]) alone decides.
+fn simulated_removal<'m>(
+    model: &Model,
+    policy: &Policy,
+    candidates: &[&'m Worker],
+) -> Result<&'m Worker, Down> {
+    let p = &model.placement;
+    let snap = Snapshot::from_parts(
+        p.nodes().values().cloned(),
+        p.pods().values().cloned(),
+        std::iter::empty(),
+        BTreeMap::new(),
+    );
+    let names: Vec<&str> = candidates
+        .iter()
+        .filter(|w| above_pool_min(model, policy, &w.pool))
+        .map(|w| w.name.as_str())
+        .collect();
+    let plan = simulate_scale_down(&snap, &policy.node_pools(), &names, 1);
+    if let Some(w) = plan
+        .removable
+        .first()
+        .and_then(|n| candidates.iter().find(|w| w.name == *n))
+    {
+        return Ok(w);
+    }
+    let Some((name, block)) = names
+        .iter()
+        .find_map(|n| plan.blocked.get(*n).map(|b| (*n, b)))
+    else {
+        return Err(blocked(reason::NO_PLACE_FOR_PODS));
+    };
+    let detail = match block {
+        ScaleDownBlock::Pdb { pod } => {
+            format!(
+                "the PodDisruptionBudget of {}/{} allows no disruption",
+                pod.namespace, pod.name
+            )
+        }
+        ScaleDownBlock::NoPlaceForPods { pod } => {
+            format!("{}/{} fits on no other node", pod.namespace, pod.name)
+        }
+        ScaleDownBlock::PoolMinReached { pool } => format!("pool {pool} is at its min_nodes"),
+        ScaleDownBlock::MinNodesReached => "min_nodes reached".to_string(),
+        ScaleDownBlock::UnknownNode => "not in the placement on the stream yet".to_string(),
+    };
+    let pool = candidates
+        .iter()
+        .find(|w| w.name == name)
+        .and_then(|w| pool_field(&w.pool));
+    Err(Down::Blocked {
+        reason: block.code(),
+        node: Some(name.to_string()),
+        pool,
+        detail: Some(detail),
+    })
+}
+
+/// Whether a scale-down block is worth saying: another than the last one (reason, node, pool), or
+/// the same after `blocked_reminder`. Re-reports of the same conditions say nothing new.
+fn is_news(model: &Model, event: &Envelope, policy: &Policy, b: &ScaleDownBlocked) -> bool {
+    model.decisions.last_blocked.as_ref().is_none_or(|last| {
+        last.key != Blocked::key_of(b)
+            || event.timestamp - last.at >= chrono(policy.scaling.blocked_reminder)
+    })
 }
 
 /// Decides scale-up and scale-down.
@@ -563,7 +644,7 @@ impl ScalingDecisionEngine {
                         if matches!(event.event, Event::UnderutilizationWarning(_))
                             && !matches!(scale_down_due(model, event, policy), Down::NotDue)
                         {
-                            out.emit(ScaleDownBlocked {
+                            let b = ScaleDownBlocked {
                                 reason: reason::PENDING_PODS.into(),
                                 workers: current,
                                 min_workers: policy.limits.min_nodes,
@@ -571,7 +652,10 @@ impl ScalingDecisionEngine {
                                 node_name: None,
                                 detail: None,
                                 pool: None,
-                            });
+                            };
+                            if is_news(model, event, policy, &b) {
+                                out.emit(b);
+                            }
                         }
                     }
                     UpNeed::Nothing(proof) => {
@@ -617,7 +701,7 @@ impl ScalingDecisionEngine {
                     .as_deref()
                     .and_then(|p| policy.pool(p))
                     .map_or(policy.limits.min_nodes, |p| p.min_nodes);
-                out.emit(ScaleDownBlocked {
+                let b = ScaleDownBlocked {
                     reason: reason.into(),
                     workers: current,
                     min_workers,
@@ -625,7 +709,10 @@ impl ScalingDecisionEngine {
                     node_name: node,
                     detail,
                     pool: pool.and_then(|p| pool_field(&p)),
-                });
+                };
+                if is_news(model, event, policy, &b) {
+                    out.emit(b);
+                }
             }
         }
     }

@@ -179,6 +179,9 @@ pub struct Scaling {
     /// made it for: the scheduler binds them a moment after Ready (once the not-ready taint is gone),
     /// and a report in between must not buy a second worker for them (not in config.yaml; 15 s).
     pub new_worker_grace: Duration,
+    /// The same `ScaleDownBlocked` (reason, node, pool) is said again only after this long, as a
+    /// reminder; a change of reason is said at once (not in config.yaml; 5 min).
+    pub blocked_reminder: Duration,
 }
 
 impl Default for Scaling {
@@ -195,6 +198,7 @@ impl Default for Scaling {
             max_provision_retries: 3,
             pending_pods_ttl: Duration::from_secs(600),
             new_worker_grace: Duration::from_secs(15),
+            blocked_reminder: Duration::from_secs(300),
         }
     }
 }

@@ -291,6 +291,13 @@ pub struct KubernetesSettings {
     pub pending_batch_idle: Duration,
     #[serde(deserialize_with = "duration")]
     pub pending_batch_max: Duration,
+    /// How often what changed in where pods run is published (`PlacementChanged`).
+    #[serde(deserialize_with = "duration")]
+    pub placement_interval: Duration,
+    /// How often the whole placement is published again (`PlacementSnapshot`), so a trimmed
+    /// history still holds one.
+    #[serde(deserialize_with = "duration")]
+    pub placement_snapshot_interval: Duration,
 }
 
 impl Default for KubernetesSettings {
@@ -300,6 +307,8 @@ impl Default for KubernetesSettings {
             server: String::new(),
             pending_batch_idle: Duration::from_secs(1),
             pending_batch_max: Duration::from_secs(10),
+            placement_interval: Duration::from_secs(5),
+            placement_snapshot_interval: Duration::from_secs(600),
         }
     }
 }

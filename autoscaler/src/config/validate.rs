@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use super::schema::{
-    Alerts, AutoscalerConfig, Enforcement, EventsConfig, Http, Limits, Metrics, Scaling,
-    Thresholds, Workers, HANDLER_NAMES, METRICS_SOURCES,
+    Alerts, AutoscalerConfig, Enforcement, EventsConfig, Http, KubernetesSettings, Limits, Metrics,
+    Scaling, Thresholds, Workers, HANDLER_NAMES, METRICS_SOURCES,
 };
 use super::{Problem, Settings};
 
@@ -23,6 +23,7 @@ impl Settings {
         metrics(&a.metrics, &mut out);
         http(&a.http, &mut out);
         alerts(&a.alerts, &mut out);
+        placement(&a.kubernetes, &mut out);
         out.0
     }
 }
@@ -37,6 +38,19 @@ impl Problems {
             field: format!("autoscaler.{field}"),
             message: message.into(),
         });
+    }
+}
+
+/// The placement observer's periods: zero would make its loop spin.
+fn placement(k: &KubernetesSettings, out: &mut Problems) {
+    if k.placement_interval.is_zero() {
+        out.bad("kubernetes.placement_interval", "must be positive");
+    }
+    if k.placement_snapshot_interval < k.placement_interval {
+        out.bad(
+            "kubernetes.placement_snapshot_interval",
+            "must be at least placement_interval",
+        );
     }
 }
 

@@ -4,6 +4,8 @@
 //! - [`node_watcher`]: [`NodeWatcher`] → `NodeReady`, `NodeHealthDegraded`, `NodeUnexpectedlyLost`, and
 //!   the reflector store of Nodes others read.
 //! - [`pending_pods`]: [`PendingPodsWatcher`] → batched `PendingPodsDetected`.
+//! - [`placement`]: [`PlacementObserver`] → `PlacementSnapshot` parts and `PlacementChanged` deltas
+//!   (where pods run, for the scale-down simulation).
 //! - [`pod_spec`]: a `Pod` as the scheduling simulation reads it (requests and constraints).
 //! - [`node_ops`]: [`KubeNodeOps`] — cordon + taint, drain by eviction, delete, annotate.
 //! - [`utilisation`]: pod requests (and `metrics.k8s.io` usage) vs allocatable per worker.
@@ -14,6 +16,7 @@ pub mod error;
 pub mod node_ops;
 pub mod node_watcher;
 pub mod pending_pods;
+pub mod placement;
 pub mod pod_spec;
 pub mod utilisation;
 
@@ -22,6 +25,7 @@ pub use error::{KubeError, Result};
 pub use node_ops::{Deleted, DrainReport, KubeNodeOps};
 pub use node_watcher::NodeWatcher;
 pub use pending_pods::{BatchWindows, PendingPodsWatcher};
+pub use placement::PlacementObserver;
 pub use pod_spec::pod_spec;
 pub use utilisation::Utilisation;
 

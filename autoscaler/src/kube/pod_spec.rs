@@ -7,8 +7,6 @@
 //! requirement or an unsupported `matchFields` key becomes a term that matches no node, and a
 //! toleration with an unknown operator or effect, which tolerates nothing, is left out.
 
-use std::collections::BTreeMap;
-
 use bus::scheduling::{
     LabelSelector, LabelSelectorOperator, LabelSelectorRequirement, NodeSelectorOperator,
     NodeSelectorRequirement, NodeSelectorTerm, PodSpec, TaintEffect, Toleration,
@@ -191,7 +189,12 @@ fn hostname_anti_affinity(term: &core::PodAffinityTerm) -> Option<LabelSelector>
     if term.topology_key != HOSTNAME_LABEL {
         return None;
     }
-    let selector = term.label_selector.as_ref()?;
+    label_selector(term.label_selector.as_ref()?)
+}
+
+/// A label selector in the simulation's terms; `None` for one with an operator Kubernetes does
+/// not define (such a selector matches nothing in kube-scheduler either).
+pub fn label_selector(selector: &meta::LabelSelector) -> Option<LabelSelector> {
     let match_expressions = selector
         .match_expressions
         .iter()
@@ -199,7 +202,7 @@ fn hostname_anti_affinity(term: &core::PodAffinityTerm) -> Option<LabelSelector>
         .map(label_requirement)
         .collect::<Option<Vec<_>>>()?;
     Some(LabelSelector {
-        match_labels: selector.match_labels.clone().unwrap_or_else(BTreeMap::new),
+        match_labels: selector.match_labels.clone().unwrap_or_default(),
         match_expressions,
     })
 }
@@ -223,6 +226,7 @@ fn label_requirement(r: &meta::LabelSelectorRequirement) -> Option<LabelSelector
 mod tests {
     use super::*;
     use bus::scheduling::{Taint, DAEMON_SET};
+    use std::collections::BTreeMap;
 
     /// A pod from its JSON manifest, as the API server would serve it.
     fn pod(manifest: serde_json::Value) -> core::Pod {

@@ -21,7 +21,7 @@ use crate::config::Settings;
 use crate::docker::{DockerEventsWatcher, DockerWorkerPool};
 use crate::intents::RemovalIntents;
 use crate::kube::node_watcher::{NodeObservation, Readiness};
-use crate::kube::{BatchWindows, NodeWatcher, PendingPodsWatcher};
+use crate::kube::{BatchWindows, NodeWatcher, PendingPodsWatcher, PlacementObserver};
 use crate::leader::Leadership;
 
 /// Everything the observers need.
@@ -116,6 +116,18 @@ impl Observers {
         self.tasks.spawn_logged(
             "pending pods watcher",
             pending.run(self.tx.clone(), token.clone().cancelled_owned()),
+        );
+
+        let placement = PlacementObserver::new(
+            self.kube.clone(),
+            self.metadata.clone(),
+            prefix.clone(),
+            a.kubernetes.placement_interval,
+            a.kubernetes.placement_snapshot_interval,
+        );
+        self.tasks.spawn_logged(
+            "placement observer",
+            placement.run(self.tx.clone(), token.clone().cancelled_owned()),
         );
 
         let docker_events = DockerEventsWatcher::for_pool(&self.pool, self.metadata.clone())

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use bus::event::{Event, ScalingAction, ScalingActionCompleted};
+use bus::event::{Event, ScaleDownBlocked, ScalingAction, ScalingActionCompleted};
 use bus::Envelope;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -57,6 +57,21 @@ pub struct DecisionRecord {
 pub struct Blocked {
     pub reason: String,
     pub at: DateTime<Utc>,
+    /// What makes two blocks the same: reason, node and pool (see [`Blocked::key_of`]).
+    #[serde(default)]
+    pub key: String,
+}
+
+impl Blocked {
+    /// The identity of a block: its detail may carry changing figures, so it is left out.
+    pub fn key_of(b: &ScaleDownBlocked) -> String {
+        format!(
+            "{}:{}:{}",
+            b.reason,
+            b.node_name.as_deref().unwrap_or_default(),
+            b.pool.as_deref().unwrap_or_default()
+        )
+    }
 }
 
 /// A decision's identity: its cause and its type. Serialized as `<cause>/<event type>`, so the map
@@ -168,6 +183,8 @@ impl Decisions {
                 self.by_cause.remove(&k);
             }
         }
+        // A decision ends the block: the next one is news again.
+        self.last_blocked = None;
         self.last = Some(DecisionRecord {
             event_type: env.event_type().to_string(),
             target_workers: target,
@@ -177,10 +194,11 @@ impl Decisions {
     }
 
     /// `ScaleDownBlocked` at `at`.
-    pub(super) fn blocked(&mut self, reason: &str, at: DateTime<Utc>) {
+    pub(super) fn blocked(&mut self, b: &ScaleDownBlocked, at: DateTime<Utc>) {
         self.last_blocked = Some(Blocked {
-            reason: reason.to_string(),
+            reason: b.reason.clone(),
             at,
+            key: Blocked::key_of(b),
         });
     }
 

@@ -19,6 +19,8 @@
 //! - [`Minimum`] (`model.minimum`): the open minimum violation and the recent losses;
 //! - [`AlertWindows`] (`model.alerts`): which event opened each alert key's window;
 //! - [`SyncRecord`] (`model.sync`): the last `ClusterStateSynced` and unknown containers;
+//! - [`Placement`] (`model.placement`): nodes and the pods placed on them, for the scale-down
+//!   simulation (folded by `bus::placement`, the same code the observer writes with);
 //! - [`Stream`] (`model.stream`): the position in the stream and the ids seen.
 //!
 //! The model is kept in memory only (each replica folds the stream again when it starts); its serde
@@ -38,6 +40,7 @@ use bus::event::{
     ClusterObserved, EmergencyScaleUp, Event, ScaleDownStarted, ScaleUpDecision, ScaleUpStarted,
     ScalingAction, ScalingActionCompleted, ScalingActionFailed,
 };
+use bus::placement::Placement;
 use bus::Envelope;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -67,6 +70,8 @@ pub struct Model {
     pub minimum: Minimum,
     pub alerts: AlertWindows,
     pub sync: SyncRecord,
+    /// Where pods run: nodes and placed pods, from `PlacementSnapshot`/`PlacementChanged`.
+    pub placement: Placement,
     pub stream: Stream,
 }
 
@@ -82,6 +87,7 @@ impl Model {
             minimum: Minimum::new(policy.enforcement.emergency_window),
             alerts: AlertWindows::new(policy.alerts.dedup_window),
             sync: SyncRecord::default(),
+            placement: Placement::new(),
             stream: Stream::default(),
         }
     }
@@ -196,7 +202,7 @@ impl Model {
             Event::ScaleDownDecision(d) => self.decisions.decided(env, Some(d.target_workers)),
             Event::AutoScaleUpToMinimum(d) => self.decisions.decided(env, Some(d.target_workers)),
             Event::EmergencyScaleUp(d) => self.on_emergency(env, d),
-            Event::ScaleDownBlocked(b) => self.decisions.blocked(&b.reason, ts),
+            Event::ScaleDownBlocked(b) => self.decisions.blocked(b, ts),
             Event::ScaleUpStarted(s) => self.on_scale_up_started(env, s),
             Event::NodeCreated(c) => self.workers.created(&c.node_name, c.pool.as_deref(), env),
             Event::NodeReady(r) => self.workers.became_ready(&r.node_name, env),
@@ -222,6 +228,8 @@ impl Model {
             Event::MinimumNodesRestored(_) => self.minimum.restored(),
             Event::ClusterStateSynced(s) => self.sync.synced(ts, s.db_workers, &self.workers),
             Event::ClusterObserved(o) => self.on_observed(env, o),
+            Event::PlacementSnapshot(s) => self.placement.apply_snapshot(s),
+            Event::PlacementChanged(c) => self.placement.apply_change(c),
             Event::UnderutilizationWarning(_)
             | Event::ResourcePressureAlert(_)
             | Event::ManualScaleRequested(_) => {}
