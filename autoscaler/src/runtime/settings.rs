@@ -109,7 +109,7 @@ pub fn policy(settings: &Settings) -> handlers::policy::Policy {
         },
         workers: p::WorkerTemplate {
             name_prefix: a.workers.name_prefix.clone(),
-            cpu_millis: (a.workers.cpu * 1000.0).round() as u64,
+            cpu_millis: cpu_millis(a.workers.cpu),
             memory_bytes: a.workers.memory,
             max_pods: a.workers.max_pods,
             protected: a.workers.protected.clone(),
@@ -118,7 +118,28 @@ pub fn policy(settings: &Settings) -> handlers::policy::Policy {
             dedup_window: a.alerts.dedup_window,
         },
         sync: p::SyncPolicy::default(),
-        pools: Vec::new(),
-        expander: p::Expander::default(),
+        pools: a
+            .pools
+            .iter()
+            .map(|pool| p::PoolTemplate {
+                name: pool.name.clone(),
+                min_nodes: pool.min_nodes,
+                max_nodes: pool.max_nodes(&a.limits),
+                allocatable: bus::scheduling::Resources::new(
+                    cpu_millis(pool.cpu(&a.workers)),
+                    pool.memory(&a.workers),
+                    pool.max_pods(&a.workers),
+                ),
+                labels: pool.labels.clone(),
+                taints: pool.parsed_taints(),
+                priority: pool.priority,
+            })
+            .collect(),
+        expander: a.scaling.expander,
     }
+}
+
+/// Cores as millicores, as the decision core counts them.
+fn cpu_millis(cores: f64) -> u64 {
+    (cores * 1000.0).round() as u64
 }
