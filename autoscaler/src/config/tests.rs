@@ -187,9 +187,7 @@ fn without_pools_the_default_pool_and_least_waste_remain() {
 
 #[test]
 fn pools_load_with_defaults_from_workers_and_limits() {
-    let yaml = with_pools(TWO_POOLS)
-        .replace("    max_node_provision_time", "    max_node_provision_time")
-        + "  scaling:\n    expander: priority\n";
+    let yaml = with_pools(TWO_POOLS) + "  scaling:\n    expander: priority\n";
     let s = Settings::from_yaml_with_env(&yaml, no_env()).expect("valid");
     let policy = crate::runtime::settings::policy(&s);
     assert_eq!(policy.expander, handlers::policy::Expander::Priority);

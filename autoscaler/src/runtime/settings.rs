@@ -64,15 +64,36 @@ pub fn pool_config(settings: &Settings) -> std::io::Result<crate::docker::PoolCo
         warm_pool: w.warm_pool,
         timeout: a.docker.timeout,
         breaker_failures: a.docker.circuit_breaker_failures,
-        // The lab's node agent reads its capacity from these; a k3s agent ignores them.
-        extra_env: [
-            ("LAB_NODE_CPU".to_string(), w.cpu.to_string()),
-            ("LAB_NODE_MEMORY".to_string(), w.memory.to_string()),
-        ]
-        .into_iter()
-        .collect(),
+        pools: a
+            .pools
+            .iter()
+            .map(|p| {
+                let (cpu, memory) = (p.cpu(w), p.memory(w));
+                let spec = crate::docker::PoolSpec {
+                    image: p.image(w).to_string(),
+                    args: p.args(w).to_vec(),
+                    cpu,
+                    memory_bytes: memory,
+                    labels: p.labels.clone(),
+                    taints: p.taints.clone(),
+                    env: lab_node_env(cpu, memory),
+                };
+                (p.name.clone(), spec)
+            })
+            .collect(),
+        extra_env: lab_node_env(w.cpu, w.memory),
         ..crate::docker::PoolConfig::default()
     })
+}
+
+/// The lab's node agent reads its capacity from these; a k3s agent ignores them.
+fn lab_node_env(cpu: f64, memory: u64) -> std::collections::BTreeMap<String, String> {
+    [
+        ("LAB_NODE_CPU".to_string(), cpu.to_string()),
+        ("LAB_NODE_MEMORY".to_string(), memory.to_string()),
+    ]
+    .into_iter()
+    .collect()
 }
 
 /// The decision core's policy of a configuration.
