@@ -315,3 +315,32 @@ fn an_unknown_pool_key_is_reported() {
     let err = Settings::from_yaml_with_env(&yaml, no_env()).unwrap_err();
     assert_eq!(fields(err), vec!["autoscaler.pools[0].gpus"]);
 }
+
+#[test]
+fn the_commented_pools_example_of_config_yaml_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config.yaml");
+    let text = std::fs::read_to_string(path).expect("config.yaml");
+    // Uncomment the block from `  # pools:` to the next blank line.
+    let mut inside = false;
+    let uncommented: Vec<String> = text
+        .lines()
+        .map(|l| {
+            inside |= l.starts_with("  # pools:");
+            match l.strip_prefix("  # ") {
+                Some(rest) if inside => format!("  {rest}"),
+                _ => {
+                    inside &= !l.trim().is_empty();
+                    l.to_string()
+                }
+            }
+        })
+        .collect();
+    let s = Settings::from_yaml_with_env(&uncommented.join("\n"), no_env())
+        .expect("the pools example is valid");
+    let names: Vec<&str> = s.autoscaler.pools.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["general", "highmem"]);
+    assert_eq!(
+        s.autoscaler.pools[1].taints,
+        ["dedicated=highmem:NoSchedule"]
+    );
+}
