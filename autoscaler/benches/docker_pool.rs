@@ -40,6 +40,7 @@ async fn run(runs: usize) {
         name: Some(format!("{}{}", config.name_prefix, i + 1)),
         requested_by: format!("bench-{i}"),
         extra_labels: BTreeMap::new(),
+        pool: None,
     };
 
     // Warm-up: the first container on a fresh image pays for layer set-up.

@@ -38,7 +38,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Events(cmd) => autoscaler::cli::events::run(cmd, &cli.config).await,
         Command::Lab(args) => autoscaler::cli::lab_up::run(args, &cli.config).await,
         Command::Agent(args) => lab::cli::run_agent(args).await,
-        Command::Pause => autoscaler::cli::pause().await,
+        Command::Pause { .. } => autoscaler::cli::pause().await,
         Command::Run { dry_run } => {
             let mut settings = match autoscaler::cli::load_settings(&cli.config) {
                 Ok(s) => s,

@@ -57,6 +57,7 @@ async fn docker_kill_and_stop_by_another_actor_arrive_as_events_but_own_actions_
         name: None,
         requested_by: e.to_string(),
         extra_labels: BTreeMap::new(),
+        pool: None,
     };
     let killed = pool.create(&req("evt-1")).await.unwrap();
     let stopped = pool.create(&req("evt-2")).await.unwrap();

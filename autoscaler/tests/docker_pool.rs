@@ -17,6 +17,7 @@ fn request(event: &str) -> CreateWorker {
         name: None,
         requested_by: event.to_string(),
         extra_labels: BTreeMap::new(),
+        pool: None,
     }
 }
 
@@ -369,4 +370,133 @@ async fn docker_lab_image_is_built_once_per_binary() {
         .await;
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+#[tokio::test]
+async fn docker_pools_get_their_own_template_and_only_their_own_warm_workers() {
+    use autoscaler::docker::PoolSpec;
+    let env = TestEnv::new("pools").await;
+    let base = env.config();
+    let spec = |cpu: f64, labels: &[(&str, &str)], taints: &[&str]| PoolSpec {
+        image: base.image.clone(),
+        cpu,
+        memory_bytes: base.memory_bytes,
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        taints: taints.iter().map(|t| t.to_string()).collect(),
+        ..PoolSpec::default()
+    };
+    let config = autoscaler::docker::PoolConfig {
+        warm_pool: 2,
+        pools: BTreeMap::from([
+            ("general".to_string(), spec(0.5, &[], &[])),
+            (
+                "highmem".to_string(),
+                spec(
+                    0.25,
+                    &[("tier", "highmem")],
+                    &["dedicated=highmem:NoSchedule"],
+                ),
+            ),
+        ]),
+        ..base
+    };
+    let prefix = config.name_prefix.clone();
+    let pool = DockerWorkerPool::new(env.docker.clone(), config.clone());
+    let in_pool = |p: &str| CreateWorker {
+        pool: Some(p.to_string()),
+        ..request("evt")
+    };
+
+    let h = pool.acquire(&in_pool("highmem")).await.unwrap();
+    assert_eq!(h.worker.name, format!("{prefix}highmem-1"));
+    assert_eq!(h.worker.state, WorkerState::Running);
+    assert_eq!(h.worker.pool(), Some("highmem"));
+    let raw = env
+        .docker
+        .inspect_container(&h.worker.name, None::<InspectContainerOptions>)
+        .await
+        .unwrap();
+    let cmd = raw.config.unwrap().cmd.unwrap();
+    assert_eq!(
+        cmd,
+        vec![
+            "pause",
+            "--node-label",
+            "k3s-autoscaler/pool=highmem",
+            "--node-label",
+            "tier=highmem",
+            "--node-taint",
+            "dedicated=highmem:NoSchedule"
+        ]
+    );
+    assert_eq!(raw.host_config.unwrap().nano_cpus, Some(250_000_000));
+
+    // A highmem worker stopped warm is not what a general scale-up starts.
+    assert_eq!(pool.release(&h.worker.name).await.unwrap(), Released::Warm);
+    let g = pool.acquire(&in_pool("general")).await.unwrap();
+    assert!(
+        !g.from_warm_pool,
+        "a general worker is never a warm highmem one"
+    );
+    assert_eq!(g.worker.name, format!("{prefix}general-1"));
+    assert_eq!(g.worker.pool(), Some("general"));
+    // A restarted autoscaler keeps the warm worker's pool too.
+    let restarted = DockerWorkerPool::new(env.docker.clone(), config.clone());
+    restarted.adopt().await.unwrap();
+    assert_eq!(restarted.warm_workers(), vec![h.worker.name.clone()]);
+    let again = restarted.acquire(&in_pool("highmem")).await.unwrap();
+    assert!(again.from_warm_pool);
+    assert_eq!(again.worker.id, h.worker.id);
+
+    // An unknown pool is refused before anything is created.
+    let err = restarted.acquire(&in_pool("gpu")).await.unwrap_err();
+    assert!(matches!(err, DockerError::UnknownPool { .. }), "{err}");
+    for w in [&again.worker.name, &g.worker.name] {
+        restarted.remove_worker(w).await.unwrap();
+    }
+    assert!(env.container_names().await.is_empty());
+    assert!(env.volume_names().await.is_empty());
+}
+
+#[tokio::test]
+async fn docker_a_name_held_by_another_pool_is_never_handed_over() {
+    let env = TestEnv::new("mismatch").await;
+    let before = env.config();
+    // The same names, after `pools` was configured (with a pool named `default`).
+    let after = autoscaler::docker::PoolConfig {
+        pools: BTreeMap::from([(
+            "default".to_string(),
+            autoscaler::docker::PoolSpec {
+                image: before.image.clone(),
+                ..Default::default()
+            },
+        )]),
+        ..before.clone()
+    };
+    let old = DockerWorkerPool::new(env.docker.clone(), before.clone());
+    let new = DockerWorkerPool::new(env.docker.clone(), after);
+    let name = format!("{}5", before.name_prefix);
+    let named = |pool: Option<&str>| CreateWorker {
+        name: Some(name.clone()),
+        pool: pool.map(str::to_string),
+        ..request("evt")
+    };
+    let stale = old.create(&named(None)).await.unwrap();
+    old.stop_worker(&name).await.unwrap();
+
+    // Stopped, of the old pool label: replaced by a worker of the new template.
+    let w = new.create(&named(Some("default"))).await.unwrap();
+    assert_ne!(w.id, stale.id);
+    assert_eq!(w.pool(), Some("default"));
+    assert_eq!(w.state, WorkerState::Running);
+
+    // Running, of another pool: refused.
+    let err = old.create(&named(None)).await.unwrap_err();
+    assert!(matches!(err, DockerError::PoolMismatch { .. }), "{err}");
+    assert!(!err.retryable());
+    new.remove_worker(&name).await.unwrap();
+    assert!(env.container_names().await.is_empty());
 }

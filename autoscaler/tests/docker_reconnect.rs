@@ -119,6 +119,7 @@ async fn docker_outage_opens_the_breaker_and_the_watcher_reports_what_it_missed(
         name: None,
         requested_by: e.to_string(),
         extra_labels: BTreeMap::new(),
+        pool: None,
     };
     let w1 = direct.create(&req("evt-1")).await.unwrap();
     let w2 = direct.create(&req("evt-2")).await.unwrap();

@@ -74,6 +74,43 @@ pub struct LabOptions {
     pub dry_run: bool,
     /// `scaling.underutilized_for`: how long underuse lasts before a scale-down.
     pub underutilized_for: Duration,
+    /// `pools`; empty: the one default pool from `workers`.
+    pub pools: Vec<LabPool>,
+}
+
+/// One of [`LabOptions::pools`].
+#[derive(Debug, Clone, Default)]
+pub struct LabPool {
+    pub name: String,
+    pub min_nodes: u32,
+    pub max_nodes: u32,
+    pub cpu: f64,
+    /// A quantity (`2Gi`).
+    pub memory: String,
+    pub labels: Vec<(String, String)>,
+    /// `key=value:Effect`.
+    pub taints: Vec<String>,
+}
+
+impl LabPool {
+    /// The pool's entry under `pools:`, as JSON (which is YAML).
+    fn yaml(&self) -> String {
+        let labels: serde_json::Map<String, serde_json::Value> = self
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
+            .collect();
+        serde_json::json!({
+            "name": self.name,
+            "min_nodes": self.min_nodes,
+            "max_nodes": self.max_nodes,
+            "cpu": self.cpu,
+            "memory": self.memory,
+            "labels": labels,
+            "taints": self.taints,
+        })
+        .to_string()
+    }
 }
 
 impl Default for LabOptions {
@@ -84,6 +121,7 @@ impl Default for LabOptions {
             replicas: 1,
             dry_run: false,
             underutilized_for: Duration::from_secs(6),
+            pools: Vec::new(),
         }
     }
 }
@@ -644,7 +682,7 @@ fn config_yaml(
     lease_ttl: 3s
   http:
     listen: "127.0.0.1:0"
-"#,
+{pools}"#,
         min = o.min_nodes,
         max = o.max_nodes,
         image = env.options.image,
@@ -652,6 +690,16 @@ fn config_yaml(
         k3s_url = env.network_url,
         kubeconfig = env.kubeconfig.display(),
         underutilized_for = o.underutilized_for.as_secs(),
+        pools = if o.pools.is_empty() {
+            String::new()
+        } else {
+            let entries: Vec<String> = o
+                .pools
+                .iter()
+                .map(|p| format!("    - {}\n", p.yaml()))
+                .collect();
+            format!("  pools:\n{}", entries.concat())
+        },
     )
 }
 

@@ -21,8 +21,19 @@ pub fn run(cmd: ConfigCommand, default_path: &Path) -> anyhow::Result<ExitCode> 
             match Settings::load(path) {
                 Ok(s) => {
                     let a = &s.autoscaler;
+                    // Only a configuration with pools says more than before.
+                    let pools: Vec<String> = a
+                        .pools
+                        .iter()
+                        .map(|p| format!("{} {}..={}", p.name, p.min_nodes, p.max_nodes(&a.limits)))
+                        .collect();
+                    let pools = if pools.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", pools {}", pools.join(","))
+                    };
                     println!(
-                        "{}: ok (workers {}..={}, stream {}, handlers {})",
+                        "{}: ok (workers {}..={}, stream {}, handlers {}{pools})",
                         path.display(),
                         a.limits.min_nodes,
                         a.limits.max_nodes,

@@ -53,6 +53,10 @@ pub async fn run(args: LabArgs, config: &Path) -> anyhow::Result<ExitCode> {
         a.events.event_bus.url = redis.url.clone();
         a.dry_run |= args.dry_run;
         a.workers.image = env.options.image.clone();
+        // Every pool's workers run the lab's node agent too.
+        for pool in &mut a.pools {
+            pool.image = None;
+        }
         a.workers.network = env.network.clone();
         a.workers.k3s_url = env.network_url.clone();
         // The lab's node agent needs no privileges, and a killed worker should stay dead (like a lost

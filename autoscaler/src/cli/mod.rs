@@ -77,8 +77,12 @@ pub enum Command {
     /// The lab's node agent (what a lab worker container runs, in place of `k3s agent`).
     Agent(lab::cli::AgentArgs),
     /// Wait for SIGTERM or SIGINT and exit 0, like Kubernetes' pause container (test workers run this).
+    /// Arguments after it are ignored, so a test worker takes a pool's k3s flags as an agent would.
     #[command(hide = true)]
-    Pause,
+    Pause {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        ignored: Vec<String>,
+    },
 }
 
 /// `autoscaler pause`

@@ -97,7 +97,7 @@ type Parsed = Result<Settings, serde_path_to_error::Error<::config::ConfigError>
 /// Reads the merged tree into [`Settings`], with one problem per key it does not know.
 fn deserialize(merged: ::config::Config) -> (Parsed, Vec<Problem>) {
     let mut unknown = Vec::new();
-    let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+    let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(dotted(&path));
     let de = serde_ignored::Deserializer::new(merged, &mut on_unknown);
     let parsed: Parsed = serde_path_to_error::deserialize(de);
     let problems = unknown
@@ -108,4 +108,21 @@ fn deserialize(merged: ::config::Config) -> (Parsed, Vec<Problem>) {
         })
         .collect();
     (parsed, problems)
+}
+
+/// A key's path as the problems name fields: `autoscaler.pools[0].gpus` (serde_ignored writes
+/// `pools.0.gpus`).
+fn dotted(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", dotted(parent)),
+        Path::Map { parent, key } => match dotted(parent) {
+            p if p.is_empty() => key.clone(),
+            p => format!("{p}.{key}"),
+        },
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => dotted(parent),
+    }
 }

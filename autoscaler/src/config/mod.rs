@@ -18,7 +18,7 @@ pub mod serde_helpers;
 pub mod validate;
 
 pub use schema::*;
-pub use serde_helpers::{duration, quantity};
+pub use serde_helpers::{duration, expander, optional_quantity, quantity};
 
 /// One thing wrong with a configuration, named by its dotted path (`autoscaler.limits.max_nodes`).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,11 +1,12 @@
 //! The configuration's shape: the serde structs and their defaults. The decision core's knobs take their
 //! defaults from `handlers::policy`, so those are written once.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::serde_helpers::{duration, quantity};
+use super::serde_helpers::{duration, expander, optional_quantity, quantity};
 
 /// The handlers the runtime knows (each is a consumer group of that name), plus AlertManager.
 pub const HANDLER_NAMES: &[&str] = &[
@@ -43,6 +44,9 @@ pub struct AutoscalerConfig {
     pub scaling: Scaling,
     #[serde(default)]
     pub workers: Workers,
+    /// Node pools; empty: one pool `default` built from `workers`, bounded by `limits`.
+    #[serde(default)]
+    pub pools: Vec<Pool>,
     #[serde(default)]
     pub metrics: Metrics,
     #[serde(default)]
@@ -177,6 +181,9 @@ pub struct Scaling {
     pub max_node_provision_time: Duration,
     #[serde(deserialize_with = "duration")]
     pub drain_timeout: Duration,
+    /// How the pool of new workers for pending pods is picked: `least-waste` or `priority`.
+    #[serde(deserialize_with = "expander")]
+    pub expander: handlers::policy::Expander,
 }
 
 impl Default for Scaling {
@@ -190,6 +197,7 @@ impl Default for Scaling {
             max_unhealthy_fraction: p.max_unhealthy_fraction,
             max_node_provision_time: p.max_node_provision_time,
             drain_timeout: p.drain_timeout,
+            expander: handlers::policy::Expander::default(),
         }
     }
 }
@@ -237,6 +245,70 @@ impl Default for Workers {
             warm_pool: 0,
             protected: Vec::new(),
         }
+    }
+}
+
+/// One of `autoscaler.pools`: a group of workers with its own template, labels, taints and bounds.
+/// What it leaves out comes from `workers` (and `max_nodes` from `limits`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Pool {
+    /// A DNS label; its workers are `<workers.name_prefix><name>-<n>` and carry the node label
+    /// `k3s-autoscaler/pool=<name>`.
+    pub name: String,
+    /// Scale-down never leaves the pool with fewer workers; the enforcer tops it up to this.
+    #[serde(default)]
+    pub min_nodes: u32,
+    /// Default: `limits.max_nodes`.
+    #[serde(default)]
+    pub max_nodes: Option<u32>,
+    /// Default: `workers.cpu`.
+    #[serde(default)]
+    pub cpu: Option<f64>,
+    /// Default: `workers.memory`.
+    #[serde(default, deserialize_with = "optional_quantity")]
+    pub memory: Option<u64>,
+    /// Default: `workers.max_pods`.
+    #[serde(default)]
+    pub max_pods: Option<u32>,
+    /// Node labels (`--node-label k=v`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Node taints as k3s writes them, `key=value:Effect` (`--node-taint`).
+    #[serde(default)]
+    pub taints: Vec<String>,
+    /// For the `priority` expander: higher goes first.
+    #[serde(default)]
+    pub priority: i32,
+    /// Default: `workers.image`.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Default: `workers.args`.
+    #[serde(default)]
+    pub args: Option<Vec<String>>,
+}
+
+impl Pool {
+    pub fn max_nodes(&self, limits: &Limits) -> u32 {
+        self.max_nodes.unwrap_or(limits.max_nodes)
+    }
+    pub fn cpu(&self, workers: &Workers) -> f64 {
+        self.cpu.unwrap_or(workers.cpu)
+    }
+    pub fn memory(&self, workers: &Workers) -> u64 {
+        self.memory.unwrap_or(workers.memory)
+    }
+    pub fn max_pods(&self, workers: &Workers) -> u32 {
+        self.max_pods.unwrap_or(workers.max_pods)
+    }
+    pub fn image<'a>(&'a self, workers: &'a Workers) -> &'a str {
+        self.image.as_deref().unwrap_or(&workers.image)
+    }
+    pub fn args<'a>(&'a self, workers: &'a Workers) -> &'a [String] {
+        self.args.as_deref().unwrap_or(&workers.args)
+    }
+    /// The taints that parse (validation reports the others).
+    pub fn parsed_taints(&self) -> Vec<bus::scheduling::Taint> {
+        self.taints.iter().filter_map(|t| t.parse().ok()).collect()
     }
 }
 

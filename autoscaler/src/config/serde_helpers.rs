@@ -1,10 +1,12 @@
 //! Deserializers for the configuration's quantities: durations as seconds or humantime strings, byte
-//! quantities as numbers or Kubernetes quantities (through `primitives::memory_bytes`).
+//! quantities as numbers or Kubernetes quantities (through `primitives::memory_bytes`), the expander by
+//! its name.
 
 use std::fmt;
 use std::time::Duration;
 
-use serde::Deserializer;
+use handlers::policy::Expander;
+use serde::{Deserialize, Deserializer};
 
 /// Reads a duration from integer (or fractional) seconds or a humantime string (`90s`, `5m`).
 pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -55,4 +57,20 @@ pub fn quantity<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
         }
     }
     d.deserialize_any(V)
+}
+
+/// As [`quantity`], for an optional key (`#[serde(default, deserialize_with = "optional_quantity")]`).
+pub fn optional_quantity<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    quantity(d).map(Some)
+}
+
+/// Reads `scaling.expander` by its configuration name (`least-waste`, `priority`).
+pub fn expander<'de, D: Deserializer<'de>>(d: D) -> Result<Expander, D::Error> {
+    let name = String::deserialize(d)?;
+    [Expander::LeastWaste, Expander::Priority]
+        .into_iter()
+        .find(|e| e.name() == name)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!("`{name}` is not one of least-waste, priority"))
+        })
 }

@@ -149,3 +149,198 @@ fn max_nodes_zero_is_rejected() {
     let err = Settings::from_yaml_with_env(&yaml, no_env()).unwrap_err();
     assert_eq!(fields(err), vec!["autoscaler.limits.max_nodes"]);
 }
+
+/// `MINIMAL_BLOCK` with two pools, as the README's example.
+fn with_pools(pools: &str) -> String {
+    format!("{MINIMAL_BLOCK}  workers:\n    cpu: 1.0\n    memory: \"1Gi\"\n  pools:\n{pools}")
+}
+
+const TWO_POOLS: &str = r#"    - name: general
+      min_nodes: 1
+      max_nodes: 4
+    - name: highmem
+      max_nodes: 2
+      cpu: 2
+      memory: "4Gi"
+      max_pods: 30
+      priority: 10
+      image: "example/k3s:highmem"
+      args: ["--kubelet-arg", "max-pods=30"]
+      labels:
+        tier: highmem
+        example.com/Disk-Type: SSD
+      taints: ["dedicated=highmem:NoSchedule", "spot:PreferNoSchedule"]
+"#;
+
+#[test]
+fn without_pools_the_default_pool_and_least_waste_remain() {
+    let s = Settings::from_yaml_with_env(MINIMAL_BLOCK, no_env()).expect("valid");
+    assert!(s.autoscaler.pools.is_empty());
+    let policy = crate::runtime::settings::policy(&s);
+    assert!(policy.pools.is_empty());
+    assert_eq!(policy.expander, handlers::policy::Expander::LeastWaste);
+    let pools = policy.node_pools();
+    assert_eq!(pools.len(), 1);
+    assert_eq!(pools[0].name, handlers::policy::DEFAULT_POOL);
+    assert_eq!((pools[0].min_nodes, pools[0].max_nodes), (2, 6));
+}
+
+#[test]
+fn pools_load_with_defaults_from_workers_and_limits() {
+    let yaml = with_pools(TWO_POOLS) + "  scaling:\n    expander: priority\n";
+    let s = Settings::from_yaml_with_env(&yaml, no_env()).expect("valid");
+    let policy = crate::runtime::settings::policy(&s);
+    assert_eq!(policy.expander, handlers::policy::Expander::Priority);
+    let [general, highmem] = &policy.pools[..] else {
+        panic!("two pools: {:?}", policy.pools)
+    };
+    assert_eq!(general.name, "general");
+    assert_eq!((general.min_nodes, general.max_nodes), (1, 4));
+    assert_eq!(
+        general.allocatable,
+        bus::scheduling::Resources::new(1000, 1 << 30, 110)
+    );
+    assert!(general.labels.is_empty() && general.taints.is_empty());
+    assert_eq!(general.priority, 0);
+    assert_eq!((highmem.min_nodes, highmem.max_nodes), (0, 2));
+    assert_eq!(
+        highmem.allocatable,
+        bus::scheduling::Resources::new(2000, 4 << 30, 30)
+    );
+    assert_eq!(highmem.priority, 10);
+    // Label keys keep their case and dots.
+    assert_eq!(highmem.labels["tier"], "highmem");
+    assert_eq!(highmem.labels["example.com/Disk-Type"], "SSD");
+    assert_eq!(
+        highmem.taints,
+        vec![
+            bus::scheduling::Taint::new(
+                "dedicated",
+                "highmem",
+                bus::scheduling::TaintEffect::NoSchedule
+            ),
+            bus::scheduling::Taint::new("spot", "", bus::scheduling::TaintEffect::PreferNoSchedule),
+        ]
+    );
+    let raw = &s.autoscaler.pools[1];
+    assert_eq!(raw.image(&s.autoscaler.workers), "example/k3s:highmem");
+    assert_eq!(
+        s.autoscaler.pools[0].image(&s.autoscaler.workers),
+        s.autoscaler.workers.image
+    );
+}
+
+#[test]
+fn the_expander_comes_from_the_environment_too() {
+    let env = vec![(
+        "AUTOSCALER__SCALING__EXPANDER".to_string(),
+        "priority".to_string(),
+    )];
+    let s = Settings::from_yaml_with_env(MINIMAL_BLOCK, env).expect("valid");
+    assert_eq!(
+        s.autoscaler.scaling.expander,
+        handlers::policy::Expander::Priority
+    );
+    let bad = MINIMAL_BLOCK.to_string() + "  scaling:\n    expander: cheapest\n";
+    let err = Settings::from_yaml_with_env(&bad, no_env()).unwrap_err();
+    let problems = err.problems();
+    assert_eq!(problems[0].field, "autoscaler.scaling.expander");
+    assert!(problems[0].message.contains("least-waste"), "{problems:?}");
+}
+
+#[test]
+fn every_bad_pool_field_is_reported_by_name() {
+    let yaml = with_pools(
+        r#"    - name: General
+    - name: ok
+      min_nodes: 3
+      max_nodes: 2
+      cpu: 0
+      memory: 0
+      labels:
+        "bad key!": x
+        tier: "no spaces"
+        k3s-autoscaler/pool: other
+        node-role.kubernetes.io/worker: "true"
+      taints: ["dedicated=highmem", "a=b:Sometimes", "=x:NoSchedule"]
+    - name: ok
+    - name: big
+      max_nodes: 7
+    - name: this-pool-name-is-long-enough-to-make-worker-names-too-long-x
+"#,
+    );
+    let err = Settings::from_yaml_with_env(&yaml, no_env()).unwrap_err();
+    let problems = err.problems();
+    let f: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+    for expected in [
+        "autoscaler.pools[0].name",
+        "autoscaler.pools[1].min_nodes",
+        "autoscaler.pools[1].cpu",
+        "autoscaler.pools[1].memory",
+        "autoscaler.pools[1].labels.bad key!",
+        "autoscaler.pools[1].labels.tier",
+        "autoscaler.pools[1].labels.k3s-autoscaler/pool",
+        "autoscaler.pools[1].labels.node-role.kubernetes.io/worker",
+        "autoscaler.pools[1].taints[0]",
+        "autoscaler.pools[1].taints[1]",
+        "autoscaler.pools[1].taints[2]",
+        "autoscaler.pools[2].name",
+        "autoscaler.pools[3].max_nodes",
+        "autoscaler.pools[4].name",
+    ] {
+        assert!(
+            f.contains(&expected),
+            "{expected} missing from {problems:#?}"
+        );
+    }
+    let text = err.to_string();
+    assert!(text.contains("also the name of pools[1]"), "{text}");
+    assert!(text.contains("more than limits.max_nodes (6)"), "{text}");
+    assert!(text.contains("longer than 63 characters"), "{text}");
+}
+
+#[test]
+fn the_pools_minimums_must_fit_in_max_nodes() {
+    let yaml = with_pools("    - {name: a, min_nodes: 4}\n    - {name: b, min_nodes: 3}\n");
+    let err = Settings::from_yaml_with_env(&yaml, no_env()).unwrap_err();
+    let problems = err.problems();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].field, "autoscaler.pools");
+    assert!(problems[0].message.contains("add up to 7"), "{problems:?}");
+}
+
+#[test]
+fn an_unknown_pool_key_is_reported() {
+    let yaml = with_pools("    - {name: a, gpus: 1}\n");
+    let err = Settings::from_yaml_with_env(&yaml, no_env()).unwrap_err();
+    assert_eq!(fields(err), vec!["autoscaler.pools[0].gpus"]);
+}
+
+#[test]
+fn the_commented_pools_example_of_config_yaml_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config.yaml");
+    let text = std::fs::read_to_string(path).expect("config.yaml");
+    // Uncomment the block from `  # pools:` to the next blank line.
+    let mut inside = false;
+    let uncommented: Vec<String> = text
+        .lines()
+        .map(|l| {
+            inside |= l.starts_with("  # pools:");
+            match l.strip_prefix("  # ") {
+                Some(rest) if inside => format!("  {rest}"),
+                _ => {
+                    inside &= !l.trim().is_empty();
+                    l.to_string()
+                }
+            }
+        })
+        .collect();
+    let s = Settings::from_yaml_with_env(&uncommented.join("\n"), no_env())
+        .expect("the pools example is valid");
+    let names: Vec<&str> = s.autoscaler.pools.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["general", "highmem"]);
+    assert_eq!(
+        s.autoscaler.pools[1].taints,
+        ["dedicated=highmem:NoSchedule"]
+    );
+}

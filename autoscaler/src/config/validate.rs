@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::schema::{
     Alerts, AutoscalerConfig, Enforcement, EventsConfig, Http, KubernetesSettings, Limits, Metrics,
-    Scaling, Thresholds, Workers, HANDLER_NAMES, METRICS_SOURCES,
+    Pool, Scaling, Thresholds, Workers, HANDLER_NAMES, METRICS_SOURCES,
 };
 use super::{Problem, Settings};
 
@@ -20,6 +20,7 @@ impl Settings {
         thresholds(&a.thresholds, &mut out);
         scaling(&a.scaling, &mut out);
         workers(&a.workers, &mut out);
+        pools(a, &mut out);
         metrics(&a.metrics, &mut out);
         http(&a.http, &mut out);
         alerts(&a.alerts, &mut out);
@@ -207,6 +208,213 @@ fn workers(w: &Workers, out: &mut Problems) {
                 w.restart_policy
             ),
         );
+    }
+}
+
+/// Kubernetes' limit on a label value, and so on a node name used as `kubernetes.io/hostname`.
+const LABEL_VALUE_MAX: usize = 63;
+
+fn pools(a: &AutoscalerConfig, out: &mut Problems) {
+    let mut seen = BTreeMap::new();
+    for (i, p) in a.pools.iter().enumerate() {
+        let at = |field: &str| format!("pools[{i}].{field}");
+        if let Err(e) = dns_label(&p.name) {
+            out.bad(&at("name"), format!("`{}` {e}", p.name));
+        } else if let Some(first) = seen.insert(p.name.as_str(), i) {
+            out.bad(
+                &at("name"),
+                format!("`{}` is also the name of pools[{first}]", p.name),
+            );
+        } else {
+            // `<prefix><pool>-<n>` is the node name and its `kubernetes.io/hostname` label.
+            let longest = format!(
+                "{}{}-{}",
+                a.workers.name_prefix,
+                p.name,
+                p.max_nodes(&a.limits).max(1)
+            );
+            if longest.len() > LABEL_VALUE_MAX {
+                out.bad(
+                    &at("name"),
+                    format!(
+                        "worker names like `{longest}` would be longer than {LABEL_VALUE_MAX} characters"
+                    ),
+                );
+            }
+        }
+        pool_bounds(p, i, a, out);
+        pool_template(p, i, out);
+        for (key, value) in &p.labels {
+            let field = at(&format!("labels.{key}"));
+            if let Err(e) = label_key(key) {
+                out.bad(&field, format!("key `{key}` {e}"));
+            } else if key == bus::scheduling::POOL_LABEL || key == bus::scheduling::HOSTNAME_LABEL {
+                out.bad(&field, format!("`{key}` is set by the autoscaler"));
+            } else if let Err(e) = kubelet_may_set(key) {
+                out.bad(&field, format!("`{key}` {e}"));
+            }
+            if let Err(e) = label_value(value) {
+                out.bad(&field, format!("value `{value}` {e}"));
+            }
+        }
+        for (j, taint) in p.taints.iter().enumerate() {
+            let field = at(&format!("taints[{j}]"));
+            match taint.parse::<bus::scheduling::Taint>() {
+                Err(e) => out.bad(&field, format!("{e}; expected key=value:Effect")),
+                Ok(t) => {
+                    if let Err(e) = label_key(&t.key) {
+                        out.bad(&field, format!("key `{}` {e}", t.key));
+                    }
+                    if let Err(e) = label_value(&t.value) {
+                        out.bad(&field, format!("value `{}` {e}", t.value));
+                    }
+                }
+            }
+        }
+    }
+    let mins: u32 = a.pools.iter().map(|p| p.min_nodes).sum();
+    if mins > a.limits.max_nodes {
+        out.bad(
+            "pools",
+            format!(
+                "the pools' min_nodes add up to {mins}, more than limits.max_nodes ({})",
+                a.limits.max_nodes
+            ),
+        );
+    }
+}
+
+fn pool_bounds(p: &Pool, i: usize, a: &AutoscalerConfig, out: &mut Problems) {
+    let max = p.max_nodes(&a.limits);
+    if p.max_nodes == Some(0) {
+        out.bad(&format!("pools[{i}].max_nodes"), "must be at least 1");
+    } else if max > a.limits.max_nodes {
+        out.bad(
+            &format!("pools[{i}].max_nodes"),
+            format!(
+                "{max} is more than limits.max_nodes ({})",
+                a.limits.max_nodes
+            ),
+        );
+    }
+    if p.min_nodes > max {
+        out.bad(
+            &format!("pools[{i}].min_nodes"),
+            format!(
+                "min_nodes ({}) is greater than max_nodes ({max})",
+                p.min_nodes
+            ),
+        );
+    }
+}
+
+/// The pool's own template values; those it inherits are checked under `workers`.
+fn pool_template(p: &Pool, i: usize, out: &mut Problems) {
+    if p.cpu.is_some_and(|c| c <= 0.0 || !c.is_finite()) {
+        out.bad(&format!("pools[{i}].cpu"), "must be positive");
+    }
+    if p.memory == Some(0) {
+        out.bad(&format!("pools[{i}].memory"), "must be positive");
+    }
+    if p.max_pods == Some(0) {
+        out.bad(&format!("pools[{i}].max_pods"), "must be at least 1");
+    }
+    if p.image.as_deref().is_some_and(str::is_empty) {
+        out.bad(&format!("pools[{i}].image"), "must not be empty");
+    }
+}
+
+/// RFC 1123 label: what a pool name must be, since it is part of worker names and a label value.
+fn dns_label(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > LABEL_VALUE_MAX {
+        return Err(format!("must be 1 to {LABEL_VALUE_MAX} characters long"));
+    }
+    let ok = s
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err("is not a DNS label (lowercase letters, digits and `-`, starting and ending with a letter or digit)".into())
+    }
+}
+
+/// A label value: empty, or up to 63 of `[A-Za-z0-9._-]` starting and ending alphanumeric.
+fn label_value(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Ok(());
+    }
+    if s.len() > LABEL_VALUE_MAX {
+        return Err(format!("is longer than {LABEL_VALUE_MAX} characters"));
+    }
+    let alnum = |b: u8| b.is_ascii_alphanumeric();
+    let bytes = s.as_bytes();
+    if alnum(bytes[0])
+        && alnum(bytes[bytes.len() - 1])
+        && bytes
+            .iter()
+            .all(|&b| alnum(b) || matches!(b, b'-' | b'_' | b'.'))
+    {
+        Ok(())
+    } else {
+        Err("is not a label value (letters, digits, `-`, `_`, `.`, starting and ending with a letter or digit)".into())
+    }
+}
+
+/// A label key: an optional DNS-subdomain prefix and `/`, then a name as a non-empty label value.
+fn label_key(key: &str) -> Result<(), String> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    if let Some(prefix) = prefix {
+        if prefix.is_empty()
+            || prefix.len() > 253
+            || !prefix.split('.').all(|l| dns_label(l).is_ok())
+        {
+            return Err(format!(
+                "has a prefix `{prefix}` that is not a DNS subdomain"
+            ));
+        }
+    }
+    if name.is_empty() {
+        return Err("has an empty name".into());
+    }
+    label_value(name).map_err(|e| format!("has a name that {e}"))
+}
+
+/// The kubelet refuses `--node-label`s in the `kubernetes.io` and `k8s.io` namespaces except these,
+/// and the agent would not start.
+fn kubelet_may_set(key: &str) -> Result<(), String> {
+    const ALLOWED_KEYS: &[&str] = &[
+        "beta.kubernetes.io/arch",
+        "beta.kubernetes.io/instance-type",
+        "beta.kubernetes.io/os",
+        "failure-domain.beta.kubernetes.io/region",
+        "failure-domain.beta.kubernetes.io/zone",
+        "kubernetes.io/arch",
+        "kubernetes.io/os",
+        "node.kubernetes.io/instance-type",
+        "topology.kubernetes.io/region",
+        "topology.kubernetes.io/zone",
+    ];
+    const ALLOWED_NAMESPACES: &[&str] = &["kubelet.kubernetes.io", "node.kubernetes.io"];
+    let Some((prefix, _)) = key.split_once('/') else {
+        return Ok(());
+    };
+    let restricted = ["kubernetes.io", "k8s.io"]
+        .iter()
+        .any(|ns| prefix == *ns || prefix.ends_with(&format!(".{ns}")));
+    let allowed = ALLOWED_KEYS.contains(&key)
+        || ALLOWED_NAMESPACES
+            .iter()
+            .any(|ns| prefix == *ns || prefix.ends_with(&format!(".{ns}")));
+    if restricted && !allowed {
+        Err("is in a namespace the kubelet refuses in --node-label (kubernetes.io, k8s.io)".into())
+    } else {
+        Ok(())
     }
 }
 

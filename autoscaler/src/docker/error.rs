@@ -29,6 +29,16 @@ pub enum DockerError {
         "container name `{name}` is taken by a container not managed by cluster `{cluster_id}`"
     )]
     NameTaken { name: String, cluster_id: String },
+    /// A worker was asked for in a pool the configuration does not have.
+    #[error("unknown pool `{pool}` (configured: {})", .known.join(", "))]
+    UnknownPool { pool: String, known: Vec<String> },
+    /// A running worker of another pool has the name a worker of this pool was asked for.
+    #[error("worker `{name}` exists in pool `{has}`, not in pool `{wanted}`")]
+    PoolMismatch {
+        name: String,
+        has: String,
+        wanted: String,
+    },
     /// The worker is not known to the engine.
     #[error("worker `{0}` not found")]
     NotFound(String),
@@ -54,6 +64,8 @@ impl DockerError {
             | DockerError::CircuitOpen { .. } => true,
             DockerError::Engine { source, .. } => engine_error_is_transient(source),
             DockerError::NameTaken { .. }
+            | DockerError::UnknownPool { .. }
+            | DockerError::PoolMismatch { .. }
             | DockerError::NotFound(_)
             | DockerError::InvalidConfig(_)
             | DockerError::ImageBuild { .. }
@@ -79,6 +91,8 @@ impl DockerError {
             DockerError::CircuitOpen { .. } => "circuit_open",
             DockerError::Engine { .. } => "engine",
             DockerError::NameTaken { .. } => "name_taken",
+            DockerError::UnknownPool { .. } => "unknown_pool",
+            DockerError::PoolMismatch { .. } => "pool_mismatch",
             DockerError::NotFound(_) => "not_found",
             DockerError::InvalidConfig(_) => "invalid_config",
             DockerError::ImageBuild { .. } => "image_build",

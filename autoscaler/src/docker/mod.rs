@@ -49,7 +49,7 @@ pub const LABEL_MANAGED_BY: &str = "k3s-autoscaler/managed-by";
 pub const MANAGED_BY_VALUE: &str = "k3s-autoscaler";
 /// The cluster a worker belongs to, so two autoscalers on one engine never touch each other's workers.
 pub const LABEL_CLUSTER_ID: &str = "k3s-autoscaler/cluster-id";
-/// The worker pool (`workers.pool`).
+/// The worker's pool: `workers.pool` for the default pool, else the name of its `pools` entry.
 pub const LABEL_POOL: &str = "k3s-autoscaler/pool";
 /// The id of the event that asked for the worker.
 pub const LABEL_REQUESTED_BY: &str = "k3s-autoscaler/requested-by";
@@ -86,13 +86,48 @@ impl std::fmt::Display for Secret {
     }
 }
 
+/// The worker template of one of `autoscaler.pools`, what it leaves out filled in from `workers`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PoolSpec {
+    pub image: String,
+    /// Extra arguments after [`PoolConfig::command`], before the pool's node labels and taints.
+    pub args: Vec<String>,
+    /// CPU limit in cores (NanoCpus); 0 means none.
+    pub cpu: f64,
+    /// Memory limit in bytes; 0 means none.
+    pub memory_bytes: u64,
+    /// Node labels, as `--node-label k=v` after `--node-label k3s-autoscaler/pool=<pool>`.
+    pub labels: BTreeMap<String, String>,
+    /// Node taints as k3s writes them (`key=value:Effect`), as `--node-taint`.
+    pub taints: Vec<String>,
+    /// Environment on top of [`PoolConfig::extra_env`] (the lab agent's capacity of this pool).
+    pub env: BTreeMap<String, String>,
+}
+
+/// What one worker container is built from: the pool it belongs to, resolved by
+/// [`PoolConfig::template`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerTemplate<'a> {
+    /// The value of the Docker label [`LABEL_POOL`].
+    pub label: &'a str,
+    /// Unnamed workers are `<name_prefix><n>` in the default pool, `<name_prefix><pool>-<n>` in
+    /// the others, as the decision core names them.
+    pub name_prefix: String,
+    pub image: &'a str,
+    /// `command`, the pool's args, then its node labels and taints.
+    pub cmd: Vec<String>,
+    pub cpu: f64,
+    pub memory_bytes: u64,
+    pub env: BTreeMap<&'a str, &'a str>,
+}
+
 /// Everything the pool needs, in plain types; the lead maps `workers:` and `docker:` of `config.yaml`
 /// into it.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     /// Engine address (`unix://…`, `tcp://…`); empty means `DOCKER_HOST` or the local socket.
     pub host: String,
-    /// Workers are named `<name_prefix><n>`.
+    /// Workers are named `<name_prefix><n>` (default pool) or `<name_prefix><pool>-<n>`.
     pub name_prefix: String,
     /// The worker image (a `rancher/k3s` tag, or the lab image).
     pub image: String,
@@ -108,8 +143,10 @@ pub struct PoolConfig {
     pub network: String,
     /// `no`, `always`, `unless-stopped` or `on-failure`.
     pub restart_policy: String,
-    /// The pool label of the workers.
+    /// The pool label of the default pool's workers (`workers.pool`).
     pub pool: String,
+    /// `autoscaler.pools` by name; empty: one pool, the default, from the fields above.
+    pub pools: BTreeMap<String, PoolSpec>,
     /// Cluster id label: only containers with this id are listed, adopted or watched.
     pub cluster_id: String,
     /// CPU limit in cores (NanoCpus); 0 means none.
@@ -150,6 +187,7 @@ impl Default for PoolConfig {
             network: String::new(),
             restart_policy: "unless-stopped".into(),
             pool: "default".into(),
+            pools: BTreeMap::new(),
             cluster_id: "k3s-lab".into(),
             cpu: 2.0,
             memory_bytes: 2 * 1024 * 1024 * 1024,
@@ -163,6 +201,69 @@ impl Default for PoolConfig {
             breaker_failures: 5,
             breaker_cool_off: Duration::from_secs(30),
         }
+    }
+}
+
+impl PoolConfig {
+    /// The template of a worker of `pool` (`None`: the default pool). Without `pools`, the default
+    /// pool is the fields of this config, exactly as before pools; with them, `pool` must be one
+    /// of them: an unknown pool is an error, never a silent default.
+    pub fn template<'a>(&'a self, pool: Option<&str>) -> Result<WorkerTemplate<'a>> {
+        let name = pool.unwrap_or(handlers::policy::DEFAULT_POOL);
+        // The pool's own entries win over `extra_env`'s.
+        let env = |extra: Option<&'a BTreeMap<String, String>>| {
+            self.extra_env
+                .iter()
+                .chain(extra.into_iter().flatten())
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect()
+        };
+        if let Some((label, spec)) = self.pools.get_key_value(name) {
+            let mut cmd: Vec<String> = self.command.iter().chain(&spec.args).cloned().collect();
+            cmd.push("--node-label".into());
+            cmd.push(format!("{}={label}", bus::scheduling::POOL_LABEL));
+            for (k, v) in &spec.labels {
+                cmd.push("--node-label".into());
+                cmd.push(format!("{k}={v}"));
+            }
+            for t in &spec.taints {
+                cmd.push("--node-taint".into());
+                cmd.push(t.clone());
+            }
+            let name_prefix = if label == handlers::policy::DEFAULT_POOL {
+                self.name_prefix.clone()
+            } else {
+                format!("{}{label}-", self.name_prefix)
+            };
+            return Ok(WorkerTemplate {
+                label,
+                name_prefix,
+                image: &spec.image,
+                cmd,
+                cpu: spec.cpu,
+                memory_bytes: spec.memory_bytes,
+                env: env(Some(&spec.env)),
+            });
+        }
+        if self.pools.is_empty() && name == handlers::policy::DEFAULT_POOL {
+            return Ok(WorkerTemplate {
+                label: &self.pool,
+                name_prefix: self.name_prefix.clone(),
+                image: &self.image,
+                cmd: self.command.iter().chain(&self.args).cloned().collect(),
+                cpu: self.cpu,
+                memory_bytes: self.memory_bytes,
+                env: env(None),
+            });
+        }
+        Err(DockerError::UnknownPool {
+            pool: name.to_string(),
+            known: if self.pools.is_empty() {
+                vec![handlers::policy::DEFAULT_POOL.to_string()]
+            } else {
+                self.pools.keys().cloned().collect()
+            },
+        })
     }
 }
 

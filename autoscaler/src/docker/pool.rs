@@ -2,12 +2,15 @@
 //!
 //! A worker is a container named `<name_prefix><n>` (hostname and `K3S_NODE_NAME` the same), with its
 //! agent state in the named volume `<name>-state` that removal deletes, so nothing is left behind.
+//! A worker of a configured pool (`autoscaler.pools`) is `<name_prefix><pool>-<n>`, built from its
+//! pool's template ([`PoolConfig::template`]): the pool's image, limits and environment, and the pool,
+//! its labels and taints as k3s's `--node-label` / `--node-taint`.
 //! Docker's 409 for an existing name means another replica created that worker already: the pool
 //! answers with the existing container (idempotent success) when it carries our cluster id.
 //!
 //! The warm pool of stopped workers (`acquire`, `release`) is in [`super::warm`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,6 +50,8 @@ pub struct CreateWorker {
     pub requested_by: String,
     /// More labels for this worker only.
     pub extra_labels: BTreeMap<String, String>,
+    /// Its pool; `None`: the default pool.
+    pub pool: Option<String>,
 }
 
 /// A container's state as the engine reports it.
@@ -194,8 +199,9 @@ pub struct DockerWorkerPool {
     /// Serialises name allocation + create in this process: two local creates never pick the same
     /// name; across replicas Docker's 409 settles it.
     create_lock: tokio::sync::Mutex<()>,
-    /// Names of stopped workers kept warm. std mutex: never held across an await.
-    pub(super) warm: Mutex<BTreeSet<String>>,
+    /// Stopped workers kept warm: name → their [`LABEL_POOL`], so a pool only gets its own back.
+    /// std mutex: never held across an await.
+    pub(super) warm: Mutex<BTreeMap<String, String>>,
     /// Last CPU counters per container, for CPU % between two samples (see `stats`).
     pub(crate) cpu_prev: Mutex<HashMap<String, super::stats::CpuCounters>>,
 }
@@ -231,7 +237,7 @@ impl DockerWorkerPool {
             config: Arc::new(config),
             intents: Arc::new(PoolIntents::new(INTENT_TTL)),
             create_lock: tokio::sync::Mutex::new(()),
-            warm: Mutex::new(BTreeSet::new()),
+            warm: Mutex::new(BTreeMap::new()),
             cpu_prev: Mutex::new(HashMap::new()),
         }
     }
@@ -262,7 +268,8 @@ impl DockerWorkerPool {
             && labels.get(LABEL_CLUSTER_ID) == Some(&self.config.cluster_id)
     }
 
-    fn base_labels(&self) -> HashMap<String, String> {
+    /// The labels of a worker of the pool labelled `pool` and of its volume.
+    fn base_labels(&self, pool: &str) -> HashMap<String, String> {
         let mut labels: HashMap<String, String> = self
             .config
             .extra_labels
@@ -271,14 +278,15 @@ impl DockerWorkerPool {
             .collect();
         labels.insert(LABEL_MANAGED_BY.into(), MANAGED_BY_VALUE.into());
         labels.insert(LABEL_CLUSTER_ID.into(), self.config.cluster_id.clone());
-        labels.insert(LABEL_POOL.into(), self.config.pool.clone());
+        labels.insert(LABEL_POOL.into(), pool.to_string());
         labels
     }
 
     /// The create request for worker `name`: k3d's agent shape (see the module doc).
     pub fn container_body(&self, name: &str, req: &CreateWorker) -> Result<ContainerCreateBody> {
         let c = &self.config;
-        let mut labels = self.base_labels();
+        let t = c.template(req.pool.as_deref())?;
+        let mut labels = self.base_labels(t.label);
         labels.extend(req.extra_labels.iter().map(|(k, v)| (k.clone(), v.clone())));
         if !req.requested_by.is_empty() {
             labels.insert(LABEL_REQUESTED_BY.into(), req.requested_by.clone());
@@ -292,7 +300,7 @@ impl DockerWorkerPool {
             env.push(format!("K3S_TOKEN={}", token.expose()));
         }
         env.push(format!("K3S_NODE_NAME={name}"));
-        env.extend(c.extra_env.iter().map(|(k, v)| format!("{k}={v}")));
+        env.extend(t.env.iter().map(|(k, v)| format!("{k}={v}")));
 
         let restart: RestartPolicyNameEnum = c.restart_policy.parse().map_err(|_| {
             DockerError::InvalidConfig(format!(
@@ -301,7 +309,6 @@ impl DockerWorkerPool {
             ))
         })?;
 
-        let cmd: Vec<String> = c.command.iter().chain(c.args.iter()).cloned().collect();
         let host_config = HostConfig {
             privileged: Some(c.privileged),
             tmpfs: Some(HashMap::from([
@@ -319,14 +326,14 @@ impl DockerWorkerPool {
                 ..Default::default()
             }]),
             network_mode: (!c.network.is_empty()).then(|| c.network.clone()),
-            nano_cpus: (c.cpu > 0.0).then(|| (c.cpu * 1e9).round() as i64),
-            memory: (c.memory_bytes > 0).then(|| i64::try_from(c.memory_bytes).unwrap_or(i64::MAX)),
+            nano_cpus: (t.cpu > 0.0).then(|| (t.cpu * 1e9).round() as i64),
+            memory: (t.memory_bytes > 0).then(|| i64::try_from(t.memory_bytes).unwrap_or(i64::MAX)),
             ..Default::default()
         };
         Ok(ContainerCreateBody {
             hostname: Some(name.to_string()),
-            image: Some(c.image.clone()),
-            cmd: Some(cmd),
+            image: Some(t.image.to_string()),
+            cmd: Some(t.cmd),
             env: Some(env),
             labels: Some(labels),
             host_config: Some(host_config),
@@ -335,9 +342,10 @@ impl DockerWorkerPool {
     }
 
     /// The next free `<name_prefix><n>` among all containers on the engine (ours or not, running or
-    /// not), so a foreign container never makes us collide.
-    pub async fn next_name(&self) -> Result<String> {
-        let prefix = &self.config.name_prefix;
+    /// not), so a foreign container never makes us collide; `<name_prefix><pool>-<n>` for a worker
+    /// of a configured pool other than the default.
+    pub async fn next_name(&self, pool: Option<&str>) -> Result<String> {
+        let prefix = &self.config.template(pool)?.name_prefix;
         // The engine matches `name` as a regular expression against `/<name>`.
         let filters = HashMap::from([(
             "name".to_string(),
@@ -371,7 +379,7 @@ impl DockerWorkerPool {
             let _serialised = self.create_lock.lock().await;
             let name = match &req.name {
                 Some(n) => n.clone(),
-                None => self.next_name().await?,
+                None => self.next_name(req.pool.as_deref()).await?,
             };
             self.create_container(&name, req).await?;
             name
@@ -379,52 +387,72 @@ impl DockerWorkerPool {
         self.start_worker(&name).await
     }
 
-    /// Creates the container (and its volume); an existing one of ours is success.
+    /// Creates the container (and its volume); an existing one of ours in the same pool is success.
+    /// A stopped one of another pool (a warm worker left by an earlier configuration) is removed
+    /// and the worker created anew; a running one is [`DockerError::PoolMismatch`].
     async fn create_container(&self, name: &str, req: &CreateWorker) -> Result<()> {
         let body = self.container_body(name, req)?;
-        info!(worker = %name, image = %self.config.image, requested_by = %req.requested_by, "creating worker");
-        self.ensure_volume(name, req).await?;
-        self.intents.record(name, Intent::Start);
+        let pool = self.config.template(req.pool.as_deref())?.label.to_string();
+        info!(worker = %name, pool = %pool, image = body.image.as_deref().unwrap_or_default(), requested_by = %req.requested_by, "creating worker");
+        let mut replaced = false;
+        loop {
+            self.ensure_volume(name, &pool, req).await?;
+            self.intents.record(name, Intent::Start);
 
-        let docker = self.engine.docker();
-        let created = self
-            .engine
-            .call(
-                "create_container",
-                Duration::ZERO,
-                docker.create_container(
-                    Some(CreateContainerOptions {
-                        name: Some(name.to_string()),
-                        ..Default::default()
-                    }),
-                    body,
-                ),
-            )
-            .await;
-        match created {
-            Ok(resp) => {
-                debug!(worker = %name, id = %resp.id, "container created");
-                Ok(())
-            }
-            Err(e) if e.status_code() == Some(409) => {
-                match self.inspect_conflicting(name).await? {
-                    Some(existing) if self.is_ours(&existing.labels) => {
-                        info!(worker = %name, id = %existing.id, "worker exists already (created by another replica): idempotent success");
-                        Ok(())
-                    }
-                    Some(_) => Err(DockerError::NameTaken {
-                        name: name.to_string(),
-                        cluster_id: self.config.cluster_id.clone(),
-                    }),
-                    // Removed between the 409 and the inspect: let the caller retry.
-                    None => Err(e),
+            let docker = self.engine.docker();
+            let created = self
+                .engine
+                .call(
+                    "create_container",
+                    Duration::ZERO,
+                    docker.create_container(
+                        Some(CreateContainerOptions {
+                            name: Some(name.to_string()),
+                            ..Default::default()
+                        }),
+                        body.clone(),
+                    ),
+                )
+                .await;
+            return match created {
+                Ok(resp) => {
+                    debug!(worker = %name, id = %resp.id, "container created");
+                    Ok(())
                 }
-            }
-            Err(e) => {
-                // No container of that name holds the volume (a concurrent one keeps it: 409).
-                self.remove_volume_best_effort(name).await;
-                Err(e)
-            }
+                Err(e) if e.status_code() == Some(409) => {
+                    match self.inspect_conflicting(name).await? {
+                        Some(existing) if self.is_ours(&existing.labels) => {
+                            let has = existing.pool().unwrap_or_default();
+                            if has == pool {
+                                info!(worker = %name, id = %existing.id, "worker exists already (created by another replica): idempotent success");
+                                Ok(())
+                            } else if existing.state.is_stopped() && !replaced {
+                                warn!(worker = %name, has = %has, wanted = %pool, "a stopped worker of another pool holds the name: removing it");
+                                DockerWorkerPool::remove_worker(self, name).await?;
+                                replaced = true;
+                                continue;
+                            } else {
+                                Err(DockerError::PoolMismatch {
+                                    name: name.to_string(),
+                                    has: has.to_string(),
+                                    wanted: pool,
+                                })
+                            }
+                        }
+                        Some(_) => Err(DockerError::NameTaken {
+                            name: name.to_string(),
+                            cluster_id: self.config.cluster_id.clone(),
+                        }),
+                        // Removed between the 409 and the inspect: let the caller retry.
+                        None => Err(e),
+                    }
+                }
+                Err(e) => {
+                    // No container of that name holds the volume (a concurrent one keeps it: 409).
+                    self.remove_volume_best_effort(name).await;
+                    Err(e)
+                }
+            };
         }
     }
 
@@ -444,8 +472,8 @@ impl DockerWorkerPool {
 
     /// The state volume, labelled like the worker so cleanups by label find it. Creating an existing
     /// volume is a no-op in Docker, which keeps a repeated create idempotent.
-    async fn ensure_volume(&self, name: &str, req: &CreateWorker) -> Result<()> {
-        let mut labels = self.base_labels();
+    async fn ensure_volume(&self, name: &str, pool: &str, req: &CreateWorker) -> Result<()> {
+        let mut labels = self.base_labels(pool);
         labels.extend(req.extra_labels.iter().map(|(k, v)| (k.clone(), v.clone())));
         let volume = naming::state_volume_name(name);
         let docker = self.engine.docker();
@@ -645,7 +673,7 @@ impl DockerWorkerPool {
                 && !w.oom_killed
                 && matches!(w.exit_code, Some(0) | Some(137) | Some(143))
             {
-                warm.insert(w.name.clone());
+                warm.insert(w.name.clone(), w.pool().unwrap_or_default().to_string());
             }
         }
         info!(
@@ -722,12 +750,11 @@ impl handlers::traits::WorkerPool for DockerWorkerPool {
     async fn create_worker(
         &self,
         name: &str,
-        // Not used yet: every worker gets the one template (`workers`) until the pool's labels,
-        // taints and label reach the container.
-        _pool: &str,
+        pool: &str,
     ) -> std::result::Result<String, ActionError> {
         let req = CreateWorker {
             name: Some(name.to_string()),
+            pool: Some(pool.to_string()),
             ..CreateWorker::default()
         };
         self.create(&req).await.map(|w| w.id).map_err(action_error)
@@ -784,6 +811,7 @@ mod tests {
                     name: None,
                     requested_by: "evt-1".into(),
                     extra_labels: BTreeMap::new(),
+                    pool: None,
                 },
             )
             .unwrap();
@@ -811,6 +839,135 @@ mod tests {
         let mount = &hc.mounts.unwrap()[0];
         assert_eq!(mount.source.as_deref(), Some("k3s-worker-3-state"));
         assert_eq!(mount.target.as_deref(), Some("/var/lib/rancher/k3s"));
+    }
+
+    fn two_pools() -> PoolConfig {
+        let spec = |cpu: f64, memory_bytes: u64| super::super::PoolSpec {
+            image: "example/k3s:pool".into(),
+            args: vec!["--kubelet-arg".into(), "max-pods=30".into()],
+            cpu,
+            memory_bytes,
+            env: BTreeMap::from([
+                ("LAB_NODE_CPU".to_string(), cpu.to_string()),
+                ("LAB_NODE_MEMORY".to_string(), memory_bytes.to_string()),
+            ]),
+            ..Default::default()
+        };
+        let mut highmem = spec(2.0, 4 << 30);
+        highmem.labels = BTreeMap::from([
+            ("tier".to_string(), "highmem".to_string()),
+            ("example.com/disk".to_string(), "ssd".to_string()),
+        ]);
+        highmem.taints = vec!["dedicated=highmem:NoSchedule".into()];
+        PoolConfig {
+            name_prefix: "w-".into(),
+            pool: "ignored-with-pools".into(),
+            extra_env: BTreeMap::from([
+                ("LAB_NODE_CPU".to_string(), "1".to_string()),
+                ("EXTRA".to_string(), "kept".to_string()),
+            ]),
+            pools: BTreeMap::from([
+                ("general".to_string(), spec(1.0, 1 << 30)),
+                ("highmem".to_string(), highmem),
+            ]),
+            ..PoolConfig::default()
+        }
+    }
+
+    #[test]
+    fn docker_container_of_a_pool_carries_its_template_labels_and_taints() {
+        let p = pool(two_pools());
+        let req = CreateWorker {
+            pool: Some("highmem".into()),
+            ..CreateWorker::default()
+        };
+        let body = p.container_body("w-highmem-1", &req).unwrap();
+        assert_eq!(body.image.as_deref(), Some("example/k3s:pool"));
+        assert_eq!(
+            body.cmd.unwrap(),
+            vec![
+                "agent",
+                "--kubelet-arg",
+                "max-pods=30",
+                "--node-label",
+                "k3s-autoscaler/pool=highmem",
+                "--node-label",
+                "example.com/disk=ssd",
+                "--node-label",
+                "tier=highmem",
+                "--node-taint",
+                "dedicated=highmem:NoSchedule",
+            ]
+        );
+        assert_eq!(body.labels.unwrap()[LABEL_POOL], "highmem");
+        let env = body.env.unwrap();
+        assert!(env.contains(&"LAB_NODE_CPU=2".to_string()), "{env:?}");
+        assert!(env.contains(&format!("LAB_NODE_MEMORY={}", 4u64 << 30)));
+        assert!(env.contains(&"EXTRA=kept".to_string()));
+        assert!(!env.contains(&"LAB_NODE_CPU=1".to_string()));
+        let hc = body.host_config.unwrap();
+        assert_eq!(hc.nano_cpus, Some(2_000_000_000));
+        assert_eq!(hc.memory, Some(4 << 30));
+
+        // A pool without labels or taints still carries its pool as a node label.
+        let general = CreateWorker {
+            pool: Some("general".into()),
+            ..CreateWorker::default()
+        };
+        let body = p.container_body("w-general-1", &general).unwrap();
+        let cmd = body.cmd.unwrap();
+        assert_eq!(
+            cmd[cmd.len() - 2..],
+            ["--node-label", "k3s-autoscaler/pool=general"]
+        );
+        assert_eq!(body.host_config.unwrap().nano_cpus, Some(1_000_000_000));
+        assert_eq!(
+            p.config().template(Some("highmem")).unwrap().name_prefix,
+            "w-highmem-"
+        );
+    }
+
+    #[test]
+    fn docker_unknown_pool_is_an_error_not_the_default_template() {
+        let p = pool(two_pools());
+        for asked in [None, Some("default"), Some("gpu")] {
+            let req = CreateWorker {
+                pool: asked.map(str::to_string),
+                ..CreateWorker::default()
+            };
+            let err = p.container_body("w-1", &req).unwrap_err();
+            assert!(!err.retryable());
+            assert!(
+                err.to_string().contains("configured: general, highmem"),
+                "{err}"
+            );
+        }
+        // Without pools, the default pool is the only one, with today's container.
+        let p = pool(PoolConfig::default());
+        let body = p
+            .container_body(
+                "k3s-worker-1",
+                &CreateWorker {
+                    pool: Some("default".into()),
+                    ..CreateWorker::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(body.cmd.unwrap(), vec!["agent"]);
+        assert_eq!(body.labels.unwrap()[LABEL_POOL], "default");
+        let err = p
+            .container_body(
+                "k3s-worker-1",
+                &CreateWorker {
+                    pool: Some("highmem".into()),
+                    ..CreateWorker::default()
+                },
+            )
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown pool `highmem` (configured: default)"
+        );
     }
 
     #[test]

@@ -64,15 +64,36 @@ pub fn pool_config(settings: &Settings) -> std::io::Result<crate::docker::PoolCo
         warm_pool: w.warm_pool,
         timeout: a.docker.timeout,
         breaker_failures: a.docker.circuit_breaker_failures,
-        // The lab's node agent reads its capacity from these; a k3s agent ignores them.
-        extra_env: [
-            ("LAB_NODE_CPU".to_string(), w.cpu.to_string()),
-            ("LAB_NODE_MEMORY".to_string(), w.memory.to_string()),
-        ]
-        .into_iter()
-        .collect(),
+        pools: a
+            .pools
+            .iter()
+            .map(|p| {
+                let (cpu, memory) = (p.cpu(w), p.memory(w));
+                let spec = crate::docker::PoolSpec {
+                    image: p.image(w).to_string(),
+                    args: p.args(w).to_vec(),
+                    cpu,
+                    memory_bytes: memory,
+                    labels: p.labels.clone(),
+                    taints: p.taints.clone(),
+                    env: lab_node_env(cpu, memory),
+                };
+                (p.name.clone(), spec)
+            })
+            .collect(),
+        extra_env: lab_node_env(w.cpu, w.memory),
         ..crate::docker::PoolConfig::default()
     })
+}
+
+/// The lab's node agent reads its capacity from these; a k3s agent ignores them.
+fn lab_node_env(cpu: f64, memory: u64) -> std::collections::BTreeMap<String, String> {
+    [
+        ("LAB_NODE_CPU".to_string(), cpu.to_string()),
+        ("LAB_NODE_MEMORY".to_string(), memory.to_string()),
+    ]
+    .into_iter()
+    .collect()
 }
 
 /// The decision core's policy of a configuration.
@@ -109,7 +130,7 @@ pub fn policy(settings: &Settings) -> handlers::policy::Policy {
         },
         workers: p::WorkerTemplate {
             name_prefix: a.workers.name_prefix.clone(),
-            cpu_millis: (a.workers.cpu * 1000.0).round() as u64,
+            cpu_millis: cpu_millis(a.workers.cpu),
             memory_bytes: a.workers.memory,
             max_pods: a.workers.max_pods,
             protected: a.workers.protected.clone(),
@@ -118,7 +139,28 @@ pub fn policy(settings: &Settings) -> handlers::policy::Policy {
             dedup_window: a.alerts.dedup_window,
         },
         sync: p::SyncPolicy::default(),
-        pools: Vec::new(),
-        expander: p::Expander::default(),
+        pools: a
+            .pools
+            .iter()
+            .map(|pool| p::PoolTemplate {
+                name: pool.name.clone(),
+                min_nodes: pool.min_nodes,
+                max_nodes: pool.max_nodes(&a.limits),
+                allocatable: bus::scheduling::Resources::new(
+                    cpu_millis(pool.cpu(&a.workers)),
+                    pool.memory(&a.workers),
+                    pool.max_pods(&a.workers),
+                ),
+                labels: pool.labels.clone(),
+                taints: pool.parsed_taints(),
+                priority: pool.priority,
+            })
+            .collect(),
+        expander: a.scaling.expander,
     }
+}
+
+/// Cores as millicores, as the decision core counts them.
+fn cpu_millis(cores: f64) -> u64 {
+    (cores * 1000.0).round() as u64
 }

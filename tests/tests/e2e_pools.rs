@@ -1,0 +1,287 @@
+//! Two node pools end to end: `general`, and `highmem` with a label and a `NoSchedule` taint. Pods
+//! that select and tolerate `highmem` get a `highmem` worker, plain pods `general` workers, a pod no
+//! pool can run gets no worker and one `ScaleUpBlocked`, and the scale-down after the load keeps each
+//! pool's `min_nodes`. Real Redis, real Docker, the lab cluster, `autoscaler run` as a real process.
+
+use std::time::{Duration, Instant};
+
+use bus::{Envelope, Event};
+use tests::{find, trail, Lab, LabOptions, LabPool};
+
+/// How long the cluster may take to settle after a change.
+const SETTLE: Duration = Duration::from_secs(120);
+
+/// A Deployment of `replicas` 700m pods; `highmem` ones select the pool and tolerate its taint.
+fn deployment(name: &str, replicas: u32, highmem: bool) -> String {
+    let placement = if highmem {
+        r#"      nodeSelector: {k3s-autoscaler/pool: highmem}
+      tolerations:
+      - {key: dedicated, operator: Equal, value: highmem, effect: NoSchedule}
+"#
+    } else {
+        ""
+    };
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: {name}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+      annotations:
+        lab.k3s-autoscaler/cpu-usage: "5"
+        lab.k3s-autoscaler/memory-usage: "1048576"
+    spec:
+{placement}      containers:
+      - name: app
+        image: registry.invalid/app
+        resources:
+          requests: {{cpu: "700m", memory: "64Mi"}}
+"#
+    )
+}
+
+/// A pod that selects a label no pool's nodes have.
+const NO_POOL_FITS: &str = r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: ssd
+spec:
+  nodeSelector: {disktype: ssd}
+  containers:
+  - name: app
+    image: registry.invalid/app
+    resources:
+      requests: {cpu: "100m", memory: "16Mi"}
+"#;
+
+/// The node each Running pod of `app` is on.
+fn running_on(lab: &Lab, app: &str) -> Vec<String> {
+    let out = lab.kubectl(&[
+        "get",
+        "pods",
+        "-l",
+        &format!("app={app}"),
+        "-o",
+        r#"jsonpath={range .items[*]}{.spec.nodeName} {.status.phase}{"\n"}{end}"#,
+    ]);
+    out.lines()
+        .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+            [node, "Running"] => Some(node.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn wait_running(lab: &Lab, app: &str, count: usize) -> Vec<String> {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let nodes = running_on(lab, app);
+        if nodes.len() == count {
+            return nodes;
+        }
+        if Instant::now() > deadline {
+            let events = lab.events().await;
+            panic!(
+                "{count} pods of {app} not Running (on {nodes:?})\n{}\n{}",
+                trail(&events[events.len().saturating_sub(60)..]),
+                lab.logs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn node_json(lab: &Lab, node: &str) -> serde_json::Value {
+    serde_json::from_str(&lab.kubectl(&["get", "node", node, "-o", "json"])).expect("node JSON")
+}
+
+/// The `(key, value, effect)` of a Node's taints.
+fn taints(node: &serde_json::Value) -> Vec<(String, String, String)> {
+    let field = |t: &serde_json::Value, k: &str| t[k].as_str().unwrap_or_default().to_string();
+    node["spec"]["taints"]
+        .as_array()
+        .map(|ts| {
+            ts.iter()
+                .map(|t| (field(t, "key"), field(t, "value"), field(t, "effect")))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The `ScaleUpBlocked` events naming pod `default/<pod>`.
+fn blocked_for<'a>(events: &'a [Envelope], pod: &str) -> Vec<&'a bus::event::ScaleUpBlocked> {
+    let pod = format!("default/{pod}");
+    events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::ScaleUpBlocked(b) if b.pods.contains(&pod) => Some(b),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_two_pools_scale_up_by_selector_and_taint_and_keep_their_minimums() {
+    let lab = Lab::start(LabOptions {
+        min_nodes: 1,
+        max_nodes: 5,
+        pools: vec![
+            LabPool {
+                name: "general".into(),
+                min_nodes: 1,
+                max_nodes: 3,
+                cpu: 1.0,
+                memory: "1Gi".into(),
+                ..LabPool::default()
+            },
+            LabPool {
+                name: "highmem".into(),
+                min_nodes: 1,
+                max_nodes: 2,
+                cpu: 2.0,
+                memory: "2Gi".into(),
+                labels: vec![("tier".into(), "highmem".into())],
+                taints: vec!["dedicated=highmem:NoSchedule".into()],
+            },
+        ],
+        ..LabOptions::default()
+    })
+    .await;
+    let (general, highmem) = (
+        format!("{}general-", lab.prefix),
+        format!("{}highmem-", lab.prefix),
+    );
+    // Each pool's minimum, though the cluster's is 1.
+    lab.settled(0, 2..=2, SETTLE).await;
+    let mut running = lab.running_workers();
+    running.sort();
+    assert_eq!(running, vec![format!("{general}1"), format!("{highmem}1")]);
+
+    // The highmem worker carries its pool, label and taint as a Node; the general one only its pool.
+    let node = node_json(&lab, &format!("{highmem}1"));
+    let labels = &node["metadata"]["labels"];
+    assert_eq!(labels["k3s-autoscaler/pool"], "highmem", "{node}");
+    assert_eq!(labels["tier"], "highmem", "{node}");
+    assert_eq!(
+        taints(&node),
+        vec![("dedicated".into(), "highmem".into(), "NoSchedule".into())]
+    );
+    assert_eq!(node["status"]["allocatable"]["cpu"], "2", "{node}");
+    let node = node_json(&lab, &format!("{general}1"));
+    assert_eq!(node["metadata"]["labels"]["k3s-autoscaler/pool"], "general");
+    assert!(taints(&node).is_empty(), "{node}");
+
+    // 3 tolerating highmem pods of 700m: two fit on highmem-1 (2 CPUs), one more highmem worker.
+    // 2 plain pods: one fits on general-1 (1 CPU), one more general worker. The ssd pod: none.
+    let before = lab.events().await.len();
+    lab.kubectl_apply(&deployment("big", 3, true));
+    lab.kubectl_apply(&deployment("web", 2, false));
+    lab.kubectl_apply(NO_POOL_FITS);
+    let big = wait_running(&lab, "big", 3).await;
+    let web = wait_running(&lab, "web", 2).await;
+    assert!(big.iter().all(|n| n.starts_with(&highmem)), "{big:?}");
+    assert!(
+        big.contains(&format!("{highmem}2")),
+        "a new highmem worker runs a pod: {big:?}"
+    );
+    assert!(web.iter().all(|n| n.starts_with(&general)), "{web:?}");
+    assert!(
+        web.contains(&format!("{general}2")),
+        "a new general worker runs a pod: {web:?}"
+    );
+    let node = node_json(&lab, &format!("{highmem}2"));
+    assert_eq!(node["metadata"]["labels"]["k3s-autoscaler/pool"], "highmem");
+    assert_eq!(
+        taints(&node),
+        vec![("dedicated".into(), "highmem".into(), "NoSchedule".into())]
+    );
+
+    // The ssd pod: one ScaleUpBlocked naming it, and no worker for it.
+    lab.settled(before, 4..=4, SETTLE).await;
+    let events = lab
+        .wait_for_events("ScaleUpBlocked for the ssd pod", SETTLE, |ev| {
+            !blocked_for(&ev[before..], "ssd").is_empty()
+        })
+        .await;
+    let blocked = blocked_for(&events, "ssd");
+    assert_eq!(
+        blocked.len(),
+        1,
+        "{blocked:?}\n{}",
+        trail(&events[before..])
+    );
+    assert_eq!(blocked[0].reason, "no_pool_fits");
+    assert_eq!(
+        blocked[0].predicates["general"], "node_selector",
+        "{blocked:?}"
+    );
+    assert!(blocked[0].predicates.contains_key("highmem"), "{blocked:?}");
+    assert_eq!(lab.running_workers().len(), 4);
+    let pods = lab.kubectl(&["get", "pod", "ssd", "-o", "jsonpath={.status.phase}"]);
+    assert_eq!(pods, "Pending");
+    let decided: Vec<(Option<String>, u32)> = events[before..]
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::ScaleUpDecision(d) => Some((d.pool.clone(), d.target_workers)),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        decided.iter().all(|(_, target)| *target <= 4),
+        "no worker beyond the two: {decided:?}\n{}",
+        trail(&events[before..])
+    );
+
+    // The load goes: each pool keeps its minimum, though the cluster's would allow one worker.
+    let before = events.len();
+    lab.kubectl(&["delete", "deployment", "big", "web", "--wait=false"]);
+    lab.kubectl(&["delete", "pod", "ssd", "--wait=false"]);
+    let events = lab.settled(before, 2..=2, SETTLE).await;
+    let mut running = lab.running_workers();
+    running.sort();
+    assert_eq!(running.len(), 2, "{running:?}");
+    assert!(running[0].starts_with(&general), "{running:?}");
+    assert!(running[1].starts_with(&highmem), "{running:?}");
+    let removed: Vec<&str> = events[before..]
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::NodeRemoved(r) => Some(r.node_name.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        removed.len(),
+        2,
+        "{removed:?}\n{}",
+        trail(&events[before..])
+    );
+    // And the next scale-down is refused at a pool's minimum, not done.
+    let settled_at = events.len();
+    let events = lab
+        .wait_for_events(
+            "a scale-down blocked at the pools' minimums",
+            SETTLE,
+            |ev| {
+                find(ev, settled_at, "ScaleDownBlocked", |e| {
+                matches!(&e.event, Event::ScaleDownBlocked(b) if b.reason == "min_nodes_reached")
+            })
+            .is_some()
+            },
+        )
+        .await;
+    assert!(
+        find(&events, settled_at, "NodeRemoved", |_| true).is_none(),
+        "{}",
+        trail(&events[settled_at..])
+    );
+    // Over the whole run, the ssd pod was reported blocked once, for all its pending reports.
+    assert_eq!(blocked_for(&events, "ssd").len(), 1, "{}", trail(&events));
+    let failed = find(&events, 0, "ScalingActionFailed", |_| true);
+    assert!(failed.is_none(), "{failed:?}\n{}", trail(&events));
+}
