@@ -24,7 +24,9 @@
 //! erased from observations. A worker only the replay has, or one the two runs treat differently
 //! (one removes it, the other does not), is simulated from then on: created, Ready, cordoned,
 //! drained and removed after the delays the recording shows (see [`Delays`]), and added to the
-//! cluster observations and metrics samples. Utilisation is rescaled to the replayed worker count
+//! cluster observations, the metrics samples and the placement (its Node, from its pool's template,
+//! empty: the recorded pods stay where the recording saw them; a worker only the recording has
+//! leaves the placement with its pods). Utilisation is rescaled to the replayed worker count
 //! (the same total load spread over the workers the replay has). Pending pods re-reported by the
 //! recorded watcher stay pending in the replay too.
 //!
@@ -37,8 +39,10 @@ use std::time::Duration;
 use bus::envelope::{deterministic_id, format_timestamp};
 use bus::event::{
     ClusterObserved, Event, MetricsSampled, NodeCordoned, NodeCreated, NodeDrained, NodeReady,
-    NodeRemoved, NodeUsage, ObservedNode,
+    NodeRemoved, NodeUsage, ObservedNode, PlacementChanged, PlacementSnapshot,
 };
+use bus::placement::PodGroup;
+use bus::scheduling::NodeSpec;
 use bus::Envelope;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -47,7 +51,7 @@ use uuid::Uuid;
 use crate::command::{Command, Issued, Outcome};
 use crate::executor::SOURCE as EXECUTOR;
 use crate::model::Model;
-use crate::policy::Policy;
+use crate::policy::{Policy, PoolTemplate};
 use crate::simulate::SimulatedWorld;
 use crate::Handler;
 
@@ -419,7 +423,7 @@ impl<'a> Replay<'a> {
             held: HashMap::new(),
             queue: VecDeque::new(),
             ticks: recorded_ticks(recorded),
-            world: World::new(recorded, from),
+            world: World::new(recorded, from, &policy.node_pools()),
             observations: 0,
             dry: recorded.first().is_some_and(|e| e.metadata.dry_run),
         }
@@ -522,9 +526,11 @@ impl<'a> Replay<'a> {
 
     /// Runs the simulated world's facts due by `t`.
     fn advance(&mut self, t: DateTime<Utc>) {
-        while let Some(e) = self.world.next_due(t) {
-            self.fold(e);
-            self.drain();
+        while let Some(due) = self.world.next_due(t) {
+            for e in due {
+                self.fold(e);
+                self.drain();
+            }
         }
     }
 }
@@ -625,6 +631,14 @@ struct World {
     recorded: BTreeMap<String, Seen>,
     /// The simulated workers and their state.
     simulated: BTreeMap<String, Seen>,
+    /// The pools' templates: a simulated worker's Node as the placement shows it.
+    pools: Vec<PoolTemplate>,
+    /// The recorded placement's last view of each node.
+    specs: BTreeMap<String, NodeSpec>,
+    /// The simulated workers' Nodes in the placement.
+    simulated_specs: BTreeMap<String, NodeSpec>,
+    /// A recorded placement snapshot was seen (before it, the model ignores deltas).
+    placement_seen: bool,
     /// Recorded executor facts that answer a command the replay issued alike.
     expected: HashSet<Uuid>,
     /// Simulated facts and observations: (due, order, event).
@@ -634,7 +648,7 @@ struct World {
 }
 
 impl World {
-    fn new(recorded: &[Envelope], from: DateTime<Utc>) -> Self {
+    fn new(recorded: &[Envelope], from: DateTime<Utc>, pools: &[PoolTemplate]) -> Self {
         let by_recording = recorded
             .iter()
             .filter_map(|e| match &e.event {
@@ -653,6 +667,9 @@ impl World {
                 Event::MetricsSampled(m) => {
                     known.extend(m.nodes.iter().map(|n| n.node_name.clone()));
                 }
+                // A node of no pool is not a worker (a server).
+                Event::PlacementSnapshot(p) => known.extend(managed(&p.nodes)),
+                Event::PlacementChanged(p) => known.extend(managed(&p.nodes)),
                 event => known.extend(event.node_name().map(str::to_string)),
             }
         }
@@ -663,6 +680,10 @@ impl World {
             adopted: BTreeSet::new(),
             recorded: BTreeMap::new(),
             simulated: BTreeMap::new(),
+            pools: pools.to_vec(),
+            specs: BTreeMap::new(),
+            simulated_specs: BTreeMap::new(),
+            placement_seen: false,
             expected: HashSet::new(),
             scheduled: Vec::new(),
             seq: 0,
@@ -688,7 +709,12 @@ impl World {
             return;
         }
         let seen = match self.owner(name) {
-            Owner::Recorded => self.recorded.get(name).copied().unwrap_or_default(),
+            Owner::Recorded => {
+                if let Some(spec) = self.specs.get(name) {
+                    self.simulated_specs.insert(name.to_string(), spec.clone());
+                }
+                self.recorded.get(name).copied().unwrap_or_default()
+            }
             _ => Seen::default(),
         };
         self.simulated.insert(name.to_string(), seen);
@@ -713,6 +739,8 @@ impl World {
         match &e.event {
             Event::ClusterObserved(o) => Some(self.cluster_observed(e, o)),
             Event::MetricsSampled(m) => Some(self.sampled(e, m)),
+            Event::PlacementSnapshot(p) => Some(self.placement_snapshot(e, p)),
+            Event::PlacementChanged(p) => Some(self.placement_changed(e, p)),
             event => {
                 let Some(name) = event.node_name() else {
                     return Some(e.clone());
@@ -774,6 +802,105 @@ impl World {
         view.k8s_nodes.sort_by(|a, b| a.name.cmp(&b.name));
         view.docker_containers.sort();
         with_event(e, view)
+    }
+
+    /// Whether the recorded placement's entries about `node` hold in the replay: a worker both
+    /// runs have alike, or a node that is no worker.
+    fn placed(&self, node: &str) -> bool {
+        let worker = self.known.contains(node)
+            || self.by_recording.contains(node)
+            || self.simulated.contains_key(node);
+        !worker || self.owner(node) == Owner::Recorded
+    }
+
+    /// The recorded pods on nodes that hold in the replay.
+    fn placed_pods(&self, groups: &[PodGroup]) -> Vec<PodGroup> {
+        groups
+            .iter()
+            .map(|g| PodGroup {
+                template: g.template.clone(),
+                pods: g
+                    .pods
+                    .iter()
+                    .filter(|(_, node)| self.placed(node))
+                    .cloned()
+                    .collect(),
+            })
+            .filter(|g| !g.pods.is_empty())
+            .collect()
+    }
+
+    /// The simulated workers' Nodes, as the placement would show them.
+    fn simulated_nodes(&self) -> Vec<NodeSpec> {
+        self.simulated
+            .iter()
+            .filter_map(|(name, s)| {
+                let ready = s.node?;
+                let mut spec = self.simulated_specs.get(name)?.clone();
+                spec.ready = ready;
+                Some(spec)
+            })
+            .collect()
+    }
+
+    /// A snapshot of where pods run, with the workers only the recording has left out and the
+    /// simulated ones in (empty: the recorded pods stay where the recording saw them).
+    fn placement_snapshot(&mut self, e: &Envelope, p: &PlacementSnapshot) -> Envelope {
+        self.placement_seen = true;
+        for n in &p.nodes {
+            self.specs.insert(n.name.clone(), n.clone());
+        }
+        let mut view = p.clone();
+        view.nodes.retain(|n| self.placed(&n.name));
+        view.pods = self.placed_pods(&p.pods);
+        if p.part == 0 {
+            view.nodes.extend(self.simulated_nodes());
+        }
+        if &view == p {
+            return e.clone();
+        }
+        with_event(e, view)
+    }
+
+    fn placement_changed(&mut self, e: &Envelope, p: &PlacementChanged) -> Envelope {
+        for n in &p.nodes {
+            self.specs.insert(n.name.clone(), n.clone());
+        }
+        let mut view = p.clone();
+        view.nodes.retain(|n| self.placed(&n.name));
+        view.nodes_removed.retain(|n| self.placed(n));
+        view.pods = self.placed_pods(&p.pods);
+        if &view == p {
+            return e.clone();
+        }
+        with_event(e, view)
+    }
+
+    /// What a simulated fact changes in where pods run, as the placement observer would publish it.
+    fn placement_after(&mut self, fact: &Envelope) -> Option<Envelope> {
+        if !self.placement_seen {
+            return None;
+        }
+        let name = fact.event.node_name()?.to_string();
+        let mut change = PlacementChanged::default();
+        match &fact.event {
+            Event::NodeReady(_) | Event::NodeCordoned(_) => {
+                let spec = self.simulated_specs.get_mut(&name)?;
+                spec.ready = true;
+                spec.cordoned |= matches!(fact.event, Event::NodeCordoned(_));
+                change.nodes.push(spec.clone());
+            }
+            Event::NodeRemoved(_) => {
+                self.simulated_specs.remove(&name)?;
+                change.nodes_removed.push(name);
+            }
+            _ => return None,
+        }
+        Some(
+            Envelope::root("placement_observer", change, fact.metadata.clone())
+                .with_deterministic_id(&format!("replay:placement:{}", fact.event_id))
+                .with_timestamp(fact.timestamp),
+        )
     }
 
     /// The same total load spread over the workers the replay has.
@@ -887,6 +1014,11 @@ impl World {
                     return; // Docker's 409: already there
                 }
                 seen.container = true;
+                if let Some(p) = self.pools.iter().find(|p| p.name == *pool) {
+                    let mut spec = p.node(name.clone());
+                    spec.ready = false;
+                    self.simulated_specs.insert(name.clone(), spec);
+                }
                 let created = i.fact(
                     EXECUTOR,
                     NodeCreated {
@@ -950,8 +1082,9 @@ impl World {
         self.scheduled.push((at, self.seq, e.with_timestamp(at)));
     }
 
-    /// The next simulated event due by `t` (the clock never goes back).
-    fn next_due(&mut self, t: DateTime<Utc>) -> Option<Envelope> {
+    /// The next simulated event due by `t` (the clock never goes back), with what it changes in
+    /// the placement.
+    fn next_due(&mut self, t: DateTime<Utc>) -> Option<Vec<Envelope>> {
         self.clock = self.clock.max(t);
         loop {
             let clock = self.clock;
@@ -968,9 +1101,18 @@ impl World {
                     _ => continue, // removed before it became Ready
                 }
             }
-            return Some(e);
+            let placement = self.placement_after(&e);
+            return Some(std::iter::once(e).chain(placement).collect());
         }
     }
+}
+
+/// The names of the nodes of a pool (workers; a node of none is a server).
+fn managed(nodes: &[NodeSpec]) -> impl Iterator<Item = String> + '_ {
+    nodes
+        .iter()
+        .filter(|n| n.pool.is_some())
+        .map(|n| n.name.clone())
 }
 
 /// The recorded envelope with other data (same id, so decisions still pair by root).

@@ -300,6 +300,107 @@ fn what_if_with_a_lower_max_nodes_makes_fewer_workers_and_blocks_the_rest() {
     assert_eq!(created(&replayed.log), created(&recorded));
 }
 
+/// The recorded world's Nodes, published as the placement observer does (one part, no pods).
+fn observe_placement(sim: &mut Simulation, tag: &str) {
+    let pools = sim.policy.node_pools().into_owned();
+    let nodes: Vec<bus::scheduling::NodeSpec> = sim
+        .world
+        .nodes
+        .iter()
+        .map(|(name, ready)| {
+            let mut n = pools[0].node(name.clone());
+            n.ready = *ready;
+            n
+        })
+        .collect();
+    sim.observe(
+        "placement_observer",
+        bus::event::PlacementSnapshot {
+            snapshot: tag.into(),
+            part: 0,
+            parts: 1,
+            nodes,
+            pods: Vec::new(),
+        },
+    );
+}
+
+#[test]
+fn what_if_workers_only_the_replay_has_are_in_its_placement_and_can_be_removed() {
+    // Recorded under max_nodes 2: the pods wait, then go; the placement is on the stream.
+    let mut tight = Policy::default();
+    tight.limits.max_nodes = 2;
+    let mut sim = Simulation::new(tight, t0()).with_workers(2);
+    observe_placement(&mut sim, "s0");
+    let pods = (0..2)
+        .map(|i| {
+            PodBuilder::new(&format!("web-{i}"))
+                .cpu(1500)
+                .memory_mi(64)
+                .build()
+        })
+        .collect();
+    sim.observe("pending_pods_watcher", pending(pods, 2));
+    sim.advance(Duration::from_secs(120));
+    sim.observe("pending_pods_watcher", pending(Vec::new(), 0));
+    for i in 1..=8 {
+        sample_for(&mut sim, 150, 5.0, 5.0);
+        observe_placement(&mut sim, &format!("s{i}"));
+    }
+    let recorded = sim.log.clone();
+    assert!(events_of(&sim, "ScaleDownDecision").is_empty());
+
+    // Under max_nodes 6 the replay makes two workers for the pods, and removes them once the
+    // load is gone: its placement shows them (they are not "unknown" to the scale-down).
+    let report = what_if(&recorded, &Policy::default());
+    let text = report.render();
+    let replayed = replay(&recorded, &Policy::default(), &Handler::ALL);
+    assert_eq!(
+        ready_in(&replayed.log),
+        ["k3s-worker-3", "k3s-worker-4"],
+        "{text}"
+    );
+    let removed: Vec<String> = replayed
+        .log
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::ScaleDownDecision(d) => Some(d.nodes.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    // Back at the minimum: two removed, none blocked for a node the placement does not know.
+    assert_eq!(removed.len(), 2, "{text}");
+    let unknown = replayed.log.iter().any(|e| {
+        matches!(&e.event, Event::ScaleDownBlocked(b) if b.reason == "unknown_node"
+            || b.detail.as_deref().is_some_and(|d| d.contains("not in the placement")))
+    });
+    assert!(!unknown, "{text}");
+    let snapshots: Vec<Vec<String>> = replayed
+        .log
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::PlacementSnapshot(p) => Some(p.nodes.iter().map(|n| n.name.clone()).collect()),
+            _ => None,
+        })
+        .collect();
+    // The recorded snapshots show the simulated workers while they are there, and the last one
+    // the two workers that stay.
+    assert!(
+        snapshots
+            .iter()
+            .any(|s| s.contains(&"k3s-worker-3".to_string())),
+        "{snapshots:?}"
+    );
+    let last = snapshots.last().expect("snapshots");
+    assert_eq!(last.len(), 2, "{snapshots:?}");
+    assert!(last.iter().all(|n| !removed.contains(n)), "{snapshots:?}");
+    assert!(
+        report.replayed.node_minutes > report.recorded.node_minutes,
+        "{text}"
+    );
+}
+
 const GI: u64 = 1 << 30;
 
 /// `general` (2 CPU, 2 GiB, 2..4) and, with `highmem`, a `highmem` pool (2 CPU, 8 GiB, labelled
@@ -439,6 +540,8 @@ enum Step {
     Load(f64, u64),
     /// Time passes, the cluster is observed.
     Wait(u64),
+    /// The placement observer publishes a snapshot.
+    Placement,
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -449,6 +552,7 @@ fn step() -> impl Strategy<Value = Step> {
         (prop_oneof![Just(5.0), Just(50.0), Just(95.0)], 30u64..400)
             .prop_map(|(l, s)| Step::Load(l, s)),
         (5u64..400).prop_map(Step::Wait),
+        Just(Step::Placement),
     ]
 }
 
@@ -483,6 +587,7 @@ fn history(policy: &Policy, workers: u32, steps: &[Step]) -> Vec<Envelope> {
                 sim.advance(Duration::from_secs(*secs));
                 sim.observe_cluster();
             }
+            Step::Placement => observe_placement(&mut sim, &format!("s{i}")),
         }
     }
     sim.log
