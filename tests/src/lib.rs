@@ -507,6 +507,7 @@ fn config_yaml(
     kubeconfig: "{kubeconfig}"
     pending_batch_idle: 500ms
     pending_batch_max: 2s
+    placement_interval: 1s
   leader:
     lease_ttl: 3s
   http:
