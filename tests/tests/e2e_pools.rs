@@ -322,18 +322,17 @@ async fn e2e_two_pools_scale_up_by_selector_and_taint_and_keep_their_minimums() 
     // And the next scale-down is refused at a pool's minimum, not done. The block is said once per
     // reason, node and pool, so it may already be on the stream from the pinned phase.
     let settled_at = events.len();
-    lab
-        .wait_for_events(
-            "a scale-down blocked at the pools' minimums",
-            SETTLE,
-            |ev| {
-                find(ev, before, "ScaleDownBlocked", |e| {
+    lab.wait_for_events(
+        "a scale-down blocked at the pools' minimums",
+        SETTLE,
+        |ev| {
+            find(ev, before, "ScaleDownBlocked", |e| {
                 matches!(&e.event, Event::ScaleDownBlocked(b) if b.reason == "min_nodes_reached")
             })
             .is_some()
-            },
-        )
-        .await;
+        },
+    )
+    .await;
     // Longer than underutilized_for (6 s) plus the cooldown (3 s): time for a removal, if any came.
     tokio::time::sleep(Duration::from_secs(12)).await;
     let events = lab.events().await;
