@@ -22,29 +22,7 @@ fn deployment(name: &str, replicas: u32, highmem: bool) -> String {
     } else {
         ""
     };
-    format!(
-        r#"apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: {name}
-spec:
-  replicas: {replicas}
-  selector:
-    matchLabels: {{app: {name}}}
-  template:
-    metadata:
-      labels: {{app: {name}}}
-      annotations:
-        lab.k3s-autoscaler/cpu-usage: "5"
-        lab.k3s-autoscaler/memory-usage: "1048576"
-    spec:
-{placement}      containers:
-      - name: app
-        image: registry.invalid/app
-        resources:
-          requests: {{cpu: "700m", memory: "64Mi"}}
-"#
-    )
+    tests::deployment_with(name, replicas, placement)
 }
 
 /// A pod that selects a label no pool's nodes have.
