@@ -72,7 +72,7 @@ fn pod(d: usize, n: u64, node: &str) -> PodSpec {
     p.labels.insert("app".into(), app);
     p.labels.insert("pod-template-hash".into(), hash);
     p.owner_kind = Some("ReplicaSet".into());
-    if d % 10 == 0 {
+    if d.is_multiple_of(10) {
         p.tolerations.push(Toleration::exists("dedicated"));
     }
     p.node_name = Some(node.into());

@@ -17,6 +17,12 @@ use bus::{Envelope, Query};
 /// A Deployment whose pods need a worker each (1 CPU worker template, 700m requests); the pods declare a
 /// tiny real load so the test machine is not burnt.
 pub fn deployment(name: &str, replicas: u32) -> String {
+    deployment_with(name, replicas, "")
+}
+
+/// As [`deployment`], with `placement` (pod spec lines such as a `nodeSelector` and `tolerations`,
+/// indented by six spaces) before the containers.
+pub fn deployment_with(name: &str, replicas: u32, placement: &str) -> String {
     format!(
         r#"apiVersion: apps/v1
 kind: Deployment
@@ -33,7 +39,7 @@ spec:
         lab.k3s-autoscaler/cpu-usage: "5"
         lab.k3s-autoscaler/memory-usage: "1048576"
     spec:
-      containers:
+{placement}      containers:
       - name: app
         image: registry.invalid/app
         resources:
@@ -678,6 +684,7 @@ fn config_yaml(
     kubeconfig: "{kubeconfig}"
     pending_batch_idle: 500ms
     pending_batch_max: 2s
+    placement_interval: 1s
   leader:
     lease_ttl: 3s
   http:

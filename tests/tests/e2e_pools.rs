@@ -1,6 +1,7 @@
 //! Two node pools end to end: `general`, and `highmem` with a label and a `NoSchedule` taint. Pods
 //! that select and tolerate `highmem` get a `highmem` worker, plain pods `general` workers, a pod no
-//! pool can run gets no worker and one `ScaleUpBlocked`, and the scale-down after the load keeps each
+//! pool can run gets no worker and one `ScaleUpBlocked`, the scale-down after the load keeps a worker
+//! whose pod fits nowhere else (the scheduling simulation over the placement on the stream) and each
 //! pool's `min_nodes`. Real Redis, real Docker, the lab cluster, `autoscaler run` as a real process.
 
 use std::time::{Duration, Instant};
@@ -21,29 +22,7 @@ fn deployment(name: &str, replicas: u32, highmem: bool) -> String {
     } else {
         ""
     };
-    format!(
-        r#"apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: {name}
-spec:
-  replicas: {replicas}
-  selector:
-    matchLabels: {{app: {name}}}
-  template:
-    metadata:
-      labels: {{app: {name}}}
-      annotations:
-        lab.k3s-autoscaler/cpu-usage: "5"
-        lab.k3s-autoscaler/memory-usage: "1048576"
-    spec:
-{placement}      containers:
-      - name: app
-        image: registry.invalid/app
-        resources:
-          requests: {{cpu: "700m", memory: "64Mi"}}
-"#
-    )
+    tests::deployment_with(name, replicas, placement)
 }
 
 /// A pod that selects a label no pool's nodes have.
@@ -59,6 +38,25 @@ spec:
     resources:
       requests: {cpu: "100m", memory: "16Mi"}
 "#;
+
+/// A pod `name` that only `node` can run (its hostname as `nodeSelector`).
+fn pinned(name: &str, node: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  labels: {{app: pinned}}
+spec:
+  nodeSelector: {{kubernetes.io/hostname: {node}}}
+  containers:
+  - name: app
+    image: registry.invalid/app
+    resources:
+      requests: {{cpu: "100m", memory: "16Mi"}}
+"#
+    )
+}
 
 /// The node each Running pod of `app` is on.
 fn running_on(lab: &Lab, app: &str) -> Vec<String> {
@@ -238,10 +236,48 @@ async fn e2e_two_pools_scale_up_by_selector_and_taint_and_keep_their_minimums() 
         trail(&events[before..])
     );
 
-    // The load goes: each pool keeps its minimum, though the cluster's would allow one worker.
+    // The load goes, but for a pod pinned to each general worker by its hostname: neither can go,
+    // since its pod fits on no other node, and the engine says so; a highmem worker goes.
+    let generals = [format!("{general}1"), format!("{general}2")];
+    for (i, node) in generals.iter().enumerate() {
+        lab.kubectl_apply(&pinned(&format!("pinned-{i}"), node));
+    }
+    wait_running(&lab, "pinned", 2).await;
     let before = events.len();
     lab.kubectl(&["delete", "deployment", "big", "web", "--wait=false"]);
     lab.kubectl(&["delete", "pod", "ssd", "--wait=false"]);
+    let kept = |e: &Envelope| {
+        matches!(&e.event, Event::ScaleDownBlocked(b)
+            if b.reason == "no_place_for_pods"
+                && b.node_name.as_ref().is_some_and(|n| generals.contains(n)))
+    };
+    let events = lab
+        .wait_for_events(
+            "the general workers kept for their pinned pods",
+            SETTLE,
+            |ev| {
+                find(ev, before, "ScaleDownBlocked", kept).is_some()
+                && find(ev, before, "NodeRemoved", |e| {
+                    matches!(&e.event, Event::NodeRemoved(r) if r.node_name.starts_with(&highmem))
+                })
+                .is_some()
+            },
+        )
+        .await;
+    assert!(
+        find(&events, before, "NodeRemoved", |e| {
+            matches!(&e.event, Event::NodeRemoved(r) if r.node_name.starts_with(&general))
+        })
+        .is_none(),
+        "{}",
+        trail(&events[before..])
+    );
+    let mut pinned_on = running_on(&lab, "pinned");
+    pinned_on.sort();
+    assert_eq!(pinned_on, generals);
+
+    // The pinned pod goes too: each pool keeps its minimum, though the cluster's would allow one.
+    lab.kubectl(&["delete", "pod", "pinned-0", "pinned-1", "--wait=false"]);
     let events = lab.settled(before, 2..=2, SETTLE).await;
     let mut running = lab.running_workers();
     running.sort();
@@ -261,20 +297,23 @@ async fn e2e_two_pools_scale_up_by_selector_and_taint_and_keep_their_minimums() 
         "{removed:?}\n{}",
         trail(&events[before..])
     );
-    // And the next scale-down is refused at a pool's minimum, not done.
+    // And the next scale-down is refused at a pool's minimum, not done. The block is said once per
+    // reason, node and pool, so it may already be on the stream from the pinned phase.
     let settled_at = events.len();
-    let events = lab
-        .wait_for_events(
-            "a scale-down blocked at the pools' minimums",
-            SETTLE,
-            |ev| {
-                find(ev, settled_at, "ScaleDownBlocked", |e| {
+    lab.wait_for_events(
+        "a scale-down blocked at the pools' minimums",
+        SETTLE,
+        |ev| {
+            find(ev, before, "ScaleDownBlocked", |e| {
                 matches!(&e.event, Event::ScaleDownBlocked(b) if b.reason == "min_nodes_reached")
             })
             .is_some()
-            },
-        )
-        .await;
+        },
+    )
+    .await;
+    // Longer than underutilized_for (6 s) plus the cooldown (3 s): time for a removal, if any came.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let events = lab.events().await;
     assert!(
         find(&events, settled_at, "NodeRemoved", |_| true).is_none(),
         "{}",
