@@ -386,3 +386,122 @@ fn replay_is_a_dry_run_unless_executed_and_refuses_while_consumers_are_active() 
     let got: Vec<String> = again[0].1.iter().map(|(id, _)| id.clone()).collect();
     assert_eq!(got, ids[1..].to_vec());
 }
+
+/// The stream of an end-to-end run (a `kill -9` during a scale-up, the restarted process finishing
+/// it) and the configuration it was recorded under: `fixtures/lab-scale-up-crash.{jsonl,yaml}`.
+const LAB_STREAM: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/lab-scale-up-crash.jsonl"
+);
+const LAB_CONFIG: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/lab-scale-up-crash.yaml"
+);
+
+/// Appends the fixture's entries (flat stream fields, one JSON object a line) to the stream.
+fn load_lab_stream(server: &RedisServer) -> usize {
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let text = std::fs::read_to_string(LAB_STREAM).expect("the fixture");
+    let mut n = 0;
+    for line in text.lines() {
+        let fields: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(line).expect("a JSON object");
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg("autoscaler_events").arg("*");
+        for (k, v) in &fields {
+            cmd.arg(k).arg(v.as_str().expect("string fields"));
+        }
+        let _: String = cmd.query(&mut conn).unwrap();
+        n += 1;
+    }
+    n
+}
+
+/// `events replay --what-if --json` over the whole stream under the fixture's config (plus `env`).
+fn what_if_json(server: &RedisServer, env: &[(&str, &str)]) -> serde_json::Value {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_autoscaler"));
+    cmd.arg("--config")
+        .arg(LAB_CONFIG)
+        .args(["events", "replay", "--what-if", "--from", "0-0", "--json"])
+        .env("REDIS_URL", server.url())
+        .env("RUST_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run the autoscaler binary");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout(&out).trim()).expect("one JSON object")
+}
+
+#[test]
+fn what_if_of_a_lab_stream_under_its_config_reproduces_every_decision() {
+    let server = RedisServer::start();
+    assert_eq!(load_lab_stream(&server), 38);
+    let report = what_if_json(&server, &[]);
+    assert_eq!(report["decisions_changed"], 0, "{report:#}");
+    assert_eq!(report["recorded"]["decisions"], 3, "{report:#}");
+    assert_eq!(report["replayed"]["decisions"], 3, "{report:#}");
+    let pairs = report["pairs"].as_array().expect("pairs");
+    assert_eq!(pairs.len(), 3);
+    for p in pairs {
+        assert_eq!(p["recorded"], p["replayed"], "{p:#}");
+        assert_eq!(p["changed"], false);
+    }
+    // The readable form says the same.
+    let text = autoscaler_with(
+        &server,
+        LAB_CONFIG,
+        &["events", "replay", "--what-if", "--from", "0-0"],
+    );
+    assert!(
+        text.contains("3 decisions recorded, 3 replayed, 0 changed"),
+        "{text}"
+    );
+}
+
+#[test]
+fn what_if_of_a_lab_stream_with_a_lower_max_nodes_blocks_the_last_scale_up() {
+    let server = RedisServer::start();
+    load_lab_stream(&server);
+    let report = what_if_json(&server, &[("AUTOSCALER__LIMITS__MAX_NODES", "3")]);
+    assert_eq!(report["decisions_changed"], 1, "{report:#}");
+    let changed: Vec<&serde_json::Value> = report["pairs"]
+        .as_array()
+        .expect("pairs")
+        .iter()
+        .filter(|p| p["changed"] == true)
+        .collect();
+    assert_eq!(changed.len(), 1, "{report:#}");
+    let p = changed[0];
+    assert_eq!(p["root_type"], "PendingPodsDetected");
+    assert_eq!(p["recorded"]["event_type"], "ScaleUpDecision");
+    assert_eq!(p["recorded"]["target_workers"], 4);
+    assert_eq!(p["replayed"]["event_type"], "ScaleUpBlocked", "{p:#}");
+    assert_eq!(p["replayed"]["reason"], "max_nodes_reached");
+    assert_eq!(p["replayed"]["pods"].as_array().map(Vec::len), Some(1));
+    // One worker fewer for the rest of the run.
+    let minutes = |side: &str| report[side]["node_minutes"].as_f64().expect("node_minutes");
+    assert!(minutes("replayed") < minutes("recorded"), "{report:#}");
+}
+
+fn autoscaler_with(server: &RedisServer, config: &str, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_autoscaler"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("REDIS_URL", server.url())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run the autoscaler binary");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout(&out)
+}

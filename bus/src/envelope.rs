@@ -77,6 +77,12 @@ pub fn now_millis() -> DateTime<Utc> {
     truncate_millis(Utc::now())
 }
 
+/// The event id derived from `key` (see [`Envelope::with_deterministic_id`]): the what-if replay
+/// recomputes it to recognise which recorded entries a timer emitted.
+pub fn deterministic_id(key: &str) -> Uuid {
+    Uuid::new_v5(&EVENT_ID_NAMESPACE, key.as_bytes())
+}
+
 /// Truncates a time to milliseconds.
 pub fn truncate_millis(t: DateTime<Utc>) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(t.timestamp_millis())
@@ -121,7 +127,7 @@ impl Envelope {
     /// Replaces the random id with one derived from `key`, for de-duplication across replicas.
     /// A root's correlation id follows its id.
     pub fn with_deterministic_id(mut self, key: &str) -> Self {
-        let id = Uuid::new_v5(&EVENT_ID_NAMESPACE, key.as_bytes());
+        let id = deterministic_id(key);
         if self.causation_id.is_none() {
             self.correlation_id = id;
         }

@@ -395,6 +395,135 @@ impl Lab {
         .await
     }
 
+    /// Replay identity: `autoscaler events replay --what-if --json` under this lab's own config, over
+    /// the whole stream up to a moment every group had handled all of it ([`Lab::quiescent`]), must
+    /// reproduce every recorded decision (0 changed, as many replayed as recorded). Panics with the readable
+    /// report otherwise, and keeps the stream as JSON lines (`Envelope` fields) in the temp dir so the
+    /// replay can be run again offline (every stream with [`KEEP_STREAMS`] set). Returns the
+    /// report's figures.
+    pub async fn assert_replay_identity(&self) -> ReplayFigures {
+        let last = self.quiescent(Duration::from_secs(60)).await;
+        self.assert_replay_identity_until(&self.config, &last).await
+    }
+
+    /// [`Lab::assert_replay_identity`] for the stream up to `last` (a stream id), under `config`: for a
+    /// scenario whose configuration changed at a restart, the stretch recorded under the first one.
+    pub async fn assert_replay_identity_until(&self, config: &Path, last: &str) -> ReplayFigures {
+        let last = last.to_string();
+        let what_if = |json: bool| {
+            let mut cmd = Command::new(autoscaler_binary());
+            cmd.arg("--config").arg(config).args([
+                "events",
+                "replay",
+                "--what-if",
+                "--from",
+                "0-0",
+                "--to",
+                &last,
+            ]);
+            if json {
+                cmd.arg("--json");
+            }
+            let out = cmd
+                .env_remove("REDIS_URL")
+                .env("RUST_LOG", "warn")
+                .output()
+                .expect("run autoscaler events replay --what-if");
+            assert!(
+                out.status.success(),
+                "events replay --what-if failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let report: serde_json::Value =
+            serde_json::from_str(what_if(true).trim()).expect("the --json report is JSON");
+        let figure = |path: &[&str]| {
+            path.iter()
+                .try_fold(&report, |v, k| v.get(k))
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or_else(|| panic!("no {path:?} in the report: {report}"))
+        };
+        let events: Vec<Envelope> = self
+            .bus()
+            .await
+            .audit()
+            .query(&Query {
+                end: last.clone(),
+                ..Query::default()
+            })
+            .await
+            .expect("XRANGE")
+            .iter()
+            .filter_map(|e| e.decode().ok())
+            .collect();
+        let figures = ReplayFigures {
+            events: events.len(),
+            observations: figure(&["observations"]),
+            recorded: figure(&["recorded", "decisions"]),
+            replayed: figure(&["replayed", "decisions"]),
+            changed: figure(&["decisions_changed"]),
+        };
+        eprintln!("replay identity: {figures:?}");
+        let kept = std::env::temp_dir()
+            .join("k3s-autoscaler-streams")
+            .join(format!("{}.jsonl", self.cluster_id));
+        if std::env::var_os(KEEP_STREAMS).is_some() {
+            eprintln!("stream {}", save_stream(&kept, &events, config));
+        }
+        if figures.changed != 0 || figures.recorded != figures.replayed {
+            let saved = save_stream(&kept, &events, config);
+            panic!(
+                "the what-if replay under the recorded config changed decisions ({figures:?}); \
+                 stream {saved}\n{}\n{}",
+                what_if(false),
+                trail(&events[events.len().saturating_sub(TRAIL_ON_TIMEOUT)..])
+            );
+        }
+        figures
+    }
+
+    /// Waits until every consumer group has handled and acknowledged every entry of the stream (the
+    /// observers keep publishing, so this is a moment between two observations), and returns the
+    /// stream's last id then: every entry up to it has its handlers' outputs before it, so the stream
+    /// up to there is a complete record. Panics with the groups' state after `within`.
+    pub async fn quiescent(&self, within: Duration) -> String {
+        let bus = self.bus().await;
+        let audit = bus.audit();
+        let deadline = Instant::now() + within;
+        loop {
+            // Groups, the stream's end, groups again: if nothing was delivered or acknowledged in
+            // between and every group had delivered the last entry with nothing pending, the stream
+            // ended there with everything handled.
+            let before = audit.groups().await.expect("XINFO GROUPS");
+            let last = audit.last_id().await.expect("XREVRANGE");
+            let after = audit.groups().await.expect("XINFO GROUPS");
+            let state = |g: &[bus::GroupInfo]| -> Vec<(String, String, u64)> {
+                g.iter()
+                    .map(|g| (g.name.clone(), g.last_delivered_id.clone(), g.pending))
+                    .collect()
+            };
+            if let Some(last) = last {
+                let done = !after.is_empty()
+                    && state(&before) == state(&after)
+                    && after
+                        .iter()
+                        .all(|g| g.pending == 0 && g.last_delivered_id == last);
+                if done {
+                    return last;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the consumer groups never caught up with the stream within {within:?}: {:?}\n{}",
+                state(&after),
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The replicas' logs (for failure messages).
     pub fn logs(&self) -> String {
         let mut out = String::new();
@@ -440,6 +569,48 @@ impl Drop for Lab {
             .args(["network", "rm", &self.env.network])
             .output();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Set (to anything): [`Lab::assert_replay_identity`] keeps every stream it checks, not only those
+/// that fail, in `<temp dir>/k3s-autoscaler-streams/`.
+pub const KEEP_STREAMS: &str = "E2E_KEEP_STREAMS";
+
+/// What [`Lab::assert_replay_identity`] measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayFigures {
+    /// Entries on the stream.
+    pub events: usize,
+    /// Recorded observations the replay ran.
+    pub observations: u64,
+    /// Decisions recorded, replayed, and changed between the two.
+    pub recorded: u64,
+    pub replayed: u64,
+    pub changed: u64,
+}
+
+/// Writes `events` as JSON lines of their stream fields, and beside them (`.yaml`) the `config` they
+/// were recorded under; returns where (or why not).
+fn save_stream(path: &Path, events: &[Envelope], config: &Path) -> String {
+    let lines: String = events
+        .iter()
+        .map(|e| {
+            let fields: serde_json::Map<String, serde_json::Value> = e
+                .to_fields()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.into()))
+                .collect();
+            format!("{}\n", serde_json::Value::from(fields))
+        })
+        .collect();
+    let written = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(path, lines))
+        .and_then(|()| std::fs::copy(config, path.with_extension("yaml")).map(drop));
+    match written {
+        Ok(()) => format!("kept in {} (config: .yaml)", path.display()),
+        Err(e) => format!("not kept ({}: {e})", path.display()),
     }
 }
 

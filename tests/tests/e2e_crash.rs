@@ -389,6 +389,7 @@ async fn e2e_kill_9_during_a_scale_up_is_finished_by_the_restarted_process() {
     for w in log_warnings(&lab, 0) {
         println!("log: {w}");
     }
+    lab.assert_replay_identity().await;
     println!("scale-up crash test took {:?}", started.elapsed());
 }
 
@@ -524,6 +525,7 @@ async fn e2e_sigterm_during_a_drain_waits_for_the_drain_to_finish() {
     assert!(!names.contains(&victim));
     let dlq = all_acked(&lab, Duration::from_secs(30)).await;
     assert!(dlq.is_empty(), "{} dead letters", dlq.len());
+    lab.assert_replay_identity().await;
     println!("sigterm test took {:?}", started.elapsed());
 }
 
@@ -643,7 +645,13 @@ async fn scale_down_crash(kill_at: KillAt) {
         // An operator lifts the budget while the autoscaler is down.
         lab.kubectl(&["delete", "pdb", "guard"]);
     }
+    // The stream up to the kill, and the configuration it was recorded under (changed below).
+    let mut first_stretch = None;
     if kill_at == KillAt::DrainKept {
+        let until = lab.bus().await.audit().last_id().await.expect("XREVRANGE");
+        let first_config = lab.dir.join("config-before-restart.yaml");
+        std::fs::copy(&lab.config, &first_config).expect("copy the config");
+        first_stretch = until.map(|u| (first_config, u));
         let config = std::fs::read_to_string(&lab.config).expect("config");
         assert!(config.contains("drain_timeout: 30s") && config.contains("underutilized_for: 6s"));
         let config = config
@@ -707,6 +715,11 @@ async fn scale_down_crash(kill_at: KillAt) {
         );
         tokio::time::sleep(Duration::from_secs(3)).await;
         world_consistent(&lab, 3).unwrap_or_else(|e| panic!("{e}"));
+        // The restart changed `underutilized_for` and `drain_timeout`: no one configuration made the
+        // whole stream, so the identity holds for the stretch the first one recorded (up to the kill).
+        let (first_config, until) = first_stretch.expect("entries before the kill");
+        lab.assert_replay_identity_until(&first_config, &until)
+            .await;
         println!(
             "scale-down crash test ({kill_at:?}) took {:?}",
             started.elapsed()
@@ -776,6 +789,7 @@ async fn scale_down_crash(kill_at: KillAt) {
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
     world_consistent(&lab, 2).unwrap_or_else(|e| panic!("{e}"));
+    lab.assert_replay_identity().await;
     for w in log_warnings(&lab, 0) {
         println!("log: {w}");
     }
@@ -917,6 +931,7 @@ async fn e2e_kill_9_of_the_leader_hands_over_within_the_lease_ttl() {
     // The restarted replica (same consumer name) drains what it had pending when it was killed.
     let dlq = all_acked(&lab, Duration::from_secs(30)).await;
     assert!(dlq.is_empty(), "{} dead letters", dlq.len());
+    lab.assert_replay_identity().await;
     println!("leader takeover test took {:?}", started.elapsed());
 }
 
@@ -993,5 +1008,6 @@ async fn e2e_kill_9_of_the_replica_carrying_out_a_scale_up_is_repaired_by_the_ot
     assert_no_loss(&events, from);
     tokio::time::sleep(Duration::from_secs(3)).await;
     world_consistent(&lab, 4).unwrap_or_else(|e| panic!("{e}"));
+    lab.assert_replay_identity().await;
     println!("took {:?}", started.elapsed());
 }

@@ -182,6 +182,7 @@ async fn e2e_load_removed_scales_down_to_the_minimum_and_cleans_up_everything() 
         assert!(grown.contains(gone));
         assert!(!containers.contains(gone), "{gone}'s container is gone");
     }
+    lab.assert_replay_identity().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,6 +260,7 @@ async fn e2e_two_workers_killed_together_make_an_emergency_scale_up() {
     expected.push(workers[2].clone());
     expected.sort();
     assert_eq!(running, expected, "{}", trail(&restored));
+    lab.assert_replay_identity().await;
 }
 
 /// Pod name and when a watch saw it deleted.
@@ -372,4 +374,7 @@ async fn e2e_a_stopped_workers_replacement_is_ready_before_its_pods_are_evicted(
         "{replacement} Ready {} ms before {victim}'s first pod was evicted",
         (first_eviction - ready.timestamp).num_milliseconds()
     );
+    // Once the victim is drained and removed, and the record agrees (the replacement and the other).
+    lab.settled(s, 2..=2, SETTLE).await;
+    lab.assert_replay_identity().await;
 }

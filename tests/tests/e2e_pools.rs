@@ -323,4 +323,5 @@ async fn e2e_two_pools_scale_up_by_selector_and_taint_and_keep_their_minimums() 
     assert_eq!(blocked_for(&events, "ssd").len(), 1, "{}", trail(&events));
     let failed = find(&events, 0, "ScalingActionFailed", |_| true);
     assert!(failed.is_none(), "{failed:?}\n{}", trail(&events));
+    lab.assert_replay_identity().await;
 }

@@ -152,6 +152,7 @@ async fn e2e_pending_pods_scale_up_and_the_pods_run() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert_eq!(lab.running_workers().len(), 4);
+    lab.assert_replay_identity().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,6 +196,7 @@ async fn e2e_a_killed_worker_at_the_minimum_is_replaced() {
     let replacement = ready.event.node_name().unwrap_or_default().to_string();
     assert_ne!(replacement, victim);
     assert!(lab.running_workers().contains(&replacement));
+    lab.assert_replay_identity().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,6 +232,7 @@ async fn e2e_dry_run_publishes_decisions_and_creates_no_container() {
         "{}",
         trail(&events)
     );
+    lab.assert_replay_identity().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -332,4 +335,5 @@ async fn e2e_three_replicas_and_100_identical_pending_events_make_one_scale_up()
         .filter(|e| e.event_id == envelope.event_id)
         .count();
     assert_eq!(copies, 1);
+    lab.assert_replay_identity().await;
 }

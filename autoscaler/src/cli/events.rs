@@ -92,8 +92,8 @@ pub enum DlqCommand {
     },
 }
 
-/// `events replay`. Room is left for a pure what-if replay through the handlers (`--what-if --config …
-/// --to …`); today it rewinds or previews a group's delivery position.
+/// `events replay`: previews or rewinds a group's delivery position, or (`--what-if`) runs the
+/// recorded stream through the handlers under `--config` with no side effects.
 #[derive(Debug, clap::Args)]
 pub struct ReplayArgs {
     /// The consumer group (= handler name) to re-deliver to.
@@ -119,6 +119,10 @@ pub struct ReplayArgs {
     /// Entries printed by the dry run.
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
+    /// With --what-if: the report as one JSON object (decisions side by side, then the summary
+    /// figures) instead of text.
+    #[arg(long, requires = "what_if")]
+    pub json: bool,
 }
 
 pub async fn run(cmd: EventsCommand, config: &Path) -> anyhow::Result<ExitCode> {
@@ -521,7 +525,7 @@ async fn replay(settings: &Settings, args: ReplayArgs) -> anyhow::Result<ExitCod
     let bus = connect(settings).await?;
     let audit = bus.audit();
     if args.what_if {
-        return what_if(settings, &audit, from, to).await;
+        return what_if(settings, &audit, from, to, args.json).await;
     }
     let group_name = args.group.clone().unwrap_or_default();
     let group = audit
@@ -614,6 +618,7 @@ async fn what_if(
     audit: &Audit,
     from: StreamId,
     to: Option<StreamId>,
+    json: bool,
 ) -> anyhow::Result<ExitCode> {
     let entries = audit
         .query(&Query {
@@ -624,8 +629,22 @@ async fn what_if(
         .await
         .context("reading the stream")?;
     let recorded: Vec<Envelope> = entries.iter().filter_map(|e| e.decode().ok()).collect();
-    let report = handlers::replay::what_if(&recorded, &crate::runtime::policy(settings));
-    emit(&report.render());
+    // The handlers the configuration runs, as the recorded process did (unknown names are
+    // refused by `config check` and by `run`).
+    let handlers: Vec<handlers::Handler> = settings
+        .autoscaler
+        .events
+        .handlers
+        .iter()
+        .filter_map(|h| handlers::Handler::from_name(h))
+        .collect();
+    let report =
+        handlers::replay::what_if_with(&recorded, &crate::runtime::policy(settings), &handlers);
+    if json {
+        emit(&serde_json::to_string(&report).context("encoding the report")?);
+    } else {
+        emit(&report.render());
+    }
     Ok(ExitCode::SUCCESS)
 }
 
