@@ -149,3 +149,68 @@ fn max_nodes_zero_is_rejected() {
     let err = Settings::from_yaml_with_env(&yaml, no_env()).unwrap_err();
     assert_eq!(fields(err), vec!["autoscaler.limits.max_nodes"]);
 }
+
+/// Durations that would make a loop spin, or every attempt fail at once, are refused by name; the
+/// ones that only wait may be zero.
+#[test]
+fn durations_that_would_spin_are_rejected_and_waits_may_be_zero() {
+    let zero = |section: &str, key: &str| -> Vec<String> {
+        let yaml = format!("{MINIMAL_BLOCK}  {section}:\n    {key}: 0\n");
+        match Settings::from_yaml_with_env(&yaml, no_env()) {
+            Ok(_) => Vec::new(),
+            Err(e) => fields(e),
+        }
+    };
+    for (section, key) in [
+        ("scaling", "max_node_provision_time"),
+        ("scaling", "drain_timeout"),
+        ("metrics", "interval"),
+        ("docker", "timeout"),
+        ("kubernetes", "pending_batch_max"),
+        ("leader", "lease_ttl"),
+    ] {
+        assert_eq!(
+            zero(section, key),
+            vec![format!("autoscaler.{section}.{key}")],
+            "{section}.{key}: 0"
+        );
+    }
+    // Set in the minimal block itself.
+    let yaml = MINIMAL_BLOCK.replace(
+        "min_violation_check_interval: 10",
+        "min_violation_check_interval: 0",
+    );
+    assert_eq!(
+        fields(Settings::from_yaml_with_env(&yaml, no_env()).unwrap_err()),
+        vec!["autoscaler.enforcement.min_violation_check_interval"]
+    );
+    for key in ["block", "claim_idle", "idempotency_ttl"] {
+        let yaml = MINIMAL_BLOCK.replace(
+            "max_stream_length: 10000",
+            &format!("max_stream_length: 10000\n      {key}: 0"),
+        );
+        assert_eq!(
+            fields(Settings::from_yaml_with_env(&yaml, no_env()).unwrap_err()),
+            vec![format!("autoscaler.events.event_bus.{key}")]
+        );
+    }
+    // A lease shorter than a second is renewed too often to be a lease.
+    let yaml = format!("{MINIMAL_BLOCK}  leader:\n    lease_ttl: 300ms\n");
+    assert_eq!(
+        fields(Settings::from_yaml_with_env(&yaml, no_env()).unwrap_err()),
+        vec!["autoscaler.leader.lease_ttl"]
+    );
+    for (section, key) in [
+        ("scaling", "underutilized_for"),
+        ("scaling", "scale_up_cooldown"),
+        ("scaling", "scale_down_cooldown"),
+        ("kubernetes", "pending_batch_idle"),
+        ("alerts", "dedup_window"),
+    ] {
+        assert_eq!(
+            zero(section, key),
+            Vec::<String>::new(),
+            "{section}.{key}: 0"
+        );
+    }
+}

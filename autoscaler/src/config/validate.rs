@@ -3,9 +3,11 @@
 
 use std::collections::BTreeMap;
 
+use std::time::Duration;
+
 use super::schema::{
-    Alerts, AutoscalerConfig, Enforcement, EventsConfig, Http, Limits, Metrics, Scaling,
-    Thresholds, Workers, HANDLER_NAMES, METRICS_SOURCES,
+    Alerts, AutoscalerConfig, DockerSettings, Enforcement, EventsConfig, Http, KubernetesSettings,
+    Leader, Limits, Metrics, Scaling, Thresholds, Workers, HANDLER_NAMES, METRICS_SOURCES,
 };
 use super::{Problem, Settings};
 
@@ -21,6 +23,9 @@ impl Settings {
         scaling(&a.scaling, &mut out);
         workers(&a.workers, &mut out);
         metrics(&a.metrics, &mut out);
+        docker(&a.docker, &mut out);
+        kubernetes(&a.kubernetes, &mut out);
+        leader(&a.leader, &mut out);
         http(&a.http, &mut out);
         alerts(&a.alerts, &mut out);
         out.0
@@ -113,6 +118,14 @@ fn event_bus(e: &EventsConfig, out: &mut Problems) {
     if bus.block.is_zero() {
         out.bad("events.event_bus.block", "must be positive");
     }
+    // Zero would let every consumer claim every other's in-flight entries at once.
+    if bus.claim_idle.is_zero() {
+        out.bad("events.event_bus.claim_idle", "must be positive");
+    }
+    // Zero would make the idempotent publish (and with it at-most-once outputs) a no-op.
+    if bus.idempotency_ttl.is_zero() {
+        out.bad("events.event_bus.idempotency_ttl", "must be positive");
+    }
 }
 
 fn handlers(handlers: &[String], out: &mut Problems) {
@@ -167,6 +180,17 @@ fn scaling(s: &Scaling, out: &mut Problems) {
     if !(0.0..=1.0).contains(&s.max_unhealthy_fraction) {
         out.bad("scaling.max_unhealthy_fraction", "must be in [0, 1]");
     }
+    // Zero would fail every new worker on the next tick and start another: a create/fail loop.
+    // (The cooldowns and `underutilized_for` may be zero: they only wait.)
+    if s.max_node_provision_time.is_zero() {
+        out.bad("scaling.max_node_provision_time", "must be positive");
+    }
+    if s.drain_timeout.is_zero() {
+        out.bad(
+            "scaling.drain_timeout",
+            "must be positive (no drain finishes in 0 s)",
+        );
+    }
 }
 
 fn workers(w: &Workers, out: &mut Problems) {
@@ -209,6 +233,33 @@ fn metrics(m: &Metrics, out: &mut Problems) {
     }
     if m.interval.is_zero() {
         out.bad("metrics.interval", "must be positive");
+    }
+}
+
+fn docker(d: &DockerSettings, out: &mut Problems) {
+    // Zero would time out every engine call at once and keep the circuit breaker open.
+    if d.timeout.is_zero() {
+        out.bad("docker.timeout", "must be positive");
+    }
+}
+
+fn kubernetes(k: &KubernetesSettings, out: &mut Problems) {
+    // The batch also repeats its report every `pending_batch_max`: zero would report in a loop.
+    // (`pending_batch_idle` may be zero: each pod is then reported alone.)
+    if k.pending_batch_max.is_zero() {
+        out.bad("kubernetes.pending_batch_max", "must be positive");
+    }
+}
+
+/// The shortest lease: it is renewed every `lease_ttl / 3`, each renewal a Redis round trip.
+const MIN_LEASE_TTL: Duration = Duration::from_secs(1);
+
+fn leader(l: &Leader, out: &mut Problems) {
+    if l.lease_ttl < MIN_LEASE_TTL {
+        out.bad(
+            "leader.lease_ttl",
+            "must be at least 1s (the lease is renewed every lease_ttl/3)",
+        );
     }
 }
 
