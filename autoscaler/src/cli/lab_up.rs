@@ -37,7 +37,7 @@ pub async fn run(args: LabArgs, config: &Path) -> anyhow::Result<ExitCode> {
     };
     let lab_dir = std::path::absolute(&args.lab_dir).unwrap_or(args.lab_dir.clone());
     let redis =
-        crate::redis_local::ensure(&settings.autoscaler.events.event_bus.url, &lab_dir).await?;
+        crate::redis_local::ensure(&crate::runtime::bus_config(&settings), &lab_dir).await?;
     let docker = crate::docker::connect(
         &settings.autoscaler.docker.host,
         settings.autoscaler.docker.timeout,
@@ -50,7 +50,14 @@ pub async fn run(args: LabArgs, config: &Path) -> anyhow::Result<ExitCode> {
 
     {
         let a = &mut settings.autoscaler;
-        a.events.event_bus.url = redis.url.clone();
+        if redis.started_here() {
+            // The server started here has no password and no TLS.
+            let b = &mut a.events.event_bus;
+            b.url = redis.url.clone();
+            b.username.clear();
+            b.password_file.clear();
+            b.tls = Default::default();
+        }
         a.dry_run |= args.dry_run;
         a.workers.image = env.options.image.clone();
         a.workers.network = env.network.clone();
@@ -67,14 +74,15 @@ pub async fn run(args: LabArgs, config: &Path) -> anyhow::Result<ExitCode> {
     } else {
         ""
     };
+    let (shown_url, tail) = redis_lines(&redis.url);
     println!(
-        "\nlab is up:\n  redis       {}{redis_note}\n  api server  {} (container {})\n  kubeconfig  {}\n  http        http://{}/status  /metrics\n\nwatch it:\n  REDIS_URL={} autoscaler events tail -f\n  kubectl --kubeconfig {} get nodes -w\n  kubectl --kubeconfig {} create deployment web --image=nginx --replicas=6   # pending pods -> scale-up\n\nCtrl-C stops the autoscaler{}.\n",
-        redis.url,
+        "\nlab is up:\n  redis       {}{redis_note}\n  api server  {} (container {})\n  kubeconfig  {}\n  http        http://{}/status  /metrics\n\nwatch it:\n  {}\n  kubectl --kubeconfig {} get nodes -w\n  kubectl --kubeconfig {} create deployment web --image=nginx --replicas=6   # pending pods -> scale-up\n\nCtrl-C stops the autoscaler{}.\n",
+        shown_url,
         env.host_url,
         env.server_container,
         env.kubeconfig.display(),
         settings.autoscaler.http.listen,
-        redis.url,
+        tail,
         env.kubeconfig.display(),
         env.kubeconfig.display(),
         if args.keep { "" } else { " and removes the lab's containers" },
@@ -86,4 +94,34 @@ pub async fn run(args: LabArgs, config: &Path) -> anyhow::Result<ExitCode> {
     }
     drop(redis);
     result.map(|()| ExitCode::SUCCESS)
+}
+
+/// The banner's Redis URL and its tail command. The URL may hold a password: it is shown redacted,
+/// and the tail command then relies on the REDIS_URL (or config) the lab was started with.
+fn redis_lines(url: &str) -> (String, String) {
+    let shown = bus::redact_url(url);
+    let tail = if shown == url {
+        format!("REDIS_URL={url} autoscaler events tail -f")
+    } else {
+        "autoscaler events tail -f   # with the REDIS_URL (or config) this lab uses".to_string()
+    };
+    (shown, tail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redis_lines;
+
+    #[test]
+    fn the_banner_never_prints_the_redis_password() {
+        let (shown, tail) = redis_lines("redis://autoscaler:hunter2@127.0.0.1:6379");
+        assert_eq!(shown, "redis://autoscaler:***@127.0.0.1:6379");
+        assert!(!tail.contains("hunter2"), "{tail}");
+        let (shown, tail) = redis_lines("redis://127.0.0.1:6379");
+        assert_eq!(shown, "redis://127.0.0.1:6379");
+        assert_eq!(
+            tail,
+            "REDIS_URL=redis://127.0.0.1:6379 autoscaler events tail -f"
+        );
+    }
 }

@@ -95,7 +95,9 @@ fn event_bus(e: &EventsConfig, out: &mut Problems) {
         out.bad("events.event_bus.max_stream_length", "must be at least 1");
     }
     match url::Url::parse(&bus.url) {
-        Ok(u) if matches!(u.scheme(), "redis" | "rediss" | "redis+unix" | "unix") => {}
+        Ok(u) if matches!(u.scheme(), "redis" | "rediss" | "redis+unix" | "unix") => {
+            redis_access(bus, &u, out);
+        }
         Ok(u) => out.bad(
             "events.event_bus.url",
             format!(
@@ -125,6 +127,29 @@ fn event_bus(e: &EventsConfig, out: &mut Problems) {
     // Zero would make the idempotent publish (and with it at-most-once outputs) a no-op.
     if bus.idempotency_ttl.is_zero() {
         out.bad("events.event_bus.idempotency_ttl", "must be positive");
+    }
+}
+
+/// The credentials and TLS files of a parsed bus URL `u`.
+fn redis_access(bus: &super::EventBus, u: &url::Url, out: &mut Problems) {
+    if u.password().is_some() && !bus.password_file.is_empty() {
+        out.bad(
+            "events.event_bus.password_file",
+            "the URL has a password already: set it in one place",
+        );
+    }
+    let tls = &bus.tls;
+    if u.scheme() != "rediss" && !(tls.ca_file.is_empty() && tls.cert_file.is_empty()) {
+        out.bad(
+            "events.event_bus.tls",
+            "TLS files are set but the URL is not rediss://",
+        );
+    }
+    if tls.cert_file.is_empty() != tls.key_file.is_empty() {
+        out.bad(
+            "events.event_bus.tls",
+            "a client certificate needs both cert_file and key_file",
+        );
     }
 }
 
@@ -283,6 +308,15 @@ fn alerts(a: &Alerts, out: &mut Problems) {
                 &format!("alerts.webhooks[{i}].format"),
                 format!("`{}` is not json or slack", hook.format),
             );
+        }
+        for (j, h) in hook.headers.iter().enumerate() {
+            let field = format!("alerts.webhooks[{i}].headers[{j}]");
+            if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
+                out.bad(&field, format!("`{}` is not a header name", h.name));
+            }
+            if h.value_env.is_empty() == h.value_file.is_empty() {
+                out.bad(&field, "set exactly one of value_env and value_file");
+            }
         }
     }
 }
