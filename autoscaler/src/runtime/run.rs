@@ -206,17 +206,19 @@ fn build_adapters(shared: &Shared, conns: &Connections) -> anyhow::Result<Option
         tracing::warn!("dry run: decisions are published marked dry_run; nothing is changed");
         return Ok(None);
     }
-    let targets = a
-        .alerts
-        .webhooks
-        .iter()
-        .filter_map(|w| {
-            handlers::alerts::Format::parse(&w.format).map(|format| Webhook {
-                url: w.url.clone(),
-                format,
-            })
-        })
-        .collect();
+    let mut targets = Vec::new();
+    for (i, w) in a.alerts.webhooks.iter().enumerate() {
+        let Some(format) = handlers::alerts::Format::parse(&w.format) else {
+            continue;
+        };
+        let headers = crate::webhooks::resolve_headers(&w.headers, |k| std::env::var(k).ok())
+            .map_err(|e| anyhow::anyhow!("alerts.webhooks[{i}]: {e}"))?;
+        targets.push(Webhook {
+            url: w.url.clone(),
+            format,
+            headers,
+        });
+    }
     Ok(Some(Arc::new(Adapters {
         workers: DockerWorkers {
             pool: conns.pool.clone(),
