@@ -44,7 +44,21 @@ pub async fn run(args: LabArgs, config: &Path) -> anyhow::Result<ExitCode> {
     )
     .await?;
     let binary = std::env::current_exe().context("locating this binary for the lab image")?;
-    let options = LabEnvOptions::new(settings.autoscaler.cluster_id.clone(), &lab_dir, binary);
+    let mut options = LabEnvOptions::new(settings.autoscaler.cluster_id.clone(), &lab_dir, binary);
+    // The lab API server requires a bearer token: K3S_TOKEN when set, else one made for this lab.
+    // Workers present it as their k3s token (`workers.token_file`), the kubeconfig carries it.
+    let token = crate::runtime::k3s_token(&settings)
+        .context("reading the k3s token file")?
+        .map(|t| t.expose().to_string())
+        .unwrap_or_else(|| {
+            format!(
+                "{}{}",
+                uuid::Uuid::new_v4().simple(),
+                uuid::Uuid::new_v4().simple()
+            )
+        });
+    let token_file = write_token(&lab_dir, &token)?;
+    options.token = Some(token);
     println!("lab: building the worker image if needed and starting the lab API server…");
     let env = LabEnv::up(docker, options).await?;
 
@@ -67,6 +81,7 @@ pub async fn run(args: LabArgs, config: &Path) -> anyhow::Result<ExitCode> {
         a.workers.privileged = false;
         a.workers.restart_policy = "no".into();
         a.kubernetes.kubeconfig = env.kubeconfig.display().to_string();
+        a.workers.token_file = token_file.display().to_string();
         a.kubernetes.server = String::new();
     }
     let redis_note = if redis.started_here() {
@@ -94,6 +109,20 @@ pub async fn run(args: LabArgs, config: &Path) -> anyhow::Result<ExitCode> {
     }
     drop(redis);
     result.map(|()| ExitCode::SUCCESS)
+}
+
+/// Writes the lab's token to `$LAB_DIR/token`, readable by the owner only.
+fn write_token(lab_dir: &Path, token: &str) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(lab_dir).with_context(|| format!("creating {}", lab_dir.display()))?;
+    let path = lab_dir.join("token");
+    std::fs::write(&path, token).with_context(|| format!("writing {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("restricting {}", path.display()))?;
+    }
+    Ok(path)
 }
 
 /// The banner's Redis URL and its tail command. The URL may hold a password: it is shown redacted,
