@@ -1,10 +1,10 @@
-//! The HTTP port: `/metrics` (Prometheus), `/healthz` (the process serves), `/readyz` (Redis reachable
-//! and the handlers' groups exist), `/status` (the same JSON as `autoscaler status --json`).
+//! The HTTP port: `/metrics` (Prometheus), `/healthz` (the process serves), `/readyz` (started, and
+//! Redis and the Docker engine answer: [`crate::readiness`]), `/status` (the same JSON as
+//! `autoscaler status --json`).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -14,6 +14,7 @@ use axum::routing::get;
 use axum::Router;
 
 use crate::metrics::Metrics;
+use crate::readiness::Readiness;
 
 /// Produces the `/status` document on demand.
 pub type StatusFn =
@@ -23,8 +24,8 @@ pub type StatusFn =
 #[derive(Clone)]
 pub struct HttpState {
     pub metrics: Arc<Metrics>,
-    /// Set once the runtime is connected and its groups exist; cleared while Redis is unreachable.
-    pub ready: Arc<AtomicBool>,
+    /// Started, and Redis and the Docker engine reachable.
+    pub ready: Arc<Readiness>,
     pub status: StatusFn,
 }
 
@@ -49,10 +50,15 @@ async fn metrics(State(s): State<HttpState>) -> Response {
 }
 
 async fn readyz(State(s): State<HttpState>) -> Response {
-    if s.ready.load(Ordering::Relaxed) {
+    let why = s.ready.why_not();
+    if why.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", why.join(", ")),
+        )
+            .into_response()
     }
 }
 
@@ -76,9 +82,4 @@ pub async fn serve(
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await
-}
-
-/// Marks readiness.
-pub fn set_ready(flag: &AtomicBool, ready: bool) {
-    flag.store(ready, Ordering::Relaxed);
 }

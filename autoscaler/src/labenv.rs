@@ -69,6 +69,9 @@ pub struct LabEnvOptions {
     pub pod_eviction_timeout: Duration,
     /// More labels on the server container (tests add their test label).
     pub extra_labels: HashMap<String, String>,
+    /// The bearer token the API server requires (it gets it as `K3S_TOKEN`, the kubeconfig carries it,
+    /// workers present it as their k3s token); `None`: no token.
+    pub token: Option<String>,
 }
 
 impl LabEnvOptions {
@@ -84,6 +87,7 @@ impl LabEnvOptions {
             image: format!("k3s-autoscaler-lab:{}", env!("CARGO_PKG_VERSION")),
             node_monitor_grace: Duration::from_secs(40),
             pod_eviction_timeout: Duration::from_secs(30),
+            token: None,
             extra_labels: HashMap::new(),
         }
     }
@@ -153,10 +157,16 @@ impl LabEnv {
             "/tmp/lab".into(),
         ];
         let port_key = format!("{API_PORT}/tcp");
+        // In the environment, not on the command line (`ps` in the container would show it).
+        let server_env = options
+            .token
+            .as_ref()
+            .map(|t| vec![format!("K3S_TOKEN={t}")]);
         let body = ContainerCreateBody {
             image: Some(options.image.clone()),
             hostname: Some(server_container.clone()),
             cmd: Some(cmd),
+            env: server_env,
             labels: Some(labels),
             exposed_ports: Some(vec![port_key.clone()]),
             host_config: Some(HostConfig {
@@ -202,7 +212,7 @@ impl LabEnv {
             })?;
         let host_url = format!("http://127.0.0.1:{host_port}");
         let kubeconfig = options.lab_dir.join("kubeconfig");
-        write_kubeconfig(&kubeconfig, &host_url)?;
+        write_kubeconfig(&kubeconfig, &host_url, options.token.as_deref())?;
         let env = LabEnv {
             docker,
             network_url: format!("http://{server_container}:{API_PORT}"),
@@ -220,7 +230,7 @@ impl LabEnv {
         let deadline = Instant::now() + within;
         let version_url = format!("{}/version", self.host_url);
         loop {
-            if version_answers(&self.host_url).await {
+            if version_answers(&self.kubeconfig).await {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -282,13 +292,9 @@ impl LabEnv {
     }
 }
 
-/// Whether `GET <url>/version` answers 200.
-async fn version_answers(base: &str) -> bool {
-    let Ok(uri) = base.parse() else {
-        return false;
-    };
-    let config = kube::Config::new(uri);
-    let Ok(client) = kube::Client::try_from(config) else {
+/// Whether `GET /version` answers 200, as the kubeconfig's user (with its token, if any).
+async fn version_answers(kubeconfig: &Path) -> bool {
+    let Ok(client) = crate::kube::connect_kubeconfig(kubeconfig).await else {
         return false;
     };
     matches!(
@@ -297,9 +303,9 @@ async fn version_answers(base: &str) -> bool {
     )
 }
 
-/// Writes the lab's kubeconfig for `server`.
-pub fn write_kubeconfig(path: &Path, server: &str) -> Result<(), LabEnvError> {
-    lab::kubeconfig::write(path, server, None).map_err(|source| LabEnvError::Write {
+/// Writes the lab's kubeconfig for `server`, with the bearer token when there is one.
+pub fn write_kubeconfig(path: &Path, server: &str, token: Option<&str>) -> Result<(), LabEnvError> {
+    lab::kubeconfig::write(path, server, token).map_err(|source| LabEnvError::Write {
         path: path.display().to_string(),
         source,
     })

@@ -11,7 +11,8 @@
 //! - [`webhooks`]: alerts posted to webhooks (JSON or Slack), retried with backoff, URLs redacted.
 //! - [`intents`]: what this process is removing, so watchers tell our actions from others'.
 //! - [`leader`]: the Redis lease that makes one replica the observer, with a fencing token.
-//! - [`metrics`], [`http`]: Prometheus metrics and the /metrics, /healthz, /readyz, /status port.
+//! - [`metrics`], [`http`], [`readiness`]: Prometheus metrics and the /metrics, /healthz, /readyz,
+//!   /status port; readiness follows Redis and the Docker engine.
 //! - [`status`]: `autoscaler status` — workers as Kubernetes, Docker and the record see them.
 //! - [`labenv`], [`redis_local`]: `autoscaler lab` — the lab cluster, a local `redis-server`, the image.
 //! - [`telemetry`], [`shutdown`]: logging and signals.
@@ -25,6 +26,7 @@ pub mod kube;
 pub mod labenv;
 pub mod leader;
 pub mod metrics;
+pub mod readiness;
 pub mod redis_local;
 pub mod runtime;
 pub mod shutdown;

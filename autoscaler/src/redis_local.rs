@@ -27,6 +27,8 @@ pub enum LocalRedisError {
 
 /// A Redis the lab uses; stops the server it started when dropped.
 pub struct LocalRedis {
+    /// The URL to use: the configured one, or the started server's (no password, no TLS). It may
+    /// hold a password: show it with [`bus::redact_url`].
     pub url: String,
     child: Option<Child>,
 }
@@ -46,14 +48,17 @@ impl Drop for LocalRedis {
     }
 }
 
-/// PING with a short timeout.
-pub async fn answers(url: &str) -> bool {
-    let Ok(client) = redis::Client::open(url) else {
-        return false;
-    };
+/// PING with a short timeout, connecting as `config` says (credentials, TLS).
+pub async fn answers(config: &bus::BusConfig) -> bool {
     let ping = async {
-        let mut conn = client.get_multiplexed_async_connection().await?;
-        redis::cmd("PING").query_async::<String>(&mut conn).await
+        let bus = bus::connect(config.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut conn = bus.connection();
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map_err(|e| e.to_string())
     };
     matches!(
         tokio::time::timeout(Duration::from_secs(2), ping).await,
@@ -61,11 +66,14 @@ pub async fn answers(url: &str) -> bool {
     )
 }
 
-/// Uses `url` when a Redis answers there, else starts `redis-server` on a free loopback port.
-pub async fn ensure(url: &str, lab_dir: &Path) -> Result<LocalRedis, LocalRedisError> {
-    if answers(url).await {
+/// Uses the configured Redis when it answers, else starts `redis-server` on a free loopback port.
+pub async fn ensure(
+    config: &bus::BusConfig,
+    lab_dir: &Path,
+) -> Result<LocalRedis, LocalRedisError> {
+    if answers(config).await {
         return Ok(LocalRedis {
-            url: url.to_string(),
+            url: config.url.clone(),
             child: None,
         });
     }
@@ -102,8 +110,8 @@ pub async fn ensure(url: &str, lab_dir: &Path) -> Result<LocalRedis, LocalRedisE
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        if answers(&local.url).await {
-            tracing::info!(url = %local.url, dir = %dir.display(), "lab: started redis-server");
+        if answers(&bus::BusConfig::new(local.url.clone(), "ping")).await {
+            tracing::info!(url = %bus::redact_url(&local.url), dir = %dir.display(), "lab: started redis-server");
             return Ok(local);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -1,6 +1,7 @@
 //! Engine outages, simulated with a Unix-socket proxy in front of the real engine that the test takes
 //! down and brings back: pool calls fail as retryable and open the circuit breaker, the events watcher
-//! reconnects and reports, from a fresh listing, what happened while it was away.
+//! reconnects and reports, from a fresh listing, what happened while it was away. `/readyz` answers 503
+//! while the engine, or a real `redis-server` the test stops, is away, and 200 again after.
 
 mod docker_support;
 
@@ -228,4 +229,97 @@ async fn docker_outage_opens_the_breaker_and_the_watcher_reports_what_it_missed(
     for w in [&w1, &w2, &w3] {
         direct.remove_worker(&w.name).await.unwrap();
     }
+}
+
+/// One `GET` over a fresh connection: (status code, body).
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (code, body)
+}
+
+/// Polls `/readyz` until it answers `code` with a body containing `text`, failing after a minute.
+async fn wait_readyz(addr: std::net::SocketAddr, code: u16, text: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (got, body) = get(addr, "/readyz").await;
+        if got == code && body.contains(text) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz never answered {code} {text:?}; last {got} {body:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_false_while_redis_or_the_engine_is_away_and_true_again_after() {
+    use autoscaler::readiness::{self, Readiness};
+    use tokio_util::sync::CancellationToken;
+
+    let env = TestEnv::new("readyz").await;
+    let mut proxy = EngineProxy::start(socket_path(&env.id));
+    let docker = docker::connect(&proxy.uri(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let mut redis = bus::testing::RedisServer::start();
+    let bus = bus::connect(redis.config("readyz")).await.unwrap();
+
+    let ready = Arc::new(Readiness::new());
+    let stop = CancellationToken::new();
+    let probes = readiness::Probes {
+        redis: bus.connection(),
+        docker,
+        timeout: Duration::from_secs(1),
+    };
+    tokio::spawn(readiness::watch(
+        ready.clone(),
+        probes,
+        Duration::from_millis(100),
+        stop.clone(),
+    ));
+    let state = autoscaler::http::HttpState {
+        metrics: Arc::new(autoscaler::metrics::Metrics::new()),
+        ready: ready.clone(),
+        status: Arc::new(|| Box::pin(async { serde_json::Value::Null })),
+    };
+    let (bound_tx, bound_rx) = oneshot::channel();
+    let http_stop = stop.clone();
+    tokio::spawn(autoscaler::http::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        state,
+        http_stop.cancelled_owned(),
+        Some(bound_tx),
+    ));
+    let addr = bound_rx.await.unwrap();
+
+    wait_readyz(addr, 503, "not started").await;
+    ready.set_started(true);
+    wait_readyz(addr, 200, "ready").await;
+
+    // Redis stops: not ready; the same port serves again: ready again.
+    redis.kill();
+    wait_readyz(addr, 503, "redis unreachable").await;
+    redis.restart();
+    wait_readyz(addr, 200, "ready").await;
+
+    // The engine goes away and comes back.
+    proxy.down();
+    wait_readyz(addr, 503, "docker engine unreachable").await;
+    proxy.up();
+    wait_readyz(addr, 200, "ready").await;
+
+    stop.cancel();
 }

@@ -1065,3 +1065,196 @@ async fn kube_placement_is_a_snapshot_then_deltas_that_fold_to_what_a_new_snapsh
     assert_eq!(fresh.nodes(), folded.nodes());
     assert_eq!(fresh.pods(), folded.pods());
 }
+
+// ---- the uncordon after a failed drain ---------------------------------------------------------------
+
+/// A drain failed, the record put the node back to Ready and the NodeManager asked for an uncordon,
+/// but the API server was cut off: the NodeManager's delivery is retried by the bus until the
+/// uncordon goes through, so the node does not stay cordoned and tainted while the record says Ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_a_failed_uncordon_is_retried_until_the_node_is_schedulable_again() {
+    use autoscaler::runtime::adapters::{Adapters, DockerWorkers, KubeNodes};
+    use autoscaler::runtime::group_runner::GroupRunner;
+    use autoscaler::runtime::projection::Projection;
+    use bus::event::{
+        NodeCordoned, NodeReady, ScaleDownBlocked, ScaleDownStarted, ScalingAction,
+        ScalingActionFailed,
+    };
+
+    let lab = Lab::start(Duration::from_secs(300)).await;
+    let proxy = Proxy::start(lab.addr).await;
+    let node = "k3s-worker-1";
+    create_ready_node(&lab.client, node).await;
+    // The scale-down's cordon went through.
+    KubeNodeOps::new(lab.client.clone(), Duration::from_secs(10))
+        .cordon(node)
+        .await
+        .unwrap();
+
+    let redis = bus::testing::RedisServer::start();
+    let stream = "uncordon-retry";
+    let mut config = redis.config(stream);
+    config.concurrency = 1;
+    config.max_deliveries = 50;
+    let bus = bus::connect(config).await.unwrap();
+    let publisher = bus.publisher();
+    let m = metadata();
+    let ready = Envelope::root(
+        "test",
+        NodeReady {
+            node_name: node.into(),
+        },
+        m,
+    );
+    let started = Envelope::caused_by(
+        &ready,
+        "NodeManager",
+        ScaleDownStarted {
+            count: 1,
+            target_workers: 0,
+            nodes: vec![node.into()],
+        },
+    );
+    let cordoned = Envelope::caused_by(
+        &started,
+        "executor",
+        NodeCordoned {
+            node_name: node.into(),
+        },
+    );
+    let failed = Envelope::caused_by(
+        &cordoned,
+        "executor",
+        ScalingActionFailed {
+            action: ScalingAction::ScaleDown,
+            node_name: Some(node.into()),
+            error: "drain_timeout: pods still running after 5s".into(),
+            retryable: true,
+        },
+    );
+    // History up to the cordon is there before the NodeManager group starts at the end of the stream.
+    for e in [&ready, &started, &cordoned] {
+        publisher.publish(e).await.unwrap();
+    }
+
+    let policy = Arc::new(handlers::Policy::default());
+    let docker = bollard::Docker::connect_with_host("tcp://127.0.0.1:9").unwrap();
+    let adapters = Adapters {
+        workers: DockerWorkers {
+            pool: Arc::new(autoscaler::docker::DockerWorkerPool::new(
+                docker,
+                autoscaler::docker::PoolConfig::default(),
+            )),
+            intents: RemovalIntents::new(),
+        },
+        nodes: KubeNodes {
+            // Through the proxy, which is cut off while the failure is handled.
+            ops: KubeNodeOps::new(lab.client_via(&proxy).await, Duration::from_secs(10)),
+            intents: RemovalIntents::new(),
+        },
+        alerts: autoscaler::webhooks::Webhooks::new(Vec::new()).unwrap(),
+    };
+    let runner = GroupRunner {
+        handler: handlers::Handler::from_name("NodeManager").unwrap(),
+        policy: policy.clone(),
+        projection: tokio::sync::Mutex::new(Projection::new(
+            handlers::Model::new(&policy),
+            bus.audit(),
+        )),
+        adapters: Some(Arc::new(adapters)),
+        publisher: bus.publisher(),
+        metrics: Arc::new(autoscaler::metrics::Metrics::new()),
+    };
+    let consumer = bus.consumer();
+    consumer.ensure_group("NodeManager").await.unwrap();
+    let stop = CancellationToken::new();
+    let task = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            consumer
+                .run(runner, "NodeManager", "test", stop.cancelled_owned())
+                .await
+        })
+    };
+
+    proxy.block();
+    publisher.publish(&failed).await.unwrap();
+    // The failure is handled (its ScaleDownBlocked is published) and delivered again while the
+    // uncordon cannot get through.
+    let audit = bus.audit();
+    let mut conn = bus.connection();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let entries = audit.query(&bus::Query::default()).await.unwrap();
+        let blocked = entries
+            .iter()
+            .filter_map(|e| e.decode().ok())
+            .any(|e| matches!(e.event, Event::ScaleDownBlocked(ScaleDownBlocked { .. })));
+        // XPENDING's extended form: [id, consumer, idle ms, deliveries] per entry.
+        let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+            .arg(stream)
+            .arg("NodeManager")
+            .arg("-")
+            .arg("+")
+            .arg(10)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let retried = pending.iter().any(|p| p.3 >= 2);
+        if blocked && retried {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the failed uncordon was not retried: blocked {blocked}, pending {pending:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let nodes: Api<Node> = Api::all(lab.client.clone());
+    let spec = nodes.get(node).await.unwrap().spec.unwrap();
+    assert_eq!(spec.unschedulable, Some(true), "cut off: still cordoned");
+
+    // The API server is reachable again: a redelivery uncordons the node and the entry is acked.
+    proxy.unblock();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let spec = nodes.get(node).await.unwrap().spec.unwrap();
+        let tainted = spec
+            .taints
+            .unwrap_or_default()
+            .iter()
+            .any(|t| t.key == TO_BE_DELETED_TAINT);
+        let pending = audit
+            .groups()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|g| g.name == "NodeManager")
+            .map_or(0, |g| g.pending);
+        if spec.unschedulable != Some(true) && !tainted && pending == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not uncordoned after the API server came back: unschedulable {:?}, tainted {tainted}, pending {pending}",
+            spec.unschedulable
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(audit.dlq_len().await.unwrap(), 0);
+    let blocked = audit
+        .query(&bus::Query::default())
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.decode().ok())
+        .filter(|e| e.event_type() == "ScaleDownBlocked")
+        .count();
+    assert_eq!(
+        blocked, 1,
+        "the redeliveries publish the blocked reason once"
+    );
+
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}

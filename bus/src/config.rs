@@ -1,14 +1,17 @@
 //! The bus's settings: one plain struct, filled from `autoscaler.events.event_bus` by the binary.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// How the bus talks to Redis and how its consumer groups behave.
 ///
-/// `Debug` shows the URL, which may hold a password: log the fields you need, not the struct.
-#[derive(Debug, Clone, PartialEq)]
+/// `Debug` redacts the URL's password; show a URL with [`redact_url`].
+#[derive(Clone, PartialEq)]
 pub struct BusConfig {
-    /// `redis://host:port/db` (or `rediss://`, `unix://`).
+    /// `redis://[user:password@]host:port/db` (or `rediss://` for TLS, `unix://`).
     pub url: String,
+    /// Who to authenticate as (an ACL user), and how: see [`RedisAccess`].
+    pub access: RedisAccess,
     /// The stream every event goes to (`autoscaler_events`).
     pub stream: String,
     /// Where dead letters go: `<stream>:dlq` by contract (tools and `events dlq` look there).
@@ -44,6 +47,7 @@ impl BusConfig {
         let stream = stream.into();
         Self {
             url: url.into(),
+            access: RedisAccess::default(),
             dlq: dlq_name(&stream),
             stream,
             max_len: 10_000,
@@ -57,7 +61,103 @@ impl BusConfig {
     }
 }
 
+impl std::fmt::Debug for BusConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BusConfig")
+            .field("url", &redact_url(&self.url))
+            .field("access", &self.access)
+            .field("stream", &self.stream)
+            .field("dlq", &self.dlq)
+            .field("max_len", &self.max_len)
+            .field("claim_idle", &self.claim_idle)
+            .field("max_deliveries", &self.max_deliveries)
+            .field("block", &self.block)
+            .field("batch_size", &self.batch_size)
+            .field("concurrency", &self.concurrency)
+            .field("idempotency_ttl", &self.idempotency_ttl)
+            .finish()
+    }
+}
+
+/// Credentials and TLS beyond what the URL says. A username or password set here replaces the URL's;
+/// the files are read when the bus connects (so a rotated password or certificate takes effect on the
+/// next start), and their contents are never logged.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisAccess {
+    /// The ACL user (`AUTH user password`); else the URL's, else `default`.
+    pub username: Option<String>,
+    /// A file holding the password (surrounding whitespace trimmed).
+    pub password_file: Option<PathBuf>,
+    /// `rediss://` only: the CA certificate(s) (PEM) the server's certificate must chain to; without
+    /// it, the system's roots.
+    pub tls_ca_file: Option<PathBuf>,
+    /// `rediss://` only: a client certificate (PEM) for servers that require one (`tls-auth-clients`).
+    pub tls_cert_file: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub tls_key_file: Option<PathBuf>,
+}
+
+/// `url` with its password replaced by `***`, for logs, banners and error messages
+/// (`redis://auditor:***@host:6379/`). A URL without a password comes back unchanged.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest_start = scheme_end + 3;
+    let rest = &url[rest_start..];
+    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_len];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_string();
+    };
+    let userinfo = &authority[..at];
+    let Some(colon) = userinfo.find(':') else {
+        return url.to_string();
+    };
+    format!(
+        "{}{}:***{}",
+        &url[..rest_start],
+        &userinfo[..colon],
+        &url[rest_start + at..]
+    )
+}
+
 /// The dead-letter stream of `stream`.
 pub fn dlq_name(stream: &str) -> String {
     format!("{stream}:dlq")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_url_hides_the_password_only() {
+        assert_eq!(
+            redact_url("redis://auditor:s3cr3t@10.0.0.1:6379/0"),
+            "redis://auditor:***@10.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redact_url("rediss://:p%40ss@redis:6380"),
+            "rediss://:***@redis:6380"
+        );
+        // An '@' in the password, and a path that has one too.
+        assert_eq!(redact_url("redis://u:a@b@h:1/x@y"), "redis://u:***@h:1/x@y");
+        for plain in [
+            "redis://127.0.0.1:6379",
+            "redis://user@h:1",
+            "unix:///run/redis.sock",
+            "not a url",
+        ] {
+            assert_eq!(redact_url(plain), plain);
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_the_password() {
+        let c = BusConfig::new("redis://autoscaler:hunter2@h:6379/", "s");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("redis://autoscaler:***@h:6379/"), "{shown}");
+    }
 }

@@ -30,16 +30,19 @@ pub struct Bus {
     client: redis::Client,
     conn: ConnectionManager,
     config: Arc<BusConfig>,
+    /// TLS of the readers' own connections (`rediss://` only).
+    reader_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
-/// Connects to `config.url`.
+/// Connects to `config.url` as `config.access` says (ACL user and password, TLS).
 pub async fn connect(config: BusConfig) -> Result<Bus> {
-    let client = redis::Client::open(config.url.as_str()).map_err(BusError::Connect)?;
-    let conn = manager(&client, COMMAND_TIMEOUT).await?;
+    let resolved = crate::access::resolve(&config)?;
+    let conn = manager(&resolved.client, COMMAND_TIMEOUT).await?;
     Ok(Bus {
-        client,
+        client: resolved.client,
         conn,
         config: Arc::new(config),
+        reader_tls: resolved.reader_tls,
     })
 }
 
@@ -79,7 +82,12 @@ impl Bus {
 
     /// A connection of its own for a consumer's blocking `XREADGROUP` (see [`crate::reader`]).
     pub(crate) async fn stream_reader(&self) -> Result<StreamReader> {
-        StreamReader::connect(self.client.get_connection_info(), BLOCK_MARGIN).await
+        StreamReader::connect(
+            self.client.get_connection_info(),
+            self.reader_tls.as_ref(),
+            BLOCK_MARGIN,
+        )
+        .await
     }
 
     /// A publisher on the shared connection.

@@ -6,6 +6,10 @@ pub enum BusError {
     /// The URL is not a Redis URL, or the first connection failed.
     #[error("cannot connect to Redis: {0}")]
     Connect(#[source] redis::RedisError),
+    /// The credentials or TLS files could not be used (a file missing, a PEM that does not parse).
+    /// Names the file, never its contents.
+    #[error("Redis access settings: {0}")]
+    Access(String),
     /// A command failed (connection lost, server error, …).
     #[error("{op} failed: {source}")]
     Redis {
@@ -49,7 +53,7 @@ impl BusError {
     /// A short stable label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            BusError::Connect(_) => "connect",
+            BusError::Connect(_) | BusError::Access(_) => "connect",
             BusError::Redis { op, .. } | BusError::Server { op, .. } | BusError::Io { op, .. } => {
                 op
             }

@@ -14,6 +14,8 @@
 //! With the default `redis` feature, the Redis Streams transport:
 //! - `connection`: [`connect`] → [`Bus`], a self-healing shared connection, and one of its own per
 //!   blocking reader;
+//! - `access`: the URL's or the config's ACL user and password, and TLS (`rediss://`, a CA file, an
+//!   optional client certificate) for redis-rs and for the consumers' own reader;
 //! - [`publisher`]: [`RedisPublisher`] (trimmed, pipelined, idempotent);
 //! - [`consumer`]: the consumer-group runtime — [`GroupHandler`] and [`Consumer::run`]. Its parts:
 //!   - `consumer/mod.rs`: [`Consumer`] and the run loop (start, dispatch, graceful shutdown);
@@ -40,6 +42,8 @@ pub mod scheduling;
 pub mod stream_id;
 
 #[cfg(feature = "redis")]
+mod access;
+#[cfg(feature = "redis")]
 pub mod audit;
 #[cfg(feature = "redis")]
 mod connection;
@@ -56,7 +60,7 @@ mod reader;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use config::BusConfig;
+pub use config::{redact_url, BusConfig, RedisAccess};
 pub use envelope::{Envelope, Metadata, SCHEMA_VERSION};
 pub use event::{Event, EVENT_TYPES};
 pub use scheduling::{NodeSpec, PodRef, PodSpec, Resources, Taint, TaintEffect, Toleration};

@@ -6,10 +6,12 @@
 //! into frames that are views into one read buffer. Everything else (claims, pending reads, acks,
 //! scripts) stays on redis-rs: it is rare or its replies are small.
 //!
-//! The connection is plain: TCP or a Unix socket, the URL's user, password and database applied with
-//! `AUTH` and `SELECT`. Any error drops it; the read loop reconnects with backoff.
+//! The connection is TCP, TLS over TCP (`rediss://`, with the bus's TLS settings) or a Unix socket; the
+//! user, password and database are applied with `AUTH` and `SELECT`. Any error drops it; the read loop
+//! reconnects with backoff.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -38,19 +40,29 @@ pub(crate) struct StreamReader {
 }
 
 impl StreamReader {
-    /// Connects and authenticates as the URL says. `margin` is how much longer than BLOCK a reply may take.
-    pub(crate) async fn connect(info: &ConnectionInfo, margin: Duration) -> Result<Self> {
+    /// Connects and authenticates as `info` says (TLS with `tls` for `rediss://`). `margin` is how much
+    /// longer than BLOCK a reply may take.
+    pub(crate) async fn connect(
+        info: &ConnectionInfo,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+        margin: Duration,
+    ) -> Result<Self> {
         let io: Pin<Box<dyn Io>> = match info.addr() {
-            ConnectionAddr::Tcp(host, port) => {
+            ConnectionAddr::Tcp(host, port) => Box::pin(tcp(host, *port, margin).await?),
+            ConnectionAddr::TcpTls { host, port, .. } => {
+                let Some(tls) = tls else {
+                    return Err(io_error("connect", "rediss:// without TLS settings"));
+                };
+                let name = rustls::pki_types::ServerName::try_from(host.clone())
+                    .map_err(|e| io_error("connect", format!("TLS server name `{host}`: {e}")))?;
+                let s = tcp(host, *port, margin).await?;
                 let s = tokio::time::timeout(
                     margin,
-                    tokio::net::TcpStream::connect((host.as_str(), *port)),
+                    tokio_rustls::TlsConnector::from(tls.clone()).connect(name, s),
                 )
                 .await
-                .map_err(|_| io_error("connect", "timed out"))?
-                .map_err(|e| io_error("connect", e))?;
-                // Requests are small and latency matters: no Nagle delay.
-                s.set_nodelay(true).map_err(|e| io_error("connect", e))?;
+                .map_err(|_| io_error("connect", "TLS handshake timed out"))?
+                .map_err(|e| io_error("connect", format!("TLS: {e}")))?;
                 Box::pin(s)
             }
             #[cfg(unix)]
@@ -63,7 +75,7 @@ impl StreamReader {
                 return Err(BusError::Reply {
                     op: "connect",
                     detail: format!(
-                        "the consumer's reader supports TCP and Unix sockets, not {other}"
+                        "the consumer's reader supports TCP, TLS and Unix sockets, not {other}"
                     ),
                 })
             }
@@ -141,6 +153,17 @@ impl StreamReader {
             other => Ok(other),
         }
     }
+}
+
+/// A TCP connection to `host:port` within `margin`, without Nagle's delay (requests are small and
+/// latency matters).
+async fn tcp(host: &str, port: u16, margin: Duration) -> Result<tokio::net::TcpStream> {
+    let s = tokio::time::timeout(margin, tokio::net::TcpStream::connect((host, port)))
+        .await
+        .map_err(|_| io_error("connect", "timed out"))?
+        .map_err(|e| io_error("connect", e))?;
+    s.set_nodelay(true).map_err(|e| io_error("connect", e))?;
+    Ok(s)
 }
 
 fn bulk(s: &str) -> BytesFrame {

@@ -1,24 +1,98 @@
-//! Test support: a throwaway `redis-server` on a free loopback port.
+//! Test support: a throwaway `redis-server` on a free loopback port, plain or TLS-only with
+//! certificates made for it, with or without a password for the default user.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::config::BusConfig;
+
+/// How to start the server.
+#[derive(Debug, Clone, Default)]
+pub struct RedisOptions {
+    /// Serve TLS only (`--tls-port`, the plain port off), with a CA, a server certificate for
+    /// 127.0.0.1 and a client certificate made by [`TestCerts`].
+    pub tls: bool,
+    /// With `tls`: refuse clients without a certificate signed by the CA (`tls-auth-clients yes`).
+    pub tls_client_certs: bool,
+    /// `requirepass`: the default user's password (the admin of ACL tests).
+    pub password: Option<String>,
+}
+
+/// The PEM files a TLS server was started with: a CA, the server's certificate and key, and a client
+/// certificate and key signed by the same CA.
+#[derive(Debug, Clone)]
+pub struct TestCerts {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl TestCerts {
+    /// Makes a fresh CA and the certificates it signs (the server's for `127.0.0.1` and `localhost`),
+    /// written into `dir`.
+    pub fn make(dir: &Path) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let fail = |e: rcgen::Error| -> ! { panic!("making test certificates: {e}") };
+        let write = |name: &str, pem: String| -> PathBuf {
+            let path = dir.join(name);
+            if let Err(e) = std::fs::write(&path, pem) {
+                panic!("cannot write {}: {e}", path.display());
+            }
+            path
+        };
+        let ca_key = KeyPair::generate().unwrap_or_else(|e| fail(e));
+        let mut ca_params =
+            CertificateParams::new(Vec::<String>::new()).unwrap_or_else(|e| fail(e));
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "k3s-autoscaler test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap_or_else(|e| fail(e));
+        let issuer = Issuer::new(ca_params, ca_key);
+        let leaf = |names: Vec<String>, cn: &str| {
+            let key = KeyPair::generate().unwrap_or_else(|e| fail(e));
+            let mut params = CertificateParams::new(names).unwrap_or_else(|e| fail(e));
+            params.distinguished_name.push(DnType::CommonName, cn);
+            let cert = params.signed_by(&key, &issuer).unwrap_or_else(|e| fail(e));
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = leaf(vec!["127.0.0.1".into(), "localhost".into()], "redis");
+        let (client_cert, client_key) = leaf(Vec::new(), "autoscaler");
+        Self {
+            ca: write("ca.pem", ca.pem()),
+            server_cert: write("server.pem", server_cert),
+            server_key: write("server-key.pem", server_key),
+            client_cert: write("client.pem", client_cert),
+            client_key: write("client-key.pem", client_key),
+        }
+    }
+}
 
 /// A `redis-server` started for one test, killed on drop.
 pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    options: RedisOptions,
+    certs: Option<TestCerts>,
+    /// Where this start's lines begin in the log.
+    ready_from: u64,
 }
 
 impl RedisServer {
     /// Starts `redis-server` on a free port of 127.0.0.1, without persistence, and waits until it answers
     /// PING. Panics (with how to install it) if redis-server is missing.
     pub fn start() -> Self {
+        Self::start_with(RedisOptions::default())
+    }
+
+    /// As [`RedisServer::start`], with TLS and a password as `options` say.
+    pub fn start_with(options: RedisOptions) -> Self {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!(
             "bus-redis-{}-{port}-{}",
@@ -28,26 +102,57 @@ impl RedisServer {
         if let Err(e) = std::fs::create_dir_all(&dir) {
             panic!("cannot create {}: {e}", dir.display());
         }
+        let certs = options.tls.then(|| TestCerts::make(&dir));
         let mut server = Self {
             port,
             dir,
             child: None,
+            options,
+            certs,
+            ready_from: 0,
         };
         server.spawn();
         server
     }
 
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("redis.log")
+    }
+
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
             .args(["--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
+            .arg("--logfile")
+            .arg(self.log_path());
+        match &self.certs {
+            Some(c) => {
+                let auth_clients = if self.options.tls_client_certs {
+                    "yes"
+                } else {
+                    "no"
+                };
+                cmd.args(["--port", "0", "--tls-port", &self.port.to_string()])
+                    .arg("--tls-cert-file")
+                    .arg(&c.server_cert)
+                    .arg("--tls-key-file")
+                    .arg(&c.server_key)
+                    .arg("--tls-ca-cert-file")
+                    .arg(&c.ca)
+                    .args(["--tls-auth-clients", auth_clients]);
+            }
+            None => {
+                cmd.args(["--port", &self.port.to_string()]);
+            }
+        }
+        if let Some(p) = &self.options.password {
+            cmd.args(["--requirepass", p]);
+        }
+        self.ready_from = std::fs::metadata(self.log_path()).map_or(0, |m| m.len());
+        let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn();
         match child {
             Ok(c) => self.child = Some(c),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -58,10 +163,24 @@ impl RedisServer {
         self.wait_ready();
     }
 
+    /// Whether the server is up: a plain one without a password answers PING; the others (TLS, or
+    /// PING refused with NOAUTH) have logged that they accept connections since this start.
+    fn answers(&self) -> bool {
+        if self.certs.is_none() && self.options.password.is_none() {
+            return ping(self.port);
+        }
+        let Ok(log) = std::fs::read(self.log_path()) else {
+            return false;
+        };
+        let start = usize::try_from(self.ready_from).unwrap_or(0).min(log.len());
+        String::from_utf8_lossy(&log[start..]).contains("Ready to accept connections")
+            && TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+    }
+
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if ping(self.port) {
+            if self.answers() {
                 return;
             }
             if let Some(child) = self.child.as_mut() {
@@ -87,16 +206,53 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://127.0.0.1:<port>/`.
+    /// `redis://127.0.0.1:<port>/` (`rediss://` with TLS), as the default user with its password if it
+    /// has one.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        match &self.options.password {
+            Some(p) => self.url_as("", p),
+            None => format!("{}://127.0.0.1:{}/", self.scheme(), self.port),
+        }
     }
 
-    /// Bus settings for `stream` on this server, with short timings for tests.
+    /// The URL that authenticates as `user` (empty: the default user) with `password`.
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        format!(
+            "{}://{user}:{password}@127.0.0.1:{}/",
+            self.scheme(),
+            self.port
+        )
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.certs.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        }
+    }
+
+    /// The certificates of a TLS server.
+    pub fn certs(&self) -> Option<&TestCerts> {
+        self.certs.as_ref()
+    }
+
+    /// Bus settings for `stream` on this server (TLS with the test CA and client certificate when the
+    /// server has them), with short timings for tests.
     pub fn config(&self, stream: &str) -> BusConfig {
-        let mut c = BusConfig::new(self.url(), stream);
+        self.config_for(&self.url(), stream)
+    }
+
+    /// As [`RedisServer::config`], connecting with `url` (e.g. [`RedisServer::url_as`] an ACL user).
+    pub fn config_for(&self, url: &str, stream: &str) -> BusConfig {
+        let mut c = BusConfig::new(url, stream);
         c.block = Duration::from_millis(200);
         c.claim_idle = Duration::from_millis(500);
+        if let Some(certs) = &self.certs {
+            c.access.tls_ca_file = Some(certs.ca.clone());
+            c.access.tls_cert_file = Some(certs.client_cert.clone());
+            c.access.tls_key_file = Some(certs.client_key.clone());
+        }
         c
     }
 

@@ -6,17 +6,20 @@
 //! everything that is wrong.
 //!
 //! - [`schema`]: the structs under `autoscaler:` and their defaults;
+//! - [`access`]: the keys of credentials, TLS and webhook headers;
 //! - [`serde_helpers`]: durations (seconds or `90s`) and byte quantities (`2Gi`);
 //! - [`load`]: reading the file and applying the environment;
 //! - [`validate`]: the semantic checks, one function per section.
 
 use std::fmt;
 
+pub mod access;
 pub mod load;
 pub mod schema;
 pub mod serde_helpers;
 pub mod validate;
 
+pub use access::{RedisTls, WebhookHeader};
 pub use schema::*;
 pub use serde_helpers::{duration, expander, optional_quantity, quantity};
 

@@ -124,6 +124,15 @@ pub struct EventBus {
     pub concurrency: usize,
     #[serde(default = "secs::<600>", deserialize_with = "duration")]
     pub idempotency_ttl: Duration,
+    /// The ACL user; empty: the URL's, else `default`.
+    #[serde(default)]
+    pub username: String,
+    /// A file holding the password; empty: the URL's, if it has one.
+    #[serde(default)]
+    pub password_file: String,
+    /// TLS files for a `rediss://` URL.
+    #[serde(default)]
+    pub tls: super::access::RedisTls,
 }
 
 fn default_redis_url() -> String {
@@ -437,6 +446,9 @@ pub struct Webhook {
     /// `json` (generic) or `slack`.
     #[serde(default = "default_webhook_format")]
     pub format: String,
+    /// Request headers (authentication), each value from the environment or a file.
+    #[serde(default)]
+    pub headers: Vec<super::access::WebhookHeader>,
 }
 
 fn default_webhook_format() -> String {

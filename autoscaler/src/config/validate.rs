@@ -3,9 +3,11 @@
 
 use std::collections::BTreeMap;
 
+use std::time::Duration;
+
 use super::schema::{
-    Alerts, AutoscalerConfig, Enforcement, EventsConfig, Http, KubernetesSettings, Limits, Metrics,
-    Pool, Scaling, Thresholds, Workers, HANDLER_NAMES, METRICS_SOURCES,
+    Alerts, AutoscalerConfig, DockerSettings, Enforcement, EventsConfig, Http, KubernetesSettings,
+    Leader, Limits, Metrics, Pool, Scaling, Thresholds, Workers, HANDLER_NAMES, METRICS_SOURCES,
 };
 use super::{Problem, Settings};
 
@@ -22,6 +24,9 @@ impl Settings {
         workers(&a.workers, &mut out);
         pools(a, &mut out);
         metrics(&a.metrics, &mut out);
+        docker(&a.docker, &mut out);
+        kubernetes(&a.kubernetes, &mut out);
+        leader(&a.leader, &mut out);
         http(&a.http, &mut out);
         alerts(&a.alerts, &mut out);
         placement(&a.kubernetes, &mut out);
@@ -105,7 +110,9 @@ fn event_bus(e: &EventsConfig, out: &mut Problems) {
         out.bad("events.event_bus.max_stream_length", "must be at least 1");
     }
     match url::Url::parse(&bus.url) {
-        Ok(u) if matches!(u.scheme(), "redis" | "rediss" | "redis+unix" | "unix") => {}
+        Ok(u) if matches!(u.scheme(), "redis" | "rediss" | "redis+unix" | "unix") => {
+            redis_access(bus, &u, out);
+        }
         Ok(u) => out.bad(
             "events.event_bus.url",
             format!(
@@ -127,6 +134,37 @@ fn event_bus(e: &EventsConfig, out: &mut Problems) {
     }
     if bus.block.is_zero() {
         out.bad("events.event_bus.block", "must be positive");
+    }
+    // Zero would let every consumer claim every other's in-flight entries at once.
+    if bus.claim_idle.is_zero() {
+        out.bad("events.event_bus.claim_idle", "must be positive");
+    }
+    // Zero would make the idempotent publish (and with it at-most-once outputs) a no-op.
+    if bus.idempotency_ttl.is_zero() {
+        out.bad("events.event_bus.idempotency_ttl", "must be positive");
+    }
+}
+
+/// The credentials and TLS files of a parsed bus URL `u`.
+fn redis_access(bus: &super::EventBus, u: &url::Url, out: &mut Problems) {
+    if u.password().is_some() && !bus.password_file.is_empty() {
+        out.bad(
+            "events.event_bus.password_file",
+            "the URL has a password already: set it in one place",
+        );
+    }
+    let tls = &bus.tls;
+    if u.scheme() != "rediss" && !(tls.ca_file.is_empty() && tls.cert_file.is_empty()) {
+        out.bad(
+            "events.event_bus.tls",
+            "TLS files are set but the URL is not rediss://",
+        );
+    }
+    if tls.cert_file.is_empty() != tls.key_file.is_empty() {
+        out.bad(
+            "events.event_bus.tls",
+            "a client certificate needs both cert_file and key_file",
+        );
     }
 }
 
@@ -181,6 +219,17 @@ fn scaling(s: &Scaling, out: &mut Problems) {
     }
     if !(0.0..=1.0).contains(&s.max_unhealthy_fraction) {
         out.bad("scaling.max_unhealthy_fraction", "must be in [0, 1]");
+    }
+    // Zero would fail every new worker on the next tick and start another: a create/fail loop.
+    // (The cooldowns and `underutilized_for` may be zero: they only wait.)
+    if s.max_node_provision_time.is_zero() {
+        out.bad("scaling.max_node_provision_time", "must be positive");
+    }
+    if s.drain_timeout.is_zero() {
+        out.bad(
+            "scaling.drain_timeout",
+            "must be positive (no drain finishes in 0 s)",
+        );
     }
 }
 
@@ -434,6 +483,33 @@ fn metrics(m: &Metrics, out: &mut Problems) {
     }
 }
 
+fn docker(d: &DockerSettings, out: &mut Problems) {
+    // Zero would time out every engine call at once and keep the circuit breaker open.
+    if d.timeout.is_zero() {
+        out.bad("docker.timeout", "must be positive");
+    }
+}
+
+fn kubernetes(k: &KubernetesSettings, out: &mut Problems) {
+    // The batch also repeats its report every `pending_batch_max`: zero would report in a loop.
+    // (`pending_batch_idle` may be zero: each pod is then reported alone.)
+    if k.pending_batch_max.is_zero() {
+        out.bad("kubernetes.pending_batch_max", "must be positive");
+    }
+}
+
+/// The shortest lease: it is renewed every `lease_ttl / 3`, each renewal a Redis round trip.
+const MIN_LEASE_TTL: Duration = Duration::from_secs(1);
+
+fn leader(l: &Leader, out: &mut Problems) {
+    if l.lease_ttl < MIN_LEASE_TTL {
+        out.bad(
+            "leader.lease_ttl",
+            "must be at least 1s (the lease is renewed every lease_ttl/3)",
+        );
+    }
+}
+
 fn http(h: &Http, out: &mut Problems) {
     if h.listen.parse::<std::net::SocketAddr>().is_err() {
         out.bad(
@@ -454,6 +530,15 @@ fn alerts(a: &Alerts, out: &mut Problems) {
                 &format!("alerts.webhooks[{i}].format"),
                 format!("`{}` is not json or slack", hook.format),
             );
+        }
+        for (j, h) in hook.headers.iter().enumerate() {
+            let field = format!("alerts.webhooks[{i}].headers[{j}]");
+            if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
+                out.bad(&field, format!("`{}` is not a header name", h.name));
+            }
+            if h.value_env.is_empty() == h.value_file.is_empty() {
+                out.bad(&field, "set exactly one of value_env and value_file");
+            }
         }
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! The breaker is a plain state machine over an explicit `now`, so its rules are tested without clocks:
 //! closed → (N consecutive failures) → open → (cool-off elapsed) → half-open: one probe call goes
-//! through; its success closes the breaker, its failure opens it again for another cool-off.
+//! through; its success closes the breaker, its failure opens it again for another cool-off. Each call
+//! holds a [`Permit`]; a permit dropped unreported (a cancelled call) frees the probe slot.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -77,16 +78,19 @@ impl CircuitBreaker {
         }
     }
 
-    /// Asks to make a call at `now`: `Ok` lets it through (as the probe when half-open).
-    pub fn try_acquire(&self, now: Instant) -> Result<(), Refused> {
+    /// Asks to make a call at `now`: a [`Permit`] lets it through (as the probe when half-open). The
+    /// caller reports the outcome on the permit; a permit dropped without a report (the call's future
+    /// was cancelled: a `select!` that ended, an HTTP client that went away) gives the probe slot back, so
+    /// the next call can probe instead of the breaker refusing every call for good.
+    pub fn try_acquire(&self, now: Instant) -> Result<Permit<'_>, Refused> {
         let mut inner = self.lock();
         let Some(at) = inner.opened_at else {
-            return Ok(());
+            return Ok(Permit::new(self, false));
         };
         let elapsed = now.saturating_duration_since(at);
         if elapsed >= self.cool_off && !inner.probe_in_flight {
             inner.probe_in_flight = true;
-            return Ok(());
+            return Ok(Permit::new(self, true));
         }
         Err(Refused {
             failures: inner.consecutive_failures,
@@ -94,36 +98,97 @@ impl CircuitBreaker {
         })
     }
 
-    /// Reports a successful call: closes the breaker.
-    pub fn record_success(&self) {
+    /// A successful call: closes the breaker.
+    fn record_success(&self, probe: bool) {
         let mut inner = self.lock();
         inner.consecutive_failures = 0;
         inner.opened_at = None;
-        inner.probe_in_flight = false;
+        if probe {
+            inner.probe_in_flight = false;
+        }
     }
 
-    /// Reports a call that did not reach a healthy engine, at `now`.
-    pub fn record_failure(&self, now: Instant) {
+    /// A call that did not reach a healthy engine, at `now`.
+    fn record_failure(&self, probe: bool, now: Instant) {
         let mut inner = self.lock();
         inner.consecutive_failures = inner.consecutive_failures.saturating_add(1);
-        let was_probe = inner.probe_in_flight;
-        inner.probe_in_flight = false;
+        if probe {
+            inner.probe_in_flight = false;
+        }
         if self.failure_threshold > 0
-            && (was_probe || inner.consecutive_failures >= self.failure_threshold)
+            && (probe || inner.consecutive_failures >= self.failure_threshold)
         {
             inner.opened_at = Some(now);
         }
     }
 
-    /// Reports a call that ended without saying anything about the engine (e.g. a 404): frees the
-    /// probe slot without changing the counts.
-    pub fn record_neutral(&self) {
-        let mut inner = self.lock();
-        if inner.probe_in_flight {
-            // A healthy answer to the probe: the engine is back.
+    /// A call that ended without saying anything about the engine (e.g. a 404). An answer to the
+    /// probe is still a healthy answer: the engine is back.
+    fn record_neutral(&self, probe: bool) {
+        if probe {
+            let mut inner = self.lock();
             inner.probe_in_flight = false;
             inner.consecutive_failures = 0;
             inner.opened_at = None;
+        }
+    }
+
+    /// A probe that ended without an outcome: the slot is free again, the breaker stays as it was.
+    fn release_probe(&self) {
+        self.lock().probe_in_flight = false;
+    }
+}
+
+/// Leave to make one call; report its outcome with [`Permit::success`], [`Permit::failure`] or
+/// [`Permit::neutral`]. Dropped without a report, it frees the half-open probe slot (a drop guard:
+/// a cancelled future never runs the code after its `await`).
+#[derive(Debug)]
+#[must_use = "report the call's outcome on the permit"]
+pub struct Permit<'a> {
+    breaker: &'a CircuitBreaker,
+    /// This call is the half-open probe.
+    probe: bool,
+    /// An outcome was reported.
+    settled: bool,
+}
+
+impl<'a> Permit<'a> {
+    fn new(breaker: &'a CircuitBreaker, probe: bool) -> Self {
+        Self {
+            breaker,
+            probe,
+            settled: false,
+        }
+    }
+
+    /// Whether this call is the half-open probe.
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
+
+    /// The call succeeded: closes the breaker.
+    pub fn success(mut self) {
+        self.settled = true;
+        self.breaker.record_success(self.probe);
+    }
+
+    /// The call did not reach a healthy engine, at `now`.
+    pub fn failure(mut self, now: Instant) {
+        self.settled = true;
+        self.breaker.record_failure(self.probe, now);
+    }
+
+    /// The call ended with an answer that says nothing about the engine's health (a 404, a 409).
+    pub fn neutral(mut self) {
+        self.settled = true;
+        self.breaker.record_neutral(self.probe);
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if !self.settled && self.probe {
+            self.breaker.release_probe();
         }
     }
 }
@@ -137,11 +202,10 @@ mod tests {
         let b = CircuitBreaker::new(3, Duration::from_secs(10));
         let t0 = Instant::now();
         for _ in 0..2 {
-            assert!(b.try_acquire(t0).is_ok());
-            b.record_failure(t0);
+            b.try_acquire(t0).unwrap().failure(t0);
         }
         assert_eq!(b.state(t0), BreakerState::Closed);
-        b.record_failure(t0);
+        b.try_acquire(t0).unwrap().failure(t0);
         assert_eq!(b.state(t0), BreakerState::Open);
         let refused = b.try_acquire(t0 + Duration::from_secs(4)).unwrap_err();
         assert_eq!(refused.failures, 3);
@@ -152,9 +216,9 @@ mod tests {
     fn docker_breaker_success_resets_the_count() {
         let b = CircuitBreaker::new(2, Duration::from_secs(10));
         let t0 = Instant::now();
-        b.record_failure(t0);
-        b.record_success();
-        b.record_failure(t0);
+        b.try_acquire(t0).unwrap().failure(t0);
+        b.try_acquire(t0).unwrap().success();
+        b.try_acquire(t0).unwrap().failure(t0);
         assert_eq!(b.state(t0), BreakerState::Closed);
     }
 
@@ -162,17 +226,17 @@ mod tests {
     fn docker_breaker_half_open_lets_one_probe_through() {
         let b = CircuitBreaker::new(1, Duration::from_secs(5));
         let t0 = Instant::now();
-        b.record_failure(t0);
+        b.try_acquire(t0).unwrap().failure(t0);
         let t1 = t0 + Duration::from_secs(5);
         assert_eq!(b.state(t1), BreakerState::HalfOpen);
-        assert!(b.try_acquire(t1).is_ok());
+        let probe = b.try_acquire(t1).unwrap();
+        assert!(probe.is_probe());
         assert!(b.try_acquire(t1).is_err(), "only one probe at a time");
         // The probe fails: open again for a full cool-off.
-        b.record_failure(t1);
+        probe.failure(t1);
         assert!(b.try_acquire(t1 + Duration::from_secs(1)).is_err());
         let t2 = t1 + Duration::from_secs(5);
-        assert!(b.try_acquire(t2).is_ok());
-        b.record_success();
+        b.try_acquire(t2).unwrap().success();
         assert_eq!(b.state(t2), BreakerState::Closed);
         assert!(b.try_acquire(t2).is_ok());
     }
@@ -182,9 +246,44 @@ mod tests {
         let b = CircuitBreaker::new(0, Duration::from_secs(5));
         let t0 = Instant::now();
         for _ in 0..100 {
-            b.record_failure(t0);
+            b.try_acquire(t0).unwrap().failure(t0);
         }
         assert!(b.try_acquire(t0).is_ok());
+    }
+
+    #[test]
+    fn docker_breaker_dropped_probe_frees_the_slot() {
+        let b = CircuitBreaker::new(1, Duration::from_secs(5));
+        let t0 = Instant::now();
+        b.try_acquire(t0).unwrap().failure(t0);
+        let t1 = t0 + Duration::from_secs(5);
+        let probe = b.try_acquire(t1).unwrap();
+        assert!(b.try_acquire(t1).is_err());
+        drop(probe);
+        // Still half-open (nothing was learnt), and the next call is the probe.
+        assert_eq!(b.state(t1), BreakerState::HalfOpen);
+        let next = b.try_acquire(t1).unwrap();
+        assert!(next.is_probe());
+        next.neutral();
+        assert_eq!(b.state(t1), BreakerState::Closed);
+    }
+
+    #[test]
+    fn docker_breaker_a_plain_call_does_not_settle_the_probe() {
+        let b = CircuitBreaker::new(2, Duration::from_secs(5));
+        let t0 = Instant::now();
+        // Started while closed, finishes after the breaker opened and a probe went out.
+        let late = b.try_acquire(t0).unwrap();
+        b.try_acquire(t0).unwrap().failure(t0);
+        b.try_acquire(t0).unwrap().failure(t0);
+        let t1 = t0 + Duration::from_secs(5);
+        let probe = b.try_acquire(t1).unwrap();
+        late.failure(t1);
+        assert!(
+            b.try_acquire(t1 + Duration::from_secs(6)).is_err(),
+            "the probe is still out"
+        );
+        drop(probe);
     }
 
     /// The engine calls' retry delays, now those of [`primitives::Backoff`].

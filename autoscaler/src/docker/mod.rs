@@ -373,12 +373,17 @@ impl Engine {
     where
         F: Future<Output = Result<T, bollard::errors::Error>>,
     {
-        if let Err(refused) = self.breaker.try_acquire(Instant::now()) {
-            return Err(DockerError::CircuitOpen {
-                failures: refused.failures,
-                retry_in: refused.retry_in,
-            });
-        }
+        // Held across the await: if this future is dropped mid-call, the permit's drop frees the
+        // half-open probe slot.
+        let permit = match self.breaker.try_acquire(Instant::now()) {
+            Ok(permit) => permit,
+            Err(refused) => {
+                return Err(DockerError::CircuitOpen {
+                    failures: refused.failures,
+                    retry_in: refused.retry_in,
+                })
+            }
+        };
         let timeout = self.timeout + extra;
         let result = match tokio::time::timeout(timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
@@ -386,9 +391,9 @@ impl Engine {
             Err(_) => Err(DockerError::Timeout { operation, timeout }),
         };
         match &result {
-            Ok(_) => self.breaker.record_success(),
-            Err(e) if e.counts_as_engine_failure() => self.breaker.record_failure(Instant::now()),
-            Err(_) => self.breaker.record_neutral(),
+            Ok(_) => permit.success(),
+            Err(e) if e.counts_as_engine_failure() => permit.failure(Instant::now()),
+            Err(_) => permit.neutral(),
         }
         result
     }
@@ -454,6 +459,61 @@ mod tests {
         };
         assert!(!format!("{cfg:?}").contains("hunter2"));
         assert_eq!(s.expose(), "K10abc::server:hunter2");
+    }
+
+    fn unreachable() -> bollard::errors::Error {
+        bollard::errors::Error::IOError {
+            err: std::io::Error::other("connection refused"),
+        }
+    }
+
+    /// A probe whose future is dropped mid-call (a `select!` whose other branch won) must not leave
+    /// the breaker refusing every later call.
+    #[tokio::test]
+    async fn docker_breaker_cancelled_probe_lets_the_next_call_through() {
+        let docker = Docker::connect_with_host("tcp://127.0.0.1:9").unwrap();
+        // One failure opens it; no cool-off, so the next call is the half-open probe.
+        let engine = Engine::new(
+            docker,
+            "tcp://127.0.0.1:9",
+            Duration::from_secs(30),
+            1,
+            Duration::ZERO,
+        );
+        let first = engine
+            .call("version", Duration::ZERO, async {
+                Err::<(), _>(unreachable())
+            })
+            .await;
+        assert!(matches!(first, Err(DockerError::Unreachable { .. })));
+        assert_eq!(
+            engine.breaker().state(Instant::now()),
+            breaker::BreakerState::HalfOpen
+        );
+
+        // The probe goes out and never answers; the select! drops it when the other branch is ready.
+        let probe_started = std::sync::atomic::AtomicBool::new(false);
+        tokio::select! {
+            biased;
+            _ = engine.call("version", Duration::ZERO, async {
+                probe_started.store(true, std::sync::atomic::Ordering::SeqCst);
+                std::future::pending::<Result<(), bollard::errors::Error>>().await
+            }) => panic!("the probe never answers"),
+            _ = std::future::ready(()) => {}
+        }
+        assert!(probe_started.load(std::sync::atomic::Ordering::SeqCst));
+
+        // The next call is let through as the probe and, answering, closes the breaker.
+        let next = engine
+            .call("version", Duration::ZERO, async {
+                Ok::<_, bollard::errors::Error>(7)
+            })
+            .await;
+        assert_eq!(next.unwrap(), 7);
+        assert_eq!(
+            engine.breaker().state(Instant::now()),
+            breaker::BreakerState::Closed
+        );
     }
 
     #[test]

@@ -9,6 +9,13 @@
 //! deciding the same thing again meanwhile. It is published under the key the ack script uses for its
 //! outputs (`event:<id>`, ids are deterministic), so returning it again with the facts, or deciding it
 //! again after a crash, writes it once.
+//!
+//! An uncordon that fails transiently (the API server away) after a failed drain would leave the node
+//! cordoned while the record says Ready: nothing else would uncordon it. The delivery is then failed
+//! with [`HandlerError::Retry`] after publishing what it produced, so the bus delivers it again (1 s,
+//! doubling to 30 s, up to `max_deliveries`, then the dead-letter stream names the node). The
+//! redelivery decides on the newer record: the uncordon is issued again only while the failure is
+//! still the node's last transition, so a later scale-down of the node is never undone.
 
 use std::sync::Arc;
 
@@ -42,15 +49,31 @@ pub struct GroupRunner {
     pub metrics: Arc<Metrics>,
 }
 
+/// What [`GroupRunner::execute`] did: the facts to publish, and the failed commands that must be
+/// tried again for the world to match the record.
+#[derive(Debug, Default)]
+pub struct Ran {
+    pub facts: Vec<Envelope>,
+    /// `<command> <node>: <error>` of each such failure.
+    pub retry: Vec<String>,
+}
+
+/// Whether a command that reports no fact must be retried when it fails: an uncordon is the only
+/// step that puts a node back after a failed drain, and the record already says Ready.
+pub fn must_retry(command: &handlers::Command, error: &handlers::traits::ActionError) -> bool {
+    matches!(command, handlers::Command::Uncordon { .. }) && error.retryable
+}
+
 impl GroupRunner {
-    /// Runs `issued` through the adapters (or only logs them in a dry run); returns the facts.
+    /// Runs `issued` through the adapters (or only logs them in a dry run).
     pub async fn execute(
         adapters: Option<&Adapters>,
         handler: &str,
         issued: &[handlers::Issued],
-    ) -> Vec<Envelope> {
+    ) -> Ran {
+        let mut ran = Ran::default();
         if issued.is_empty() {
-            return Vec::new();
+            return ran;
         }
         let Some(adapters) = adapters else {
             for i in issued {
@@ -61,7 +84,7 @@ impl GroupRunner {
                     "dry run: not executed"
                 );
             }
-            return Vec::new();
+            return ran;
         };
         let done = handlers::executor::execute(
             issued,
@@ -72,9 +95,16 @@ impl GroupRunner {
         )
         .await;
         for (command, error) in &done.unreported {
-            tracing::warn!(handler, command = command.kind(), error = %error, "command failed");
+            let node = command.node().unwrap_or("");
+            let retry = must_retry(command, error);
+            tracing::warn!(handler, command = command.kind(), node, error = %error, retry, "command failed");
+            if retry {
+                ran.retry
+                    .push(format!("{} {node}: {error}", command.kind()));
+            }
         }
-        done.facts
+        ran.facts = done.facts;
+        ran
     }
 }
 
@@ -101,8 +131,24 @@ impl bus::GroupHandler for GroupRunner {
                     .map_err(HandlerError::retry)?;
             }
         }
-        events.extend(Self::execute(self.adapters.as_deref(), name, &outcome.commands).await);
+        let ran = Self::execute(self.adapters.as_deref(), name, &outcome.commands).await;
+        events.extend(ran.facts);
         mark_dry_run(self.adapters.is_none(), &mut events);
+        if !ran.retry.is_empty() {
+            // What this delivery produced is kept (ids are deterministic, so the redelivery writes
+            // it once); the delivery itself fails, so the bus delivers it again.
+            for e in &events {
+                self.publisher
+                    .publish_idempotent(&format!("event:{}", e.event_id), e)
+                    .await
+                    .map_err(HandlerError::retry)?;
+                self.metrics.observe_published(&e.event);
+            }
+            return Err(HandlerError::retry(format!(
+                "to be retried: {}",
+                ran.retry.join("; ")
+            )));
+        }
         for e in &events {
             self.metrics.observe_published(&e.event);
         }

@@ -325,9 +325,11 @@ impl Observers {
             }
             let outcome = handler.tick(projection.model(), &self.policy, Utc::now());
             let mut events = outcome.events;
+            // A tick issues no uncordon; a failed command is repeated by a later tick's decision.
             events.extend(
                 GroupRunner::execute(self.adapters.as_deref(), handler.name(), &outcome.commands)
-                    .await,
+                    .await
+                    .facts,
             );
             super::group_runner::mark_dry_run(self.adapters.is_none(), &mut events);
             for e in events {

@@ -5,7 +5,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +27,7 @@ use crate::intents::RemovalIntents;
 use crate::kube::KubeNodeOps;
 use crate::leader::{self, Leadership};
 use crate::metrics::Metrics;
+use crate::readiness::{self, Readiness};
 use crate::webhooks::{Webhook, Webhooks};
 
 /// Retries `connect` with backoff until it succeeds or `stop` is cancelled: an outage at start-up is
@@ -64,7 +64,7 @@ struct Shared {
     /// Nodes this process is removing, so the watchers do not report them.
     intents: RemovalIntents,
     /// `/readyz`.
-    ready: Arc<AtomicBool>,
+    ready: Arc<Readiness>,
     /// Every task started, for the shutdown to wait for.
     tasks: Tasks,
     /// Cancelled when the shutdown begins.
@@ -108,7 +108,8 @@ pub async fn run(
         sink::drain(rx, conns.bus.publisher(), shared.metrics.clone()),
     );
     spawn_consumers(&shared, &conns, adapters.clone()).await?;
-    http::set_ready(&shared.ready, true);
+    shared.ready.set_started(true);
+    spawn_readiness_probe(&shared, &conns);
     spawn_leader_work(&shared, &conns, adapters, tx);
     spawn_http(&shared, &conns, bound)?;
     shared.stop.cancelled().await;
@@ -148,7 +149,7 @@ fn start(settings: Settings, shutdown: impl Future<Output = ()> + Send + 'static
         metrics,
         replica,
         intents: RemovalIntents::new(),
-        ready: Arc::new(AtomicBool::new(false)),
+        ready: Arc::new(Readiness::new()),
         tasks,
         stop,
     }
@@ -205,17 +206,19 @@ fn build_adapters(shared: &Shared, conns: &Connections) -> anyhow::Result<Option
         tracing::warn!("dry run: decisions are published marked dry_run; nothing is changed");
         return Ok(None);
     }
-    let targets = a
-        .alerts
-        .webhooks
-        .iter()
-        .filter_map(|w| {
-            handlers::alerts::Format::parse(&w.format).map(|format| Webhook {
-                url: w.url.clone(),
-                format,
-            })
-        })
-        .collect();
+    let mut targets = Vec::new();
+    for (i, w) in a.alerts.webhooks.iter().enumerate() {
+        let Some(format) = handlers::alerts::Format::parse(&w.format) else {
+            continue;
+        };
+        let headers = crate::webhooks::resolve_headers(&w.headers, |k| std::env::var(k).ok())
+            .map_err(|e| anyhow::anyhow!("alerts.webhooks[{i}]: {e}"))?;
+        targets.push(Webhook {
+            url: w.url.clone(),
+            format,
+            headers,
+        });
+    }
     Ok(Some(Arc::new(Adapters {
         workers: DockerWorkers {
             pool: conns.pool.clone(),
@@ -362,6 +365,24 @@ async fn leader_gauge(metrics: Arc<Metrics>, mut rx: watch::Receiver<Leadership>
     }
 }
 
+/// Keeps `/readyz` following Redis and the Docker engine.
+fn spawn_readiness_probe(shared: &Shared, conns: &Connections) {
+    let probes = readiness::Probes {
+        redis: conns.bus.connection(),
+        docker: conns.pool.engine().docker().clone(),
+        timeout: readiness::PROBE_EVERY,
+    };
+    shared.tasks.spawn(
+        "readiness probe",
+        readiness::watch(
+            shared.ready.clone(),
+            probes,
+            readiness::PROBE_EVERY,
+            shared.stop.clone(),
+        ),
+    );
+}
+
 /// The HTTP port: metrics, health, readiness and the status report.
 fn spawn_http(
     shared: &Shared,
@@ -414,7 +435,7 @@ fn status_fn(settings: Arc<Settings>, conns: &Connections) -> http::StatusFn {
 async fn shut_down(shared: &Shared) {
     let bound = in_flight_bound(&shared.settings);
     tracing::info!(bound = ?bound, running = ?shared.tasks.running(), "shutting down: finishing in-flight work");
-    http::set_ready(&shared.ready, false);
+    shared.ready.set_started(false);
     let began = std::time::Instant::now();
     match shared.tasks.shut_down(bound).await {
         Stopped::All => tracing::info!(

@@ -15,6 +15,14 @@ pub fn bus_config(settings: &Settings) -> bus::BusConfig {
     c.batch_size = b.batch_size;
     c.concurrency = b.concurrency;
     c.idempotency_ttl = b.idempotency_ttl;
+    let file = |s: &str| (!s.is_empty()).then(|| std::path::PathBuf::from(s));
+    c.access = bus::RedisAccess {
+        username: (!b.username.is_empty()).then(|| b.username.clone()),
+        password_file: file(&b.password_file),
+        tls_ca_file: file(&b.tls.ca_file),
+        tls_cert_file: file(&b.tls.cert_file),
+        tls_key_file: file(&b.tls.key_file),
+    };
     c
 }
 
