@@ -82,6 +82,10 @@ pub struct LabOptions {
     pub underutilized_for: Duration,
     /// `pools`; empty: the one default pool from `workers`.
     pub pools: Vec<LabPool>,
+    /// `kubernetes.placement_interval` (and the snapshot interval, at least 10 min). Tests that need
+    /// a drain held by a PodDisruptionBudget set hours: a placement that is current lets the
+    /// scale-down simulation see the budget and (rightly) never start that drain.
+    pub placement_interval: Duration,
 }
 
 /// One of [`LabOptions::pools`].
@@ -128,6 +132,7 @@ impl Default for LabOptions {
             dry_run: false,
             underutilized_for: Duration::from_secs(6),
             pools: Vec::new(),
+            placement_interval: Duration::from_secs(1),
         }
     }
 }
@@ -684,7 +689,8 @@ fn config_yaml(
     kubeconfig: "{kubeconfig}"
     pending_batch_idle: 500ms
     pending_batch_max: 2s
-    placement_interval: 1s
+    placement_interval: {placement}s
+    placement_snapshot_interval: {placement_snapshot}s
   leader:
     lease_ttl: 3s
   http:
@@ -697,6 +703,8 @@ fn config_yaml(
         k3s_url = env.network_url,
         kubeconfig = env.kubeconfig.display(),
         underutilized_for = o.underutilized_for.as_secs(),
+        placement = o.placement_interval.as_secs().max(1),
+        placement_snapshot = o.placement_interval.as_secs().max(600),
         pools = if o.pools.is_empty() {
             String::new()
         } else {

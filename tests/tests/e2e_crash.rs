@@ -44,6 +44,11 @@ spec:
     )
 }
 
+/// The placement period of tests whose drain a PodDisruptionBudget holds: with a current
+/// placement the scale-down simulation sees the exhausted budget and never starts that drain
+/// (`ScaleDownBlocked pdb`), so these tests keep the placement from following the guard pods.
+const HELD_DRAIN_PLACEMENT: Duration = Duration::from_secs(6 * 3600);
+
 /// No guard pod may be evicted while this exists.
 const GUARD_PDB: &str = r#"apiVersion: policy/v1
 kind: PodDisruptionBudget
@@ -416,7 +421,11 @@ async fn e2e_sigterm_during_a_drain_waits_for_the_drain_to_finish() {
     // A SIGTERM while a PodDisruptionBudget holds a scale-down's drain: the process stops reading but
     // carries the drain on; the budget is lifted 5 s later, the drain finishes, and only then does the
     // process exit, within the bound, saying all in-flight work finished.
-    let mut lab = Lab::start(LabOptions::default()).await;
+    let mut lab = Lab::start(LabOptions {
+        placement_interval: HELD_DRAIN_PLACEMENT,
+        ..LabOptions::default()
+    })
+    .await;
     let started = Instant::now();
     lab.settled(0, 2..=2, Duration::from_secs(90)).await;
     lab.kubectl_apply(&deployment("web", 3));
@@ -545,7 +554,16 @@ enum KillAt {
 }
 
 async fn scale_down_crash(kill_at: KillAt) {
-    let mut lab = Lab::start(LabOptions::default()).await;
+    let guarded = matches!(kill_at, KillAt::Drain | KillAt::DrainKept);
+    let mut lab = Lab::start(LabOptions {
+        placement_interval: if guarded {
+            HELD_DRAIN_PLACEMENT
+        } else {
+            LabOptions::default().placement_interval
+        },
+        ..LabOptions::default()
+    })
+    .await;
     let started = Instant::now();
     lab.settled(0, 2..=2, Duration::from_secs(90)).await;
 
@@ -566,7 +584,6 @@ async fn scale_down_crash(kill_at: KillAt) {
 
     // Remove the load. For a crash mid-drain, leave on every worker a small pod that a
     // PodDisruptionBudget keeps from being evicted: the drain of the chosen worker then waits.
-    let guarded = matches!(kill_at, KillAt::Drain | KillAt::DrainKept);
     if guarded {
         lab.kubectl_apply(GUARD_PDB);
         for w in &workers {
