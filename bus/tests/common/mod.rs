@@ -82,6 +82,19 @@ pub fn sample(event_type: &str) -> Event {
         "ScalingActionFailed" => {
             json!({"action": "scale_down", "node_name": "k3s-worker-3", "error": "drain timed out", "retryable": true})
         }
+        "PlacementSnapshot" => json!({
+            "snapshot": "5f0c", "part": 0, "parts": 2,
+            "nodes": [{"name": "k3s-worker-3", "pool": "general",
+                "allocatable": {"cpu_millis": 2000, "memory_bytes": 4294967296u64, "pods": 110},
+                "labels": {"tier": "highmem"}, "taints": ["dedicated=highmem:NoSchedule"], "ready": true}],
+            "pods": [{"template": {"namespace": "default", "name": "", "cpu_millis": 100,
+                "labels": {"app": "web"}, "owner_kind": "ReplicaSet"},
+                "pods": [["web-1", "k3s-worker-3"], ["web-2", "k3s-worker-3"]]}],
+        }),
+        "PlacementChanged" => json!({
+            "nodes_removed": ["k3s-worker-4"],
+            "pods_removed": [{"namespace": "default", "name": "web-3"}],
+        }),
         other => panic!("no sample for {other}: add one to tests/common/mod.rs"),
     };
     match Event::from_value(event_type, data) {
