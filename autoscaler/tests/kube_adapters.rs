@@ -759,6 +759,21 @@ async fn kube_a_pod_bigger_than_any_node_is_reported_pending_with_its_deployment
         async move { watcher.run(tx, s.cancelled_owned()).await.unwrap() }
     });
 
+    // The small node Ready first: else `fits` is briefly unschedulable too (seen on a loaded machine).
+    let nodes: Api<Node> = Api::all(client.clone());
+    wait_for(Duration::from_secs(15), "the small node Ready", || async {
+        nodes
+            .get_opt("k3s-worker-small")
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|n| {
+                n.status
+                    .and_then(|s| s.conditions)
+                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+    })
+    .await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
     apply_yaml(&deployments, deployment("fits", 1, "100m", "64Mi")).await;
     // Its constraints ride along with its requests.
