@@ -25,6 +25,33 @@ pub mod reason {
 /// failed to provision: the scale-up goal is then abandoned.
 pub const GIVING_UP: &str = "giving_up";
 
+/// How a `ScalingActionFailed.error` starts when the provider did not answer (the Docker engine
+/// unreachable, timing out, or its circuit breaker open): the pool backs off until the engine is
+/// seen answering again (see `model::provision`).
+pub const PROVIDER_UNAVAILABLE: &str = "provider_unavailable";
+
+/// `ScaleUpBlocked.reason` of a pool that backs off after failed creates for another reason.
+pub const POOL_BACKOFF: &str = "pool_backoff";
+
+/// Whether a `ScalingActionFailed.error` says the provider did not answer.
+pub fn is_provider_unavailable(error: &str) -> bool {
+    error
+        .strip_prefix(PROVIDER_UNAVAILABLE)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(':'))
+}
+
+/// The stable code an error starts with (`pdb: …` → `pdb`), else `action_failed`.
+pub fn code_of(error: &str) -> String {
+    match error.split_once(':') {
+        Some((code, _))
+            if !code.is_empty() && code.chars().all(|c| c.is_ascii_lowercase() || c == '_') =>
+        {
+            code.to_string()
+        }
+        _ => "action_failed".to_string(),
+    }
+}
+
 /// The alert key of an event that notifies, or `None` for events that never do: one alert per key
 /// and de-duplication window.
 pub fn dedup_key(event: &Event) -> Option<String> {

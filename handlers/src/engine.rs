@@ -28,7 +28,7 @@ use crate::model::{blocked_key, Blocked, Model, Worker, WorkerState};
 use crate::policy::{chrono, pool_field, Policy, WorkerTemplate, DEFAULT_POOL};
 use crate::scheduling::{
     scale_down as simulate_scale_down, scale_up, BlockedPods, PoolTemplate, ScaleDownBlock,
-    ScaleUpBlock, Snapshot,
+    ScaleUpBlock, Snapshot, Unavailable,
 };
 
 /// The handler's name (consumer group and event source).
@@ -103,12 +103,31 @@ fn snapshot(model: &Model, event: &Envelope, policy: &Policy, pools: &[PoolTempl
             provisioning.insert(pool.name.clone(), arriving);
         }
     }
-    Snapshot::from_parts(
+    let mut snap = Snapshot::from_parts(
         nodes,
         std::iter::empty(),
         model.pending.pods().iter().cloned(),
         provisioning,
-    )
+    );
+    for pool in pools {
+        snap.set_unavailable(&pool.name, unavailable(model, event, policy, &pool.name));
+    }
+    snap
+}
+
+/// Whether `pool` backs off after failed creates at the event's time, and why.
+pub fn unavailable(
+    model: &Model,
+    event: &Envelope,
+    policy: &Policy,
+    pool: &str,
+) -> Option<Unavailable> {
+    let b = model.backing_off(pool, event.timestamp, policy)?;
+    Some(if b.provider {
+        Unavailable::Provider
+    } else {
+        Unavailable::Backoff
+    })
 }
 
 /// `ScaleUpBlocked` for the pods of `b` whose reason the model has not published yet.
@@ -121,7 +140,13 @@ fn newly_blocked(
     // With no room left in the cluster at all, the cluster maximum is the reason, also when a pool
     // maximum (the default pool's is the cluster's) is reached as well.
     let reason = match &b.reason {
-        ScaleUpBlock::PoolMaxReached { .. } if cluster_full => ScaleUpBlock::MaxNodesReached,
+        ScaleUpBlock::PoolMaxReached { .. }
+        | ScaleUpBlock::PoolBackoff { .. }
+        | ScaleUpBlock::ProviderUnavailable { .. }
+            if cluster_full =>
+        {
+            ScaleUpBlock::MaxNodesReached
+        }
         r => r.clone(),
     };
     let max = policy.limits.max_nodes;
@@ -150,6 +175,14 @@ fn newly_blocked(
             BTreeMap::new(),
         ),
         ScaleUpBlock::MaxNodesReached => (None, format!("max_nodes is {max}"), BTreeMap::new()),
+        ScaleUpBlock::PoolBackoff { pools } | ScaleUpBlock::ProviderUnavailable { pools } => (
+            match pools.as_slice() {
+                [one] => Some(one.clone()),
+                _ => None,
+            },
+            backoff_detail(model, policy, pools),
+            BTreeMap::new(),
+        ),
     };
     let mut block = ScaleUpBlocked {
         reason: reason.code().to_string(),
@@ -166,6 +199,26 @@ fn newly_blocked(
         .filter(|p| model.pending.blocked.get(p) != Some(&key))
         .collect();
     (!block.pods.is_empty()).then_some(block)
+}
+
+/// What the pools backing off last failed with, and until when (the first pool's figures when
+/// several back off).
+fn backoff_detail(model: &Model, policy: &Policy, pools: &[String]) -> String {
+    let backoff = policy.scaling.provision_backoff();
+    let said: Vec<String> = pools
+        .iter()
+        .filter_map(|p| {
+            let b = model.provision.backoff.get(p)?;
+            Some(format!(
+                "pool {p}: {} failed create(s) in a row, no create before {} (last error: {})",
+                b.failures,
+                b.until(&backoff)
+                    .to_rfc3339_opts(::chrono::SecondsFormat::Secs, true),
+                b.error
+            ))
+        })
+        .collect();
+    said.join("; ")
 }
 
 /// The scale-up need for `event` (pending pods are considered whatever the event).
@@ -190,6 +243,14 @@ pub fn up_need(model: &Model, event: &Envelope, policy: &Policy) -> UpNeed {
         };
     }
     if pending > 0 && model.pending.pods().is_empty() {
+        if unavailable(model, event, policy, &policy.primary_pool()).is_some() {
+            // A report that lists no pods (an older watcher) waits out the backoff silently.
+            return UpNeed::Covered {
+                pending,
+                blocked: Vec::new(),
+                short: None,
+            };
+        }
         return slots_need(model, event, policy, pending);
     }
     if pending > 0 {
@@ -211,7 +272,8 @@ pub fn up_need(model: &Model, event: &Envelope, policy: &Policy) -> UpNeed {
         if policy.pools.is_empty() {
             // One pool: the decision of before pools, which also brings the cluster to its minimum.
             let target = running.max(policy.limits.min_nodes).min(max);
-            decisions = if target > planned {
+            let backing_off = unavailable(model, event, policy, DEFAULT_POOL).is_some();
+            decisions = if target > planned && !backing_off {
                 vec![PoolDecision {
                     pool: DEFAULT_POOL.to_string(),
                     target_workers: target,
@@ -246,7 +308,8 @@ pub fn up_need(model: &Model, event: &Envelope, policy: &Policy) -> UpNeed {
             .streaks
             .last_scale_up
             .is_some_and(|t| event.timestamp - t < chrono(policy.scaling.scale_up_cooldown));
-        if model.provisioning() == 0 && !cooling {
+        let backing_off = unavailable(model, event, policy, &policy.primary_pool()).is_some();
+        if model.provisioning() == 0 && !cooling && !backing_off {
             let target = (planned + policy.scaling.scale_up_step.max(1))
                 .max(policy.limits.min_nodes)
                 .min(max);
@@ -632,7 +695,10 @@ impl ScalingDecisionEngine {
                             for b in blocked {
                                 out.emit(b);
                             }
-                            if let Some(error) = short {
+                            let said = model.pending.failed_said.as_deref();
+                            if let Some(error) =
+                                short.filter(|e| said != Some(crate::codes::code_of(e).as_str()))
+                            {
                                 out.emit(ScalingActionFailed {
                                     action: ScalingAction::ScaleUp,
                                     node_name: None,

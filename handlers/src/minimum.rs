@@ -58,14 +58,21 @@ impl MinimumNodeEnforcer {
         let emergency = matches!(event.event, Event::NodeUnexpectedlyLost(_))
             && self.emergency(model, policy, &mut out);
         self.check(model, policy, event.timestamp, None, emergency, &mut out);
-        self.pool_minimums(model, policy, &mut out);
+        self.pool_minimums(model, policy, event.timestamp, &mut out);
         out.finish()
     }
 
     /// Tops up each configured pool below its own `min_nodes` (counting workers on their way) with
     /// a `ScaleUpDecision` for that pool, absolute in the pool's size. Without configured pools the
     /// default pool's minimum is the cluster's, which [`MinimumNodeEnforcer::check`] keeps.
-    fn pool_minimums(&self, model: &Model, policy: &Policy, out: &mut Emitter<'_>) {
+    /// A pool that backs off after failed creates is skipped: its retry comes after the backoff.
+    fn pool_minimums(
+        &self,
+        model: &Model,
+        policy: &Policy,
+        at: DateTime<Utc>,
+        out: &mut Emitter<'_>,
+    ) {
         if policy.pools.is_empty() || !policy.enforcement.auto_scale_to_min {
             return;
         }
@@ -74,7 +81,7 @@ impl MinimumNodeEnforcer {
             let have = model.workers.planned_in(&pool.name);
             let room = policy.limits.max_nodes.saturating_sub(planned);
             let gap = pool.min_nodes.saturating_sub(have).min(room);
-            if gap == 0 {
+            if gap == 0 || model.backing_off(&pool.name, at, policy).is_some() {
                 continue;
             }
             planned += gap;
@@ -159,8 +166,14 @@ impl MinimumNodeEnforcer {
                 Some(_) if covered => {}
                 Some(_) => {
                     // Still below: ask again only if nothing being created covers the gap (the
-                    // decision is absolute, so a repeat is harmless anyway).
-                    if current + model.provisioning() < min && policy.enforcement.auto_scale_to_min
+                    // decision is absolute, so a repeat is harmless anyway), and not while the
+                    // pool it would create in backs off (the NodeManager's retry comes after).
+                    let backing_off = model
+                        .backing_off(&policy.primary_pool(), at, policy)
+                        .is_some();
+                    if current + model.provisioning() < min
+                        && policy.enforcement.auto_scale_to_min
+                        && !backing_off
                     {
                         out.emit(auto(current, min, "minimum_violation_persists"));
                     }

@@ -5,8 +5,11 @@
 //! Docker's 409 makes a second create harmless) and one `CreateWorker` each. The executor reports
 //! `NodeCreated`; the node watcher reports `NodeReady`; when every worker of a start is Ready the
 //! manager publishes `ScalingActionCompleted`. A worker not Ready within `max_node_provision_time` is
-//! failed on [`NodeManager::tick`] (`ScalingActionFailed`), removed, and replaced after a backoff that
-//! doubles per failure, up to `max_provision_retries`.
+//! failed on [`NodeManager::tick`] (`ScalingActionFailed`), removed, and replaced after its pool's
+//! backoff (see `model::provision`: doubling per failure, ended early by the engine answering again
+//! after a `provider_unavailable` failure), up to `max_provision_retries`. While a pool backs off no
+//! decision creates in it. A create that never reached the engine removes nothing, and its name is
+//! the next one the pool uses.
 //!
 //! Scale-down: `ScaleDownStarted` + `CordonAndTaint`; the executor reports `NodeCordoned` (→ `Drain`),
 //! then `NodeDrained` (→ `RemoveWorker` + `DeleteNode`), then `NodeRemoved` (→ `ScalingActionCompleted`
@@ -17,7 +20,7 @@
 //! is drained only once the replacement is Ready, so capacity never dips below what it was.
 
 use bus::event::{
-    Event, ScaleDownBlocked, ScaleDownStarted, ScaleUpStarted, ScalingAction,
+    Event, ScaleDownBlocked, ScaleDownStarted, ScaleUpBlocked, ScaleUpStarted, ScalingAction,
     ScalingActionCompleted, ScalingActionFailed,
 };
 use bus::Envelope;
@@ -63,17 +66,17 @@ impl NodeManager {
                     pool: &pool,
                     pool_target: d.pool_target,
                 };
-                self.grow(model, policy, goal, &mut out)
+                self.grow(model, policy, event, goal, &mut out)
             }
             Event::AutoScaleUpToMinimum(d) => {
                 let pool = policy.primary_pool();
                 let goal = Grow::cluster(d.target_workers, &pool);
-                self.grow(model, policy, goal, &mut out)
+                self.grow(model, policy, event, goal, &mut out)
             }
             Event::EmergencyScaleUp(d) => {
                 let pool = policy.primary_pool();
                 let goal = Grow::cluster(d.target_workers, &pool);
-                self.grow(model, policy, goal, &mut out)
+                self.grow(model, policy, event, goal, &mut out)
             }
             Event::ScaleDownDecision(d) => self.shrink(model, policy, event, d, &mut out),
             Event::NodeInterruptionNotice(n) => {
@@ -117,13 +120,17 @@ impl NodeManager {
                 if let Some(node) = &f.node_name {
                     if model.transitioned(node, event.event_id) {
                         match f.action {
+                            // A create that never reached the provider left nothing to remove; its
+                            // name is taken again by the pool's next create.
+                            ScalingAction::ScaleUp
+                                if model.worker(node).is_some_and(|w| w.name_reusable) => {}
                             ScalingAction::ScaleUp => remove(model, node, event, &mut out),
                             ScalingAction::ScaleDown => {
                                 // The node is back in service: say why the scale-down did not happen,
                                 // with the executor's stable code (`pdb`, `drain_timeout`, …).
                                 out.command(Command::Uncordon { node: node.clone() }, event);
                                 out.emit(ScaleDownBlocked {
-                                    reason: failure_code(&f.error),
+                                    reason: codes::code_of(&f.error),
                                     workers: model.current_workers(),
                                     min_workers: policy.limits.min_nodes,
                                     pending_count: None,
@@ -202,9 +209,9 @@ impl NodeManager {
                         &format!("give_up:{}", failure.event_id),
                     );
                 } else {
-                    let exp = model.provision.failures.saturating_sub(1).min(16);
-                    let backoff = chrono(policy.scaling.provision_retry_backoff) * (1 << exp);
-                    if now - *failed_at >= backoff {
+                    // The pool's backoff (the same rule the decision engine waits out).
+                    let waiting = model.backing_off(&last.pool, now, policy).is_some();
+                    if !waiting && now >= *failed_at {
                         let target = (*goal).min(policy.limits.max_nodes);
                         // Failed workers are replaced in the pool they were made for.
                         let pool = &last.pool;
@@ -233,7 +240,34 @@ impl NodeManager {
 
     /// Creates workers in `goal.pool` up to the cluster target and the pool's target (and never
     /// beyond `max_nodes` or the pool's `max_nodes`).
-    fn grow(&self, model: &Model, policy: &Policy, goal: Grow<'_>, out: &mut Emitter<'_>) {
+    fn grow(
+        &self,
+        model: &Model,
+        policy: &Policy,
+        event: &Envelope,
+        goal: Grow<'_>,
+        out: &mut Emitter<'_>,
+    ) {
+        if let Some(b) = model.backing_off(goal.pool, event.timestamp, policy) {
+            // The pool's creates failed lately: this decision creates nothing (the retry after the
+            // backoff, or a later decision, does), and says so once, as the decision engine would.
+            let reason = if b.provider {
+                codes::PROVIDER_UNAVAILABLE
+            } else {
+                codes::POOL_BACKOFF
+            };
+            out.emit(ScaleUpBlocked {
+                reason: reason.to_string(),
+                pods: Vec::new(),
+                pool: pool_field(goal.pool),
+                detail: Some(format!(
+                    "pool {}: {} failed create(s) in a row (last error: {})",
+                    goal.pool, b.failures, b.error
+                )),
+                predicates: Default::default(),
+            });
+            return;
+        }
         let target = goal.target.min(policy.limits.max_nodes);
         let planned = model.planned_workers();
         // Absolute targets: an older or repeated decision is already satisfied.
@@ -394,18 +428,6 @@ impl NodeManager {
                 &started,
             );
         }
-    }
-}
-
-/// The stable code an executor error starts with (`pdb: …` → `pdb`), else `action_failed`.
-fn failure_code(error: &str) -> String {
-    match error.split_once(':') {
-        Some((code, _))
-            if !code.is_empty() && code.chars().all(|c| c.is_ascii_lowercase() || c == '_') =>
-        {
-            code.to_string()
-        }
-        _ => "action_failed".to_string(),
     }
 }
 

@@ -168,9 +168,12 @@ pub struct Scaling {
     /// A worker not Ready by then has failed.
     pub max_node_provision_time: Duration,
     pub drain_timeout: Duration,
-    /// First wait before replacing a worker that failed to provision; doubles per failure (not in
-    /// config.yaml yet; 30 s).
+    /// After a worker of a pool failed to provision, the pool backs off this long before the next
+    /// create (the failed worker's replacement, or a new decision's); doubles per failure in a row,
+    /// up to `provision_retry_backoff_max` (`scaling.provision_retry_backoff`, 30 s).
     pub provision_retry_backoff: Duration,
+    /// The longest pool backoff (`scaling.provision_retry_backoff_max`, 5 min).
+    pub provision_retry_backoff_max: Duration,
     /// Failed provisions in a row after which the NodeManager stops retrying (not in config.yaml; 3).
     pub max_provision_retries: u32,
     /// Pending pods not reported again for this long are assumed scheduled (not in config.yaml; 10 min).
@@ -184,6 +187,17 @@ pub struct Scaling {
     pub blocked_reminder: Duration,
 }
 
+impl Scaling {
+    /// The pools' backoff after failed creates (the one primitive, without jitter: a replay
+    /// computes the same delays).
+    pub fn provision_backoff(&self) -> primitives::backoff::Backoff {
+        primitives::backoff::Backoff::new(
+            self.provision_retry_backoff,
+            self.provision_retry_backoff_max,
+        )
+    }
+}
+
 impl Default for Scaling {
     fn default() -> Self {
         Self {
@@ -195,6 +209,7 @@ impl Default for Scaling {
             max_node_provision_time: Duration::from_secs(300),
             drain_timeout: Duration::from_secs(120),
             provision_retry_backoff: Duration::from_secs(30),
+            provision_retry_backoff_max: Duration::from_secs(300),
             max_provision_retries: 3,
             pending_pods_ttl: Duration::from_secs(600),
             new_worker_grace: Duration::from_secs(15),

@@ -34,6 +34,10 @@ pub struct SimulatedWorld {
     pub containers: BTreeSet<String>,
     /// Node objects: name → Ready.
     pub nodes: BTreeMap<String, bool>,
+    /// The provider does not answer: every create fails at once with `provider_unavailable: …`.
+    pub engine_down: bool,
+    /// Pools whose creates the provider refuses (a retryable server error).
+    pub failing_pools: BTreeSet<String>,
 }
 
 impl Default for SimulatedWorld {
@@ -45,6 +49,8 @@ impl Default for SimulatedWorld {
             never_ready: BTreeSet::new(),
             containers: BTreeSet::new(),
             nodes: BTreeMap::new(),
+            engine_down: false,
+            failing_pools: BTreeSet::new(),
         }
     }
 }
@@ -217,7 +223,29 @@ impl Simulation {
         let w = self.world.clone();
         match &i.command {
             Command::CreateWorker { name, pool, .. } => {
-                if self.world.containers.insert(name.clone()) {
+                let refused = if w.engine_down {
+                    Some(format!(
+                        "{}: cannot reach the Docker engine (simulated)",
+                        crate::codes::PROVIDER_UNAVAILABLE
+                    ))
+                } else if w.failing_pools.contains(pool) {
+                    Some("Docker engine call `create_container` failed: 500 (simulated)".into())
+                } else {
+                    None
+                };
+                if let Some(error) = refused {
+                    let failed = i.fact(
+                        EXECUTOR,
+                        bus::event::ScalingActionFailed {
+                            action: bus::event::ScalingAction::ScaleUp,
+                            node_name: Some(name.clone()),
+                            error,
+                            retryable: true,
+                        },
+                        self.now,
+                    );
+                    self.schedule(Duration::ZERO, failed);
+                } else if self.world.containers.insert(name.clone()) {
                     let created = i.fact(
                         EXECUTOR,
                         bus::event::NodeCreated {

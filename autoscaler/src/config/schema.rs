@@ -190,6 +190,12 @@ pub struct Scaling {
     pub max_node_provision_time: Duration,
     #[serde(deserialize_with = "duration")]
     pub drain_timeout: Duration,
+    /// A pool whose create failed backs off this long, doubled per failure in a row.
+    #[serde(deserialize_with = "duration")]
+    pub provision_retry_backoff: Duration,
+    /// The longest pool backoff.
+    #[serde(deserialize_with = "duration")]
+    pub provision_retry_backoff_max: Duration,
     /// How the pool of new workers for pending pods is picked: `least-waste` or `priority`.
     #[serde(deserialize_with = "expander")]
     pub expander: handlers::policy::Expander,
@@ -206,6 +212,8 @@ impl Default for Scaling {
             max_unhealthy_fraction: p.max_unhealthy_fraction,
             max_node_provision_time: p.max_node_provision_time,
             drain_timeout: p.drain_timeout,
+            provision_retry_backoff: p.provision_retry_backoff,
+            provision_retry_backoff_max: p.provision_retry_backoff_max,
             expander: handlers::policy::Expander::default(),
         }
     }

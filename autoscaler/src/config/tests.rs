@@ -359,6 +359,8 @@ fn durations_that_would_spin_are_rejected_and_waits_may_be_zero() {
     for (section, key) in [
         ("scaling", "max_node_provision_time"),
         ("scaling", "drain_timeout"),
+        ("scaling", "provision_retry_backoff"),
+        ("scaling", "provision_retry_backoff_max"),
         ("metrics", "interval"),
         ("docker", "timeout"),
         ("kubernetes", "pending_batch_max"),

@@ -231,6 +231,16 @@ fn scaling(s: &Scaling, out: &mut Problems) {
             "must be positive (no drain finishes in 0 s)",
         );
     }
+    // Zero would retry a failing create at once, over and over: the storm the backoff prevents.
+    if s.provision_retry_backoff.is_zero() {
+        out.bad("scaling.provision_retry_backoff", "must be positive");
+    }
+    if s.provision_retry_backoff_max < s.provision_retry_backoff {
+        out.bad(
+            "scaling.provision_retry_backoff_max",
+            "must be at least scaling.provision_retry_backoff",
+        );
+    }
 }
 
 fn workers(w: &Workers, out: &mut Problems) {

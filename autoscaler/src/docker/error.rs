@@ -73,6 +73,18 @@ impl DockerError {
         }
     }
 
+    /// Whether the engine did not answer at all (as opposed to answering with an error): the
+    /// call may never have reached it.
+    pub fn provider_unavailable(&self) -> bool {
+        match self {
+            DockerError::Unreachable { .. }
+            | DockerError::Timeout { .. }
+            | DockerError::CircuitOpen { .. } => true,
+            DockerError::Engine { source, .. } => engine_did_not_answer(source),
+            _ => false,
+        }
+    }
+
     /// Whether this failure says something about the engine's health, so it counts for the circuit
     /// breaker. A 404 or 409 is an answer from a healthy engine and does not.
     pub fn counts_as_engine_failure(&self) -> bool {
@@ -112,6 +124,18 @@ impl DockerError {
     }
 }
 
+/// Transport failures: no answer came from the engine (a 5xx is an answer).
+fn engine_did_not_answer(e: &bollard::errors::Error) -> bool {
+    use bollard::errors::Error as B;
+    matches!(
+        e,
+        B::RequestTimeoutError
+            | B::IOError { .. }
+            | B::HyperLegacyError { .. }
+            | B::SocketNotFoundError(_)
+    )
+}
+
 /// Transport failures and 5xx answers are transient; 4xx answers are not.
 fn engine_error_is_transient(e: &bollard::errors::Error) -> bool {
     use bollard::errors::Error as B;
@@ -148,6 +172,24 @@ mod tests {
         assert!(!engine(400).retryable());
         assert!(!engine(404).counts_as_engine_failure());
         assert_eq!(engine(409).status_code(), Some(409));
+    }
+
+    #[test]
+    fn only_a_missing_answer_is_the_provider_being_unavailable() {
+        assert!(!engine(500).provider_unavailable());
+        assert!(!engine(409).provider_unavailable());
+        let gone = DockerError::Engine {
+            operation: "create_container",
+            source: bollard::errors::Error::SocketNotFoundError("/x.sock".into()),
+        };
+        assert!(gone.provider_unavailable());
+        let open = DockerError::CircuitOpen {
+            failures: 3,
+            retry_in: Duration::from_secs(30),
+        };
+        assert!(open.provider_unavailable());
+        let message = super::super::pool::action_error(open).message;
+        assert!(message.starts_with("provider_unavailable: "), "{message}");
     }
 
     #[test]

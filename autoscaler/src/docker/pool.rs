@@ -772,10 +772,17 @@ impl handlers::traits::WorkerPool for DockerWorkerPool {
 }
 
 /// The handlers' error: the message (never holding the token: no error of this module carries
-/// configuration values) and whether to retry.
+/// configuration values) and whether to retry. When the engine did not answer (unreachable, timed
+/// out, circuit open) the message starts with `provider_unavailable: `, the code the decision core
+/// backs the pool off on until the engine is seen answering again.
 pub fn action_error(e: DockerError) -> ActionError {
+    let message = if e.provider_unavailable() {
+        format!("{}: {e}", handlers::codes::PROVIDER_UNAVAILABLE)
+    } else {
+        e.to_string()
+    };
     ActionError {
-        message: e.to_string(),
+        message,
         retryable: e.retryable(),
     }
 }

@@ -230,16 +230,33 @@ impl Observers {
             Ok(last) => audit.follow(last.as_deref().unwrap_or("0-0")).await.ok(),
             Err(_) => None,
         };
+        // Whether the last observation failed: said once, not on every retry.
+        let mut failing = false;
         loop {
             if triggers.due(Utc::now()) {
                 match self.observe().await {
                     Ok(observed) => {
+                        if failing {
+                            tracing::info!("cluster observation works again");
+                            failing = false;
+                        }
                         let env = Envelope::root("state_observer", observed, self.metadata.clone());
                         if self.tx.send(env).await.is_err() {
                             return;
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "cluster observation failed"),
+                    Err(e) => {
+                        if !failing {
+                            tracing::warn!(error = %e, retry_every = ?self.policy.sync.min_gap, "cluster observation failed");
+                            failing = true;
+                        } else {
+                            tracing::debug!(error = %e, "cluster observation still failing");
+                        }
+                        // Try again after the short gap, not the long interval: the first
+                        // observation after an engine outage is what ends a pool's
+                        // `provider_unavailable` backoff.
+                        triggers.trigger();
+                    }
                 }
             }
             let wake = triggers

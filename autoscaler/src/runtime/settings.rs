@@ -134,6 +134,8 @@ pub fn policy(settings: &Settings) -> handlers::policy::Policy {
             max_unhealthy_fraction: a.scaling.max_unhealthy_fraction,
             max_node_provision_time: a.scaling.max_node_provision_time,
             drain_timeout: a.scaling.drain_timeout,
+            provision_retry_backoff: a.scaling.provision_retry_backoff,
+            provision_retry_backoff_max: a.scaling.provision_retry_backoff_max,
             ..p::Scaling::default()
         },
         workers: p::WorkerTemplate {

@@ -53,7 +53,7 @@ pub use alerts::{AlertWindow, AlertWindows};
 pub use decisions::{Action, Blocked, DecisionKey, DecisionRecord, Decisions};
 pub use minimum::{Loss, Minimum, Violation};
 pub use pending::{blocked_key, Pending, PendingPods, ProvidedFor};
-pub use provision::{Failure, Provision, ScaleUpGoal};
+pub use provision::{Failure, PoolBackoff, Provision, ScaleUpGoal};
 pub use streaks::{NodeLoad, Sample, Streaks};
 pub use stream::{LastEvent, Stream};
 pub use sync::{SyncRecord, Synced};
@@ -157,6 +157,18 @@ impl Model {
         self.workers.next_names_in(pool, count)
     }
 
+    /// The backoff of `pool` if its creates failed lately and it still holds at `at` (see
+    /// [`Provision`]): no create in that pool until it ends.
+    pub fn backing_off(
+        &self,
+        pool: &str,
+        at: DateTime<Utc>,
+        policy: &Policy,
+    ) -> Option<&PoolBackoff> {
+        self.provision
+            .backing_off(pool, at, &policy.scaling.provision_backoff())
+    }
+
     /// Pods pending now.
     pub fn pending_count(&self) -> u32 {
         self.pending.count()
@@ -205,7 +217,13 @@ impl Model {
             Event::ScaleDownBlocked(b) => self.decisions.blocked(b, ts),
             Event::ScaleUpStarted(s) => self.on_scale_up_started(env, s),
             Event::NodeCreated(c) => self.workers.created(&c.node_name, c.pool.as_deref(), env),
-            Event::NodeReady(r) => self.workers.became_ready(&r.node_name, env),
+            Event::NodeReady(r) => {
+                self.workers.became_ready(&r.node_name, env);
+                if let Some(w) = self.workers.get(&r.node_name) {
+                    let pool = w.pool.clone();
+                    self.provision.ready_in(&pool);
+                }
+            }
             Event::NodeHealthDegraded(h) => self.workers.degraded(&h.node_name, env),
             Event::NodeUnexpectedlyLost(l) => self.on_lost(env, &l.node_name),
             Event::NodeInterruptionNotice(n) => self.workers.interrupted(&n.node_name, env),
@@ -326,14 +344,21 @@ impl Model {
             self.provision.abandon();
         }
         let Some(node) = &f.node_name else {
+            if f.action == ScalingAction::ScaleUp && self.pending.count() > 0 {
+                self.pending.failed_published(codes::code_of(&f.error));
+            }
             return;
         };
         match (f.action, self.workers.state_of(node)) {
             (ScalingAction::ScaleUp, Some(st)) if st.is_provisioning() => {
                 let pool = self.workers[node.as_str()].pool.clone();
                 self.workers.transition(node, WorkerState::Failed, env);
+                if st == WorkerState::Requested && f.retryable {
+                    self.workers.failed_before_created(node);
+                }
                 self.decisions.drop_node(node);
-                self.provision.failed(env, &pool);
+                let provider = codes::is_provider_unavailable(&f.error);
+                self.provision.failed(env, &pool, &f.error, provider);
             }
             (ScalingAction::ScaleDown, Some(WorkerState::Cordoning | WorkerState::Draining)) => {
                 self.workers.put_back(node, env);
@@ -344,6 +369,7 @@ impl Model {
     }
 
     fn on_observed(&mut self, env: &Envelope, o: &ClusterObserved) {
+        self.provision.engine_answered(env.timestamp);
         self.workers.observe(env, o);
         self.sync.observed(env.timestamp, o, &self.workers);
     }

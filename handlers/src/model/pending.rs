@@ -55,6 +55,11 @@ pub struct PendingPods {
     /// forgotten.
     #[serde(default)]
     pub blocked: BTreeMap<String, String>,
+    /// The code of the last `ScalingActionFailed` without a node the decision engine published
+    /// for these pending pods (a report listing no pods: `max_nodes_reached`): said again only
+    /// when it changes.
+    #[serde(default)]
+    pub failed_said: Option<String>,
 }
 
 /// What identifies a `ScaleUpBlocked` reason for a pod: its code, the pool it names and the
@@ -77,6 +82,7 @@ impl PendingPods {
             report: None,
             provided_for: BTreeSet::new(),
             blocked: BTreeMap::new(),
+            failed_said: None,
         }
     }
 
@@ -131,6 +137,7 @@ impl PendingPods {
         }
         if p.pending_count == 0 {
             self.report = None;
+            self.failed_said = None;
         } else {
             let since = self.report.as_ref().map_or(env.timestamp, |old| old.since);
             self.report = Some(Pending {
@@ -152,8 +159,19 @@ impl PendingPods {
     }
 
     /// A `pending_pods` scale-up was decided: capacity is on its way for the reported pods.
+    /// A `ScalingActionFailed` without a node for these pods, with `code`.
+    pub(super) fn failed_published(&mut self, code: String) {
+        self.failed_said = Some(code);
+    }
+
     pub(super) fn provided(&mut self) {
+        self.failed_said = None;
         if let Some(p) = &self.report {
+            // A worker is on its way for them: a later block of the same reason is news again.
+            for pod in &p.pods {
+                self.blocked
+                    .remove(&format!("{}/{}", pod.namespace, pod.name));
+            }
             self.provided_for
                 .extend(p.pods.iter().map(ProvidedFor::pod));
             if p.pods.is_empty() {

@@ -1,4 +1,15 @@
-//! Provisioning retries: the size scale-ups are working towards, and the failed provisions so far.
+//! Provisioning retries: the size scale-ups are working towards, the failed provisions so far, and
+//! each pool's backoff after failed creates.
+//!
+//! **Pool backoff.** A worker of a pool that fails to provision puts the pool in backoff: no create
+//! in it until `provision_retry_backoff × 2^(failures in a row − 1)` (capped at
+//! `provision_retry_backoff_max`) after the last failure. A failure because the provider did not
+//! answer (`provider_unavailable: …`, an open circuit breaker included) ends its backoff early at
+//! the first `ClusterObserved` after it: that observation listed the engine's containers, so the
+//! engine answers again. A worker of the pool becoming Ready ends the backoff and its count. Being
+//! folded from the stream, the backoff is the same on every replica and in a replay.
+
+use std::collections::BTreeMap;
 
 use bus::Envelope;
 use chrono::{DateTime, Utc};
@@ -25,6 +36,31 @@ pub struct Failure {
     pub cause: Cause,
 }
 
+/// One pool's failed creates in a row (see the module docs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolBackoff {
+    pub failures: u32,
+    /// The last failure.
+    pub at: DateTime<Utc>,
+    /// The last failure was the provider not answering.
+    pub provider: bool,
+    /// A `ClusterObserved` after that failure: the engine answers again.
+    pub engine_answered: Option<DateTime<Utc>>,
+    /// The last failure's error, for `ScaleUpBlocked.detail`.
+    pub error: String,
+}
+
+impl PoolBackoff {
+    /// Until when the pool backs off under `backoff`.
+    pub fn until(&self, backoff: &primitives::Backoff) -> DateTime<Utc> {
+        let end = self.at + crate::policy::chrono(backoff.delay_for(self.failures));
+        match self.engine_answered {
+            Some(t) if self.provider => end.min(t),
+            _ => end,
+        }
+    }
+}
+
 /// The goal and the failures in a row.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Provision {
@@ -32,6 +68,9 @@ pub struct Provision {
     /// Failed provisions in a row (reset by a completed scale-up).
     pub failures: u32,
     pub last_failure: Option<Failure>,
+    /// Pools whose last creates failed, by name.
+    #[serde(default)]
+    pub backoff: BTreeMap<String, PoolBackoff>,
 }
 
 impl Provision {
@@ -48,14 +87,51 @@ impl Provision {
         });
     }
 
-    /// A worker of `pool` failed to provision (`env`).
-    pub(super) fn failed(&mut self, env: &Envelope, pool: &str) {
+    /// A worker of `pool` failed to provision (`env`, with `error`; `provider`: the provider did
+    /// not answer).
+    pub(super) fn failed(&mut self, env: &Envelope, pool: &str, error: &str, provider: bool) {
         self.failures += 1;
         self.last_failure = Some(Failure {
             at: env.timestamp,
             pool: pool.to_string(),
             cause: Cause::from(env),
         });
+        let b = self.backoff.entry(pool.to_string()).or_insert(PoolBackoff {
+            failures: 0,
+            at: env.timestamp,
+            provider,
+            engine_answered: None,
+            error: String::new(),
+        });
+        b.failures += 1;
+        b.at = env.timestamp;
+        b.provider = provider;
+        b.engine_answered = None;
+        b.error = error.to_string();
+    }
+
+    /// A `ClusterObserved` at `at`: the engine answered its listing.
+    pub(super) fn engine_answered(&mut self, at: DateTime<Utc>) {
+        for b in self.backoff.values_mut() {
+            if b.provider && b.engine_answered.is_none() && at >= b.at {
+                b.engine_answered = Some(at);
+            }
+        }
+    }
+
+    /// A worker of `pool` became Ready: its creates work again.
+    pub(super) fn ready_in(&mut self, pool: &str) {
+        self.backoff.remove(pool);
+    }
+
+    /// The backoff of `pool` if it still holds at `at` under `backoff`.
+    pub fn backing_off(
+        &self,
+        pool: &str,
+        at: DateTime<Utc>,
+        backoff: &primitives::Backoff,
+    ) -> Option<&PoolBackoff> {
+        self.backoff.get(pool).filter(|b| at < b.until(backoff))
     }
 
     /// The goal is given up, reached, or replaced by a scale-down.

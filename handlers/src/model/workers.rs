@@ -93,6 +93,10 @@ pub struct Worker {
     pub interruption: Option<Cause>,
     /// The worker started to replace it after an interruption.
     pub replacement: Option<String>,
+    /// Failed before its container existed (a create the provider never carried out): its name
+    /// is free again, and the next create of its pool takes it (see [`Workers::next_names_in`]).
+    #[serde(default)]
+    pub name_reusable: bool,
 }
 
 /// Every worker ever seen, by name (removed ones stay, so names are never reused).
@@ -238,19 +242,44 @@ impl Workers {
         self.next_names_in(DEFAULT_POOL, count)
     }
 
-    /// The next `count` free worker names of `pool`: the default pool's are `<prefix><n>`, another
-    /// pool `p`'s `<prefix><p>-<n>`, each with its own sequence, so names stay unique and every
-    /// replica picks the same.
+    /// The next `count` free worker names of `pool`: first the names of its workers whose create
+    /// never reached the provider ([`Worker::name_reusable`], lowest first), so an outage uses up
+    /// no name; then new ones: the default pool's are `<prefix><n>`, another pool `p`'s
+    /// `<prefix><p>-<n>`, each with its own sequence. Names stay unique and every replica picks
+    /// the same.
     pub fn next_names_in(&self, pool: &str, count: u32) -> Vec<String> {
-        if pool == DEFAULT_POOL {
-            return (1..=u64::from(count))
-                .map(|i| format!("{}{}", self.name_prefix, self.max_seq + i))
-                .collect();
+        let mut reusable: Vec<(u64, &str)> = self
+            .by_name
+            .values()
+            .filter(|w| w.pool == pool && w.name_reusable && w.state == WorkerState::Failed)
+            .map(|w| {
+                let n = self.parse_name(&w.name).map_or(0, |(_, n)| n);
+                (n, w.name.as_str())
+            })
+            .collect();
+        reusable.sort_unstable();
+        let mut names: Vec<String> = reusable
+            .into_iter()
+            .take(count as usize)
+            .map(|(_, n)| n.to_string())
+            .collect();
+        let fresh = u64::from(count) - names.len() as u64;
+        let (seq, stem) = if pool == DEFAULT_POOL {
+            (self.max_seq, self.name_prefix.clone())
+        } else {
+            let seq = self.pool_seq.get(pool).copied().unwrap_or(0);
+            (seq, format!("{}{pool}-", self.name_prefix))
+        };
+        names.extend((1..=fresh).map(|i| format!("{stem}{}", seq + i)));
+        names
+    }
+
+    /// A worker that failed while Requested with a retryable error: its create never reached the
+    /// provider (or, if it did, a create of the same name adopts that container: Docker's 409).
+    pub(super) fn failed_before_created(&mut self, name: &str) {
+        if let Some(w) = self.by_name.get_mut(name) {
+            w.name_reusable = true;
         }
-        let seq = self.pool_seq.get(pool).copied().unwrap_or(0);
-        (1..=u64::from(count))
-            .map(|i| format!("{}{pool}-{}", self.name_prefix, seq + i))
-            .collect()
     }
 
     fn count(&self, f: impl Fn(&Worker) -> bool) -> u32 {
@@ -488,6 +517,7 @@ impl Workers {
             scale_down_disabled: false,
             interruption: None,
             replacement: None,
+            name_reusable: false,
         };
         match self.by_name.entry(name.to_string()) {
             std::collections::btree_map::Entry::Occupied(mut e) => {

@@ -42,4 +42,4 @@ pub use scale_down::{scale_down, ScaleDownBlock, ScaleDownPlan};
 pub use scale_up::{
     scale_up, BlockedPods, Expander, Ignored, PoolScaleUp, ScaleUpBlock, ScaleUpPlan,
 };
-pub use snapshot::{NodeState, PoolTemplate, Snapshot, SnapshotError};
+pub use snapshot::{NodeState, PoolTemplate, Snapshot, SnapshotError, Unavailable};

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::classes::Classes;
 use super::predicates::{check_node, Predicate};
-use super::snapshot::{PoolTemplate, Snapshot};
+use super::snapshot::{PoolTemplate, Snapshot, Unavailable};
 
 /// How the pool of the next new nodes is picked among those that can run pending pods.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +44,11 @@ pub enum ScaleUpBlock {
     PoolMaxReached { pools: Vec<String> },
     /// A pool could run them, but the cluster-wide maximum leaves no room.
     MaxNodesReached,
+    /// The pools with room that could run them back off after failed creates.
+    PoolBackoff { pools: Vec<String> },
+    /// As [`ScaleUpBlock::PoolBackoff`], and some of those pools failed because the provider
+    /// (the Docker engine) did not answer.
+    ProviderUnavailable { pools: Vec<String> },
 }
 
 impl ScaleUpBlock {
@@ -53,6 +58,8 @@ impl ScaleUpBlock {
             ScaleUpBlock::NoPoolFits { .. } => "no_pool_fits",
             ScaleUpBlock::PoolMaxReached { .. } => "pool_max_reached",
             ScaleUpBlock::MaxNodesReached => "max_nodes_reached",
+            ScaleUpBlock::PoolBackoff { .. } => "pool_backoff",
+            ScaleUpBlock::ProviderUnavailable { .. } => "provider_unavailable",
         }
     }
 }
@@ -251,6 +258,9 @@ fn better(expander: Expander, pools: &[&PoolTemplate], a: &Option_, b: &Option_)
 /// Plans new nodes for `snapshot`'s pending pods over `pools`, with at most `max_new_nodes` new
 /// nodes cluster-wide (the cluster maximum minus nodes existing and on their way).
 ///
+/// Pools the snapshot marks [`Unavailable`](super::Unavailable) get no new node; pods only they
+/// could take are blocked with `pool_backoff` or `provider_unavailable`.
+///
 /// DaemonSet pods and pods naming a node are [`Ignored`]. The rest are grouped into classes and
 /// placed first-fit-decreasing on nodes already on their way (pools in name order), then the
 /// expander picks a pool for what is left, its new nodes take what they can, and again with the
@@ -291,7 +301,7 @@ pub fn scale_up<'a>(
         &mut unplaced,
         &mut plan.new_nodes,
     );
-    plan.blocked = blocked(&pools, &fit, &fits, &pool_room, &unplaced);
+    plan.blocked = blocked(snapshot, &pools, &fit, &fits, &pool_room, &unplaced);
     for pods in plan.on_provisioning.values_mut() {
         pods.sort_unstable_by(by_name);
     }
@@ -448,7 +458,7 @@ fn add_new_nodes<'a>(
         let mut best: Option<Option_> = None;
         for (pi, pool) in pools.iter().enumerate() {
             let room = pool_room[pi].min(cluster_room);
-            if used[pi] || room == 0 {
+            if used[pi] || room == 0 || snapshot.unavailable(&pool.name).is_some() {
                 continue;
             }
             let opt = simulate_pool(
@@ -482,8 +492,33 @@ fn add_new_nodes<'a>(
     pool_room
 }
 
+/// When every `fitting` pool with room backs off: which, and whether the provider is why.
+fn backing_off(
+    snapshot: &Snapshot,
+    pools: &[&PoolTemplate],
+    fitting: &[usize],
+    pool_room: &[u32],
+) -> Option<ScaleUpBlock> {
+    let open: Vec<usize> = fitting
+        .iter()
+        .copied()
+        .filter(|&pi| pool_room[pi] > 0)
+        .collect();
+    let why: Vec<Unavailable> = open
+        .iter()
+        .map(|&pi| snapshot.unavailable(&pools[pi].name))
+        .collect::<Option<_>>()?;
+    let names = open.iter().map(|&pi| pools[pi].name.clone()).collect();
+    Some(if why.contains(&Unavailable::Provider) {
+        ScaleUpBlock::ProviderUnavailable { pools: names }
+    } else {
+        ScaleUpBlock::PoolBackoff { pools: names }
+    })
+}
+
 /// Why the pods still without a place get nothing, by reason, each list sorted.
 fn blocked<'a>(
+    snapshot: &Snapshot,
     pools: &[&PoolTemplate],
     fit: &[Vec<Result<(), Predicate>>],
     fits: &[Vec<bool>],
@@ -508,6 +543,8 @@ fn blocked<'a>(
             ScaleUpBlock::PoolMaxReached {
                 pools: fitting.iter().map(|&pi| pools[pi].name.clone()).collect(),
             }
+        } else if let Some(why) = backing_off(snapshot, pools, &fitting, pool_room) {
+            why
         } else {
             ScaleUpBlock::MaxNodesReached
         };

@@ -138,6 +138,17 @@ pub struct Snapshot {
     pending: Vec<PodSpec>,
     /// Nodes on their way (created, not yet Ready), per pool: each has its pool template's shape.
     provisioning: BTreeMap<String, u32>,
+    /// Pools that get no new node for now, and why (see [`Unavailable`]).
+    unavailable: BTreeMap<String, Unavailable>,
+}
+
+/// Why a pool gets no new node for now, though pods fit it: its creates failed and it backs off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Unavailable {
+    /// Creates failed for another reason than the provider not answering (`pool_backoff`).
+    Backoff,
+    /// The provider (the Docker engine) did not answer (`provider_unavailable`).
+    Provider,
 }
 
 impl Snapshot {
@@ -241,6 +252,23 @@ impl Snapshot {
 
     pub fn provisioning(&self) -> &BTreeMap<String, u32> {
         &self.provisioning
+    }
+
+    /// `pool` gets no new node for now (`None`: it may again).
+    pub fn set_unavailable(&mut self, pool: &str, why: Option<Unavailable>) {
+        match why {
+            Some(w) => {
+                self.unavailable.insert(pool.to_string(), w);
+            }
+            None => {
+                self.unavailable.remove(pool);
+            }
+        }
+    }
+
+    /// Why `pool` gets no new node for now, if it does not.
+    pub fn unavailable(&self, pool: &str) -> Option<Unavailable> {
+        self.unavailable.get(pool).copied()
     }
 
     /// Nodes of `pool` in the snapshot (any state), not counting those on their way.
