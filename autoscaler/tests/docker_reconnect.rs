@@ -7,9 +7,10 @@ mod docker_support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use autoscaler::docker::proxy::EngineProxy;
 use autoscaler::docker::{
     self, CreateWorker, DockerError, DockerEventsWatcher, DockerWorkerPool, PoolConfig,
 };
@@ -17,74 +18,7 @@ use bollard::query_parameters::{KillContainerOptions, RemoveContainerOptions};
 use bus::event::Event;
 use bus::{Envelope, Metadata};
 use docker_support::TestEnv;
-use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
-
-/// Forwards a Unix socket to the engine's; `down` drops every connection and the socket file.
-struct EngineProxy {
-    path: PathBuf,
-    engine: PathBuf,
-    accept: Option<JoinHandle<()>>,
-    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
-}
-
-impl EngineProxy {
-    fn start(path: PathBuf) -> Self {
-        let address = docker::engine_address("");
-        let engine = PathBuf::from(
-            address
-                .strip_prefix("unix://")
-                .unwrap_or_else(|| panic!("this test needs a unix-socket engine, not {address}")),
-        );
-        let mut p = Self {
-            path,
-            engine,
-            accept: None,
-            connections: Arc::new(Mutex::new(Vec::new())),
-        };
-        p.up();
-        p
-    }
-
-    fn up(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-        let listener = UnixListener::bind(&self.path).expect("binding the proxy socket");
-        let engine = self.engine.clone();
-        let connections = self.connections.clone();
-        self.accept = Some(tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                let engine = engine.clone();
-                let task = tokio::spawn(async move {
-                    if let Ok(mut upstream) = UnixStream::connect(&engine).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                    }
-                });
-                connections.lock().unwrap().push(task);
-            }
-        }));
-    }
-
-    fn down(&mut self) {
-        if let Some(a) = self.accept.take() {
-            a.abort();
-        }
-        for c in self.connections.lock().unwrap().drain(..) {
-            c.abort();
-        }
-        let _ = std::fs::remove_file(&self.path);
-    }
-
-    fn uri(&self) -> String {
-        format!("unix://{}", self.path.display())
-    }
-}
-
-impl Drop for EngineProxy {
-    fn drop(&mut self) {
-        self.down();
-    }
-}
 
 fn summary(e: &Envelope) -> String {
     match &e.event {

@@ -86,6 +86,9 @@ pub struct LabOptions {
     /// a drain held by a PodDisruptionBudget set hours: a placement that is current lets the
     /// scale-down simulation see the budget and (rightly) never start that drain.
     pub placement_interval: Duration,
+    /// `docker.host` (empty: the machine's engine), e.g. an
+    /// [`EngineProxy`](autoscaler::docker::proxy::EngineProxy) the test can take down.
+    pub docker_host: String,
 }
 
 /// One of [`LabOptions::pools`].
@@ -133,6 +136,7 @@ impl Default for LabOptions {
             underutilized_for: Duration::from_secs(6),
             pools: Vec::new(),
             placement_interval: Duration::from_secs(1),
+            docker_host: String::new(),
         }
     }
 }
@@ -693,6 +697,8 @@ fn config_yaml(
     placement_snapshot_interval: {placement_snapshot}s
   leader:
     lease_ttl: 3s
+  docker:
+    host: "{docker_host}"
   http:
     listen: "127.0.0.1:0"
 {pools}"#,
@@ -704,6 +710,7 @@ fn config_yaml(
         kubeconfig = env.kubeconfig.display(),
         underutilized_for = o.underutilized_for.as_secs(),
         placement = o.placement_interval.as_secs().max(1),
+        docker_host = o.docker_host,
         placement_snapshot = o.placement_interval.as_secs().max(600),
         pools = if o.pools.is_empty() {
             String::new()

@@ -22,6 +22,7 @@ pub mod image;
 pub mod intents;
 pub mod naming;
 pub mod pool;
+pub mod proxy;
 pub mod stats;
 pub mod warm;
 
