@@ -52,6 +52,7 @@ pub async fn collect(src: Sources<'_>) -> Value {
         "dlq_length": b.dlq_length,
         "last_decision": b.last_decision,
         "last_blocked": b.last_blocked,
+        "backoff": b.backoff,
         "errors": errors,
     })
 }
@@ -122,6 +123,8 @@ struct BusStatus {
     dlq_length: Value,
     last_decision: Value,
     last_blocked: Value,
+    /// Pools whose creates failed lately (see `handlers::model::provision`).
+    backoff: Vec<Value>,
 }
 
 async fn bus_status(bus: &Bus, settings: &Settings, errors: &mut Vec<String>) -> BusStatus {
@@ -131,7 +134,10 @@ async fn bus_status(bus: &Bus, settings: &Settings, errors: &mut Vec<String>) ->
         Ok(entries) => {
             let envelopes: Vec<bus::Envelope> =
                 entries.iter().filter_map(|e| e.decode().ok()).collect();
-            out.record = Some(record_workers(settings, &envelopes));
+            let policy = crate::runtime::policy(settings);
+            let model = handlers::model::Model::from_events(&policy, &envelopes);
+            out.record = Some(record_workers(&model));
+            out.backoff = backoff_json(&model, &policy);
             out.last_decision = newest(&envelopes, DECISIONS);
             out.last_blocked = newest(&envelopes, &["ScaleDownBlocked"]);
         }
@@ -157,9 +163,28 @@ async fn bus_status(bus: &Bus, settings: &Settings, errors: &mut Vec<String>) ->
     out
 }
 
+/// Each pool whose last creates failed: how many in a row, until when it backs off (it may be
+/// over already: a worker of the pool becoming Ready is what clears it), and the last error.
+fn backoff_json(model: &handlers::model::Model, policy: &handlers::Policy) -> Vec<Value> {
+    let backoff = policy.scaling.provision_backoff();
+    model
+        .provision
+        .backoff
+        .iter()
+        .map(|(pool, b)| {
+            json!({
+                "pool": pool,
+                "failures": b.failures,
+                "reason": if b.provider { handlers::codes::PROVIDER_UNAVAILABLE } else { handlers::codes::POOL_BACKOFF },
+                "until": bus::envelope::format_timestamp(b.until(&backoff)),
+                "error": b.error,
+            })
+        })
+        .collect()
+}
+
 /// The workers the record (the model folded from the stream) holds, gone ones left out.
-fn record_workers(settings: &Settings, envelopes: &[bus::Envelope]) -> Vec<Value> {
-    let model = handlers::model::Model::from_events(&crate::runtime::policy(settings), envelopes);
+fn record_workers(model: &handlers::model::Model) -> Vec<Value> {
     model
         .workers
         .values()
@@ -274,10 +299,45 @@ pub fn render(doc: &Value) -> String {
     };
     out.push_str(&line("last decision", &doc["last_decision"]));
     out.push_str(&line("last blocked ", &doc["last_blocked"]));
+    for b in doc["backoff"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "backoff  pool {} {}: {} failed create(s), no create before {} ({})\n",
+            b["pool"].as_str().unwrap_or("?"),
+            b["reason"].as_str().unwrap_or("?"),
+            b["failures"],
+            b["until"].as_str().unwrap_or("?"),
+            b["error"].as_str().unwrap_or("")
+        ));
+    }
     if let Some(errors) = doc["errors"].as_array() {
         for e in errors {
             out.push_str(&format!("unavailable: {}\n", e.as_str().unwrap_or("")));
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pool_backing_off_is_shown_with_its_reason_and_deadline() {
+        let doc = json!({
+            "cluster_id": "lab",
+            "limits": {"min_nodes": 1, "max_nodes": 3},
+            "workers": {},
+            "leader": {},
+            "dlq_length": 0,
+            "last_decision": null,
+            "last_blocked": null,
+            "backoff": [{"pool": "default", "failures": 2, "reason": "provider_unavailable",
+                "until": "2026-12-03T10:30:59.000Z", "error": "provider_unavailable: circuit open"}],
+        });
+        let text = render(&doc);
+        assert!(
+            text.contains("backoff  pool default provider_unavailable: 2 failed create(s), no create before 2026-12-03T10:30:59.000Z"),
+            "{text}"
+        );
+    }
 }

@@ -56,6 +56,22 @@ async fn e2e_a_docker_outage_with_a_pending_pod_backs_off_and_recovers_under_the
         },
     )
     .await;
+    // `status` reads the record from the stream: the pool's backoff is there, though the engine
+    // is not.
+    let status = std::process::Command::new(tests::autoscaler_binary())
+        .arg("--config")
+        .arg(&lab.config)
+        .arg("status")
+        .env_remove("REDIS_URL")
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("autoscaler status");
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("backoff  pool default provider_unavailable: 1 failed create(s)"),
+        "status during the outage:\n{text}\n{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
     tokio::time::sleep(OUTAGE).await;
     proxy.up();
     let back = Utc::now();
