@@ -304,8 +304,30 @@ async fn docker_pool_through_the_handlers_trait_is_idempotent_by_name() {
     let w = pool.inspect_worker(&name).await.unwrap().unwrap();
     assert_eq!(w.id, id);
     assert_eq!(w.requested_by(), None, "the trait carries no event id");
-    WorkerPool::remove_worker(&pool, &name).await.unwrap();
-    WorkerPool::remove_worker(&pool, &name).await.unwrap();
+    // Kept warm when the decision says so: stopped, kept, and started again by a create of its
+    // name (the same container).
+    assert_eq!(
+        WorkerPool::remove_worker(&pool, &name, true).await.unwrap(),
+        handlers::traits::Removal::KeptWarm
+    );
+    let stopped = pool.inspect_worker(&name).await.unwrap().unwrap();
+    assert!(stopped.state.is_stopped(), "{:?}", stopped.state);
+    assert_eq!(
+        WorkerPool::create_worker(&pool, &name, "default")
+            .await
+            .unwrap(),
+        id
+    );
+    let started = pool.inspect_worker(&name).await.unwrap().unwrap();
+    assert!(!started.state.is_stopped(), "{:?}", started.state);
+    for _ in 0..2 {
+        assert_eq!(
+            WorkerPool::remove_worker(&pool, &name, false)
+                .await
+                .unwrap(),
+            handlers::traits::Removal::Removed
+        );
+    }
     assert!(env.container_names().await.is_empty());
     assert!(env.volume_names().await.is_empty());
 }

@@ -215,6 +215,30 @@ pub struct NodeRemoved {
     pub pool: Option<String>,
 }
 
+/// A removed worker's container was stopped and kept in its pool's warm pool (reported by the
+/// executor): its Node object is gone, and the pool's next scale-up starts it again under its own
+/// name instead of creating a new one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarmPoolEntered {
+    pub node_name: String,
+    /// The worker's pool; absent for the default pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+}
+
+/// A worker left its pool's warm pool: `started` (a scale-up took it), `container_gone` (its
+/// stopped container vanished), `over_capacity` (more warm workers than the pool's `warm_pool`:
+/// it is removed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarmPoolLeft {
+    pub node_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    pub reason: String,
+}
+
 /// One worker Node as Kubernetes shows it, in a [`ClusterObserved`] snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -521,6 +545,8 @@ catalogue!(
     NodeCordoned,
     NodeDrained,
     NodeRemoved,
+    WarmPoolEntered,
+    WarmPoolLeft,
     ClusterObserved,
     PlacementSnapshot,
     PlacementChanged,
@@ -552,6 +578,8 @@ impl Event {
             Event::NodeCordoned(d) => Some(&d.node_name),
             Event::NodeDrained(d) => Some(&d.node_name),
             Event::NodeRemoved(d) => Some(&d.node_name),
+            Event::WarmPoolEntered(d) => Some(&d.node_name),
+            Event::WarmPoolLeft(d) => Some(&d.node_name),
             Event::ScalingActionFailed(d) => d.node_name.as_deref(),
             Event::ScaleDownBlocked(d) => d.node_name.as_deref(),
             _ => None,

@@ -30,8 +30,13 @@ pub enum Command {
     CordonAndTaint { node: String },
     /// Evict the node's pods (PDB-aware), giving up after `timeout`.
     Drain { node: String, timeout: Duration },
-    /// Stop and remove the container with its volumes.
-    RemoveWorker { node: String },
+    /// Stop and remove the container with its volumes; with `keep_warm_in: Some(pool)`, stop it
+    /// and keep it in that pool's warm pool (reported as `WarmPoolEntered`).
+    RemoveWorker {
+        node: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        keep_warm_in: Option<String>,
+    },
     /// Make a node schedulable again after a scale-down of it failed.
     Uncordon { node: String },
     /// Delete the Node object and k3s's `<node>.node-password.k3s` secret; reported as `NodeRemoved`
@@ -54,7 +59,7 @@ impl Command {
             Command::CreateWorker { name, .. } => Some(name),
             Command::CordonAndTaint { node }
             | Command::Drain { node, .. }
-            | Command::RemoveWorker { node }
+            | Command::RemoveWorker { node, .. }
             | Command::DeleteNode { node, .. }
             | Command::Uncordon { node }
             | Command::AnnotateNode { node, .. } => Some(node),
@@ -301,7 +306,10 @@ mod tests {
                 node: node(),
                 timeout: Duration::from_secs(1),
             },
-            Command::RemoveWorker { node: node() },
+            Command::RemoveWorker {
+                node: node(),
+                keep_warm_in: None,
+            },
             Command::DeleteNode {
                 node: node(),
                 pool: "default".into(),

@@ -6,7 +6,7 @@
 //! | `CreateWorker` | `NodeCreated` | `ScalingActionFailed {scale_up, node, retryable}` |
 //! | `CordonAndTaint` | `NodeCordoned` | `ScalingActionFailed {scale_down, …}` |
 //! | `Drain` | `NodeDrained {evicted_pods}` | `ScalingActionFailed {scale_down, …}` |
-//! | `RemoveWorker` | — (the following `DeleteNode` reports) | `ScalingActionFailed` |
+//! | `RemoveWorker` | — (the following `DeleteNode` reports); `WarmPoolEntered` when kept warm | `ScalingActionFailed` |
 //! | `DeleteNode` | `NodeRemoved` | `ScalingActionFailed` |
 //! | `Uncordon`, `AnnotateNode`, `Notify` | — | — (logged by the caller) |
 //!
@@ -14,13 +14,14 @@
 
 use bus::event::{
     NodeCordoned, NodeCreated, NodeDrained, NodeRemoved, ScalingAction, ScalingActionFailed,
+    WarmPoolEntered,
 };
 use bus::Envelope;
 use chrono::{DateTime, Utc};
 
 use crate::command::{Command, Issued};
 use crate::policy::pool_field;
-use crate::traits::{ActionError, NodeOps, Notifier, WorkerPool};
+use crate::traits::{ActionError, NodeOps, Notifier, Removal, WorkerPool};
 
 /// The source of the executor's facts.
 pub const SOURCE: &str = "executor";
@@ -99,10 +100,20 @@ pub async fn execute<P: WorkerPool, N: NodeOps, A: Notifier>(
                 )),
                 Err(e) => Some(fail(ScalingAction::ScaleDown, node, e)),
             },
-            Command::RemoveWorker { node } => match pool.remove_worker(node).await {
-                Ok(()) => None,
-                Err(e) => Some(fail(ScalingAction::ScaleDown, node, e)),
-            },
+            Command::RemoveWorker { node, keep_warm_in } => {
+                match pool.remove_worker(node, keep_warm_in.is_some()).await {
+                    Ok(Removal::Removed) => None,
+                    Ok(Removal::KeptWarm) => Some(i.fact(
+                        SOURCE,
+                        WarmPoolEntered {
+                            node_name: node.clone(),
+                            pool: keep_warm_in.as_deref().and_then(pool_field),
+                        },
+                        now,
+                    )),
+                    Err(e) => Some(fail(ScalingAction::ScaleDown, node, e)),
+                }
+            }
             Command::DeleteNode {
                 node,
                 pool: node_pool,

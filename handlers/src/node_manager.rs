@@ -21,7 +21,7 @@
 
 use bus::event::{
     Event, ScaleDownBlocked, ScaleDownStarted, ScaleUpBlocked, ScaleUpStarted, ScalingAction,
-    ScalingActionCompleted, ScalingActionFailed,
+    ScalingActionCompleted, ScalingActionFailed, WarmPoolLeft,
 };
 use bus::Envelope;
 use chrono::{DateTime, Utc};
@@ -97,7 +97,7 @@ impl NodeManager {
                         nodes: names.clone(),
                         pool: pool_field(&pool),
                     });
-                    create(&names, &pool, &started, &mut out);
+                    create(model, &names, &pool, &started, &mut out);
                 }
             }
             Event::NodeCordoned(c) => {
@@ -113,7 +113,8 @@ impl NodeManager {
             }
             Event::NodeDrained(d) => {
                 if model.transitioned(&d.node_name, event.event_id) {
-                    remove(model, &d.node_name, event, &mut out);
+                    let warm = keeps_warm(model, policy, &d.node_name);
+                    remove(model, &d.node_name, warm, event, &mut out);
                 }
             }
             Event::ScalingActionFailed(f) => {
@@ -124,7 +125,7 @@ impl NodeManager {
                             // name is taken again by the pool's next create.
                             ScalingAction::ScaleUp
                                 if model.worker(node).is_some_and(|w| w.name_reusable) => {}
-                            ScalingAction::ScaleUp => remove(model, node, event, &mut out),
+                            ScalingAction::ScaleUp => remove(model, node, false, event, &mut out),
                             ScalingAction::ScaleDown => {
                                 // The node is back in service: say why the scale-down did not happen,
                                 // with the executor's stable code (`pdb`, `drain_timeout`, …).
@@ -228,7 +229,7 @@ impl NodeManager {
                                 },
                                 &format!("retry:{}", failure.event_id),
                             );
-                            create(&names, pool, &started, &mut out);
+                            create(model, &names, pool, &started, &mut out);
                         }
                     }
                 }
@@ -286,7 +287,7 @@ impl NodeManager {
             nodes: names.clone(),
             pool: pool_field(goal.pool),
         });
-        create(&names, goal.pool, &started, out);
+        create(model, &names, goal.pool, &started, out);
     }
 
     fn shrink(
@@ -485,6 +486,14 @@ impl<'a> Grow<'a> {
     }
 }
 
+/// Whether the drained worker `node` goes into its pool's warm pool: while the pool keeps fewer
+/// than its `warm_pool` (counting the other workers being removed, which may be kept too).
+fn keeps_warm(model: &Model, policy: &Policy, node: &str) -> bool {
+    let pool = model.workers.pool_of(node);
+    let others = model.workers.removing_in(&pool).saturating_sub(1);
+    model.workers.warm_in(&pool) + others < policy.warm_pool(&pool)
+}
+
 /// How many more workers `pool` may get (its `max_nodes` minus those planned); a pool the policy
 /// does not know is bounded by the cluster only.
 fn pool_room(model: &Model, policy: &Policy, pool: &str) -> u32 {
@@ -493,8 +502,20 @@ fn pool_room(model: &Model, policy: &Policy, pool: &str) -> u32 {
     })
 }
 
-fn create(names: &[String], pool: &str, started: &Envelope, out: &mut Emitter<'_>) {
+/// `CreateWorker` for each of `names` (a warm worker's create starts its stopped container, and
+/// `WarmPoolLeft {started}` says it left the warm pool).
+fn create(model: &Model, names: &[String], pool: &str, started: &Envelope, out: &mut Emitter<'_>) {
     for n in names {
+        if model.worker(n).is_some_and(|w| w.warm) {
+            out.emit_after(
+                started,
+                WarmPoolLeft {
+                    node_name: n.clone(),
+                    pool: pool_field(pool),
+                    reason: "started".into(),
+                },
+            );
+        }
         out.command(
             Command::CreateWorker {
                 name: n.clone(),
@@ -506,10 +527,13 @@ fn create(names: &[String], pool: &str, started: &Envelope, out: &mut Emitter<'_
     }
 }
 
-fn remove(model: &Model, node: &str, cause: &Envelope, out: &mut Emitter<'_>) {
+/// `RemoveWorker` + `DeleteNode` for `node`; with `keep_warm` its container is stopped into its
+/// pool's warm pool instead (see [`keeps_warm`]).
+fn remove(model: &Model, node: &str, keep_warm: bool, cause: &Envelope, out: &mut Emitter<'_>) {
     out.command(
         Command::RemoveWorker {
             node: node.to_string(),
+            keep_warm_in: keep_warm.then(|| model.workers.pool_of(node)),
         },
         cause,
     );

@@ -51,7 +51,7 @@ impl Policy {
     /// `workers` template and the cluster `limits` as its bounds (no labels, no taints).
     pub fn node_pools(&self) -> Cow<'_, [PoolTemplate]> {
         if self.pools.is_empty() {
-            Cow::Owned(vec![PoolTemplate::new(
+            let mut pool = PoolTemplate::new(
                 DEFAULT_POOL,
                 self.limits.min_nodes,
                 self.limits.max_nodes,
@@ -60,7 +60,9 @@ impl Policy {
                     self.workers.memory_bytes,
                     self.workers.max_pods,
                 ),
-            )])
+            );
+            pool.warm_pool = self.workers.warm_pool;
+            Cow::Owned(vec![pool])
         } else {
             Cow::Borrowed(&self.pools)
         }
@@ -69,6 +71,11 @@ impl Policy {
     /// The pool named `name`, if the rules know it.
     pub fn pool(&self, name: &str) -> Option<PoolTemplate> {
         self.node_pools().iter().find(|p| p.name == name).cloned()
+    }
+
+    /// How many removed workers `pool` keeps stopped for its next scale-ups.
+    pub fn warm_pool(&self, pool: &str) -> u32 {
+        self.pool(pool).map_or(0, |p| p.warm_pool)
     }
 
     /// The pool that grows when no pod says which (resource pressure, the minimum, manual
@@ -230,6 +237,9 @@ pub struct WorkerTemplate {
     pub max_pods: u32,
     /// Names never removed by a scale-down.
     pub protected: Vec<String>,
+    /// Removed workers of the default pool kept stopped for its next scale-ups (0: none).
+    #[serde(default)]
+    pub warm_pool: u32,
 }
 
 impl Default for WorkerTemplate {
@@ -240,6 +250,7 @@ impl Default for WorkerTemplate {
             memory_bytes: 2 * 1024 * 1024 * 1024,
             max_pods: 110,
             protected: Vec::new(),
+            warm_pool: 0,
         }
     }
 }

@@ -613,6 +613,8 @@ enum Owner {
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct Seen {
     container: bool,
+    /// The container is stopped, kept warm: a create starts it again.
+    stopped: bool,
     /// The Node object, and whether it is Ready.
     node: Option<bool>,
     scale_down_disabled: bool,
@@ -649,16 +651,19 @@ struct World {
 
 impl World {
     fn new(recorded: &[Envelope], from: DateTime<Utc>, pools: &[PoolTemplate]) -> Self {
-        let by_recording = recorded
-            .iter()
-            .filter_map(|e| match &e.event {
-                Event::ScaleUpStarted(s) => Some(s.nodes.iter().cloned()),
-                _ => None,
-            })
-            .flatten()
-            .collect();
+        // Names a `ScaleUpStarted` gave before the world showed them. A worker that existed
+        // first and was started again later under its name (a warm worker, a create retried
+        // under the failed one's name) is the recording's world's from the start.
+        let mut by_recording = BTreeSet::new();
         let mut known = BTreeSet::new();
         for e in recorded {
+            if let Event::ScaleUpStarted(s) = &e.event {
+                for n in &s.nodes {
+                    if !known.contains(n) {
+                        by_recording.insert(n.clone());
+                    }
+                }
+            }
             match &e.event {
                 Event::ClusterObserved(o) => {
                     known.extend(o.k8s_nodes.iter().map(|n| n.name.clone()));
@@ -974,8 +979,10 @@ impl World {
             .is_some_and(|&j| floor.is_none_or(|f| j > f));
         let reports = !matches!(
             i.command,
-            Command::RemoveWorker { .. }
-                | Command::Uncordon { .. }
+            Command::RemoveWorker {
+                keep_warm_in: None,
+                ..
+            } | Command::Uncordon { .. }
                 | Command::AnnotateNode { .. }
                 | Command::Notify { .. }
         );
@@ -1010,10 +1017,11 @@ impl World {
         let later = |after: Duration| now + crate::policy::chrono(after);
         match &i.command {
             Command::CreateWorker { name, pool, .. } => {
-                if seen.container {
+                if seen.container && !seen.stopped {
                     return; // Docker's 409: already there
                 }
                 seen.container = true;
+                seen.stopped = false;
                 if let Some(p) = self.pools.iter().find(|p| p.name == *pool) {
                     let mut spec = p.node(name.clone());
                     spec.ready = false;
@@ -1060,7 +1068,25 @@ impl World {
                 );
                 self.schedule(later(d.step), f);
             }
-            Command::RemoveWorker { .. } => seen.container = false,
+            Command::RemoveWorker {
+                node,
+                keep_warm_in: Some(pool),
+            } if seen.container => {
+                seen.stopped = true;
+                let f = i.fact(
+                    EXECUTOR,
+                    bus::event::WarmPoolEntered {
+                        node_name: node.clone(),
+                        pool: crate::policy::pool_field(pool),
+                    },
+                    now,
+                );
+                self.schedule(later(d.step), f);
+            }
+            Command::RemoveWorker { .. } => {
+                seen.container = false;
+                seen.stopped = false;
+            }
             Command::DeleteNode { node, pool } => {
                 seen.node = None;
                 let f = i.fact(

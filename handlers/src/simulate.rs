@@ -38,6 +38,8 @@ pub struct SimulatedWorld {
     pub engine_down: bool,
     /// Pools whose creates the provider refuses (a retryable server error).
     pub failing_pools: BTreeSet<String>,
+    /// Containers that exist stopped (kept warm): a create starts them again.
+    pub stopped: BTreeSet<String>,
 }
 
 impl Default for SimulatedWorld {
@@ -51,6 +53,7 @@ impl Default for SimulatedWorld {
             nodes: BTreeMap::new(),
             engine_down: false,
             failing_pools: BTreeSet::new(),
+            stopped: BTreeSet::new(),
         }
     }
 }
@@ -245,7 +248,9 @@ impl Simulation {
                         self.now,
                     );
                     self.schedule(Duration::ZERO, failed);
-                } else if self.world.containers.insert(name.clone()) {
+                } else if self.world.stopped.remove(name)
+                    || self.world.containers.insert(name.clone())
+                {
                     let created = i.fact(
                         EXECUTOR,
                         bus::event::NodeCreated {
@@ -290,8 +295,22 @@ impl Simulation {
                 );
                 self.schedule(w.step_delay, f);
             }
-            Command::RemoveWorker { node } => {
-                self.world.containers.remove(node);
+            Command::RemoveWorker { node, keep_warm_in } => {
+                if let (Some(pool), true) = (keep_warm_in, self.world.containers.contains(node)) {
+                    self.world.stopped.insert(node.clone());
+                    let f = i.fact(
+                        EXECUTOR,
+                        bus::event::WarmPoolEntered {
+                            node_name: node.clone(),
+                            pool: crate::policy::pool_field(pool),
+                        },
+                        self.now,
+                    );
+                    self.schedule(Duration::ZERO, f);
+                } else {
+                    self.world.containers.remove(node);
+                    self.world.stopped.remove(node);
+                }
             }
             Command::DeleteNode { node, pool } => {
                 self.world.nodes.remove(node);

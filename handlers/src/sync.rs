@@ -16,13 +16,13 @@
 
 use std::collections::BTreeSet;
 
-use bus::event::{ClusterObserved, ClusterStateSynced, Event, NodeUnexpectedlyLost};
+use bus::event::{ClusterObserved, ClusterStateSynced, Event, NodeUnexpectedlyLost, WarmPoolLeft};
 use bus::Envelope;
 use chrono::{DateTime, Utc};
 
 use crate::command::{Cause, Command, Emitter, Outcome};
 use crate::model::{Model, Synced, WorkerState};
-use crate::policy::{chrono, Policy, SyncPolicy};
+use crate::policy::{chrono, pool_field, Policy, SyncPolicy};
 
 /// The handler's name (consumer group and event source).
 pub const HANDLER: &str = "StateSynchronizer";
@@ -129,9 +129,15 @@ impl StateSynchronizer {
                 }
             };
             if repeat {
+                // Warm workers' stopped containers are kept on purpose: not cluster workers.
+                let warm = o
+                    .docker_containers
+                    .iter()
+                    .filter(|c| model.worker(c).is_some_and(|w| w.warm))
+                    .count();
                 out.emit(ClusterStateSynced {
                     k8s_nodes: count(o.k8s_nodes.len()),
-                    docker_containers: count(o.docker_containers.len()),
+                    docker_containers: count(o.docker_containers.len() - warm),
                     db_workers: workers,
                     last_sync: event.timestamp,
                 });
@@ -202,6 +208,7 @@ impl StateSynchronizer {
                 out.command(
                     Command::RemoveWorker {
                         node: w.name.clone(),
+                        keep_warm_in: None,
                     },
                     event,
                 );
@@ -241,12 +248,72 @@ impl StateSynchronizer {
                 );
             }
         }
+        differ += self.warm(model, policy, &docker, event, out);
         // Managed containers nobody knows, with no Node for longer than a worker needs to register.
         let limit = chrono(policy.scaling.max_node_provision_time);
         for (name, first_seen) in &model.sync.unknown_containers {
             differ += 1;
             if event.timestamp - *first_seen >= limit {
-                out.command(Command::RemoveWorker { node: name.clone() }, event);
+                out.command(
+                    Command::RemoveWorker {
+                        node: name.clone(),
+                        keep_warm_in: None,
+                    },
+                    event,
+                );
+            }
+        }
+        differ
+    }
+}
+
+impl StateSynchronizer {
+    /// The warm pools: a warm worker whose stopped container is gone leaves its pool's warm pool;
+    /// a pool with more warm workers than its `warm_pool` (lowered since) removes the extra ones,
+    /// highest names first. Returns how many things differ.
+    fn warm(
+        &self,
+        model: &Model,
+        policy: &Policy,
+        docker: &BTreeSet<&str>,
+        event: &Envelope,
+        out: &mut Emitter<'_>,
+    ) -> usize {
+        let mut differ = 0;
+        let mut kept: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+        for w in model.workers.warm() {
+            if w.state != WorkerState::Removed {
+                continue; // still being removed into the warm pool
+            }
+            if docker.contains(w.name.as_str()) {
+                kept.entry(w.pool.as_str())
+                    .or_default()
+                    .push(w.name.as_str());
+                continue;
+            }
+            differ += 1;
+            out.emit(WarmPoolLeft {
+                node_name: w.name.clone(),
+                pool: pool_field(&w.pool),
+                reason: "container_gone".into(),
+            });
+        }
+        for (pool, names) in kept {
+            let cap = policy.warm_pool(pool) as usize;
+            for name in names.iter().skip(cap) {
+                differ += 1;
+                out.emit(WarmPoolLeft {
+                    node_name: name.to_string(),
+                    pool: pool_field(pool),
+                    reason: "over_capacity".into(),
+                });
+                out.command(
+                    Command::RemoveWorker {
+                        node: name.to_string(),
+                        keep_warm_in: None,
+                    },
+                    event,
+                );
             }
         }
         differ

@@ -32,6 +32,15 @@ impl ActionError {
     }
 }
 
+/// What [`WorkerPool::remove_worker`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Removal {
+    /// The container is gone (or was not there).
+    Removed,
+    /// Asked to keep it warm: the container is stopped and kept.
+    KeptWarm,
+}
+
 /// Worker containers (`DockerWorkerPool`).
 pub trait WorkerPool: Send + Sync {
     /// Creates and starts worker `name` of node pool `pool` (`default` when no pools are
@@ -41,8 +50,13 @@ pub trait WorkerPool: Send + Sync {
         name: &str,
         pool: &str,
     ) -> impl Future<Output = Result<String, ActionError>> + Send;
-    /// Stops and removes the container with its volumes; a missing one is success.
-    fn remove_worker(&self, name: &str) -> impl Future<Output = Result<(), ActionError>> + Send;
+    /// Stops and removes the container with its volumes; a missing one is success. With
+    /// `keep_warm`, stops it and keeps it (a missing one is [`Removal::Removed`]).
+    fn remove_worker(
+        &self,
+        name: &str,
+        keep_warm: bool,
+    ) -> impl Future<Output = Result<Removal, ActionError>> + Send;
 }
 
 /// Node operations (`KubeNodeOps`).
@@ -108,9 +122,14 @@ impl WorkerPool for FakeWorkerPool {
         }
     }
 
-    async fn remove_worker(&self, name: &str) -> Result<(), ActionError> {
-        self.record(format!("remove {name}"));
-        Ok(())
+    async fn remove_worker(&self, name: &str, keep_warm: bool) -> Result<Removal, ActionError> {
+        if keep_warm {
+            self.record(format!("stop {name} (warm)"));
+            Ok(Removal::KeptWarm)
+        } else {
+            self.record(format!("remove {name}"));
+            Ok(Removal::Removed)
+        }
     }
 }
 

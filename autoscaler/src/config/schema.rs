@@ -302,9 +302,15 @@ pub struct Pool {
     /// Default: `workers.args`.
     #[serde(default)]
     pub args: Option<Vec<String>>,
+    /// Removed workers kept stopped for the pool's next scale-ups. Default: `workers.warm_pool`.
+    #[serde(default)]
+    pub warm_pool: Option<u32>,
 }
 
 impl Pool {
+    pub fn warm_pool(&self, workers: &Workers) -> u32 {
+        self.warm_pool.unwrap_or(workers.warm_pool)
+    }
     pub fn max_nodes(&self, limits: &Limits) -> u32 {
         self.max_nodes.unwrap_or(limits.max_nodes)
     }

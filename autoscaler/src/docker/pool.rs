@@ -25,7 +25,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use chrono::{DateTime, Datelike, Utc};
 use futures::{StreamExt, TryStreamExt};
-use handlers::traits::ActionError;
+use handlers::traits::{ActionError, Removal};
 use tracing::{debug, info, warn};
 
 use super::intents::{Intent, PoolIntents};
@@ -742,10 +742,11 @@ pub fn managed_filters(cluster_id: &str) -> HashMap<String, Vec<String>> {
 }
 
 /// The handlers' boundary. Names come from the handlers; the event id is not part of the trait, so
-/// such workers carry no `requested-by` label. With `warm_pool > 0`, `remove_worker` is
-/// [`DockerWorkerPool::release`]: the worker may be stopped into the warm pool instead of removed
-/// (its Node was already drained and deleted by then), and a later `create_worker` of the same name
-/// starts it again through the 409 path.
+/// such workers carry no `requested-by` label. The decision core says whether a removed worker is
+/// kept warm (`RemoveWorker {keep_warm_in}`, its pool's `warm_pool`): then it is stopped and kept (its
+/// Node was already drained and deleted by then, with k3s's node-password secret, so the agent
+/// registers anew when it starts), and a later `create_worker` of the same name starts it again
+/// through the 409 path.
 impl handlers::traits::WorkerPool for DockerWorkerPool {
     async fn create_worker(
         &self,
@@ -760,14 +761,21 @@ impl handlers::traits::WorkerPool for DockerWorkerPool {
         self.create(&req).await.map(|w| w.id).map_err(action_error)
     }
 
-    async fn remove_worker(&self, name: &str) -> std::result::Result<(), ActionError> {
-        if self.config.warm_pool > 0 {
-            self.release(name).await.map(|_| ()).map_err(action_error)
-        } else {
-            DockerWorkerPool::remove_worker(self, name)
-                .await
-                .map_err(action_error)
+    async fn remove_worker(
+        &self,
+        name: &str,
+        keep_warm: bool,
+    ) -> std::result::Result<Removal, ActionError> {
+        if keep_warm {
+            if self.keep_warm(name).await.map_err(action_error)?.is_some() {
+                return Ok(Removal::KeptWarm);
+            }
+            return Ok(Removal::Removed);
         }
+        DockerWorkerPool::remove_worker(self, name)
+            .await
+            .map(|()| Removal::Removed)
+            .map_err(action_error)
     }
 }
 

@@ -89,6 +89,19 @@ impl DockerWorkerPool {
         })
     }
 
+    /// Stops worker `name` and keeps it warm, as the decision core asked (`RemoveWorker
+    /// {keep_warm_in}`): returns its pool label, or `None` when there is no such worker of ours.
+    pub async fn keep_warm(&self, name: &str) -> Result<Option<String>> {
+        let Some(w) = self.inspect_worker(name).await? else {
+            return Ok(None);
+        };
+        let pool = w.pool().unwrap_or_default().to_string();
+        self.stop_worker(name).await?;
+        self.warm_lock().insert(name.to_string(), pool.clone());
+        info!(worker = %name, pool = %pool, "worker stopped into the warm pool");
+        Ok(Some(pool))
+    }
+
     /// Scale-down of one worker (already drained and deleted from the cluster by the caller): stops it
     /// into the warm pool while that holds fewer than `warm_pool`, else removes it (as it does a
     /// worker that is gone or not ours).

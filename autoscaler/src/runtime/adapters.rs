@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use handlers::traits::{ActionError, NodeOps, WorkerPool};
+use handlers::traits::{ActionError, NodeOps, Removal, WorkerPool};
 
 use crate::docker::DockerWorkerPool;
 use crate::intents::RemovalIntents;
@@ -26,9 +26,9 @@ impl WorkerPool for DockerWorkers {
         WorkerPool::create_worker(self.pool.as_ref(), name, pool).await
     }
 
-    async fn remove_worker(&self, name: &str) -> Result<(), ActionError> {
+    async fn remove_worker(&self, name: &str, keep_warm: bool) -> Result<Removal, ActionError> {
         self.intents.removing(name, REMOVAL_INTENT);
-        WorkerPool::remove_worker(self.pool.as_ref(), name).await
+        WorkerPool::remove_worker(self.pool.as_ref(), name, keep_warm).await
     }
 }
 

@@ -144,6 +144,7 @@ pub fn policy(settings: &Settings) -> handlers::policy::Policy {
             memory_bytes: a.workers.memory,
             max_pods: a.workers.max_pods,
             protected: a.workers.protected.clone(),
+            warm_pool: a.workers.warm_pool,
         },
         alerts: p::AlertPolicy {
             dedup_window: a.alerts.dedup_window,
@@ -164,6 +165,7 @@ pub fn policy(settings: &Settings) -> handlers::policy::Policy {
                 labels: pool.labels.clone(),
                 taints: pool.parsed_taints(),
                 priority: pool.priority,
+                warm_pool: pool.warm_pool(&a.workers),
             })
             .collect(),
         expander: a.scaling.expander,

@@ -91,6 +91,10 @@ pub fn sample(event_type: &str) -> Event {
                 "labels": {"app": "web"}, "owner_kind": "ReplicaSet"},
                 "pods": [["web-1", "k3s-worker-3"], ["web-2", "k3s-worker-3"]]}],
         }),
+        "WarmPoolEntered" => json!({"node_name": "k3s-worker-4", "pool": "general"}),
+        "WarmPoolLeft" => {
+            json!({"node_name": "k3s-worker-4", "pool": "general", "reason": "started"})
+        }
         "PlacementChanged" => json!({
             "nodes_removed": ["k3s-worker-4"],
             "pods_removed": [{"namespace": "default", "name": "web-3"}],

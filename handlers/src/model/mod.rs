@@ -246,6 +246,8 @@ impl Model {
             Event::MinimumNodesRestored(_) => self.minimum.restored(),
             Event::ClusterStateSynced(s) => self.sync.synced(ts, s.db_workers, &self.workers),
             Event::ClusterObserved(o) => self.on_observed(env, o),
+            Event::WarmPoolEntered(w) => self.workers.set_warm(&w.node_name, true),
+            Event::WarmPoolLeft(w) => self.workers.set_warm(&w.node_name, false),
             Event::PlacementSnapshot(s) => self.placement.apply_snapshot(s),
             Event::PlacementChanged(c) => self.placement.apply_change(c),
             Event::UnderutilizationWarning(_)

@@ -52,7 +52,8 @@ impl SyncRecord {
             .docker_containers
             .iter()
             .filter(|c| !in_k8s.contains(c.as_str()))
-            .filter(|c| workers.get(c).is_none_or(|w| w.state.is_gone()))
+            // A warm worker's stopped container is known: kept on purpose.
+            .filter(|c| workers.get(c).is_none_or(|w| w.state.is_gone() && !w.warm))
             .collect();
         self.unknown_containers
             .retain(|name, _| unknown.contains(&name));

@@ -97,6 +97,10 @@ pub struct Worker {
     /// is free again, and the next create of its pool takes it (see [`Workers::next_names_in`]).
     #[serde(default)]
     pub name_reusable: bool,
+    /// Its container is stopped and kept in its pool's warm pool (`WarmPoolEntered`): removed
+    /// from the cluster, and the first name its pool's next scale-up takes.
+    #[serde(default)]
+    pub warm: bool,
 }
 
 /// Every worker ever seen, by name (removed ones stay, so names are never reused).
@@ -242,26 +246,31 @@ impl Workers {
         self.next_names_in(DEFAULT_POOL, count)
     }
 
-    /// The next `count` free worker names of `pool`: first the names of its workers whose create
-    /// never reached the provider ([`Worker::name_reusable`], lowest first), so an outage uses up
-    /// no name; then new ones: the default pool's are `<prefix><n>`, another pool `p`'s
+    /// The next `count` free worker names of `pool`: first its warm workers ([`Worker::warm`]:
+    /// the create starts the stopped container), then the names of its workers whose create never
+    /// reached the provider ([`Worker::name_reusable`]), so an outage uses up no name, each lowest
+    /// first; then new ones: the default pool's are `<prefix><n>`, another pool `p`'s
     /// `<prefix><p>-<n>`, each with its own sequence. Names stay unique and every replica picks
     /// the same.
     pub fn next_names_in(&self, pool: &str, count: u32) -> Vec<String> {
-        let mut reusable: Vec<(u64, &str)> = self
+        let mut reusable: Vec<(bool, u64, &str)> = self
             .by_name
             .values()
-            .filter(|w| w.pool == pool && w.name_reusable && w.state == WorkerState::Failed)
+            .filter(|w| w.pool == pool)
+            .filter(|w| {
+                (w.warm && w.state == WorkerState::Removed)
+                    || (w.name_reusable && w.state == WorkerState::Failed)
+            })
             .map(|w| {
                 let n = self.parse_name(&w.name).map_or(0, |(_, n)| n);
-                (n, w.name.as_str())
+                (!w.warm, n, w.name.as_str())
             })
             .collect();
         reusable.sort_unstable();
         let mut names: Vec<String> = reusable
             .into_iter()
             .take(count as usize)
-            .map(|(_, n)| n.to_string())
+            .map(|(_, _, n)| n.to_string())
             .collect();
         let fresh = u64::from(count) - names.len() as u64;
         let (seq, stem) = if pool == DEFAULT_POOL {
@@ -272,6 +281,29 @@ impl Workers {
         };
         names.extend((1..=fresh).map(|i| format!("{stem}{}", seq + i)));
         names
+    }
+
+    /// Warm workers of `pool` (stopped and kept, or being removed into the warm pool).
+    pub fn warm_in(&self, pool: &str) -> u32 {
+        self.count(|w| w.pool == pool && w.warm)
+    }
+
+    /// Workers of `pool` whose container is being removed (drained, not yet gone) and that are
+    /// not warm: each may still be kept warm.
+    pub fn removing_in(&self, pool: &str) -> u32 {
+        self.count(|w| w.pool == pool && w.state == WorkerState::Removing && !w.warm)
+    }
+
+    /// Every warm worker, in name order.
+    pub fn warm(&self) -> impl Iterator<Item = &Worker> {
+        self.by_name.values().filter(|w| w.warm)
+    }
+
+    /// `WarmPoolEntered` / `WarmPoolLeft`.
+    pub(super) fn set_warm(&mut self, name: &str, warm: bool) {
+        if let Some(w) = self.by_name.get_mut(name) {
+            w.warm = warm;
+        }
     }
 
     /// A worker that failed while Requested with a retryable error: its create never reached the
@@ -518,6 +550,7 @@ impl Workers {
             interruption: None,
             replacement: None,
             name_reusable: false,
+            warm: false,
         };
         match self.by_name.entry(name.to_string()) {
             std::collections::btree_map::Entry::Occupied(mut e) => {

@@ -20,6 +20,9 @@ pub struct PoolTemplate {
     pub taints: Vec<Taint>,
     /// For the `priority` expander: higher goes first.
     pub priority: i32,
+    /// Removed workers of the pool kept stopped for its next scale-ups (0: none).
+    #[serde(default)]
+    pub warm_pool: u32,
 }
 
 impl PoolTemplate {
@@ -38,6 +41,7 @@ impl PoolTemplate {
             labels: BTreeMap::new(),
             taints: Vec::new(),
             priority: 0,
+            warm_pool: 0,
         }
     }
 
