@@ -307,6 +307,7 @@ pub fn replay_with_lookahead(
     for e in recorded {
         replay.push(e.clone());
         log.append(&mut replay.log);
+        replay.states.clear();
     }
     replay.finish();
     log.append(&mut replay.log);
@@ -338,6 +339,8 @@ pub const LOOKAHEAD: usize = 10_000;
 pub struct WhatIf<'a> {
     replay: Replay<'a>,
     pairing: Pairing,
+    /// The recorded run's model, for its figures.
+    recorded_model: Model,
     recorded: Integral,
     replayed: Integral,
     from: Option<DateTime<Utc>>,
@@ -353,8 +356,9 @@ impl<'a> WhatIf<'a> {
         Self {
             replay: Replay::new(policy, handlers, lookahead),
             pairing: Pairing::default(),
-            recorded: Integral::new(policy),
-            replayed: Integral::new(policy),
+            recorded_model: Model::new(policy),
+            recorded: Integral::new(),
+            replayed: Integral::new(),
             from: None,
             to: None,
         }
@@ -366,16 +370,19 @@ impl<'a> WhatIf<'a> {
         self.to = Some(self.to.map_or(e.timestamp, |t| t.max(e.timestamp)));
         self.pairing.root(&e);
         self.pairing.recorded(&e);
-        self.recorded.push(&e);
+        self.recorded_model.apply(&e);
+        let m = &self.recorded_model;
+        self.recorded
+            .push(&e, m.current_workers(), m.pending_count());
         self.replay.push(e);
         self.drain_log();
     }
 
     fn drain_log(&mut self) {
-        for e in self.replay.log.drain(..) {
+        for (e, (workers, pending)) in self.replay.log.drain(..).zip(self.replay.states.drain(..)) {
             self.pairing.root(&e);
             self.pairing.replayed(&e);
-            self.replayed.push(&e);
+            self.replayed.push(&e, workers, pending);
         }
     }
 
@@ -497,6 +504,8 @@ struct Replay<'a> {
     model: Model,
     /// The replayed stream since the caller last drained it, in order.
     log: Vec<Envelope>,
+    /// The model's workers and pods pending after each entry of `log`.
+    states: Vec<(u32, u32)>,
     /// Decided outputs waiting for their recorded twin's position.
     held: HashMap<Uuid, Envelope>,
     /// Decided outputs the recording does not have (or had earlier), folded next.
@@ -530,6 +539,7 @@ impl<'a> Replay<'a> {
             floor: None,
             model: Model::new(policy),
             log: Vec::new(),
+            states: Vec::new(),
             held: HashMap::new(),
             queue: VecDeque::new(),
             ticks: BTreeMap::new(),
@@ -612,18 +622,20 @@ impl<'a> Replay<'a> {
         }
         self.advance(e.timestamp);
         self.floor = Some(i);
-        self.take(&e);
+        self.take(e);
         self.drain();
         self.ticks_after(Some(i));
     }
 
     /// One recorded entry.
-    fn take(&mut self, e: &Envelope) {
+    fn take(&mut self, e: Envelope) {
         self.dry = e.metadata.dry_run;
-        if is_observation(e) {
+        if is_observation(&e) {
             self.observations += 1;
-            if let Some(seen) = self.world.observe(e) {
-                self.fold(seen);
+            match self.world.observe(&e) {
+                View::Same => self.fold(e),
+                View::Changed(seen) => self.fold(seen),
+                View::Hidden => {}
             }
             return;
         }
@@ -634,8 +646,8 @@ impl<'a> Replay<'a> {
         }
         if e.source == EXECUTOR {
             if self.world.expected.remove(&e.event_id) {
-                self.world.reported(e);
-                self.fold(e.clone());
+                self.world.reported(&e);
+                self.fold(e);
             } else if let Some(node) = e.event.node_name() {
                 // The recording acted on a worker the replay did not act on (alike).
                 self.world.diverge(node);
@@ -655,6 +667,8 @@ impl<'a> Replay<'a> {
         }
         let now = e.timestamp;
         self.log.push(e);
+        self.states
+            .push((self.model.current_workers(), self.model.pending_count()));
         self.route(out, now);
     }
 
@@ -814,6 +828,16 @@ impl DelayMeter {
     }
 }
 
+/// A recorded observation in the replay's world.
+enum View {
+    /// As recorded.
+    Same,
+    /// With other data (same id).
+    Changed(Envelope),
+    /// About a worker the replay does not have alike: not folded.
+    Hidden,
+}
+
 /// Who answers for a worker in the replay (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Owner {
@@ -949,17 +973,16 @@ impl World {
         }
     }
 
-    /// A recorded observation as the replay's world shows it (`None`: it is about a worker the
-    /// replay does not have alike).
-    fn observe(&mut self, e: &Envelope) -> Option<Envelope> {
-        match &e.event {
-            Event::ClusterObserved(o) => Some(self.cluster_observed(e, o)),
-            Event::MetricsSampled(m) => Some(self.sampled(e, m)),
-            Event::PlacementSnapshot(p) => Some(self.placement_snapshot(e, p)),
-            Event::PlacementChanged(p) => Some(self.placement_changed(e, p)),
+    /// A recorded observation as the replay's world shows it.
+    fn observe(&mut self, e: &Envelope) -> View {
+        let changed = match &e.event {
+            Event::ClusterObserved(o) => self.cluster_observed(e, o),
+            Event::MetricsSampled(m) => self.sampled(e, m),
+            Event::PlacementSnapshot(p) => self.placement_snapshot(e, p),
+            Event::PlacementChanged(p) => self.placement_changed(e, p),
             event => {
                 let Some(name) = event.node_name() else {
-                    return Some(e.clone());
+                    return View::Same;
                 };
                 let seen = self.recorded.entry(name.to_string()).or_default();
                 match event {
@@ -967,12 +990,17 @@ impl World {
                     Event::NodeHealthDegraded(_) => seen.node = seen.node.map(|_| false),
                     _ => {}
                 }
-                (self.owner(name) == Owner::Recorded).then(|| e.clone())
+                return if self.owner(name) == Owner::Recorded {
+                    View::Same
+                } else {
+                    View::Hidden
+                };
             }
-        }
+        };
+        changed.map_or(View::Same, View::Changed)
     }
 
-    fn cluster_observed(&mut self, e: &Envelope, o: &ClusterObserved) -> Envelope {
+    fn cluster_observed(&mut self, e: &Envelope, o: &ClusterObserved) -> Option<Envelope> {
         // A full listing: what it leaves out is gone.
         for seen in self.recorded.values_mut() {
             seen.container = false;
@@ -1013,11 +1041,11 @@ impl World {
             }
         }
         if &view == o {
-            return e.clone();
+            return None;
         }
         view.k8s_nodes.sort_by(|a, b| a.name.cmp(&b.name));
         view.docker_containers.sort();
-        with_event(e, view)
+        Some(with_event(e, view))
     }
 
     /// Whether the recorded placement's entries about `node` hold in the replay: a worker both
@@ -1061,7 +1089,7 @@ impl World {
 
     /// A snapshot of where pods run, with the workers only the recording has left out and the
     /// simulated ones in (empty: the recorded pods stay where the recording saw them).
-    fn placement_snapshot(&mut self, e: &Envelope, p: &PlacementSnapshot) -> Envelope {
+    fn placement_snapshot(&mut self, e: &Envelope, p: &PlacementSnapshot) -> Option<Envelope> {
         self.placement_seen = true;
         for n in &p.nodes {
             self.specs.insert(n.name.clone(), n.clone());
@@ -1073,12 +1101,12 @@ impl World {
             view.nodes.extend(self.simulated_nodes());
         }
         if &view == p {
-            return e.clone();
+            return None;
         }
-        with_event(e, view)
+        Some(with_event(e, view))
     }
 
-    fn placement_changed(&mut self, e: &Envelope, p: &PlacementChanged) -> Envelope {
+    fn placement_changed(&mut self, e: &Envelope, p: &PlacementChanged) -> Option<Envelope> {
         for n in &p.nodes {
             self.specs.insert(n.name.clone(), n.clone());
         }
@@ -1087,9 +1115,9 @@ impl World {
         view.nodes_removed.retain(|n| self.placed(n));
         view.pods = self.placed_pods(&p.pods);
         if &view == p {
-            return e.clone();
+            return None;
         }
-        with_event(e, view)
+        Some(with_event(e, view))
     }
 
     /// What a simulated fact changes in where pods run, as the placement observer would publish it.
@@ -1120,7 +1148,7 @@ impl World {
     }
 
     /// The same total load spread over the workers the replay has.
-    fn sampled(&self, e: &Envelope, m: &MetricsSampled) -> Envelope {
+    fn sampled(&self, e: &Envelope, m: &MetricsSampled) -> Option<Envelope> {
         let kept: Vec<&NodeUsage> = m
             .nodes
             .iter()
@@ -1133,7 +1161,7 @@ impl World {
             .map(|(n, _)| n)
             .collect();
         if kept.len() == m.nodes.len() && added.is_empty() {
-            return e.clone();
+            return None;
         }
         let workers = u32::try_from(kept.len() + added.len()).unwrap_or(u32::MAX);
         let recorded = f64::from(m.workers.max(u32::try_from(m.nodes.len()).unwrap_or(0)));
@@ -1160,7 +1188,7 @@ impl World {
             memory: memory_avg,
         }));
         nodes.sort_by(|a, b| a.node_name.cmp(&b.node_name));
-        with_event(
+        Some(with_event(
             e,
             MetricsSampled {
                 workers,
@@ -1169,7 +1197,7 @@ impl World {
                 source: m.source.clone(),
                 nodes,
             },
-        )
+        ))
     }
 
     /// A command the replay issued: answered by the recording when it issued the same one (its
@@ -1421,37 +1449,40 @@ impl Pairing {
     }
 }
 
-/// The summary figures and the timeline of one run, folding its entries as they stream by.
+/// The summary figures and the timeline of one run, as its entries stream by with the state of a
+/// model folded through each (the recorded run's own model; for the replayed run, the replay's).
 struct Integral {
-    model: Model,
+    /// Workers and pods pending after the last entry.
+    state: (u32, u32),
     prev: Option<DateTime<Utc>>,
     totals: Totals,
     timeline: Timeline,
 }
 
 impl Integral {
-    fn new(policy: &Policy) -> Self {
+    fn new() -> Self {
         Self {
-            model: Model::new(policy),
+            state: (0, 0),
             prev: None,
             totals: Totals::default(),
             timeline: Timeline::default(),
         }
     }
 
-    /// Adds the time from `from` to `until` under the model's current state.
+    /// Adds the time from `from` to `until` under the current state.
     fn add(&mut self, from: DateTime<Utc>, until: DateTime<Utc>) {
         let secs = (until - from).num_milliseconds().max(0) as f64 / 1000.0;
         let t = &mut self.totals;
-        t.node_minutes += f64::from(self.model.current_workers()) * secs / 60.0;
-        let pending = self.model.pending_count();
+        let (workers, pending) = self.state;
+        t.node_minutes += f64::from(workers) * secs / 60.0;
         if pending > 0 {
             t.pending_seconds += secs;
             t.pod_pending_seconds += f64::from(pending) * secs;
         }
     }
 
-    fn push(&mut self, e: &Envelope) {
+    /// `e`, after which the model shows `workers` and `pending` pods.
+    fn push(&mut self, e: &Envelope, workers: u32, pending: u32) {
         if let Some(p) = self.prev {
             self.add(p, e.timestamp.max(p));
         }
@@ -1469,15 +1500,10 @@ impl Integral {
                 self.totals.scale_actions += 1;
             }
         }
-        self.model.apply(e);
-        let workers = self.model.current_workers();
+        self.state = (workers, pending);
         self.totals.peak_workers = self.totals.peak_workers.max(workers);
         step(&mut self.timeline.workers, now, workers);
-        step(
-            &mut self.timeline.pending_pods,
-            now,
-            self.model.pending_count(),
-        );
+        step(&mut self.timeline.pending_pods, now, pending);
     }
 
     fn finish(mut self, to: DateTime<Utc>) -> (Totals, Timeline) {
