@@ -68,7 +68,7 @@ async fn write_history(server: &RedisServer, n: usize) -> (usize, f64) {
         let cpu = if phase >= 400 { 8.0 } else { 45.0 };
         let w = sim.model.current_workers();
         sim.observe("metrics_collector", sample(w, cpu));
-        if step % 4 == 0 {
+        if step.is_multiple_of(4) {
             sim.observe_cluster();
         }
         if phase == 100 {

@@ -634,7 +634,7 @@ impl<'a> Replay<'a> {
             self.observations += 1;
             match self.world.observe(&e) {
                 View::Same => self.fold(e),
-                View::Changed(seen) => self.fold(seen),
+                View::Changed(seen) => self.fold(*seen),
                 View::Hidden => {}
             }
             return;
@@ -832,8 +832,8 @@ impl DelayMeter {
 enum View {
     /// As recorded.
     Same,
-    /// With other data (same id).
-    Changed(Envelope),
+    /// With other data (same id); boxed, as it is the rare case.
+    Changed(Box<Envelope>),
     /// About a worker the replay does not have alike: not folded.
     Hidden,
 }
@@ -997,7 +997,7 @@ impl World {
                 };
             }
         };
-        changed.map_or(View::Same, View::Changed)
+        changed.map_or(View::Same, |e| View::Changed(Box::new(e)))
     }
 
     fn cluster_observed(&mut self, e: &Envelope, o: &ClusterObserved) -> Option<Envelope> {
