@@ -17,6 +17,7 @@
 //! - [`labenv`], [`redis_local`]: `autoscaler lab` — the lab cluster, a local `redis-server`, the image.
 //! - [`telemetry`], [`shutdown`]: logging and signals.
 
+pub mod archive;
 pub mod cli;
 pub mod config;
 pub mod docker;

@@ -4,7 +4,7 @@
 //! Each source is read on its own: one that cannot be reached is reported under `errors`, the others
 //! still show.
 
-use bus::{Bus, Query};
+use bus::Bus;
 use serde_json::{json, Value};
 
 use crate::config::Settings;
@@ -130,16 +130,34 @@ struct BusStatus {
 async fn bus_status(bus: &Bus, settings: &Settings, errors: &mut Vec<String>) -> BusStatus {
     let mut out = BusStatus::default();
     let audit = bus.audit();
-    match audit.query(&Query::default()).await {
-        Ok(entries) => {
-            let envelopes: Vec<bus::Envelope> =
-                entries.iter().filter_map(|e| e.decode().ok()).collect();
-            let policy = crate::runtime::policy(settings);
-            let model = handlers::model::Model::from_events(&policy, &envelopes);
+    // The stream a page at a time: the model folds it, the newest decisions are kept.
+    let policy = crate::runtime::policy(settings);
+    let mut model = handlers::model::Model::new(&policy);
+    let (mut last_decision, mut last_blocked) = (Value::Null, Value::Null);
+    let mut pages = audit.pages("-", "+");
+    let read = loop {
+        match pages.next_page().await {
+            Ok(Some(page)) => {
+                for e in page.iter().filter_map(|e| e.decode().ok()) {
+                    if DECISIONS.contains(&e.event_type()) {
+                        last_decision = e.to_json();
+                    }
+                    if e.event_type() == "ScaleDownBlocked" {
+                        last_blocked = e.to_json();
+                    }
+                    model.apply(&e);
+                }
+            }
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    match read {
+        Ok(()) => {
             out.record = Some(record_workers(&model));
             out.backoff = backoff_json(&model, &policy);
-            out.last_decision = newest(&envelopes, DECISIONS);
-            out.last_blocked = newest(&envelopes, &["ScaleDownBlocked"]);
+            out.last_decision = last_decision;
+            out.last_blocked = last_blocked;
         }
         Err(e) => errors.push(format!("redis: {e}")),
     }
@@ -191,16 +209,6 @@ fn record_workers(model: &handlers::model::Model) -> Vec<Value> {
         .filter(|w| !w.state.is_gone())
         .map(|w| json!({"name": w.name, "state": crate::runtime::run::state_label(w.state), "since": bus::envelope::format_timestamp(w.since)}))
         .collect()
-}
-
-/// The newest event of one of `types`, as JSON; null when there is none.
-fn newest(envelopes: &[bus::Envelope], types: &[&str]) -> Value {
-    envelopes
-        .iter()
-        .rev()
-        .find(|e| types.contains(&e.event_type()))
-        .map(|e| e.to_json())
-        .unwrap_or(Value::Null)
 }
 
 fn group_json(g: &bus::GroupInfo) -> Value {

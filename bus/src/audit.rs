@@ -105,6 +105,49 @@ impl Query {
     }
 }
 
+/// A range of the stream read a page (XRANGE … COUNT) at a time; see [`Audit::pages`].
+pub struct Pages {
+    audit: Audit,
+    /// The next page's XRANGE start.
+    start: String,
+    end: String,
+    page: usize,
+    done: bool,
+}
+
+impl Pages {
+    /// Entries per page (default 512).
+    pub fn with_page_size(mut self, page: usize) -> Self {
+        self.page = page.max(1);
+        self
+    }
+
+    /// The next page, `None` at the end of the range. Deleted entries are left out.
+    pub async fn next_page(&mut self) -> Result<Option<Vec<RawEntry>>> {
+        if self.done {
+            return Ok(None);
+        }
+        let mut conn = self.audit.bus.connection();
+        let v: Value = conn
+            .xrange_count(
+                &self.audit.bus.config().stream,
+                &self.start,
+                &self.end,
+                self.page,
+            )
+            .await
+            .map_err(BusError::redis("XRANGE"))?;
+        let raw = parse_entries("XRANGE", v)?;
+        let Some(last) = raw.last() else {
+            self.done = true;
+            return Ok(None);
+        };
+        self.start = format!("({}", last.id);
+        self.done = raw.len() < self.page;
+        Ok(Some(present(raw)))
+    }
+}
+
 /// One dead letter.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
@@ -213,24 +256,28 @@ impl Audit {
             out.truncate(limit);
             out.reverse();
         } else {
-            let mut start = q.start.clone();
+            let mut pages = self.pages(&q.start, &q.end);
             while out.len() < limit {
-                let v: Value = conn
-                    .xrange_count(stream, &start, &q.end, PAGE)
-                    .await
-                    .map_err(BusError::redis("XRANGE"))?;
-                let page = present(parse_entries("XRANGE", v)?);
-                let Some(last) = page.last() else { break };
-                start = format!("({}", last.id);
-                let full = page.len() == PAGE;
-                out.extend(page.into_iter().filter(|e| q.matches(e)));
-                if !full {
+                let Some(page) = pages.next_page().await? else {
                     break;
-                }
+                };
+                out.extend(page.into_iter().filter(|e| q.matches(e)));
             }
             out.truncate(limit);
         }
         Ok(out)
+    }
+
+    /// The entries from `start` to `end` (XRANGE bounds, inclusive unless `(`-prefixed), oldest first,
+    /// a page at a time: memory holds one page however long the range.
+    pub fn pages(&self, start: &str, end: &str) -> Pages {
+        Pages {
+            audit: self.clone(),
+            start: start.to_string(),
+            end: end.to_string(),
+            page: PAGE,
+            done: false,
+        }
     }
 
     /// The id of the newest entry, if the stream has one.

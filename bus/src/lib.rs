@@ -66,7 +66,9 @@ pub use event::{Event, EVENT_TYPES};
 pub use scheduling::{NodeSpec, PodRef, PodSpec, Resources, Taint, TaintEffect, Toleration};
 
 #[cfg(feature = "redis")]
-pub use audit::{Audit, ConsumerInfo, DeadLetter, Follower, GroupInfo, Query, Retried, RetryTo};
+pub use audit::{
+    Audit, ConsumerInfo, DeadLetter, Follower, GroupInfo, Pages, Query, Retried, RetryTo,
+};
 #[cfg(feature = "redis")]
 pub use connection::{connect, Bus};
 #[cfg(feature = "redis")]

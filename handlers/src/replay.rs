@@ -32,6 +32,12 @@
 //!
 //! So under the recorded configuration every recorded decision comes out again, and under another
 //! one the decisions follow the simulation.
+//!
+//! **Streaming.** [`WhatIf`] takes the recorded entries one by one ([`WhatIf::push`]) and keeps
+//! only a look-ahead of [`LOOKAHEAD`] entries, the models, the simulated world and the decisions:
+//! what the walk above needs of the future (a twin's position, whether the recording answered a
+//! command, where a timer fired, which workers the recording created, the delays it shows) is
+//! found in the look-ahead, so a week of history replays in the memory of a few hours of it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Duration;
@@ -72,9 +78,9 @@ pub struct Decision {
 }
 
 impl Decision {
-    fn of(e: &Envelope) -> Option<Self> {
-        let data = e.event.data_json();
-        let is_decision = matches!(
+    /// Whether `e` is a decision (checked before anything is encoded: most entries are not).
+    fn is(e: &Envelope) -> bool {
+        matches!(
             e.event,
             Event::ScaleUpDecision(_)
                 | Event::ScaleDownDecision(_)
@@ -83,10 +89,14 @@ impl Decision {
                 | Event::ScaleDownBlocked(_)
                 | Event::ScaleUpBlocked(_)
         ) || (matches!(e.event, Event::ScalingActionFailed(_))
-            && e.source == crate::engine::HANDLER);
-        if !is_decision {
+            && e.source == crate::engine::HANDLER)
+    }
+
+    fn of(e: &Envelope) -> Option<Self> {
+        if !Self::is(e) {
             return None;
         }
+        let data = e.event.data_json();
         Some(Self {
             event_type: e.event_type().to_string(),
             at: e.timestamp,
@@ -105,6 +115,14 @@ impl Decision {
                 .map(str::to_string),
             pods: strings(&data, "pods"),
         })
+    }
+
+    /// Whether it changes the number of workers (a scale action), rather than blocking one.
+    pub fn scales(&self) -> bool {
+        matches!(
+            self.event_type.as_str(),
+            "ScaleUpDecision" | "ScaleDownDecision" | "AutoScaleUpToMinimum" | "EmergencyScaleUp"
+        )
     }
 
     fn same(&self, other: &Decision) -> bool {
@@ -159,14 +177,33 @@ pub struct Pair {
     pub changed: bool,
 }
 
-/// Integrals over the replayed interval.
+/// The summary figures of one run over the replayed interval.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
 pub struct Totals {
     /// ∫ live workers dt, in minutes.
     pub node_minutes: f64,
     /// Seconds during which pods were pending.
     pub pending_seconds: f64,
+    /// ∫ pending pods dt: each pod's wait, added up.
+    pub pod_pending_seconds: f64,
+    /// The most workers at once.
+    pub peak_workers: u32,
+    /// Decisions that change the number of workers (`ScaleUpDecision`, `ScaleDownDecision`,
+    /// `AutoScaleUpToMinimum`, `EmergencyScaleUp`).
+    pub scale_actions: usize,
     pub decisions: usize,
+}
+
+/// A step function over time: each point holds until the next one.
+pub type Series = Vec<(DateTime<Utc>, u32)>;
+
+/// What one run looked like over time, for the plot: a point wherever a value changed.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct Timeline {
+    /// Live workers.
+    pub workers: Series,
+    /// Pods pending.
+    pub pending_pods: Series,
 }
 
 /// The what-if result.
@@ -179,6 +216,11 @@ pub struct WhatIfReport {
     pub decisions_changed: usize,
     pub recorded: Totals,
     pub replayed: Totals,
+    /// The series the plot draws (left out of `--json`: a point per change, a long list over a week).
+    #[serde(skip)]
+    pub recorded_timeline: Timeline,
+    #[serde(skip)]
+    pub replayed_timeline: Timeline,
 }
 
 impl WhatIfReport {
@@ -197,18 +239,37 @@ impl WhatIfReport {
                 if p.changed { "   << changed" } else { "" }
             ));
         }
+        let (r, w) = (&self.recorded, &self.replayed);
         out.push_str(&format!(
             "\n{} observations, {} decisions recorded, {} replayed, {} changed\n\
-             node-minutes: recorded {:.1}, what-if {:.1}\n\
-             seconds with pods pending: recorded {:.0}, what-if {:.0}\n",
+             {:<28}{:>12}{:>12}\n\
+             {:<28}{:>12.1}{:>12.1}\n\
+             {:<28}{:>12.0}{:>12.0}\n\
+             {:<28}{:>12.0}{:>12.0}\n\
+             {:<28}{:>12}{:>12}\n\
+             {:<28}{:>12}{:>12}\n",
             self.observations,
-            self.recorded.decisions,
-            self.replayed.decisions,
+            r.decisions,
+            w.decisions,
             self.decisions_changed,
-            self.recorded.node_minutes,
-            self.replayed.node_minutes,
-            self.recorded.pending_seconds,
-            self.replayed.pending_seconds,
+            "",
+            "recorded",
+            "what-if",
+            "node-minutes",
+            r.node_minutes,
+            w.node_minutes,
+            "seconds with pods pending",
+            r.pending_seconds,
+            w.pending_seconds,
+            "pod-pending-seconds",
+            r.pod_pending_seconds,
+            w.pod_pending_seconds,
+            "peak workers",
+            r.peak_workers,
+            w.peak_workers,
+            "scale actions",
+            r.scale_actions,
+            w.scale_actions,
         ));
         out
     }
@@ -231,17 +292,27 @@ pub struct Replayed {
 /// docs); under the recorded configuration its log is the recorded stream (minus entries only
 /// another process could make, none in practice).
 pub fn replay(recorded: &[Envelope], policy: &Policy, handlers: &[Handler]) -> Replayed {
-    let times = || recorded.iter().map(|e| e.timestamp);
-    let (Some(from), Some(to)) = (times().min(), times().max()) else {
-        return Replayed {
-            log: Vec::new(),
-            observations: 0,
-        };
-    };
-    let mut replay = Replay::new(recorded, policy, handlers, from);
-    replay.run(to);
+    replay_with_lookahead(recorded, policy, handlers, LOOKAHEAD)
+}
+
+/// [`replay`] with another look-ahead (tests: a short one must replay a long history alike).
+pub fn replay_with_lookahead(
+    recorded: &[Envelope],
+    policy: &Policy,
+    handlers: &[Handler],
+    lookahead: usize,
+) -> Replayed {
+    let mut replay = Replay::new(policy, handlers, lookahead);
+    let mut log = Vec::new();
+    for e in recorded {
+        replay.push(e.clone());
+        log.append(&mut replay.log);
+        replay.states.clear();
+    }
+    replay.finish();
+    log.append(&mut replay.log);
     Replayed {
-        log: replay.log,
+        log,
         observations: replay.observations,
     }
 }
@@ -249,48 +320,103 @@ pub fn replay(recorded: &[Envelope], policy: &Policy, handlers: &[Handler]) -> R
 /// Replays `recorded` (in stream order) under `policy`, running only `handlers` (the configuration's
 /// `events.handlers`, as the live process did), and pairs the decisions.
 pub fn what_if_with(recorded: &[Envelope], policy: &Policy, handlers: &[Handler]) -> WhatIfReport {
-    let times = || recorded.iter().map(|e| e.timestamp);
-    let (Some(from), Some(to)) = (times().min(), times().max()) else {
-        return WhatIfReport {
+    let mut w = WhatIf::new(policy, handlers);
+    for e in recorded {
+        w.push(e.clone());
+    }
+    w.finish()
+}
+
+/// How many recorded entries the replay reads ahead of the one it takes: an output's recorded
+/// twin, an executor's fact and a timer's position are looked for among them. The live handlers
+/// publish an output a few entries after its input; 10,000 entries is hours of a quiet cluster and
+/// minutes of a busy one, a few MB of memory.
+pub const LOOKAHEAD: usize = 10_000;
+
+/// The what-if replay as a stream: [`WhatIf::push`] each recorded entry in stream order (from any
+/// source: the archive, pages of the stream), then [`WhatIf::finish`]. Memory holds the look-ahead,
+/// the models and the decisions, never the whole history.
+pub struct WhatIf<'a> {
+    replay: Replay<'a>,
+    pairing: Pairing,
+    /// The recorded run's model, for its figures.
+    recorded_model: Model,
+    recorded: Integral,
+    replayed: Integral,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+}
+
+impl<'a> WhatIf<'a> {
+    pub fn new(policy: &'a Policy, handlers: &'a [Handler]) -> Self {
+        Self::with_lookahead(policy, handlers, LOOKAHEAD)
+    }
+
+    pub fn with_lookahead(policy: &'a Policy, handlers: &'a [Handler], lookahead: usize) -> Self {
+        Self {
+            replay: Replay::new(policy, handlers, lookahead),
+            pairing: Pairing::default(),
+            recorded_model: Model::new(policy),
+            recorded: Integral::new(),
+            replayed: Integral::new(),
             from: None,
             to: None,
-            observations: 0,
-            pairs: Vec::new(),
-            decisions_changed: 0,
-            recorded: Totals::default(),
-            replayed: Totals::default(),
-        };
-    };
-    let replay = replay(recorded, policy, handlers);
+        }
+    }
 
-    let recorded_decisions: Vec<&Envelope> = recorded
-        .iter()
-        .filter(|e| Decision::of(e).is_some())
-        .collect();
-    let replayed_decisions: Vec<&Envelope> = replay
-        .log
-        .iter()
-        .filter(|e| Decision::of(e).is_some())
-        .collect();
-    let roots: Vec<&Envelope> = recorded.iter().chain(replay.log.iter()).collect();
-    let pairs = pair(&roots, &recorded_decisions, &replayed_decisions);
-    let decisions_changed = pairs.iter().filter(|p| p.changed).count();
-    let recorded_totals = Totals {
-        decisions: recorded_decisions.len(),
-        ..integrate(recorded.iter(), policy, to)
-    };
-    let replayed_totals = Totals {
-        decisions: replayed_decisions.len(),
-        ..integrate(replay.log.iter(), policy, to)
-    };
-    WhatIfReport {
-        from: Some(from),
-        to: Some(to),
-        observations: replay.observations,
-        pairs,
-        decisions_changed,
-        recorded: recorded_totals,
-        replayed: replayed_totals,
+    /// The next recorded entry, in stream order.
+    pub fn push(&mut self, e: Envelope) {
+        self.from = Some(self.from.map_or(e.timestamp, |f| f.min(e.timestamp)));
+        self.to = Some(self.to.map_or(e.timestamp, |t| t.max(e.timestamp)));
+        self.pairing.root(&e);
+        self.pairing.recorded(&e);
+        self.recorded_model.apply(&e);
+        let m = &self.recorded_model;
+        self.recorded
+            .push(&e, m.current_workers(), m.pending_count());
+        self.replay.push(e);
+        self.drain_log();
+    }
+
+    fn drain_log(&mut self) {
+        for (e, (workers, pending)) in self.replay.log.drain(..).zip(self.replay.states.drain(..)) {
+            self.pairing.root(&e);
+            self.pairing.replayed(&e);
+            self.replayed.push(&e, workers, pending);
+        }
+    }
+
+    pub fn finish(mut self) -> WhatIfReport {
+        self.replay.finish();
+        self.drain_log();
+        let (Some(from), Some(to)) = (self.from, self.to) else {
+            return WhatIfReport {
+                from: None,
+                to: None,
+                observations: 0,
+                pairs: Vec::new(),
+                decisions_changed: 0,
+                recorded: Totals::default(),
+                replayed: Totals::default(),
+                recorded_timeline: Timeline::default(),
+                replayed_timeline: Timeline::default(),
+            };
+        };
+        let pairs = self.pairing.pairs();
+        let decisions_changed = pairs.iter().filter(|p| p.changed).count();
+        let (recorded, recorded_timeline) = self.recorded.finish(to);
+        let (replayed, replayed_timeline) = self.replayed.finish(to);
+        WhatIfReport {
+            from: Some(from),
+            to: Some(to),
+            observations: self.replay.observations,
+            pairs,
+            decisions_changed,
+            recorded,
+            replayed,
+            recorded_timeline,
+            replayed_timeline,
+        }
     }
 }
 
@@ -304,31 +430,10 @@ fn is_observation(e: &Envelope) -> bool {
 /// few entries after the position it read).
 const TICK_LOOKBACK: usize = 256;
 
-/// Where the recorded leader's timers fired: after the recorded entry at the key (`None`: before
-/// the first), the handler and its clock. Found from their outputs' deterministic ids.
-fn recorded_ticks(recorded: &[Envelope]) -> BTreeMap<Option<usize>, Vec<(Handler, DateTime<Utc>)>> {
-    let mut ticks: BTreeMap<Option<usize>, Vec<(Handler, DateTime<Utc>)>> = BTreeMap::new();
-    for (i, e) in recorded.iter().enumerate() {
-        let found = if e.source == crate::minimum::HANDLER {
-            minimum_tick(recorded, i, e).map(|(at, now)| (at, Handler::MinimumNodeEnforcer, now))
-        } else if e.source == crate::node_manager::HANDLER && node_manager_tick(e) {
-            Some((i.checked_sub(1), Handler::NodeManager, e.timestamp))
-        } else {
-            None
-        };
-        if let Some((at, handler, now)) = found {
-            let list = ticks.entry(at).or_default();
-            if !list.contains(&(handler, now)) {
-                list.push((handler, now));
-            }
-        }
-    }
-    ticks
-}
-
 /// A `MinimumNodeEnforcer` tick output: the position its key names, and the tick's clock.
+/// `earlier` holds the ids of the entries just before it, newest last, the last at position `i - 1`.
 fn minimum_tick(
-    recorded: &[Envelope],
+    earlier: &VecDeque<Uuid>,
     i: usize,
     e: &Envelope,
 ) -> Option<(Option<usize>, DateTime<Utc>)> {
@@ -349,16 +454,15 @@ fn minimum_tick(
         Event::MinimumNodesViolation(v) => v.violation_time,
         _ => e.timestamp,
     };
-    let earlier = (i.saturating_sub(TICK_LOOKBACK)..i).rev().map(Some);
-    std::iter::once(None)
-        .chain(earlier)
-        .find(|at| {
-            let position = at
-                .map(|j| recorded[j].event_id.to_string())
-                .unwrap_or_default();
-            key_at(&position).contains(&e.event_id)
-        })
-        .map(|at| (at, now))
+    if key_at("").contains(&e.event_id) {
+        return Some((None, now));
+    }
+    earlier
+        .iter()
+        .rev()
+        .enumerate()
+        .find(|(_, id)| key_at(&id.to_string()).contains(&e.event_id))
+        .map(|(back, _)| (Some(i - 1 - back), now))
 }
 
 /// Whether `e` is one of the `NodeManager` timer's outputs (provisioning timeout, retry, giving up).
@@ -377,77 +481,161 @@ fn node_manager_tick(e: &Envelope) -> bool {
     .any(|k| deterministic_id(k) == e.event_id)
 }
 
-/// The replay's state as it walks the recorded stream.
+/// The replay's state as it walks the recorded stream. Entries are pushed into a look-ahead
+/// window and taken from its front: what the replay needs to know of the future (an output's
+/// recorded twin, whether the recording answered a command, where a timer fired, which workers
+/// the recording creates) is looked up in the window, so memory does not grow with the history.
 struct Replay<'a> {
-    recorded: &'a [Envelope],
     policy: &'a Policy,
     handlers: &'a [Handler],
-    /// The first position of each recorded id.
+    lookahead: usize,
+    /// Recorded entries pushed and not yet taken; `window[0]` is at position `base`.
+    window: VecDeque<Envelope>,
+    base: usize,
+    /// The first position of each recorded id in the window.
     index: HashMap<Uuid, usize>,
+    /// The ids of the last entries taken (a command's cause is looked up there too).
+    behind: VecDeque<Uuid>,
+    behind_set: HashSet<Uuid>,
+    /// The ids of the last [`TICK_LOOKBACK`] entries pushed.
+    recent: VecDeque<Uuid>,
     /// The last recorded entry taken (outputs whose twin comes later are held for it).
     floor: Option<usize>,
     model: Model,
-    /// The replayed stream, in order.
+    /// The replayed stream since the caller last drained it, in order.
     log: Vec<Envelope>,
+    /// The model's workers and pods pending after each entry of `log`.
+    states: Vec<(u32, u32)>,
     /// Decided outputs waiting for their recorded twin's position.
     held: HashMap<Uuid, Envelope>,
     /// Decided outputs the recording does not have (or had earlier), folded next.
     queue: VecDeque<Envelope>,
+    /// Where the recorded leader's timers fired: after the recorded entry at the key (`None`:
+    /// before the first), the handler and its clock. Found from their outputs' deterministic ids.
     ticks: BTreeMap<Option<usize>, Vec<(Handler, DateTime<Utc>)>>,
     world: World,
     observations: usize,
     /// The recorded process ran dry (its entries say `dry_run`): the replay executes nothing
     /// either, and marks its outputs so.
     dry: bool,
+    started: bool,
+    /// The newest timestamp pushed: the simulated world runs up to it at the end.
+    to: Option<DateTime<Utc>>,
 }
 
 impl<'a> Replay<'a> {
-    fn new(
-        recorded: &'a [Envelope],
-        policy: &'a Policy,
-        handlers: &'a [Handler],
-        from: DateTime<Utc>,
-    ) -> Self {
-        let mut index = HashMap::new();
-        for (i, e) in recorded.iter().enumerate() {
-            index.entry(e.event_id).or_insert(i);
-        }
+    fn new(policy: &'a Policy, handlers: &'a [Handler], lookahead: usize) -> Self {
         Self {
-            recorded,
             policy,
             handlers,
-            index,
+            // A timer's position must still be ahead when its output is pushed.
+            lookahead: lookahead.max(TICK_LOOKBACK + 1),
+            window: VecDeque::new(),
+            base: 0,
+            index: HashMap::new(),
+            behind: VecDeque::new(),
+            behind_set: HashSet::new(),
+            recent: VecDeque::new(),
             floor: None,
             model: Model::new(policy),
             log: Vec::new(),
+            states: Vec::new(),
             held: HashMap::new(),
             queue: VecDeque::new(),
-            ticks: recorded_ticks(recorded),
-            world: World::new(recorded, from, &policy.node_pools()),
+            ticks: BTreeMap::new(),
+            world: World::new(&policy.node_pools()),
             observations: 0,
-            dry: recorded.first().is_some_and(|e| e.metadata.dry_run),
+            dry: false,
+            started: false,
+            to: None,
         }
     }
 
-    fn run(&mut self, to: DateTime<Utc>) {
-        self.ticks_after(None);
-        for (i, e) in self.recorded.iter().enumerate() {
-            self.advance(e.timestamp);
-            self.floor = Some(i);
-            self.take(e);
-            self.drain();
-            self.ticks_after(Some(i));
+    /// The next recorded entry, in stream order.
+    fn push(&mut self, e: Envelope) {
+        let i = self.base + self.window.len();
+        if i == 0 {
+            self.dry = e.metadata.dry_run;
         }
-        self.advance(to);
+        self.to = Some(self.to.map_or(e.timestamp, |t| t.max(e.timestamp)));
+        self.world.note(&e);
+        let found = if e.source == crate::minimum::HANDLER {
+            minimum_tick(&self.recent, i, &e)
+                .map(|(at, now)| (at, Handler::MinimumNodeEnforcer, now))
+        } else if e.source == crate::node_manager::HANDLER && node_manager_tick(&e) {
+            Some((i.checked_sub(1), Handler::NodeManager, e.timestamp))
+        } else {
+            None
+        };
+        if let Some((at, handler, now)) = found {
+            let list = self.ticks.entry(at).or_default();
+            if !list.contains(&(handler, now)) {
+                list.push((handler, now));
+            }
+        }
+        self.recent.push_back(e.event_id);
+        if self.recent.len() > TICK_LOOKBACK {
+            self.recent.pop_front();
+        }
+        if !self.behind_set.contains(&e.event_id) {
+            self.index.entry(e.event_id).or_insert(i);
+        }
+        self.window.push_back(e);
+        while self.window.len() > self.lookahead {
+            self.step();
+        }
+    }
+
+    /// Takes what is left, and runs the simulated world up to the last recorded time.
+    fn finish(&mut self) {
+        while !self.window.is_empty() {
+            self.step();
+        }
+        if let Some(to) = self.to {
+            self.advance(to);
+        }
+    }
+
+    /// Takes the window's first entry.
+    fn step(&mut self) {
+        let Some(e) = self.window.pop_front() else {
+            return;
+        };
+        let i = self.base;
+        self.base += 1;
+        if self.index.get(&e.event_id) == Some(&i) {
+            self.index.remove(&e.event_id);
+        }
+        if self.behind_set.insert(e.event_id) {
+            self.behind.push_back(e.event_id);
+            if self.behind.len() > self.lookahead {
+                if let Some(old) = self.behind.pop_front() {
+                    self.behind_set.remove(&old);
+                }
+            }
+        }
+        if !self.started {
+            self.started = true;
+            let first = self.window.iter().map(|w| w.timestamp).min();
+            self.world.clock = first.map_or(e.timestamp, |f| f.min(e.timestamp));
+            self.ticks_after(None);
+        }
+        self.advance(e.timestamp);
+        self.floor = Some(i);
+        self.take(e);
+        self.drain();
+        self.ticks_after(Some(i));
     }
 
     /// One recorded entry.
-    fn take(&mut self, e: &Envelope) {
+    fn take(&mut self, e: Envelope) {
         self.dry = e.metadata.dry_run;
-        if is_observation(e) {
+        if is_observation(&e) {
             self.observations += 1;
-            if let Some(seen) = self.world.observe(e) {
-                self.fold(seen);
+            match self.world.observe(&e) {
+                View::Same => self.fold(e),
+                View::Changed(seen) => self.fold(*seen),
+                View::Hidden => {}
             }
             return;
         }
@@ -458,8 +646,8 @@ impl<'a> Replay<'a> {
         }
         if e.source == EXECUTOR {
             if self.world.expected.remove(&e.event_id) {
-                self.world.reported(e);
-                self.fold(e.clone());
+                self.world.reported(&e);
+                self.fold(e);
             } else if let Some(node) = e.event.node_name() {
                 // The recording acted on a worker the replay did not act on (alike).
                 self.world.diverge(node);
@@ -477,8 +665,19 @@ impl<'a> Replay<'a> {
         for h in self.handlers {
             out.extend(h.handle(&self.model, &e, self.policy, e.timestamp));
         }
-        self.log.push(e.clone());
-        self.route(out, e.timestamp);
+        let now = e.timestamp;
+        self.log.push(e);
+        self.states
+            .push((self.model.current_workers(), self.model.pending_count()));
+        self.route(out, now);
+    }
+
+    /// The position of a recorded entry with this id still to come.
+    fn ahead(&self, id: &Uuid) -> Option<usize> {
+        self.index
+            .get(id)
+            .copied()
+            .filter(|&j| self.floor.is_none_or(|f| j > f))
     }
 
     /// Holds each output for its recorded twin's position, or queues it; executes the commands.
@@ -490,20 +689,24 @@ impl<'a> Replay<'a> {
             }
             // Held only for a twin that says the same: one that says otherwise was decided in
             // another situation, and its position says nothing of where this one belongs.
-            match self.index.get(&e.event_id) {
-                Some(&j)
-                    if self.floor.is_none_or(|f| j > f) && self.recorded[j].event == e.event =>
-                {
-                    self.held.insert(e.event_id, e);
-                }
-                _ => self.queue.push_back(e),
+            let twin = self
+                .ahead(&e.event_id)
+                .and_then(|j| self.window.get(j - self.base))
+                .is_some_and(|r| r.event == e.event);
+            if twin {
+                self.held.insert(e.event_id, e);
+            } else {
+                self.queue.push_back(e);
             }
         }
         if self.dry {
             return;
         }
         for c in &out.commands {
-            self.world.execute(c, self.floor, now, &self.index);
+            let answered = self.ahead(&c.id()).is_some();
+            let cause_recorded = self.index.contains_key(&c.cause.event_id)
+                || self.behind_set.contains(&c.cause.event_id);
+            self.world.execute(c, answered, cause_recorded, now);
         }
     }
 
@@ -550,52 +753,89 @@ pub struct Delays {
 impl Delays {
     /// The delays `recorded` shows.
     pub fn measured(recorded: &[Envelope]) -> Self {
-        let defaults = SimulatedWorld::default();
-        let mut started: HashMap<&str, DateTime<Utc>> = HashMap::new();
-        let (mut create, mut ready, mut step) = (Vec::new(), Vec::new(), Vec::new());
-        let mut leaving: HashMap<&str, DateTime<Utc>> = HashMap::new();
+        let mut m = DelayMeter::default();
         for e in recorded {
-            match &e.event {
-                Event::ScaleUpStarted(s) => {
-                    for n in &s.nodes {
-                        started.entry(n.as_str()).or_insert(e.timestamp);
-                    }
-                }
-                Event::ScaleDownStarted(s) => {
-                    for n in &s.nodes {
-                        leaving.entry(n.as_str()).or_insert(e.timestamp);
-                    }
-                }
-                Event::NodeCreated(c) if e.source == EXECUTOR => {
-                    if let Some(t) = started.get(c.node_name.as_str()) {
-                        create.push(e.timestamp - *t);
-                    }
-                }
-                Event::NodeReady(r) => {
-                    if let Some(t) = started.remove(r.node_name.as_str()) {
-                        ready.push(e.timestamp - t);
-                    }
-                }
-                Event::NodeCordoned(c) => {
-                    if let Some(t) = leaving.remove(c.node_name.as_str()) {
-                        step.push(e.timestamp - t);
-                    }
-                }
-                _ => {}
-            }
+            m.note(e);
         }
-        let median = |mut v: Vec<chrono::Duration>, default: Duration| {
+        m.delays()
+    }
+}
+
+/// How many samples of each delay are kept (the first ones: a week of scale actions is far fewer).
+const DELAY_SAMPLES: usize = 4096;
+
+/// [`Delays`] measured as the recording streams by.
+#[derive(Debug, Default)]
+struct DelayMeter {
+    started: HashMap<String, DateTime<Utc>>,
+    leaving: HashMap<String, DateTime<Utc>>,
+    create: Vec<chrono::Duration>,
+    ready: Vec<chrono::Duration>,
+    step: Vec<chrono::Duration>,
+}
+
+impl DelayMeter {
+    fn note(&mut self, e: &Envelope) {
+        let keep = |v: &mut Vec<chrono::Duration>, d| {
+            if v.len() < DELAY_SAMPLES {
+                v.push(d);
+            }
+        };
+        match &e.event {
+            Event::ScaleUpStarted(s) => {
+                for n in &s.nodes {
+                    self.started.entry(n.clone()).or_insert(e.timestamp);
+                }
+            }
+            Event::ScaleDownStarted(s) => {
+                for n in &s.nodes {
+                    self.leaving.entry(n.clone()).or_insert(e.timestamp);
+                }
+            }
+            Event::NodeCreated(c) if e.source == EXECUTOR => {
+                if let Some(t) = self.started.get(c.node_name.as_str()) {
+                    keep(&mut self.create, e.timestamp - *t);
+                }
+            }
+            Event::NodeReady(r) => {
+                if let Some(t) = self.started.remove(r.node_name.as_str()) {
+                    keep(&mut self.ready, e.timestamp - t);
+                }
+            }
+            Event::NodeCordoned(c) => {
+                if let Some(t) = self.leaving.remove(c.node_name.as_str()) {
+                    keep(&mut self.step, e.timestamp - t);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn delays(&self) -> Delays {
+        let defaults = SimulatedWorld::default();
+        let median = |v: &[chrono::Duration], default: Duration| {
+            let mut v = v.to_vec();
             v.sort();
             v.get(v.len() / 2)
                 .and_then(|d| d.to_std().ok())
                 .unwrap_or(default)
         };
-        Self {
-            create: median(create, defaults.create_delay),
-            ready: median(ready, defaults.ready_delay),
-            step: median(step, defaults.step_delay),
+        Delays {
+            create: median(&self.create, defaults.create_delay),
+            ready: median(&self.ready, defaults.ready_delay),
+            step: median(&self.step, defaults.step_delay),
         }
     }
+}
+
+/// A recorded observation in the replay's world.
+enum View {
+    /// As recorded.
+    Same,
+    /// With other data (same id); boxed, as it is the rare case.
+    Changed(Box<Envelope>),
+    /// About a worker the replay does not have alike: not folded.
+    Hidden,
 }
 
 /// Who answers for a worker in the replay (see the module docs).
@@ -622,10 +862,12 @@ struct Seen {
 
 /// The replay's world: the recording's, with the simulated workers laid over it.
 struct World {
-    delays: Delays,
-    /// Workers the recording created (named by its `ScaleUpStarted`s).
+    /// How long the recorded world took (for the simulated workers).
+    meter: DelayMeter,
+    /// Workers the recording created (named by its `ScaleUpStarted`s, up to the look-ahead).
     by_recording: BTreeSet<String>,
-    /// Workers the recording shows at all (the others it did not create existed before).
+    /// Workers the recording shows at all, up to the look-ahead (the others it did not create
+    /// existed before).
     known: BTreeSet<String>,
     /// Of those, the ones the replay created by the same command.
     adopted: BTreeSet<String>,
@@ -650,38 +892,11 @@ struct World {
 }
 
 impl World {
-    fn new(recorded: &[Envelope], from: DateTime<Utc>, pools: &[PoolTemplate]) -> Self {
-        // Names a `ScaleUpStarted` gave before the world showed them. A worker that existed
-        // first and was started again later under its name (a warm worker, a create retried
-        // under the failed one's name) is the recording's world's from the start.
-        let mut by_recording = BTreeSet::new();
-        let mut known = BTreeSet::new();
-        for e in recorded {
-            if let Event::ScaleUpStarted(s) = &e.event {
-                for n in &s.nodes {
-                    if !known.contains(n) {
-                        by_recording.insert(n.clone());
-                    }
-                }
-            }
-            match &e.event {
-                Event::ClusterObserved(o) => {
-                    known.extend(o.k8s_nodes.iter().map(|n| n.name.clone()));
-                    known.extend(o.docker_containers.iter().cloned());
-                }
-                Event::MetricsSampled(m) => {
-                    known.extend(m.nodes.iter().map(|n| n.node_name.clone()));
-                }
-                // A node of no pool is not a worker (a server).
-                Event::PlacementSnapshot(p) => known.extend(managed(&p.nodes)),
-                Event::PlacementChanged(p) => known.extend(managed(&p.nodes)),
-                event => known.extend(event.node_name().map(str::to_string)),
-            }
-        }
+    fn new(pools: &[PoolTemplate]) -> Self {
         Self {
-            delays: Delays::measured(recorded),
-            by_recording,
-            known,
+            meter: DelayMeter::default(),
+            by_recording: BTreeSet::new(),
+            known: BTreeSet::new(),
             adopted: BTreeSet::new(),
             recorded: BTreeMap::new(),
             simulated: BTreeMap::new(),
@@ -692,7 +907,36 @@ impl World {
             expected: HashSet::new(),
             scheduled: Vec::new(),
             seq: 0,
-            clock: from,
+            clock: DateTime::<Utc>::MIN_UTC,
+        }
+    }
+
+    /// A recorded entry pushed into the look-ahead: the workers it names and the delays it shows.
+    fn note(&mut self, e: &Envelope) {
+        self.meter.note(e);
+        let known = &mut self.known;
+        // Names a `ScaleUpStarted` gave before the world showed them. A worker that existed
+        // first and was started again later under its name (a warm worker, a create retried
+        // under the failed one's name) is the recording's world's from the start.
+        if let Event::ScaleUpStarted(s) = &e.event {
+            for n in &s.nodes {
+                if !known.contains(n) {
+                    self.by_recording.insert(n.clone());
+                }
+            }
+        }
+        match &e.event {
+            Event::ClusterObserved(o) => {
+                known.extend(o.k8s_nodes.iter().map(|n| n.name.clone()));
+                known.extend(o.docker_containers.iter().cloned());
+            }
+            Event::MetricsSampled(m) => {
+                known.extend(m.nodes.iter().map(|n| n.node_name.clone()));
+            }
+            // A node of no pool is not a worker (a server).
+            Event::PlacementSnapshot(p) => known.extend(managed(&p.nodes)),
+            Event::PlacementChanged(p) => known.extend(managed(&p.nodes)),
+            event => known.extend(event.node_name().map(str::to_string)),
         }
     }
 
@@ -738,17 +982,16 @@ impl World {
         }
     }
 
-    /// A recorded observation as the replay's world shows it (`None`: it is about a worker the
-    /// replay does not have alike).
-    fn observe(&mut self, e: &Envelope) -> Option<Envelope> {
-        match &e.event {
-            Event::ClusterObserved(o) => Some(self.cluster_observed(e, o)),
-            Event::MetricsSampled(m) => Some(self.sampled(e, m)),
-            Event::PlacementSnapshot(p) => Some(self.placement_snapshot(e, p)),
-            Event::PlacementChanged(p) => Some(self.placement_changed(e, p)),
+    /// A recorded observation as the replay's world shows it.
+    fn observe(&mut self, e: &Envelope) -> View {
+        let changed = match &e.event {
+            Event::ClusterObserved(o) => self.cluster_observed(e, o),
+            Event::MetricsSampled(m) => self.sampled(e, m),
+            Event::PlacementSnapshot(p) => self.placement_snapshot(e, p),
+            Event::PlacementChanged(p) => self.placement_changed(e, p),
             event => {
                 let Some(name) = event.node_name() else {
-                    return Some(e.clone());
+                    return View::Same;
                 };
                 let seen = self.recorded.entry(name.to_string()).or_default();
                 match event {
@@ -756,12 +999,17 @@ impl World {
                     Event::NodeHealthDegraded(_) => seen.node = seen.node.map(|_| false),
                     _ => {}
                 }
-                (self.owner(name) == Owner::Recorded).then(|| e.clone())
+                return if self.owner(name) == Owner::Recorded {
+                    View::Same
+                } else {
+                    View::Hidden
+                };
             }
-        }
+        };
+        changed.map_or(View::Same, |e| View::Changed(Box::new(e)))
     }
 
-    fn cluster_observed(&mut self, e: &Envelope, o: &ClusterObserved) -> Envelope {
+    fn cluster_observed(&mut self, e: &Envelope, o: &ClusterObserved) -> Option<Envelope> {
         // A full listing: what it leaves out is gone.
         for seen in self.recorded.values_mut() {
             seen.container = false;
@@ -802,11 +1050,11 @@ impl World {
             }
         }
         if &view == o {
-            return e.clone();
+            return None;
         }
         view.k8s_nodes.sort_by(|a, b| a.name.cmp(&b.name));
         view.docker_containers.sort();
-        with_event(e, view)
+        Some(with_event(e, view))
     }
 
     /// Whether the recorded placement's entries about `node` hold in the replay: a worker both
@@ -850,7 +1098,7 @@ impl World {
 
     /// A snapshot of where pods run, with the workers only the recording has left out and the
     /// simulated ones in (empty: the recorded pods stay where the recording saw them).
-    fn placement_snapshot(&mut self, e: &Envelope, p: &PlacementSnapshot) -> Envelope {
+    fn placement_snapshot(&mut self, e: &Envelope, p: &PlacementSnapshot) -> Option<Envelope> {
         self.placement_seen = true;
         for n in &p.nodes {
             self.specs.insert(n.name.clone(), n.clone());
@@ -862,12 +1110,12 @@ impl World {
             view.nodes.extend(self.simulated_nodes());
         }
         if &view == p {
-            return e.clone();
+            return None;
         }
-        with_event(e, view)
+        Some(with_event(e, view))
     }
 
-    fn placement_changed(&mut self, e: &Envelope, p: &PlacementChanged) -> Envelope {
+    fn placement_changed(&mut self, e: &Envelope, p: &PlacementChanged) -> Option<Envelope> {
         for n in &p.nodes {
             self.specs.insert(n.name.clone(), n.clone());
         }
@@ -876,9 +1124,9 @@ impl World {
         view.nodes_removed.retain(|n| self.placed(n));
         view.pods = self.placed_pods(&p.pods);
         if &view == p {
-            return e.clone();
+            return None;
         }
-        with_event(e, view)
+        Some(with_event(e, view))
     }
 
     /// What a simulated fact changes in where pods run, as the placement observer would publish it.
@@ -909,7 +1157,7 @@ impl World {
     }
 
     /// The same total load spread over the workers the replay has.
-    fn sampled(&self, e: &Envelope, m: &MetricsSampled) -> Envelope {
+    fn sampled(&self, e: &Envelope, m: &MetricsSampled) -> Option<Envelope> {
         let kept: Vec<&NodeUsage> = m
             .nodes
             .iter()
@@ -922,7 +1170,7 @@ impl World {
             .map(|(n, _)| n)
             .collect();
         if kept.len() == m.nodes.len() && added.is_empty() {
-            return e.clone();
+            return None;
         }
         let workers = u32::try_from(kept.len() + added.len()).unwrap_or(u32::MAX);
         let recorded = f64::from(m.workers.max(u32::try_from(m.nodes.len()).unwrap_or(0)));
@@ -949,7 +1197,7 @@ impl World {
             memory: memory_avg,
         }));
         nodes.sort_by(|a, b| a.node_name.cmp(&b.node_name));
-        with_event(
+        Some(with_event(
             e,
             MetricsSampled {
                 workers,
@@ -958,25 +1206,16 @@ impl World {
                 source: m.source.clone(),
                 nodes,
             },
-        )
+        ))
     }
 
     /// A command the replay issued: answered by the recording when it issued the same one (its
     /// fact, same id, comes later), else by the simulation.
-    fn execute(
-        &mut self,
-        i: &Issued,
-        floor: Option<usize>,
-        now: DateTime<Utc>,
-        index: &HashMap<Uuid, usize>,
-    ) {
+    fn execute(&mut self, i: &Issued, answered: bool, cause_recorded: bool, now: DateTime<Utc>) {
         let Some(node) = i.command.node().map(str::to_string) else {
             return; // notifications change nothing in the world
         };
         let fact = i.id();
-        let answered = index
-            .get(&fact)
-            .is_some_and(|&j| floor.is_none_or(|f| j > f));
         let reports = !matches!(
             i.command,
             Command::RemoveWorker {
@@ -998,7 +1237,7 @@ impl World {
             }
             // A command that reports no fact, on a recorded cause: the recording's handler issued
             // it too (it decided on the same entry); its effect shows in the recorded observations.
-            Owner::Recorded if !reports && index.contains_key(&i.cause.event_id) => return,
+            Owner::Recorded if !reports && cause_recorded => return,
             // Creating a worker both runs already have changes nothing (Docker's 409): the
             // recording's world had it and said nothing more of it.
             Owner::Recorded if creates => return,
@@ -1010,7 +1249,7 @@ impl World {
     }
 
     fn simulate(&mut self, i: &Issued, node: &str, now: DateTime<Utc>) {
-        let d = self.delays;
+        let d = self.meter.delays();
         let Some(seen) = self.simulated.get_mut(node) else {
             return;
         };
@@ -1148,76 +1387,174 @@ fn with_event(e: &Envelope, event: impl Into<Event>) -> Envelope {
     out
 }
 
-fn pair(all: &[&Envelope], recorded: &[&Envelope], replayed: &[&Envelope]) -> Vec<Pair> {
-    let roots: BTreeMap<Uuid, &Envelope> = all
-        .iter()
-        .filter(|e| e.causation_id.is_none())
-        .map(|e| (e.event_id, *e))
-        .collect();
-    let mut by_root: BTreeMap<Uuid, (Vec<Decision>, Vec<Decision>)> = BTreeMap::new();
-    for e in recorded {
-        if let Some(d) = Decision::of(e) {
-            by_root.entry(e.correlation_id).or_default().0.push(d);
-        }
-    }
-    for e in replayed {
-        if let Some(d) = Decision::of(e) {
-            by_root.entry(e.correlation_id).or_default().1.push(d);
-        }
-    }
-    let mut pairs = Vec::new();
-    for (root_id, (rec, rep)) in by_root {
-        let root = roots.get(&root_id);
-        let root_at = root
-            .map(|r| r.timestamp)
-            .or_else(|| rec.first().or(rep.first()).map(|d| d.at))
-            .unwrap_or_default();
-        let root_type = root.map_or("(timer)".to_string(), |r| r.event_type().to_string());
-        for i in 0..rec.len().max(rep.len()) {
-            let (a, b) = (rec.get(i).cloned(), rep.get(i).cloned());
-            let changed = match (&a, &b) {
-                (Some(x), Some(y)) => !x.same(y),
-                _ => true,
-            };
-            pairs.push(Pair {
-                root_id,
-                root_type: root_type.clone(),
-                root_at,
-                recorded: a,
-                replayed: b,
-                changed,
-            });
-        }
-    }
-    pairs.sort_by_key(|p| (p.root_at, p.root_id));
-    pairs
+/// How many recent roots are remembered to name a decision's root (a decision follows its root
+/// closely; an older one is shown with its own time, as for a root trimmed from the stream).
+const ROOTS: usize = 4 * LOOKAHEAD;
+
+/// The decisions of both runs by root, as they stream by.
+#[derive(Default)]
+struct Pairing {
+    /// Recent roots: id → (type, time), oldest first in `order`.
+    roots: HashMap<Uuid, (&'static str, DateTime<Utc>)>,
+    order: VecDeque<Uuid>,
+    by_root: BTreeMap<Uuid, Root>,
 }
 
-/// Node-minutes and seconds with pods pending, folding `events` up to `to`.
-fn integrate<'a>(
-    events: impl Iterator<Item = &'a Envelope>,
-    policy: &Policy,
-    to: DateTime<Utc>,
-) -> Totals {
-    let mut model = Model::new(policy);
-    let mut prev: Option<DateTime<Utc>> = None;
-    let mut totals = Totals::default();
-    let add = |model: &Model, from: DateTime<Utc>, until: DateTime<Utc>, t: &mut Totals| {
+#[derive(Default)]
+struct Root {
+    seen: Option<(&'static str, DateTime<Utc>)>,
+    recorded: Vec<Decision>,
+    replayed: Vec<Decision>,
+}
+
+impl Pairing {
+    fn root(&mut self, e: &Envelope) {
+        if e.causation_id.is_some() {
+            return;
+        }
+        if self
+            .roots
+            .insert(e.event_id, (e.event_type(), e.timestamp))
+            .is_none()
+        {
+            self.order.push_back(e.event_id);
+            if self.order.len() > ROOTS {
+                if let Some(old) = self.order.pop_front() {
+                    self.roots.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn entry(&mut self, e: &Envelope) -> &mut Root {
+        let seen = self.roots.get(&e.correlation_id).copied();
+        let root = self.by_root.entry(e.correlation_id).or_default();
+        root.seen = root.seen.or(seen);
+        root
+    }
+
+    fn recorded(&mut self, e: &Envelope) {
+        if let Some(d) = Decision::of(e) {
+            self.entry(e).recorded.push(d);
+        }
+    }
+
+    fn replayed(&mut self, e: &Envelope) {
+        if let Some(d) = Decision::of(e) {
+            self.entry(e).replayed.push(d);
+        }
+    }
+
+    fn pairs(self) -> Vec<Pair> {
+        let mut pairs = Vec::new();
+        for (root_id, root) in self.by_root {
+            let Root {
+                seen,
+                recorded: rec,
+                replayed: rep,
+            } = root;
+            let root_at = seen
+                .map(|(_, at)| at)
+                .or_else(|| rec.first().or(rep.first()).map(|d| d.at))
+                .unwrap_or_default();
+            let root_type = seen.map_or("(timer)".to_string(), |(t, _)| t.to_string());
+            for i in 0..rec.len().max(rep.len()) {
+                let (a, b) = (rec.get(i).cloned(), rep.get(i).cloned());
+                let changed = match (&a, &b) {
+                    (Some(x), Some(y)) => !x.same(y),
+                    _ => true,
+                };
+                pairs.push(Pair {
+                    root_id,
+                    root_type: root_type.clone(),
+                    root_at,
+                    recorded: a,
+                    replayed: b,
+                    changed,
+                });
+            }
+        }
+        pairs.sort_by_key(|p| (p.root_at, p.root_id));
+        pairs
+    }
+}
+
+/// The summary figures and the timeline of one run, as its entries stream by with the state of a
+/// model folded through each (the recorded run's own model; for the replayed run, the replay's).
+struct Integral {
+    /// Workers and pods pending after the last entry.
+    state: (u32, u32),
+    prev: Option<DateTime<Utc>>,
+    totals: Totals,
+    timeline: Timeline,
+}
+
+impl Integral {
+    fn new() -> Self {
+        Self {
+            state: (0, 0),
+            prev: None,
+            totals: Totals::default(),
+            timeline: Timeline::default(),
+        }
+    }
+
+    /// Adds the time from `from` to `until` under the current state.
+    fn add(&mut self, from: DateTime<Utc>, until: DateTime<Utc>) {
         let secs = (until - from).num_milliseconds().max(0) as f64 / 1000.0;
-        t.node_minutes += f64::from(model.current_workers()) * secs / 60.0;
-        if model.pending_count() > 0 {
+        let t = &mut self.totals;
+        let (workers, pending) = self.state;
+        t.node_minutes += f64::from(workers) * secs / 60.0;
+        if pending > 0 {
             t.pending_seconds += secs;
+            t.pod_pending_seconds += f64::from(pending) * secs;
         }
-    };
-    for e in events {
-        if let Some(p) = prev {
-            add(&model, p, e.timestamp.max(p), &mut totals);
+    }
+
+    /// `e`, after which the model shows `workers` and `pending` pods.
+    fn push(&mut self, e: &Envelope, workers: u32, pending: u32) {
+        if let Some(p) = self.prev {
+            self.add(p, e.timestamp.max(p));
         }
-        prev = Some(prev.map_or(e.timestamp, |p| p.max(e.timestamp)));
-        model.apply(e);
+        let now = self.prev.map_or(e.timestamp, |p| p.max(e.timestamp));
+        self.prev = Some(now);
+        if Decision::is(e) {
+            self.totals.decisions += 1;
+            if matches!(
+                e.event,
+                Event::ScaleUpDecision(_)
+                    | Event::ScaleDownDecision(_)
+                    | Event::AutoScaleUpToMinimum(_)
+                    | Event::EmergencyScaleUp(_)
+            ) {
+                self.totals.scale_actions += 1;
+            }
+        }
+        self.state = (workers, pending);
+        self.totals.peak_workers = self.totals.peak_workers.max(workers);
+        step(&mut self.timeline.workers, now, workers);
+        step(&mut self.timeline.pending_pods, now, pending);
     }
-    if let Some(p) = prev {
-        add(&model, p, to.max(p), &mut totals);
+
+    fn finish(mut self, to: DateTime<Utc>) -> (Totals, Timeline) {
+        if let Some(p) = self.prev {
+            self.add(p, to.max(p));
+        }
+        (self.totals, self.timeline)
     }
-    totals
+}
+
+/// Appends `(at, value)` to a step series when the value changes (a later value at the same
+/// time replaces the earlier one).
+fn step(series: &mut Series, at: DateTime<Utc>, value: u32) {
+    match series.last_mut() {
+        Some((_, v)) if *v == value => {}
+        Some((t, v)) if *t == at => {
+            *v = value;
+            if series.len() >= 2 && series[series.len() - 2].1 == value {
+                series.pop();
+            }
+        }
+        _ => series.push((at, value)),
+    }
 }

@@ -10,7 +10,7 @@ use bus::scheduling::{Resources, Taint, TaintEffect};
 use bus::{Envelope, Event};
 use common::*;
 use handlers::policy::PoolTemplate;
-use handlers::replay::{replay, what_if, Pair, WhatIfReport};
+use handlers::replay::{replay, replay_with_lookahead, what_if, Pair, WhatIf, WhatIfReport};
 use handlers::simulate::Simulation;
 use handlers::{Handler, Policy};
 use proptest::prelude::*;
@@ -591,6 +591,120 @@ fn history(policy: &Policy, workers: u32, steps: &[Step]) -> Vec<Envelope> {
         }
     }
     sim.log
+}
+
+/// A long history: waves of load and of pending pods, a worker lost now and then, a placement
+/// snapshot every few waves (thousands of entries, far longer than a short look-ahead).
+fn long_history(policy: &Policy, waves: usize) -> Vec<Envelope> {
+    let mut steps = Vec::new();
+    for w in 0..waves {
+        steps.push(Step::Load(85.0, 120));
+        steps.push(Step::Pending(2 + (w % 3) as u8, 1500));
+        steps.push(Step::Wait(90));
+        steps.push(Step::Cleared);
+        steps.push(Step::Load(10.0, 900));
+        if w % 4 == 1 {
+            steps.push(Step::Kill(0));
+        }
+        if w % 5 == 2 {
+            steps.push(Step::Placement);
+        }
+        steps.push(Step::Wait(60));
+    }
+    history(policy, 2, &steps)
+}
+
+#[test]
+fn a_long_history_replays_as_itself_through_a_short_look_ahead() {
+    let policy = Policy::default();
+    let recorded = long_history(&policy, 12);
+    assert!(recorded.len() > 1_500, "{} entries", recorded.len());
+    // The shortest look-ahead there is (the timers' look-back + 1), far shorter than the history.
+    let replayed = replay_with_lookahead(&recorded, &policy, &Handler::ALL, 1);
+    let ids = |log: &[Envelope]| {
+        log.iter()
+            .map(|e| (e.event_id, e.event_type()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&replayed.log), ids(&recorded));
+    for (r, e) in replayed.log.iter().zip(&recorded) {
+        assert_eq!(r.event, e.event);
+        assert_eq!(r.timestamp, e.timestamp);
+    }
+    let report = what_if(&recorded, &policy);
+    assert_eq!(report.decisions_changed, 0, "{}", report.render());
+    assert!(report.recorded.scale_actions >= 12, "{}", report.render());
+    assert_eq!(report.recorded, report.replayed);
+}
+
+#[test]
+fn a_long_what_if_through_a_short_look_ahead_decides_as_through_a_long_one() {
+    let recorded = long_history(&Policy::default(), 12);
+    let mut other = Policy::default();
+    other.limits.max_nodes = 3;
+    other.limits.min_nodes = 3;
+    let whole = what_if(&recorded, &other);
+    let mut short = WhatIf::with_lookahead(&other, &Handler::ALL, 300);
+    for e in &recorded {
+        short.push(e.clone());
+    }
+    let short = short.finish();
+    assert!(whole.decisions_changed > 0, "{}", whole.render());
+    assert_eq!(short.pairs, whole.pairs);
+    assert_eq!(short.replayed, whole.replayed);
+}
+
+#[test]
+fn the_summary_counts_peak_workers_scale_actions_and_pod_pending_seconds() {
+    let policy = Policy::default();
+    let mut sim = Simulation::new(policy.clone(), t0()).with_workers(2);
+    let pods = (0..3)
+        .map(|p| {
+            PodBuilder::new(&format!("p{p}"))
+                .cpu(1500)
+                .memory_mi(64)
+                .build()
+        })
+        .collect();
+    sim.observe("pending_pods_watcher", pending(pods, 3));
+    sim.advance(Duration::from_secs(60));
+    sim.observe("pending_pods_watcher", pending(Vec::new(), 0));
+    sample_for(&mut sim, 300, 10.0, 10.0);
+    let report = what_if(&sim.log, &policy);
+    let r = report.recorded;
+    assert_eq!(r, report.replayed);
+    // Three pods pending until their workers are Ready (the model counts them pending until
+    // then), at most the minute until the watcher reported none: 3 pod-seconds per second.
+    assert!(
+        r.pending_seconds > 0.0 && r.pending_seconds <= 60.0,
+        "{}",
+        report.render()
+    );
+    assert!((r.pod_pending_seconds - 3.0 * r.pending_seconds).abs() < 1e-6);
+    let scale_ups = events_of(&sim, "ScaleUpDecision").len();
+    assert!(scale_ups >= 1);
+    assert_eq!(
+        r.scale_actions,
+        scale_ups + events_of(&sim, "ScaleDownDecision").len()
+    );
+    let peak = report
+        .recorded_timeline
+        .workers
+        .iter()
+        .map(|(_, w)| *w)
+        .max()
+        .unwrap_or(0);
+    assert_eq!(r.peak_workers, peak);
+    assert!(peak > 2, "{:?}", report.recorded_timeline);
+    // The pending series steps up to 3 and back to 0.
+    let pending: Vec<u32> = report
+        .recorded_timeline
+        .pending_pods
+        .iter()
+        .map(|(_, n)| *n)
+        .collect();
+    assert_eq!(pending.first(), Some(&3), "{pending:?}");
+    assert_eq!(pending.last(), Some(&0), "{pending:?}");
 }
 
 proptest! {

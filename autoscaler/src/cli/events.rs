@@ -123,6 +123,10 @@ pub struct ReplayArgs {
     /// figures) instead of text.
     #[arg(long, requires = "what_if")]
     pub json: bool,
+    /// With --what-if: also draw the report as an SVG picture in FILE (workers over time recorded vs
+    /// what-if with the decisions as marks, and the pods pending).
+    #[arg(long, value_name = "FILE", requires = "what_if")]
+    pub plot: Option<std::path::PathBuf>,
 }
 
 pub async fn run(cmd: EventsCommand, config: &Path) -> anyhow::Result<ExitCode> {
@@ -154,6 +158,24 @@ async fn connect(settings: &Settings) -> anyhow::Result<bus::Bus> {
         .context("connecting to the event bus")
 }
 
+/// Archive (when `events.archive.dir` is set) and stream as one history from `start` to `end`.
+pub fn history(
+    settings: &Settings,
+    audit: &Audit,
+    start: StreamId,
+    end: Option<StreamId>,
+) -> crate::archive::History {
+    let dir = settings.autoscaler.events.archive.path();
+    crate::archive::History::new(dir.as_deref(), Some(audit.clone()), start, end)
+}
+
+/// Reports a history's damaged archive files and gaps on stderr (they never stop the command).
+pub fn warn_problems(history: &mut crate::archive::History) {
+    for p in history.take_problems() {
+        eprintln!("warning: {p}");
+    }
+}
+
 /// Writes a line to stdout; false when stdout is gone (e.g. `| head`), so the caller stops quietly.
 fn emit(line: &str) -> bool {
     let mut out = std::io::stdout().lock();
@@ -180,25 +202,53 @@ async fn tail(settings: &Settings, args: TailArgs) -> anyhow::Result<ExitCode> {
     };
     let bus = connect(settings).await?;
     let audit = bus.audit();
-    let query = Query {
-        start: start.clone().unwrap_or_else(|| "-".into()),
-        types: args.types.clone(),
-        count: args.count.or(if start.is_none() { Some(20) } else { None }),
-        newest: start.is_none(),
-        ..Query::default()
-    };
-    let entries = audit.query(&query).await.context("reading the stream")?;
-    let mut last = entries.last().map(|e| e.id.clone());
-    for e in &entries {
-        if !emit(&render(e, args.json)) {
-            return Ok(ExitCode::SUCCESS);
+    let mut last = None;
+    match start.as_deref().and_then(StreamId::parse) {
+        // From a position: archive and stream as one history, a page at a time.
+        Some(since) => {
+            let mut history = history(settings, &audit, since, None);
+            let mut left = args.count.unwrap_or(usize::MAX);
+            'pages: while left > 0 {
+                let page = history.next_page().await.context("reading the stream");
+                warn_problems(&mut history);
+                let Some(page) = page? else { break };
+                for e in &page {
+                    last = Some(e.id.clone());
+                    if !matches_types(e, &args.types) {
+                        continue;
+                    }
+                    if !emit(&render(e, args.json)) {
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    left -= 1;
+                    if left == 0 {
+                        break 'pages;
+                    }
+                }
+            }
+        }
+        None => {
+            let query = Query {
+                start: "-".into(),
+                types: args.types.clone(),
+                count: args.count.or(Some(20)),
+                newest: true,
+                ..Query::default()
+            };
+            let entries = audit.query(&query).await.context("reading the stream")?;
+            last = entries.last().map(|e| e.id.clone());
+            for e in &entries {
+                if !emit(&render(e, args.json)) {
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
         }
     }
     if !args.follow {
         return Ok(ExitCode::SUCCESS);
     }
     // Nothing matched: follow from the stream's end.
-    let from = last.take().unwrap_or_else(|| "$".to_string());
+    let from = last.unwrap_or_else(|| "$".to_string());
     follow(&audit, &from, &args).await
 }
 
@@ -407,18 +457,21 @@ async fn publish(settings: &Settings, args: PublishArgs) -> anyhow::Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
-/// The event with `event_id`, searching the stream from the newest.
+/// The event with `event_id` (the newest entry with it), a page of the stream at a time.
 async fn find_event(audit: &Audit, event_id: Uuid) -> anyhow::Result<Option<Envelope>> {
     let wanted = event_id.to_string();
-    let all = audit
-        .query(&Query::default())
-        .await
-        .context("searching the stream")?;
-    Ok(all
-        .iter()
-        .rev()
-        .find(|e| e.get_str("event_id").as_deref() == Some(wanted.as_str()))
-        .and_then(|e| e.decode().ok()))
+    let mut pages = audit.pages("-", "+");
+    let mut found = None;
+    while let Some(page) = pages.next_page().await.context("searching the stream")? {
+        if let Some(e) = page
+            .iter()
+            .rev()
+            .find(|e| e.get("event_id") == Some(wanted.as_bytes()))
+        {
+            found = e.decode().ok();
+        }
+    }
+    Ok(found)
 }
 
 // ---- dlq ------------------------------------------------------------------------------------------
@@ -525,7 +578,7 @@ async fn replay(settings: &Settings, args: ReplayArgs) -> anyhow::Result<ExitCod
     let bus = connect(settings).await?;
     let audit = bus.audit();
     if args.what_if {
-        return what_if(settings, &audit, from, to, args.json).await;
+        return what_if(settings, &audit, from, to, args.json, args.plot.as_deref()).await;
     }
     let group_name = args.group.clone().unwrap_or_default();
     let group = audit
@@ -540,28 +593,35 @@ async fn replay(settings: &Settings, args: ReplayArgs) -> anyhow::Result<ExitCod
                 group_name
             );
         }
-        let entries = audit
-            .query(&Query {
-                start: from.to_string(),
-                end: to.map(|t| t.to_string()).unwrap_or_else(|| "+".into()),
-                ..Query::default()
-            })
-            .await
-            .context("reading the stream")?;
+        // The stream only: a rewind re-delivers what the stream holds, not the archive.
+        let mut pages = audit.pages(
+            &from.to_string(),
+            &to.map(|t| t.to_string()).unwrap_or_else(|| "+".into()),
+        );
+        let mut shown = Vec::new();
+        let mut total = 0usize;
+        while let Some(page) = pages.next_page().await.context("reading the stream")? {
+            for e in page {
+                if shown.len() < args.limit {
+                    shown.push(e);
+                }
+                total += 1;
+            }
+        }
         emit(&format!(
             "dry run: {} entr{} from {} would be re-delivered to group `{}`:",
-            entries.len(),
-            if entries.len() == 1 { "y" } else { "ies" },
+            total,
+            if total == 1 { "y" } else { "ies" },
             from,
             group_name
         ));
-        for e in entries.iter().take(args.limit) {
+        for e in &shown {
             if !emit(&format!("  {}", render(e, false))) {
                 return Ok(ExitCode::SUCCESS);
             }
         }
-        if entries.len() > args.limit {
-            emit(&format!("  … and {} more", entries.len() - args.limit));
+        if total > args.limit {
+            emit(&format!("  … and {} more", total - args.limit));
         }
         emit("run again with --execute to rewind the group");
         return Ok(ExitCode::SUCCESS);
@@ -619,16 +679,8 @@ async fn what_if(
     from: StreamId,
     to: Option<StreamId>,
     json: bool,
+    plot: Option<&Path>,
 ) -> anyhow::Result<ExitCode> {
-    let entries = audit
-        .query(&Query {
-            start: from.to_string(),
-            end: to.map(|t| t.to_string()).unwrap_or_else(|| "+".into()),
-            ..Query::default()
-        })
-        .await
-        .context("reading the stream")?;
-    let recorded: Vec<Envelope> = entries.iter().filter_map(|e| e.decode().ok()).collect();
     // The handlers the configuration runs, as the recorded process did (unknown names are
     // refused by `config check` and by `run`).
     let handlers: Vec<handlers::Handler> = settings
@@ -638,8 +690,22 @@ async fn what_if(
         .iter()
         .filter_map(|h| handlers::Handler::from_name(h))
         .collect();
-    let report =
-        handlers::replay::what_if_with(&recorded, &crate::runtime::policy(settings), &handlers);
+    let policy = crate::runtime::policy(settings);
+    let mut replay = handlers::replay::WhatIf::new(&policy, &handlers);
+    let mut history = history(settings, audit, from, to);
+    loop {
+        let page = history.next_page().await.context("reading the stream");
+        warn_problems(&mut history);
+        let Some(page) = page? else { break };
+        // Undecodable entries are left out, as the live handlers dead-letter them.
+        for e in page.iter().filter_map(|e| e.decode().ok()) {
+            replay.push(e);
+        }
+    }
+    let report = replay.finish();
+    if let Some(path) = plot {
+        super::plot::write(&report, path)?;
+    }
     if json {
         emit(&serde_json::to_string(&report).context("encoding the report")?);
     } else {

@@ -3,7 +3,8 @@
 use std::collections::HashMap;
 use std::process::ExitCode;
 
-use bus::{Envelope, Query};
+use bus::stream_id::StreamId;
+use bus::Envelope;
 use uuid::Uuid;
 
 use crate::config::Settings;
@@ -16,17 +17,18 @@ pub struct Chain {
     pub descendants: Vec<Envelope>,
 }
 
+/// Whether the entry at stream id `sid` with `event_id` is the one asked for: by a full id, a
+/// stream id, or the 8-character prefix `events tail` prints.
+fn is_wanted(sid: &str, event_id: &str, wanted: &str) -> bool {
+    sid == wanted || event_id == wanted || (wanted.len() >= 8 && event_id.starts_with(wanted))
+}
+
 /// Finds `wanted` (an event id, or a stream id) among `entries` and walks its causation links.
 pub fn chain(entries: &[(String, Envelope)], wanted: &str) -> Option<Chain> {
     let by_id: HashMap<Uuid, &Envelope> = entries.iter().map(|(_, e)| (e.event_id, e)).collect();
-    // A full id, a stream id, or the 8-character prefix `events tail` prints.
-    let matches = |sid: &str, e: &Envelope| {
-        let id = e.event_id.to_string();
-        sid == wanted || id == wanted || (wanted.len() >= 8 && id.starts_with(wanted))
-    };
     let target = entries
         .iter()
-        .find(|(sid, e)| matches(sid, e))
+        .find(|(sid, e)| is_wanted(sid, &e.event_id.to_string(), wanted))
         .map(|(_, e)| e)?;
     let mut ancestry = vec![target.clone()];
     let mut cursor = target.causation_id;
@@ -56,17 +58,49 @@ pub fn chain(entries: &[(String, Envelope)], wanted: &str) -> Option<Chain> {
 
 pub async fn run(settings: &Settings, wanted: &str) -> anyhow::Result<ExitCode> {
     let bus = bus::connect(runtime::bus_config(settings)).await?;
-    let raw = bus.audit().query(&Query::default()).await?;
-    let entries: Vec<(String, Envelope)> = raw
-        .iter()
-        .filter_map(|r| r.decode().ok().map(|e| (r.id.clone(), e)))
-        .collect();
-    let Some(chain) = chain(&entries, wanted) else {
+    let audit = bus.audit();
+    // Two passes over archive and stream, a page at a time: find the event (and its correlation
+    // id, the root every event of its chain shares), then collect that chain only.
+    let mut history = super::events::history(settings, &audit, StreamId { ms: 0, seq: 0 }, None);
+    let mut target: Option<Uuid> = None;
+    let mut read = 0usize;
+    'find: loop {
+        let page = history.next_page().await;
+        super::events::warn_problems(&mut history);
+        let Some(page) = page? else { break };
+        for r in &page {
+            read += 1;
+            let event_id = r.get_str("event_id").unwrap_or_default();
+            if is_wanted(&r.id, &event_id, wanted) {
+                if let Ok(e) = r.decode() {
+                    target = Some(e.correlation_id);
+                    break 'find;
+                }
+            }
+        }
+    }
+    let Some(correlation) = target else {
         eprintln!(
-            "no event {wanted} on {} ({} entries; it may have been trimmed)",
+            "no event {wanted} on {} or in the archive ({read} entries; it may have been trimmed)",
             bus.config().stream,
-            raw.len()
         );
+        return Ok(ExitCode::FAILURE);
+    };
+    let wanted_correlation = correlation.to_string();
+    let mut entries: Vec<(String, Envelope)> = Vec::new();
+    let mut history = super::events::history(settings, &audit, StreamId { ms: 0, seq: 0 }, None);
+    loop {
+        let page = history.next_page().await;
+        super::events::warn_problems(&mut history);
+        let Some(page) = page? else { break };
+        entries.extend(
+            page.iter()
+                .filter(|r| r.get("correlation_id") == Some(wanted_correlation.as_bytes()))
+                .filter_map(|r| r.decode().ok().map(|e| (r.id.clone(), e))),
+        );
+    }
+    let Some(chain) = chain(&entries, wanted) else {
+        eprintln!("event {wanted} went away while it was read (trimmed?)");
         return Ok(ExitCode::FAILURE);
     };
     println!("why (root first):");

@@ -14,6 +14,7 @@ pub mod config;
 pub mod events;
 pub mod explain;
 pub mod lab_up;
+pub mod plot;
 pub mod scale;
 
 /// Exit code for bad configuration or usage (0 success, 1 runtime failure, 2 bad config/usage: `docs/ARCHITECTURE.md`, "Contracts").

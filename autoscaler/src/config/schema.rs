@@ -102,6 +102,24 @@ impl Default for Enforcement {
 pub struct EventsConfig {
     pub event_bus: EventBus,
     pub handlers: Vec<String>,
+    /// Where the leader archives the stream (`autoscaler/src/archive.rs`).
+    #[serde(default)]
+    pub archive: ArchiveConfig,
+}
+
+/// The event archive: gzip JSON Lines by day, written by the leader before the stream trims them.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ArchiveConfig {
+    /// The directory; empty: no archive (history is what the stream holds).
+    #[serde(default)]
+    pub dir: String,
+}
+
+impl ArchiveConfig {
+    /// The directory, when archiving is on.
+    pub fn path(&self) -> Option<std::path::PathBuf> {
+        (!self.dir.trim().is_empty()).then(|| std::path::PathBuf::from(self.dir.trim()))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

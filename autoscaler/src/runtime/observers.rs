@@ -145,6 +145,12 @@ impl Observers {
             "cluster observer",
             self.clone().cluster_observer(token.clone()),
         );
+        if let Some(dir) = a.events.archive.path() {
+            self.tasks.spawn(
+                "archiver",
+                crate::archive::run(self.bus.audit(), dir, token.clone()),
+            );
+        }
         for name in &a.events.handlers {
             if let Some(h) = handlers::Handler::from_name(name) {
                 if let Some(every) = h.tick_interval(&self.policy) {

@@ -9,7 +9,7 @@
 //! which is the level-triggered reading of an old trigger.
 
 use bus::stream_id::StreamId;
-use bus::{Audit, Envelope, Query};
+use bus::{Audit, Envelope};
 
 /// What a projection folds into.
 pub trait Fold: Send + 'static {
@@ -67,19 +67,15 @@ impl<M: Fold> Projection<M> {
             Some(c) => format!("({}-{}", c.ms, c.seq),
             None => "-".to_string(),
         };
-        let entries = self
-            .audit
-            .query(&Query {
-                start,
-                end,
-                ..Query::default()
-            })
-            .await?;
-        for entry in entries {
-            if let Ok(e) = entry.decode() {
-                self.model.apply(&e);
+        // A page at a time: the start-up fold of a long stream holds one page, not the stream.
+        let mut pages = self.audit.pages(&start, &end);
+        while let Some(page) = pages.next_page().await? {
+            for entry in page {
+                if let Ok(e) = entry.decode() {
+                    self.model.apply(&e);
+                }
+                self.cursor = StreamId::parse(&entry.id).or(self.cursor);
             }
-            self.cursor = StreamId::parse(&entry.id).or(self.cursor);
         }
         Ok(())
     }
