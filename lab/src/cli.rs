@@ -45,6 +45,10 @@ pub struct ServeArgs {
     /// Bearer token clients must present (optional).
     #[arg(long, env = "K3S_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Also write the kubeconfig here (k3s's flag and variable, so the compose file's k3s server
+    /// environment serves the lab server unchanged).
+    #[arg(long, env = "K3S_KUBECONFIG_OUTPUT")]
+    pub write_kubeconfig: Option<PathBuf>,
 }
 
 /// What a node agent registers, common to `autoscaler agent` and `autoscaler lab node`.
@@ -171,7 +175,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         },
         ..defaults
     };
+    let token = opts.token.clone();
     let server = LabServer::start(opts).await?;
+    if let Some(path) = args.write_kubeconfig.filter(|p| !p.as_os_str().is_empty()) {
+        kubeconfig::write(&path, server.url(), token.as_deref())
+            .with_context(|| format!("writing the kubeconfig {}", path.display()))?;
+    }
     println!(
         "lab cluster serving on {} (kubeconfig: {})",
         server.url(),
