@@ -140,21 +140,18 @@ impl ComposeLab {
             .to_string()
     }
 
-    /// A client from the kubeconfig the API server wrote, for its port published on the host.
-    /// Not kubectl: client-go sends no bearer token over plain HTTP, and the lab server serves
-    /// plain HTTP and requires the token (kube-rs, like the autoscaler, sends it).
-    async fn client(&self, server: &str) -> kube::Client {
-        let mut kc = kube::config::Kubeconfig::read_from(self.dir.join("kubeconfig.yaml"))
-            .expect("the API server's kubeconfig");
-        for c in &mut kc.clusters {
-            if let Some(cluster) = c.cluster.as_mut() {
-                cluster.server = Some(server.to_string());
-            }
-        }
-        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-            .await
-            .expect("client config");
-        kube::Client::try_from(config).expect("client")
+    /// `kubectl` with the kubeconfig the API server wrote (HTTPS, its CA, the token), for its port
+    /// published on the host.
+    fn kubectl(&self, server: &str, args: &[&str]) -> String {
+        run(
+            Command::new("kubectl")
+                .arg("--kubeconfig")
+                .arg(self.dir.join("kubeconfig.yaml"))
+                .arg("--server")
+                .arg(server)
+                .args(args),
+            &format!("kubectl {args:?}"),
+        )
     }
 
     fn label(&self) -> String {
@@ -258,23 +255,6 @@ fn wait_for<T>(
     }
 }
 
-/// The phases of the web pods.
-async fn web_phases(client: &kube::Client) -> Vec<String> {
-    use k8s_openapi::api::core::v1::Pod;
-    let pods: kube::Api<Pod> = kube::Api::namespaced(client.clone(), "default");
-    match pods
-        .list(&kube::api::ListParams::default().labels("app=web"))
-        .await
-    {
-        Ok(list) => list
-            .items
-            .into_iter()
-            .map(|p| p.status.and_then(|s| s.phase).unwrap_or_default())
-            .collect(),
-        Err(e) => vec![format!("list failed: {e}")],
-    }
-}
-
 #[test]
 fn the_offline_compose_lab_comes_up_scales_for_web_and_goes_away_without_a_trace() {
     let started = Instant::now();
@@ -335,22 +315,9 @@ fn the_offline_compose_lab_comes_up_scales_for_web_and_goes_away_without_a_trace
             .expect("utf-8 path"),
     ]);
     let port = lab.run(&["port", "k3s-server", "6443"]);
-    let api = format!("http://{}", port.trim());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let client = rt.block_on(lab.client(&api));
-    let web: k8s_openapi::api::apps::v1::Deployment = serde_yaml::from_str(
-        &std::fs::read_to_string(repo_root().join("examples/web.yaml")).expect("examples/web.yaml"),
-    )
-    .expect("examples/web.yaml is a Deployment");
-    rt.block_on(async {
-        kube::Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), "default")
-            .create(&kube::api::PostParams::default(), &web)
-            .await
-    })
-    .expect("create the web Deployment");
+    let api = format!("https://{}", port.trim());
+    let web = repo_root().join("examples/web.yaml");
+    lab.kubectl(&api, &["create", "-f", web.to_str().expect("utf-8 path")]);
 
     // Four pods of 1500m on 2-CPU workers: four workers, every pod Running.
     let running_workers = || {
@@ -364,17 +331,32 @@ fn the_offline_compose_lab_comes_up_scales_for_web_and_goes_away_without_a_trace
         ])
         .len()
     };
-    let phases = || rt.block_on(web_phases(&client));
+    let phases = || {
+        lab.kubectl(
+            &api,
+            &[
+                "get",
+                "pods",
+                "-l",
+                "app=web",
+                "-o",
+                "jsonpath={.items[*].status.phase}",
+            ],
+        )
+    };
     wait_for(
         "4 workers and the 4 web pods Running",
         Duration::from_secs(90),
         || {
-            let running = phases().iter().filter(|s| *s == "Running").count();
+            let running = phases()
+                .split_whitespace()
+                .filter(|s| *s == "Running")
+                .count();
             (running == 4 && running_workers() >= 4).then_some(())
         },
         || {
             format!(
-                "workers running: {}\npods: {:?}\n{}",
+                "workers running: {}\npods: {}\n{}",
                 running_workers(),
                 phases(),
                 logs()
