@@ -163,12 +163,12 @@ impl LabEnv {
         // the URL and the token).
         let certs = match &options.token {
             Some(_) => Some(
-                lab::tls::LabCerts::make(&[server_container.clone()]).map_err(|message| {
-                    LabEnvError::Engine {
+                lab::tls::LabCerts::make(std::slice::from_ref(&server_container)).map_err(
+                    |message| LabEnvError::Engine {
                         operation: "make the lab's TLS certificates",
                         message,
-                    }
-                })?,
+                    },
+                )?,
             ),
             None => None,
         };

@@ -17,7 +17,8 @@ use crate::server::{LabServer, ServeOptions};
 /// `autoscaler lab …`
 #[derive(Debug, clap::Subcommand)]
 pub enum LabCommand {
-    /// Serve the lab cluster's API (plain HTTP) with its controllers; writes `$LAB_DIR/kubeconfig`.
+    /// Serve the lab cluster's API (plain HTTP; HTTPS with a token) with its controllers; writes
+    /// `$LAB_DIR/kubeconfig`.
     Serve(ServeArgs),
     /// Run a node agent against a lab (or any) cluster given by a kubeconfig.
     Node(NodeArgs),

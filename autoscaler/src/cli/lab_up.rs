@@ -58,7 +58,7 @@ pub enum LabSubcommand {
     /// binary and a Redis image from this machine's redis-server, both FROM scratch, no registry.
     Images(ImagesArgs),
     #[command(flatten)]
-    Cluster(lab::cli::LabCommand),
+    Cluster(Box<lab::cli::LabCommand>),
 }
 
 /// `autoscaler lab images`
@@ -81,7 +81,7 @@ impl LabArgs {
 
 pub async fn run(args: LabArgs, config: &Path) -> anyhow::Result<ExitCode> {
     match args.command {
-        Some(LabSubcommand::Cluster(cmd)) => return lab::cli::run_lab(cmd).await,
+        Some(LabSubcommand::Cluster(cmd)) => return lab::cli::run_lab(*cmd).await,
         Some(LabSubcommand::Images(images)) => return build_images(images, config).await,
         None => {}
     }
