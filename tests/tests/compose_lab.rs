@@ -13,10 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use tests::autoscaler_binary;
+use tests::{autoscaler_binary, lab_image_of_this_build};
 
-/// The lab image tag the other end-to-end tests build too (built once for this binary).
-const LAB_IMAGE: &str = "k3s-autoscaler-lab:e2e";
 const REDIS_IMAGE: &str = "k3s-autoscaler-redis:local";
 
 fn repo_root() -> PathBuf {
@@ -75,10 +73,11 @@ impl ComposeLab {
             lab.env_file(),
             format!(
                 "K3S_TOKEN={}\nREDIS_PASSWORD={}\nLAB_NAME={}\nWORKER_PREFIX=compose{id}-w-\n\
-                 AUTOSCALER_HTTP_PORT=\nK3S_API_PORT=\nLAB_IMAGE={LAB_IMAGE}\nLAB_REDIS_IMAGE={REDIS_IMAGE}\n",
+                 AUTOSCALER_HTTP_PORT=\nK3S_API_PORT=\nLAB_IMAGE={}\nLAB_REDIS_IMAGE={REDIS_IMAGE}\n",
                 secret(),
                 secret(),
-                lab.lab_name
+                lab.lab_name,
+                lab_image_of_this_build(),
             ),
         )
         .expect("write .env");
@@ -262,7 +261,7 @@ fn the_offline_compose_lab_comes_up_scales_for_web_and_goes_away_without_a_trace
     let images = run(
         Command::new(autoscaler_binary())
             .current_dir(repo_root())
-            .args(["lab", "images", "--lab-image", LAB_IMAGE])
+            .args(["lab", "images", "--lab-image", &lab_image_of_this_build()])
             .args(["--redis-image", REDIS_IMAGE]),
         "autoscaler lab images",
     );

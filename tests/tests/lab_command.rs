@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use tests::autoscaler_binary;
+use tests::{autoscaler_binary, lab_image_of_this_build};
 
 /// Kills the lab (if still running) and removes what it made, also when the test fails.
 struct LabProcess {
@@ -122,7 +122,7 @@ fn the_lab_leaves_what_status_tail_and_explain_need_and_its_terminal_shows_only_
     let child = Command::new(autoscaler_binary())
         .current_dir(&dir)
         .arg("lab")
-        .env("LAB_IMAGE", "k3s-autoscaler-lab:e2e")
+        .env("LAB_IMAGE", lab_image_of_this_build())
         .env_remove("REDIS_URL")
         .env_remove("KUBECONFIG")
         .env_remove("AUTOSCALER_CONFIG")
