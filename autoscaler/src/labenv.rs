@@ -102,9 +102,9 @@ pub struct LabEnv {
     pub network: String,
     /// The API server's container.
     pub server_container: String,
-    /// The API server as the host reaches it (`http://127.0.0.1:<published port>`).
+    /// The API server as the host reaches it (`https://127.0.0.1:<published port>`; `http` without a token).
     pub host_url: String,
-    /// The API server as workers reach it (`http://<server container>:6443`).
+    /// The API server as workers reach it (`https://<server container>:6443`; `http` without a token).
     pub network_url: String,
     /// `$LAB_DIR/kubeconfig`.
     pub kubeconfig: PathBuf,
@@ -157,11 +157,32 @@ impl LabEnv {
             "/tmp/lab".into(),
         ];
         let port_key = format!("{API_PORT}/tcp");
+        // With a token the server speaks HTTPS (kubectl sends no token over plain HTTP), with
+        // certificates made here, so the host's kubeconfig can carry their CA; its name on the
+        // network is in the certificate for the workers (which do not verify it, as they get only
+        // the URL and the token).
+        let certs = match &options.token {
+            Some(_) => Some(
+                lab::tls::LabCerts::make(std::slice::from_ref(&server_container)).map_err(
+                    |message| LabEnvError::Engine {
+                        operation: "make the lab's TLS certificates",
+                        message,
+                    },
+                )?,
+            ),
+            None => None,
+        };
         // In the environment, not on the command line (`ps` in the container would show it).
-        let server_env = options
-            .token
-            .as_ref()
-            .map(|t| vec![format!("K3S_TOKEN={t}")]);
+        let server_env = options.token.as_ref().map(|t| {
+            let mut env = vec![format!("K3S_TOKEN={t}")];
+            if let Some(c) = &certs {
+                env.push(format!("LAB_TLS_CERT={}", c.cert_pem));
+                env.push(format!("LAB_TLS_KEY={}", c.key_pem));
+                env.push(format!("LAB_TLS_CA={}", c.ca_pem));
+            }
+            env
+        });
+        let scheme = if certs.is_some() { "https" } else { "http" };
         let body = ContainerCreateBody {
             image: Some(options.image.clone()),
             hostname: Some(server_container.clone()),
@@ -210,12 +231,17 @@ impl LabEnv {
                 operation: "inspect the lab API server",
                 message: "no published port".into(),
             })?;
-        let host_url = format!("http://127.0.0.1:{host_port}");
+        let host_url = format!("{scheme}://127.0.0.1:{host_port}");
         let kubeconfig = options.lab_dir.join("kubeconfig");
-        write_kubeconfig(&kubeconfig, &host_url, options.token.as_deref())?;
+        write_kubeconfig(
+            &kubeconfig,
+            &host_url,
+            options.token.as_deref(),
+            certs.as_ref().map(|c| c.ca_pem.as_str()),
+        )?;
         let env = LabEnv {
             docker,
-            network_url: format!("http://{server_container}:{API_PORT}"),
+            network_url: format!("{scheme}://{server_container}:{API_PORT}"),
             network,
             server_container,
             host_url,
@@ -303,9 +329,15 @@ async fn version_answers(kubeconfig: &Path) -> bool {
     )
 }
 
-/// Writes the lab's kubeconfig for `server`, with the bearer token when there is one.
-pub fn write_kubeconfig(path: &Path, server: &str, token: Option<&str>) -> Result<(), LabEnvError> {
-    lab::kubeconfig::write(path, server, token).map_err(|source| LabEnvError::Write {
+/// Writes the lab's kubeconfig for `server`, with the bearer token when there is one and the CA of
+/// an HTTPS server.
+pub fn write_kubeconfig(
+    path: &Path,
+    server: &str,
+    token: Option<&str>,
+    ca_pem: Option<&str>,
+) -> Result<(), LabEnvError> {
+    lab::kubeconfig::write(path, server, token, ca_pem).map_err(|source| LabEnvError::Write {
         path: path.display().to_string(),
         source,
     })

@@ -17,7 +17,8 @@ use crate::server::{LabServer, ServeOptions};
 /// `autoscaler lab …`
 #[derive(Debug, clap::Subcommand)]
 pub enum LabCommand {
-    /// Serve the lab cluster's API (plain HTTP) with its controllers; writes `$LAB_DIR/kubeconfig`.
+    /// Serve the lab cluster's API (plain HTTP; HTTPS with a token) with its controllers; writes
+    /// `$LAB_DIR/kubeconfig`.
     Serve(ServeArgs),
     /// Run a node agent against a lab (or any) cluster given by a kubeconfig.
     Node(NodeArgs),
@@ -45,6 +46,22 @@ pub struct ServeArgs {
     /// Bearer token clients must present (optional).
     #[arg(long, env = "K3S_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// More names for the server's certificate (it serves HTTPS when it has a token), e.g. the
+    /// name other containers reach it by.
+    #[arg(long = "tls-san", env = "LAB_TLS_SAN", value_delimiter = ',')]
+    pub tls_sans: Vec<String>,
+    /// The server's certificate and key and their CA, PEM, instead of ones made at start (set by
+    /// `autoscaler lab`, which writes the host's kubeconfig with the CA).
+    #[arg(long, env = "LAB_TLS_CERT", hide_env_values = true, requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<String>,
+    #[arg(long, env = "LAB_TLS_KEY", hide_env_values = true)]
+    pub tls_key: Option<String>,
+    #[arg(long, env = "LAB_TLS_CA", hide_env_values = true)]
+    pub tls_ca: Option<String>,
+    /// Also write the kubeconfig here (k3s's flag and variable, so the compose file's k3s server
+    /// environment serves the lab server unchanged).
+    #[arg(long, env = "K3S_KUBECONFIG_OUTPUT")]
+    pub write_kubeconfig: Option<PathBuf>,
 }
 
 /// What a node agent registers, common to `autoscaler agent` and `autoscaler lab node`.
@@ -142,8 +159,12 @@ pub async fn run_lab(cmd: LabCommand) -> anyhow::Result<ExitCode> {
 
 /// Runs `autoscaler agent`.
 pub async fn run_agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
-    let kc = Kubeconfig::from_yaml(&kubeconfig::render(&args.server, args.token.as_deref()))
-        .context("building the client configuration")?;
+    let kc = Kubeconfig::from_yaml(&kubeconfig::render(
+        &args.server,
+        args.token.as_deref(),
+        None,
+    ))
+    .context("building the client configuration")?;
     let client = client_from(kc).await?;
     run_node(client, args.node_name, args.node).await
 }
@@ -164,6 +185,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         advertise: args.advertise,
         lab_dir: args.lab_dir,
         token: args.token.filter(|t| !t.is_empty()),
+        tls_sans: args.tls_sans,
+        certs: match (args.tls_cert, args.tls_key, args.tls_ca) {
+            (Some(cert_pem), Some(key_pem), Some(ca_pem)) => Some(crate::tls::LabCerts {
+                ca_pem,
+                cert_pem,
+                key_pem,
+            }),
+            _ => None,
+        },
         controllers: ControllerConfig {
             node_monitor_grace: args.node_monitor_grace,
             pod_eviction_timeout: args.pod_eviction_timeout,
@@ -171,7 +201,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         },
         ..defaults
     };
+    let token = opts.token.clone();
     let server = LabServer::start(opts).await?;
+    if let Some(path) = args.write_kubeconfig.filter(|p| !p.as_os_str().is_empty()) {
+        kubeconfig::write(&path, server.url(), token.as_deref(), server.ca_pem())
+            .with_context(|| format!("writing the kubeconfig {}", path.display()))?;
+    }
     println!(
         "lab cluster serving on {} (kubeconfig: {})",
         server.url(),

@@ -39,6 +39,7 @@ pub mod selectors;
 pub mod server;
 pub mod store;
 pub mod time;
+pub mod tls;
 
 pub use agent::AgentOptions;
 pub use server::{LabServer, ServeOptions};

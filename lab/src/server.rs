@@ -33,6 +33,12 @@ pub struct ServeOptions {
     pub bookmark_interval: Duration,
     /// How many changes are kept for watches to resume from (older ones get 410 Gone).
     pub history_limit: usize,
+    /// With a token the server speaks HTTPS (kubectl sends no token over plain HTTP): these
+    /// certificates, or ones made at start for `localhost`, `127.0.0.1`, the advertised host and
+    /// `tls_sans`.
+    pub certs: Option<crate::tls::LabCerts>,
+    /// More names for a certificate made at start (k3s's `--tls-san`).
+    pub tls_sans: Vec<String>,
 }
 
 impl Default for ServeOptions {
@@ -49,6 +55,8 @@ impl Default for ServeOptions {
             },
             bookmark_interval: Duration::from_secs(15),
             history_limit: 10_000,
+            certs: None,
+            tls_sans: Vec::new(),
         }
     }
 }
@@ -65,6 +73,9 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    /// The TLS certificates could not be made or loaded.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// Writing the kubeconfig failed.
     #[error("writing the kubeconfig {path}: {source}")]
     Kubeconfig {
@@ -84,6 +95,8 @@ pub struct LabServer {
     url: String,
     /// The kubeconfig written.
     kubeconfig_path: PathBuf,
+    /// The CA clients verify the server with (HTTPS only).
+    ca_pem: Option<String>,
     /// The objects (tests and in-process tools may read them directly).
     store: Arc<Store>,
     /// Stops the HTTP server and the controllers.
@@ -113,12 +126,30 @@ impl LabServer {
             // A fresh store: the names are free.
             let _ = store.create(Kind::Namespace, "", obj);
         }
+        let certs = match (&opts.token, &opts.certs) {
+            (None, _) => None,
+            (Some(_), Some(c)) => Some(c.clone()),
+            (Some(_), None) => {
+                let mut sans = opts.tls_sans.clone();
+                if let Some(host) = opts
+                    .advertise
+                    .as_deref()
+                    .and_then(|a| a.split_once("://"))
+                    .map(|(_, rest)| rest.split([':', '/']).next().unwrap_or_default())
+                {
+                    sans.push(host.to_string());
+                }
+                Some(crate::tls::LabCerts::make(&sans).map_err(ServeError::Tls)?)
+            }
+        };
+        let scheme = if certs.is_some() { "https" } else { "http" };
         let url = opts
             .advertise
             .clone()
-            .unwrap_or_else(|| format!("http://127.0.0.1:{}", addr.port()));
+            .unwrap_or_else(|| format!("{scheme}://127.0.0.1:{}", addr.port()));
         let kubeconfig_path = opts.lab_dir.join("kubeconfig");
-        kubeconfig::write(&kubeconfig_path, &url, opts.token.as_deref()).map_err(|source| {
+        let ca = certs.as_ref().map(|c| c.ca_pem.as_str());
+        kubeconfig::write(&kubeconfig_path, &url, opts.token.as_deref(), ca).map_err(|source| {
             ServeError::Kubeconfig {
                 path: kubeconfig_path.clone(),
                 source,
@@ -134,10 +165,31 @@ impl LabServer {
         });
         let app = api::router(state);
         let stop = shutdown.clone();
+        let mut plain = None;
+        let tls = match &certs {
+            Some(c) => {
+                let acceptor = c.acceptor().map_err(ServeError::Tls)?;
+                Some(
+                    crate::tls::TlsListener::new(listener, acceptor).map_err(|source| {
+                        ServeError::Bind {
+                            addr: opts.listen,
+                            source,
+                        }
+                    })?,
+                )
+            }
+            None => {
+                plain = Some(listener);
+                None
+            }
+        };
         let http = tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
+            let stopped = async move { stop.cancelled().await };
+            let served = match (tls, plain) {
+                (Some(tls), _) => axum::serve(tls, app).with_graceful_shutdown(stopped).await,
+                (None, Some(tcp)) => axum::serve(tcp, app).with_graceful_shutdown(stopped).await,
+                (None, None) => Ok(()),
+            };
             if let Err(e) = served {
                 tracing::error!(error = %e, "lab API server stopped");
             }
@@ -152,6 +204,7 @@ impl LabServer {
             addr,
             url,
             kubeconfig_path,
+            ca_pem: certs.map(|c| c.ca_pem),
             store,
             shutdown,
             tasks: Mutex::new(vec![http, ctrl]),
@@ -166,6 +219,11 @@ impl LabServer {
     /// The URL clients use (as in the kubeconfig).
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The CA of the server's certificate, PEM, when it serves HTTPS.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
     }
 
     /// The kubeconfig written at start.

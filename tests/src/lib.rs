@@ -71,6 +71,16 @@ pub fn autoscaler_binary() -> PathBuf {
     bin
 }
 
+/// A lab image tag of this build's own (`k3s-autoscaler-lab:build-<hash of the binary's path>`):
+/// stable across runs, so an up-to-date image is not built again, but apart from the tags other
+/// checkouts' tests build at the same time, which would otherwise swap the image under a running lab.
+pub fn lab_image_of_this_build() -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    autoscaler_binary().hash(&mut h);
+    format!("k3s-autoscaler-lab:build-{:016x}", h.finish())
+}
+
 /// Knobs of one lab.
 #[derive(Debug, Clone)]
 pub struct LabOptions {

@@ -13,6 +13,7 @@ use std::process::ExitCode;
 pub mod config;
 pub mod events;
 pub mod explain;
+pub mod healthcheck;
 pub mod lab_up;
 pub mod plot;
 pub mod scale;
@@ -27,19 +28,38 @@ pub const EXIT_BAD_CONFIG: u8 = 2;
     about = "Event-driven autoscaler for k3s clusters whose workers are Docker containers"
 )]
 pub struct Cli {
-    /// Configuration file.
-    #[arg(
-        long,
-        global = true,
-        default_value = "config.yaml",
-        env = "AUTOSCALER_CONFIG"
-    )]
-    pub config: PathBuf,
+    /// Configuration file [default: config.yaml; for `status`, `events`, `explain` and `scale`, a
+    /// running `autoscaler lab`'s settings in `$LAB_DIR/lab.env` when there is one].
+    #[arg(long, global = true, env = "AUTOSCALER_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Log as JSON lines instead of text.
     #[arg(long, global = true)]
     pub log_json: bool,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The configuration file given, else `config.yaml`.
+    pub fn config_path(&self) -> PathBuf {
+        self.config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("config.yaml"))
+    }
+}
+
+impl Command {
+    /// The commands that look at a running autoscaler's world, and so at a running `autoscaler lab`'s
+    /// when they are run with no `--config` from its directory.
+    pub fn reads_the_lab(&self) -> bool {
+        matches!(
+            self,
+            Command::Status { .. }
+                | Command::Events(_)
+                | Command::Explain { .. }
+                | Command::Scale { .. }
+        )
+    }
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -75,6 +95,9 @@ pub enum Command {
     },
     /// The lab: with no subcommand, Redis + the lab cluster + Docker workers + the autoscaler, all here.
     Lab(lab_up::LabArgs),
+    /// Exit 0 when this autoscaler's /readyz (or --url, or --kubeconfig's API server) answers: a
+    /// container health check for images with no curl.
+    Healthcheck(healthcheck::HealthcheckArgs),
     /// The lab's node agent (what a lab worker container runs, in place of `k3s agent`).
     Agent(lab::cli::AgentArgs),
     /// Wait for SIGTERM or SIGINT and exit 0, like Kubernetes' pause container (test workers run this).

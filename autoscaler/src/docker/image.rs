@@ -1,4 +1,6 @@
-//! The lab's worker image, built offline: `FROM scratch` plus the `autoscaler` binary.
+//! The lab's images, built offline: `FROM scratch` plus host binaries and the libraries they link.
+//! The worker image carries the `autoscaler` binary; the Redis image of the offline compose lab
+//! (`docker-compose.lab.yml`) carries Debian's `redis-server`, `redis-cli` and `/bin/sh`.
 //!
 //! No registry can be reached, so nothing can be pulled. The binary is dynamically linked; rather than a
 //! second `+crt-static` build (a full extra compile), the image carries the binary at `/bin/autoscaler`
@@ -28,8 +30,23 @@ const BUILD_TIMEOUT: Duration = Duration::from_secs(300);
 /// The host's CA bundle (Debian's path), copied into the image.
 const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
-/// The Dockerfile of the context.
+/// The Dockerfile of the worker image's context.
 const DOCKERFILE: &str = "FROM scratch\nCOPY rootfs/ /\nENTRYPOINT [\"/bin/autoscaler\"]\n";
+
+/// The Dockerfile of the Redis image: the compose file's own `sh -c 'exec redis-server …'` command
+/// and `redis-cli` health check run in it unchanged, with the data in `/data` as in the `redis` image.
+const REDIS_DOCKERFILE: &str = "FROM scratch\nCOPY rootfs/ /\nENV PATH=/usr/local/bin:/usr/bin:/bin\nWORKDIR /data\nCMD [\"redis-server\"]\n";
+
+/// What the Redis image holds: (host path, path in the image). The shell is there so the compose
+/// file's command can take the password from the environment rather than from its command line.
+const REDIS_FILES: [(&str, &str); 3] = [
+    ("/usr/bin/redis-server", "/usr/bin/redis-server"),
+    ("/usr/bin/redis-cli", "/usr/bin/redis-cli"),
+    ("/bin/sh", "/bin/sh"),
+];
+
+/// The Redis image tag `autoscaler lab images` builds by default (what `docker-compose.lab.yml` uses).
+pub const REDIS_IMAGE: &str = "k3s-autoscaler-redis:local";
 
 /// What [`ensure_lab_image`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,12 +59,56 @@ pub enum ImageStatus {
 
 /// Builds `tag` from `binary` unless it already holds the same binary.
 pub async fn ensure_lab_image(docker: &Docker, binary: &Path, tag: &str) -> Result<ImageStatus> {
+    let fp = fingerprint(binary).map_err(|e| DockerError::ImageContext {
+        tag: tag.to_string(),
+        message: format!("{}: {e}", binary.display()),
+    })?;
+    let binary = binary.to_path_buf();
+    ensure_image(docker, tag, fp, move || build_context(&binary)).await
+}
+
+/// Builds the offline compose lab's Redis image `tag` from this machine's `redis-server`,
+/// `redis-cli` and `/bin/sh` (`scripts/ensure-deps` installs redis-server), unless it already holds
+/// the same files.
+pub async fn ensure_redis_image(docker: &Docker, tag: &str) -> Result<ImageStatus> {
     let ctx_err = |message: String| DockerError::ImageContext {
         tag: tag.to_string(),
         message,
     };
-    let fp = fingerprint(binary).map_err(|e| ctx_err(format!("{}: {e}", binary.display())))?;
+    let mut fp = String::from("redis-v1");
+    for (host, _) in REDIS_FILES {
+        let one = fingerprint(Path::new(host)).map_err(|e| {
+            ctx_err(format!(
+                "{host}: {e} (install redis-server: apt-get install -y redis-server)"
+            ))
+        })?;
+        fp.push('-');
+        fp.push_str(&one);
+    }
+    ensure_image(docker, tag, fp, || {
+        let files: Vec<(PathBuf, String, u32)> = REDIS_FILES
+            .iter()
+            .map(|(host, path)| (PathBuf::from(host), path.to_string(), 0o755))
+            .collect();
+        image_context(REDIS_DOCKERFILE, &files)
+    })
+    .await
+}
 
+/// Builds `tag` from the context `make_context` returns unless the tag's label already holds `fp`.
+async fn ensure_image<F>(
+    docker: &Docker,
+    tag: &str,
+    fp: String,
+    make_context: F,
+) -> Result<ImageStatus>
+where
+    F: FnOnce() -> std::result::Result<Vec<u8>, String> + Send + 'static,
+{
+    let ctx_err = |message: String| DockerError::ImageContext {
+        tag: tag.to_string(),
+        message,
+    };
     let mut previous: Option<String> = None;
     match docker.inspect_image(tag).await {
         Ok(image) => {
@@ -58,7 +119,7 @@ pub async fn ensure_lab_image(docker: &Docker, binary: &Path, tag: &str) -> Resu
                 .and_then(|c| c.labels.as_ref())
                 .and_then(|l| l.get(LABEL_BINARY));
             if current == Some(&fp) {
-                debug!(%tag, "lab image is up to date");
+                debug!(%tag, "image is up to date");
                 return Ok(ImageStatus::UpToDate);
             }
         }
@@ -73,16 +134,15 @@ pub async fn ensure_lab_image(docker: &Docker, binary: &Path, tag: &str) -> Resu
         }
     }
 
-    let binary_owned = binary.to_path_buf();
     let tag_owned = tag.to_string();
-    let context = tokio::task::spawn_blocking(move || build_context(&binary_owned))
+    let context = tokio::task::spawn_blocking(make_context)
         .await
         .map_err(|e| ctx_err(format!("context task failed: {e}")))?
         .map_err(|e| DockerError::ImageContext {
             tag: tag_owned,
             message: e,
         })?;
-    info!(%tag, context_bytes = context.len(), "building the lab image");
+    info!(%tag, context_bytes = context.len(), "building an image offline");
 
     let options = BuildImageOptions {
         t: Some(tag.to_string()),
@@ -238,10 +298,49 @@ fn binary_bytes(binary: &Path) -> std::result::Result<Vec<u8>, String> {
     bytes.map_err(|e| format!("reading {}: {e}", binary.display()))
 }
 
-/// The build context: `Dockerfile` and `rootfs/` with the binary, its libraries, the loader and `/tmp`.
+/// The worker image's build context: `Dockerfile` and `rootfs/` with the binary (debug info
+/// stripped), its libraries, the loader, the CA bundle and `/tmp`.
 pub fn build_context(binary: &Path) -> std::result::Result<Vec<u8>, String> {
     let bin = binary_bytes(binary)?;
+    let mut extra = Vec::new();
+    // rustls (the kube client of the node agent) refuses to start without a root store, even for
+    // plain-HTTP servers: ship the host's CA bundle when it has one.
+    if Path::new(CA_BUNDLE).exists() {
+        extra.push((PathBuf::from(CA_BUNDLE), CA_BUNDLE.to_string(), 0o644));
+    }
     let libs = shared_libraries(binary)?;
+    context_with(
+        DOCKERFILE,
+        &[(bin, "/bin/autoscaler".into())],
+        &libs,
+        &extra,
+    )
+}
+
+/// A build context of host files (host path, path in the image, mode) and the libraries they link.
+pub fn image_context(
+    dockerfile: &str,
+    files: &[(PathBuf, String, u32)],
+) -> std::result::Result<Vec<u8>, String> {
+    let mut libs: Vec<PathBuf> = Vec::new();
+    for (host, _, _) in files {
+        for lib in shared_libraries(host)? {
+            if !libs.contains(&lib) {
+                libs.push(lib);
+            }
+        }
+    }
+    context_with(dockerfile, &[], &libs, files)
+}
+
+/// The tar: `Dockerfile`, then under `rootfs/` the given contents, the libraries at their host paths,
+/// the files, and `/tmp`.
+fn context_with(
+    dockerfile: &str,
+    contents: &[(Vec<u8>, String)],
+    libs: &[PathBuf],
+    files: &[(PathBuf, String, u32)],
+) -> std::result::Result<Vec<u8>, String> {
     let mut tar = tar::Builder::new(Vec::new());
     let mut add = |path: &str, data: &[u8], mode: u32| -> std::result::Result<(), String> {
         let mut header = tar::Header::new_gnu();
@@ -252,18 +351,19 @@ pub fn build_context(binary: &Path) -> std::result::Result<Vec<u8>, String> {
         tar.append_data(&mut header, path, data)
             .map_err(|e| format!("adding {path} to the context: {e}"))
     };
-    add("Dockerfile", DOCKERFILE.as_bytes(), 0o644)?;
-    add("rootfs/bin/autoscaler", &bin, 0o755)?;
-    for lib in &libs {
-        // fs::read follows symlinks: the image gets the real file under the name the loader asks for.
-        let data = std::fs::read(lib).map_err(|e| format!("reading {}: {e}", lib.display()))?;
-        let rel = lib.to_string_lossy();
-        add(&format!("rootfs{rel}"), &data, 0o755)?;
+    add("Dockerfile", dockerfile.as_bytes(), 0o644)?;
+    for (data, path) in contents {
+        add(&format!("rootfs{path}"), data, 0o755)?;
     }
-    // rustls (the kube client of the node agent) refuses to start without a root store, even for
-    // plain-HTTP servers: ship the host's CA bundle when it has one.
-    if let Ok(bundle) = std::fs::read(CA_BUNDLE) {
-        add(&format!("rootfs{CA_BUNDLE}"), &bundle, 0o644)?;
+    // fs::read follows symlinks: the image gets the real file under the name asked for (the loader's,
+    // or Debian's `redis-server`, a link to `redis-check-rdb` that picks its mode by its name).
+    for lib in libs {
+        let data = std::fs::read(lib).map_err(|e| format!("reading {}: {e}", lib.display()))?;
+        add(&format!("rootfs{}", lib.to_string_lossy()), &data, 0o755)?;
+    }
+    for (host, path, mode) in files {
+        let data = std::fs::read(host).map_err(|e| format!("reading {}: {e}", host.display()))?;
+        add(&format!("rootfs{path}"), &data, *mode)?;
     }
     let mut dir = tar::Header::new_gnu();
     dir.set_entry_type(tar::EntryType::Directory);
