@@ -959,10 +959,27 @@ impl World {
         }
         let seen = match self.owner(name) {
             Owner::Recorded => {
-                if let Some(spec) = self.specs.get(name) {
-                    self.simulated_specs.insert(name.to_string(), spec.clone());
+                let seen = self.recorded.get(name).copied().unwrap_or_default();
+                // What the placement shows of it: the recorded view, or (no snapshot named it
+                // yet) its pool's template, as for a worker the replay creates.
+                let spec = self.specs.get(name).cloned().or_else(|| {
+                    let pool = self
+                        .pools
+                        .iter()
+                        .find(|p| name.contains(&format!("{}-", p.name)))
+                        .or_else(|| {
+                            self.pools
+                                .iter()
+                                .find(|p| p.name == crate::policy::DEFAULT_POOL)
+                        })?;
+                    let mut spec = pool.node(name.to_string());
+                    spec.ready = seen.node.unwrap_or(false);
+                    Some(spec)
+                });
+                if let Some(spec) = spec {
+                    self.simulated_specs.insert(name.to_string(), spec);
                 }
-                self.recorded.get(name).copied().unwrap_or_default()
+                seen
             }
             _ => Seen::default(),
         };

@@ -757,3 +757,18 @@ proptest! {
         prop_assert_eq!(sides, (report.recorded.decisions, report.replayed.decisions));
     }
 }
+
+/// Found by the property above: a worker the recording created, being removed when the first
+/// placement snapshot is taken, stays in the replayed snapshot (its pool's template stands in
+/// for the recorded view the replay has not seen yet).
+#[test]
+fn a_worker_leaving_before_the_first_snapshot_is_in_the_replayed_one() {
+    let policy = Policy::default();
+    let steps = vec![Step::Pending(1, 300), Step::Load(5.0, 315), Step::Placement];
+    let recorded = history(&policy, 3, &steps);
+    let replayed = replay(&recorded, &policy, &Handler::ALL);
+    assert_eq!(replayed.log.len(), recorded.len());
+    for (r, e) in replayed.log.iter().zip(&recorded) {
+        assert_eq!(r.event, e.event, "{}", e.event_type());
+    }
+}
