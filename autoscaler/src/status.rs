@@ -202,12 +202,20 @@ fn backoff_json(model: &handlers::model::Model, policy: &handlers::Policy) -> Ve
 }
 
 /// The workers the record (the model folded from the stream) holds, gone ones left out.
+/// Warm workers (stopped, kept for their pool's next scale-up) are listed as `warm`.
 fn record_workers(model: &handlers::model::Model) -> Vec<Value> {
     model
         .workers
         .values()
-        .filter(|w| !w.state.is_gone())
-        .map(|w| json!({"name": w.name, "state": crate::runtime::run::state_label(w.state), "since": bus::envelope::format_timestamp(w.since)}))
+        .filter(|w| !w.state.is_gone() || w.warm)
+        .map(|w| {
+            let state = if w.warm && w.state.is_gone() {
+                "warm".to_string()
+            } else {
+                crate::runtime::run::state_label(w.state)
+            };
+            json!({"name": w.name, "state": state, "since": bus::envelope::format_timestamp(w.since)})
+        })
         .collect()
 }
 
