@@ -99,6 +99,10 @@ pub struct LabOptions {
     /// `docker.host` (empty: the machine's engine), e.g. an
     /// [`EngineProxy`](autoscaler::docker::proxy::EngineProxy) the test can take down.
     pub docker_host: String,
+    /// `workers.warm_pool`.
+    pub warm_pool: u32,
+    /// `scaling.max_node_provision_time`.
+    pub max_node_provision_time: Duration,
 }
 
 /// One of [`LabOptions::pools`].
@@ -147,6 +151,8 @@ impl Default for LabOptions {
             pools: Vec::new(),
             placement_interval: Duration::from_secs(1),
             docker_host: String::new(),
+            warm_pool: 0,
+            max_node_provision_time: Duration::from_secs(60),
         }
     }
 }
@@ -686,7 +692,7 @@ fn config_yaml(
     underutilized_for: {underutilized_for}s
     scale_up_cooldown: 3s
     scale_down_cooldown: 3s
-    max_node_provision_time: 60s
+    max_node_provision_time: {provision}s
     drain_timeout: 30s
   workers:
     name_prefix: "{prefix}"
@@ -697,6 +703,7 @@ fn config_yaml(
     restart_policy: "no"
     cpu: 1.0
     memory: "1Gi"
+    warm_pool: {warm_pool}
   metrics:
     interval: 2s
   kubernetes:
@@ -721,6 +728,8 @@ fn config_yaml(
         underutilized_for = o.underutilized_for.as_secs(),
         placement = o.placement_interval.as_secs().max(1),
         docker_host = o.docker_host,
+        provision = o.max_node_provision_time.as_secs().max(1),
+        warm_pool = o.warm_pool,
         placement_snapshot = o.placement_interval.as_secs().max(600),
         pools = if o.pools.is_empty() {
             String::new()

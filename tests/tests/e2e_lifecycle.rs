@@ -378,3 +378,85 @@ async fn e2e_a_stopped_workers_replacement_is_ready_before_its_pods_are_evicted(
     lab.settled(s, 2..=2, SETTLE).await;
     lab.assert_replay_identity().await;
 }
+
+/// The warm pool end to end: a scaled-down worker is stopped and kept (`WarmPoolEntered`), outlives
+/// `max_node_provision_time` without the StateSynchronizer taking it for an orphan, and the next
+/// scale-up starts it under its own name; its agent registers anew and the pod runs there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_a_warm_worker_outlives_the_provision_time_and_is_the_next_scale_up() {
+    let lab = Lab::start(LabOptions {
+        min_nodes: 1,
+        max_nodes: 3,
+        warm_pool: 1,
+        max_node_provision_time: Duration::from_secs(20),
+        ..LabOptions::default()
+    })
+    .await;
+    lab.settled(0, 1..=1, SETTLE).await;
+
+    // Two pods of 700m on 1-CPU workers: a second worker.
+    lab.kubectl_apply(&deployment("web", 2));
+    wait_running(&lab, "web", 2, Duration::from_secs(90)).await;
+    lab.settled(0, 2..=2, SETTLE).await;
+
+    // The load goes: one worker is drained and kept stopped.
+    lab.kubectl(&["delete", "deployment", "web"]);
+    let events = lab
+        .wait_for_events("a worker kept warm", SETTLE, |ev| {
+            ev.iter().any(|e| e.event_type() == "WarmPoolEntered")
+        })
+        .await;
+    let second = events
+        .iter()
+        .find_map(|e| match &e.event {
+            Event::WarmPoolEntered(w) => Some(w.node_name.clone()),
+            _ => None,
+        })
+        .expect("WarmPoolEntered");
+    let warm_at = events.len();
+    let (nodes, secrets) = nodes_and_secrets(&lab);
+    assert!(
+        !nodes.contains(&second) && !secrets.contains(&second),
+        "{nodes:?} {secrets:?}"
+    );
+    assert!(
+        lab.worker_containers()
+            .iter()
+            .any(|(n, state)| *n == second && state == "exited"),
+        "{:?}",
+        lab.worker_containers()
+    );
+
+    // Longer than `max_node_provision_time` (20 s), with observations: still kept.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let events = lab.events().await;
+    assert!(
+        !events[warm_at..]
+            .iter()
+            .any(|e| e.event.node_name() == Some(second.as_str())
+                && e.event_type() != "ClusterObserved"),
+        "the warm worker was touched:\n{}",
+        trail(&events[warm_at..])
+    );
+    assert!(lab.worker_containers().iter().any(|(n, _)| *n == second));
+
+    // The next scale-up starts it under its own name; its pod runs there.
+    lab.kubectl_apply(&deployment("web", 2));
+    let pods = wait_running(&lab, "web", 2, Duration::from_secs(90)).await;
+    assert!(pods.iter().any(|(_, node)| *node == second), "{pods:?}");
+    let events = lab.events().await;
+    assert!(
+        events[warm_at..].iter().any(|e| matches!(&e.event, Event::WarmPoolLeft(l) if l.node_name == second && l.reason == "started")),
+        "{}",
+        trail(&events[warm_at..])
+    );
+    let third = format!("{}3", lab.prefix);
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(&e.event, Event::ScaleUpStarted(s) if s.nodes.contains(&third))),
+        "a new name was used:\n{}",
+        trail(&events[warm_at..])
+    );
+    lab.assert_replay_identity().await;
+}
