@@ -7,33 +7,12 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bus::event::*;
 use bus::scheduling::Resources;
 use bus::Event;
 use common::*;
 use handlers::policy::PoolTemplate;
 use handlers::simulate::Simulation;
 use handlers::{Command, Policy};
-
-fn blocks(sim: &Simulation) -> Vec<ScaleUpBlocked> {
-    events_of(sim, "ScaleUpBlocked")
-        .iter()
-        .filter_map(|e| match &e.event {
-            Event::ScaleUpBlocked(b) => Some(b.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn failures(sim: &Simulation) -> Vec<ScalingActionFailed> {
-    events_of(sim, "ScalingActionFailed")
-        .iter()
-        .filter_map(|e| match &e.event {
-            Event::ScalingActionFailed(f) => Some(f.clone()),
-            _ => None,
-        })
-        .collect()
-}
 
 fn started_names(sim: &Simulation) -> Vec<String> {
     events_of(sim, "ScaleUpStarted")
@@ -69,13 +48,13 @@ fn an_engine_outage_backs_the_pool_off_says_so_once_and_uses_up_no_name() {
 
     // One decision; the first create and the one retry after 30 s fail; one block says why.
     assert_eq!(events_of(&sim, "ScaleUpDecision").len(), 1);
-    let failed = failures(&sim);
+    let failed = action_failures(&sim);
     assert_eq!(failed.len(), 2, "{failed:?}");
     assert!(failed
         .iter()
         .all(|f| f.error.starts_with("provider_unavailable:")
             && f.node_name.as_deref() == Some("k3s-worker-3")));
-    let b = blocks(&sim);
+    let b = scale_up_blocks(&sim);
     assert_eq!(b.len(), 1, "{b:?}");
     assert_eq!(b[0].reason, "provider_unavailable");
     assert_eq!(b[0].pods, ["default/a"]);
@@ -124,7 +103,7 @@ fn without_an_observation_the_backoff_doubles_up_to_its_cap() {
     let gaps: Vec<i64> = at.windows(2).map(|w| w[1] - w[0]).collect();
     assert_eq!(&gaps[..3], [10, 20, 40], "{at:?}");
     assert!(gaps[3..].iter().all(|g| *g == 40), "{at:?}");
-    assert_eq!(blocks(&sim).len(), 1, "said once");
+    assert_eq!(scale_up_blocks(&sim).len(), 1, "said once");
     assert!(started_names(&sim).iter().all(|n| n == "k3s-worker-3"));
 }
 
@@ -161,7 +140,7 @@ fn a_pool_that_backs_off_leaves_its_pods_to_another_pool_that_fits_them() {
         "the expander's first choice failed; the pod went to the other pool"
     );
     // The other pool could take the pod: nothing blocks it, so nothing is said.
-    assert!(blocks(&sim).is_empty());
+    assert!(scale_up_blocks(&sim).is_empty());
     assert_eq!(
         sim.model
             .provision
@@ -186,7 +165,7 @@ fn pods_only_a_backing_off_pool_fits_get_pool_backoff_once() {
         pending(vec![PodBuilder::new("a").cpu(500).memory_mi(1).build()], 1),
     );
     report_for(&mut sim, 40);
-    let b = blocks(&sim);
+    let b = scale_up_blocks(&sim);
     assert_eq!(b.len(), 1, "{b:?}");
     assert_eq!(
         (b[0].reason.as_str(), b[0].pool.as_deref()),
@@ -195,7 +174,7 @@ fn pods_only_a_backing_off_pool_fits_get_pool_backoff_once() {
     assert_eq!(b[0].predicates, BTreeMap::new());
     // The failed create is retried after 30 s under the same name (a container the engine may
     // have left behind is adopted by the create of that name).
-    assert_eq!(failures(&sim).len(), 2);
+    assert_eq!(action_failures(&sim).len(), 2);
     assert_eq!(
         commands(&sim, "create_worker"),
         ["k3s-worker-only-1", "k3s-worker-only-1"]
@@ -212,12 +191,12 @@ fn a_report_without_pods_beyond_max_nodes_fails_once_not_on_every_report() {
         // An older watcher: a count, no pods.
         sim.observe("pending_pods_watcher", pending(Vec::new(), 30));
     }
-    let failed = failures(&sim);
+    let failed = action_failures(&sim);
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert!(failed[0].error.starts_with("max_nodes_reached"));
     // Pods gone, then pending again: a new episode is said again.
     sim.observe("pending_pods_watcher", pending(Vec::new(), 0));
     sim.advance(Duration::from_secs(2));
     sim.observe("pending_pods_watcher", pending(Vec::new(), 30));
-    assert_eq!(failures(&sim).len(), 2);
+    assert_eq!(action_failures(&sim).len(), 2);
 }

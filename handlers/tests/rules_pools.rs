@@ -63,16 +63,6 @@ fn created(sim: &Simulation) -> Vec<(String, String)> {
         .collect()
 }
 
-fn scale_up_blocks(sim: &Simulation) -> Vec<ScaleUpBlocked> {
-    events_of(sim, "ScaleUpBlocked")
-        .iter()
-        .filter_map(|e| match &e.event {
-            Event::ScaleUpBlocked(b) => Some(b.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
 fn pair(a: &str, b: &str) -> (String, String) {
     (a.to_string(), b.to_string())
 }

@@ -337,6 +337,51 @@ impl Lab {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `(pod, node)` of the Running pods labelled `app=<app>`.
+    pub fn running_pods(&self, app: &str) -> Vec<(String, String)> {
+        let out = self.kubectl(&[
+            "get",
+            "pods",
+            "-l",
+            &format!("app={app}"),
+            "-o",
+            r#"jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName} {.status.phase}{"\n"}{end}"#,
+        ]);
+        out.lines()
+            .filter_map(|l| {
+                let mut it = l.split_whitespace();
+                let (pod, node, phase) = (it.next()?, it.next()?, it.next()?);
+                (phase == "Running").then(|| (pod.to_string(), node.to_string()))
+            })
+            .collect()
+    }
+
+    /// Waits until exactly `count` pods of `app` are Running and returns them as `(pod, node)`;
+    /// panics after `within` with the end of the trail and the logs.
+    pub async fn wait_running(
+        &self,
+        app: &str,
+        count: usize,
+        within: Duration,
+    ) -> Vec<(String, String)> {
+        let deadline = Instant::now() + within;
+        loop {
+            let pods = self.running_pods(app);
+            if pods.len() == count {
+                return pods;
+            }
+            if Instant::now() > deadline {
+                let events = self.events().await;
+                panic!(
+                    "{count} pods of {app} not Running: {pods:?}\n{}\n{}",
+                    trail(&events[events.len().saturating_sub(TRAIL_ON_TIMEOUT)..]),
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// Applies a manifest given as YAML text.
     pub fn kubectl_apply(&self, yaml: &str) {
         let path = self

@@ -358,26 +358,7 @@ async fn e2e_kill_9_during_a_scale_up_is_finished_by_the_restarted_process() {
     );
 
     // And the pods run.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let out = lab.kubectl(&[
-            "get",
-            "pods",
-            "-l",
-            "app=web",
-            "-o",
-            "jsonpath={.items[*].status.phase}",
-        ]);
-        if out.split_whitespace().filter(|p| *p == "Running").count() == 4 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "pods not all Running: {out}\n{}",
-            lab.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    lab.wait_running("web", 4, Duration::from_secs(60)).await;
 
     let events = lab.events().await;
     println!("after the settling: {}", chain(&events, from));

@@ -27,46 +27,6 @@ fn ready_nodes(events: &[Envelope]) -> BTreeSet<String> {
         .collect()
 }
 
-/// `(pod, node)` of the Running pods of `app`.
-fn running_pods(lab: &Lab, app: &str) -> Vec<(String, String)> {
-    let out = lab.kubectl(&[
-        "get",
-        "pods",
-        "-l",
-        &format!("app={app}"),
-        "-o",
-        r#"jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName} {.status.phase}{"\n"}{end}"#,
-    ]);
-    out.lines()
-        .filter_map(|l| {
-            let mut it = l.split_whitespace();
-            let (pod, node, phase) = (it.next()?, it.next()?, it.next()?);
-            (phase == "Running").then(|| (pod.to_string(), node.to_string()))
-        })
-        .collect()
-}
-
-async fn wait_running(
-    lab: &Lab,
-    app: &str,
-    count: usize,
-    within: Duration,
-) -> Vec<(String, String)> {
-    let deadline = std::time::Instant::now() + within;
-    loop {
-        let pods = running_pods(lab, app);
-        if pods.len() == count {
-            return pods;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{count} pods of {app} not Running: {pods:?}\n{}",
-            lab.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
 /// This lab's Kubernetes Nodes and `<node>.node-password.k3s` secrets.
 fn nodes_and_secrets(lab: &Lab) -> (BTreeSet<String>, BTreeSet<String>) {
     let names = |out: String, suffix: &str| -> BTreeSet<String> {
@@ -95,7 +55,7 @@ async fn e2e_load_removed_scales_down_to_the_minimum_and_cleans_up_everything() 
 
     // Three pods of 700m: two more workers.
     lab.kubectl_apply(&deployment("web", 3));
-    wait_running(&lab, "web", 3, Duration::from_secs(90)).await;
+    lab.wait_running("web", 3, Duration::from_secs(90)).await;
     // At least three workers (a worker seen Ready before its pod is bound can make a later report ask
     // for one more; the scale-down below removes it all the same).
     let events = lab.settled(0, 3..=4, SETTLE).await;
@@ -281,7 +241,7 @@ async fn e2e_a_stopped_workers_replacement_is_ready_before_its_pods_are_evicted(
     let events = lab.settled(0, 2..=2, SETTLE).await;
     let original = ready_nodes(&events);
     lab.kubectl_apply(&deployment("web", 2));
-    let pods = wait_running(&lab, "web", 2, Duration::from_secs(60)).await;
+    let pods = lab.wait_running("web", 2, Duration::from_secs(60)).await;
     let victim = pods[0].1.clone();
     let victim_pods: BTreeSet<String> = pods
         .iter()
@@ -322,7 +282,7 @@ async fn e2e_a_stopped_workers_replacement_is_ready_before_its_pods_are_evicted(
     // The pods end up Running elsewhere.
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     loop {
-        let now = running_pods(&lab, "web");
+        let now = lab.running_pods("web");
         if now.len() == 2 && now.iter().all(|(_, n)| *n != victim) {
             break;
         }
@@ -396,7 +356,7 @@ async fn e2e_a_warm_worker_outlives_the_provision_time_and_is_the_next_scale_up(
 
     // Two pods of 700m on 1-CPU workers: a second worker.
     lab.kubectl_apply(&deployment("web", 2));
-    wait_running(&lab, "web", 2, Duration::from_secs(90)).await;
+    lab.wait_running("web", 2, Duration::from_secs(90)).await;
     lab.settled(0, 2..=2, SETTLE).await;
 
     // The load goes: one worker is drained and kept stopped.
@@ -442,7 +402,7 @@ async fn e2e_a_warm_worker_outlives_the_provision_time_and_is_the_next_scale_up(
 
     // The next scale-up starts it under its own name; its pod runs there.
     lab.kubectl_apply(&deployment("web", 2));
-    let pods = wait_running(&lab, "web", 2, Duration::from_secs(90)).await;
+    let pods = lab.wait_running("web", 2, Duration::from_secs(90)).await;
     assert!(pods.iter().any(|(_, node)| *node == second), "{pods:?}");
     let events = lab.events().await;
     assert!(

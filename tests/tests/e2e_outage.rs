@@ -149,25 +149,6 @@ async fn e2e_a_docker_outage_with_a_pending_pod_backs_off_and_recovers_under_the
     );
 
     // And the pods run.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let out = lab.kubectl(&[
-            "get",
-            "pods",
-            "-l",
-            "app=web",
-            "-o",
-            "jsonpath={.items[*].status.phase}",
-        ]);
-        if out.split_whitespace().filter(|p| *p == "Running").count() == 3 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "pods not all Running: {out}\n{}",
-            lab.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    lab.wait_running("web", 3, Duration::from_secs(60)).await;
     lab.assert_replay_identity().await;
 }

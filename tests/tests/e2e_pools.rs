@@ -4,7 +4,7 @@
 //! whose pod fits nowhere else (the scheduling simulation over the placement on the stream) and each
 //! pool's `min_nodes`. Real Redis, real Docker, the lab cluster, `autoscaler run` as a real process.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bus::{Envelope, Event};
 use tests::{find, trail, Lab, LabOptions, LabPool};
@@ -58,41 +58,10 @@ spec:
     )
 }
 
-/// The node each Running pod of `app` is on.
-fn running_on(lab: &Lab, app: &str) -> Vec<String> {
-    let out = lab.kubectl(&[
-        "get",
-        "pods",
-        "-l",
-        &format!("app={app}"),
-        "-o",
-        r#"jsonpath={range .items[*]}{.spec.nodeName} {.status.phase}{"\n"}{end}"#,
-    ]);
-    out.lines()
-        .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
-            [node, "Running"] => Some(node.to_string()),
-            _ => None,
-        })
-        .collect()
-}
-
+/// The nodes of the `count` Running pods of `app`, once there are that many.
 async fn wait_running(lab: &Lab, app: &str, count: usize) -> Vec<String> {
-    let deadline = Instant::now() + SETTLE;
-    loop {
-        let nodes = running_on(lab, app);
-        if nodes.len() == count {
-            return nodes;
-        }
-        if Instant::now() > deadline {
-            let events = lab.events().await;
-            panic!(
-                "{count} pods of {app} not Running (on {nodes:?})\n{}\n{}",
-                trail(&events[events.len().saturating_sub(60)..]),
-                lab.logs()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let pods = lab.wait_running(app, count, SETTLE).await;
+    pods.into_iter().map(|(_, node)| node).collect()
 }
 
 fn node_json(lab: &Lab, node: &str) -> serde_json::Value {
@@ -272,7 +241,11 @@ async fn e2e_two_pools_scale_up_by_selector_and_taint_and_keep_their_minimums() 
         "{}",
         trail(&events[before..])
     );
-    let mut pinned_on = running_on(&lab, "pinned");
+    let mut pinned_on = lab
+        .running_pods("pinned")
+        .into_iter()
+        .map(|(_, node)| node)
+        .collect::<Vec<_>>();
     pinned_on.sort();
     assert_eq!(pinned_on, generals);
 

@@ -130,27 +130,7 @@ async fn e2e_pending_pods_scale_up_and_the_pods_run() {
     );
 
     // And the pods run.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let out = lab.kubectl(&[
-            "get",
-            "pods",
-            "-l",
-            "app=web",
-            "-o",
-            "jsonpath={.items[*].status.phase}",
-        ]);
-        let running = out.split_whitespace().filter(|p| *p == "Running").count();
-        if running == 4 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "pods not all Running: {out}\n{}",
-            lab.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    lab.wait_running("web", 4, Duration::from_secs(60)).await;
     assert_eq!(lab.running_workers().len(), 4);
     lab.assert_replay_identity().await;
 }

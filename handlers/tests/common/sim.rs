@@ -25,6 +25,28 @@ pub fn blocked_reasons(sim: &Simulation) -> Vec<String> {
         .collect()
 }
 
+/// Every `ScaleUpBlocked`, in order.
+pub fn scale_up_blocks(sim: &Simulation) -> Vec<bus::event::ScaleUpBlocked> {
+    sim.log
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::ScaleUpBlocked(b) => Some(b.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every `ScalingActionFailed`, in order.
+pub fn action_failures(sim: &Simulation) -> Vec<bus::event::ScalingActionFailed> {
+    sim.log
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::ScalingActionFailed(f) => Some(f.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The nodes of every command of `kind` issued (which must be a command kind), in order.
 pub fn commands(sim: &Simulation, kind: &str) -> Vec<String> {
     let kind = command_kind(kind);
