@@ -193,7 +193,7 @@ fn backoff_json(model: &handlers::model::Model, policy: &handlers::Policy) -> Ve
             json!({
                 "pool": pool,
                 "failures": b.failures,
-                "reason": if b.provider { handlers::codes::PROVIDER_UNAVAILABLE } else { handlers::codes::POOL_BACKOFF },
+                "reason": b.reason(),
                 "until": bus::envelope::format_timestamp(b.until(&backoff)),
                 "error": b.error,
             })

@@ -191,7 +191,7 @@ impl NodeManager {
             outcome.extend(out.finish());
         }
         if let (Some(goal), Some(last)) = (&model.provision.goal, &model.provision.last_failure) {
-            let (goal, failed_at, failure) = (&goal.target_workers, &last.at, &last.cause);
+            let (goal, failure) = (&goal.target_workers, &last.cause);
             let planned = model.planned_workers();
             if *goal > planned && model.provisioning() == 0 && model.provision.failures > 0 {
                 let mut out = Emitter::new(HANDLER, failure, now);
@@ -212,7 +212,7 @@ impl NodeManager {
                 } else {
                     // The pool's backoff (the same rule the decision engine waits out).
                     let waiting = model.backing_off(&last.pool, now, policy).is_some();
-                    if !waiting && now >= *failed_at {
+                    if !waiting {
                         let target = (*goal).min(policy.limits.max_nodes);
                         // Failed workers are replaced in the pool they were made for.
                         let pool = &last.pool;
@@ -252,13 +252,8 @@ impl NodeManager {
         if let Some(b) = model.backing_off(goal.pool, event.timestamp, policy) {
             // The pool's creates failed lately: this decision creates nothing (the retry after the
             // backoff, or a later decision, does), and says so once, as the decision engine would.
-            let reason = if b.provider {
-                codes::PROVIDER_UNAVAILABLE
-            } else {
-                codes::POOL_BACKOFF
-            };
             out.emit(ScaleUpBlocked {
-                reason: reason.to_string(),
+                reason: b.reason().to_string(),
                 pods: Vec::new(),
                 pool: pool_field(goal.pool),
                 detail: Some(format!(

@@ -51,6 +51,15 @@ pub struct PoolBackoff {
 }
 
 impl PoolBackoff {
+    /// The `ScaleUpBlocked.reason` it gives: `provider_unavailable` or `pool_backoff`.
+    pub fn reason(&self) -> &'static str {
+        if self.provider {
+            crate::codes::PROVIDER_UNAVAILABLE
+        } else {
+            crate::codes::POOL_BACKOFF
+        }
+    }
+
     /// Until when the pool backs off under `backoff`.
     pub fn until(&self, backoff: &primitives::Backoff) -> DateTime<Utc> {
         let end = self.at + crate::policy::chrono(backoff.delay_for(self.failures));
