@@ -16,6 +16,11 @@ pub struct StateLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabel {
+    pub pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TypeLabel {
     pub event_type: String,
 }
@@ -58,8 +63,19 @@ pub struct Metrics {
     registry: Registry,
     /// Workers by state as the record sees them (`ready`, `not_ready`, `creating`, `draining`, …).
     pub workers: Family<StateLabel, Gauge>,
+    /// The cluster's min_nodes in effect: the configured one, or an open schedule window's.
     pub workers_min: Gauge,
     pub workers_max: Gauge,
+    /// Stopped workers kept in each pool's warm pool.
+    pub warm_workers: Family<PoolLabel, Gauge>,
+    /// Spare workers (Ready and empty, or on their way) of each pool with a capacity buffer.
+    pub buffer_spare_workers: Family<PoolLabel, Gauge>,
+    /// Workers each pool with a capacity buffer is short of it.
+    pub buffer_shortfall_workers: Family<PoolLabel, Gauge>,
+    /// Each pool's min_nodes in effect (raised by an open schedule window).
+    pub pool_min: Family<PoolLabel, Gauge>,
+    /// Open windows of scheduled minimums.
+    pub schedule_windows_open: Gauge,
     /// 1 while this replica holds the leader lease.
     pub leader: Gauge,
     pub events_published: Family<TypeLabel, Counter>,
@@ -88,6 +104,11 @@ impl Metrics {
             workers: Family::default(),
             workers_min: Gauge::default(),
             workers_max: Gauge::default(),
+            warm_workers: Family::default(),
+            buffer_spare_workers: Family::default(),
+            buffer_shortfall_workers: Family::default(),
+            pool_min: Family::default(),
+            schedule_windows_open: Gauge::default(),
             leader: Gauge::default(),
             events_published: Family::default(),
             events_handled: Family::default(),
@@ -103,8 +124,37 @@ impl Metrics {
             registry: Registry::default(),
         };
         registry.register("workers", "Workers by state", m.workers.clone());
-        registry.register("workers_min", "Configured min_nodes", m.workers_min.clone());
+        registry.register(
+            "workers_min",
+            "min_nodes in effect (configured, or raised by an open schedule window)",
+            m.workers_min.clone(),
+        );
         registry.register("workers_max", "Configured max_nodes", m.workers_max.clone());
+        registry.register(
+            "warm_workers",
+            "Stopped workers kept in the pool's warm pool",
+            m.warm_workers.clone(),
+        );
+        registry.register(
+            "buffer_spare_workers",
+            "Spare workers of a pool with a capacity buffer (Ready and empty, or on their way)",
+            m.buffer_spare_workers.clone(),
+        );
+        registry.register(
+            "buffer_shortfall_workers",
+            "Workers a pool's capacity buffer is short of",
+            m.buffer_shortfall_workers.clone(),
+        );
+        registry.register(
+            "pool_min_nodes",
+            "A pool's min_nodes in effect (raised by an open schedule window)",
+            m.pool_min.clone(),
+        );
+        registry.register(
+            "schedule_windows_open",
+            "Open windows of scheduled minimums",
+            m.schedule_windows_open.clone(),
+        );
         registry.register(
             "leader",
             "1 while this replica holds the leader lease",

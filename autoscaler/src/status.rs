@@ -53,6 +53,8 @@ pub async fn collect(src: Sources<'_>) -> Value {
         "last_decision": b.last_decision,
         "last_blocked": b.last_blocked,
         "backoff": b.backoff,
+        "buffers": b.buffers,
+        "schedules": b.schedules,
         "errors": errors,
     })
 }
@@ -125,6 +127,10 @@ struct BusStatus {
     last_blocked: Value,
     /// Pools whose creates failed lately (see `handlers::model::provision`).
     backoff: Vec<Value>,
+    /// Pools with a capacity buffer: what they have spare, what they are short of.
+    buffers: Vec<Value>,
+    /// Open windows of scheduled minimums.
+    schedules: Vec<Value>,
 }
 
 async fn bus_status(bus: &Bus, settings: &Settings, errors: &mut Vec<String>) -> BusStatus {
@@ -156,6 +162,8 @@ async fn bus_status(bus: &Bus, settings: &Settings, errors: &mut Vec<String>) ->
         Ok(()) => {
             out.record = Some(record_workers(&model));
             out.backoff = backoff_json(&model, &policy);
+            out.buffers = buffers_json(&model, &policy);
+            out.schedules = schedules_json(&model, &policy);
             out.last_decision = last_decision;
             out.last_blocked = last_blocked;
         }
@@ -196,6 +204,53 @@ fn backoff_json(model: &handlers::model::Model, policy: &handlers::Policy) -> Ve
                 "reason": b.reason(),
                 "until": bus::envelope::format_timestamp(b.until(&backoff)),
                 "error": b.error,
+            })
+        })
+        .collect()
+}
+
+/// Each pool with a capacity buffer: what it asks for, what it has spare and how many workers it
+/// is short (`null` figures before the placement is on the stream).
+fn buffers_json(model: &handlers::model::Model, policy: &handlers::Policy) -> Vec<Value> {
+    let usage = handlers::buffer::Usage::of(model);
+    policy
+        .node_pools()
+        .iter()
+        .filter(|p| !p.buffer.is_empty())
+        .map(|p| {
+            let spare = handlers::buffer::spare(model, &usage, p);
+            json!({
+                "pool": p.name,
+                "nodes": p.buffer.nodes,
+                "cpu_millis": p.buffer.cpu_millis,
+                "memory_bytes": p.buffer.memory_bytes,
+                "spare_nodes": spare.map(|s| s.nodes),
+                "free_cpu_millis": spare.map(|s| s.free.cpu_millis),
+                "free_memory_bytes": spare.map(|s| s.free.memory_bytes),
+                "short": spare.map(|s| handlers::buffer::shortfall(p, &s)),
+            })
+        })
+        .collect()
+}
+
+/// The open windows of scheduled minimums, with the minimum each scope has while they last.
+fn schedules_json(model: &handlers::model::Model, policy: &handlers::Policy) -> Vec<Value> {
+    model
+        .schedules
+        .open
+        .iter()
+        .map(|(key, w)| {
+            let min = match &w.pool {
+                None => model.schedules.cluster_min(policy),
+                Some(p) => model.schedules.pool_min(policy, p),
+            };
+            json!({
+                "schedule": key,
+                "pool": w.pool,
+                "min_nodes": w.min_nodes,
+                "min_in_effect": min,
+                "window_start": bus::envelope::format_timestamp(w.start),
+                "window_end": bus::envelope::format_timestamp(w.end),
             })
         })
         .collect()
@@ -323,6 +378,26 @@ pub fn render(doc: &Value) -> String {
             b["failures"],
             b["until"].as_str().unwrap_or("?"),
             b["error"].as_str().unwrap_or("")
+        ));
+    }
+    for b in doc["buffers"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "buffer   pool {}: {} spare worker(s) of {} asked, {} m CPU / {} B memory free, short {}\n",
+            b["pool"].as_str().unwrap_or("?"),
+            b["spare_nodes"],
+            b["nodes"],
+            b["free_cpu_millis"],
+            b["free_memory_bytes"],
+            b["short"],
+        ));
+    }
+    for w in doc["schedules"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "schedule {} ({}): min_nodes {} until {}\n",
+            w["schedule"].as_str().unwrap_or("?"),
+            w["pool"].as_str().unwrap_or("cluster"),
+            w["min_in_effect"],
+            w["window_end"].as_str().unwrap_or("?"),
         ));
     }
     if let Some(errors) = doc["errors"].as_array() {

@@ -239,6 +239,37 @@ pub struct WarmPoolLeft {
     pub reason: String,
 }
 
+/// A scheduled minimum's window opened (`schedules: [{cron, duration, min_nodes}]`, UTC): until
+/// `window_end` the cluster (no `pool`) or the pool keeps at least `min_nodes` workers, and the
+/// MinimumNodeEnforcer tops it up with the reason `schedule`. Published by the enforcer at the
+/// first event or timer after the window's edge; its id is derived from the schedule and the
+/// window, so replicas and redeliveries publish it once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduledMinimumStarted {
+    /// Which schedule: `cluster/<i>` or `pool/<name>/<i>` (its place in the configuration).
+    pub schedule: String,
+    /// The pool it raises; absent: the cluster's `limits.min_nodes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    pub min_nodes: u32,
+    pub cron: String,
+    pub window_start: DateTime<Utc>,
+    pub window_end: DateTime<Utc>,
+}
+
+/// A scheduled minimum's window closed (or its schedule left the configuration): the minimum is
+/// the configured one again, and scale-down may remove what the window added.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduledMinimumEnded {
+    pub schedule: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    pub min_nodes: u32,
+    pub window_start: DateTime<Utc>,
+}
+
 /// One worker Node as Kubernetes shows it, in a [`ClusterObserved`] snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -555,6 +586,8 @@ catalogue!(
     AutoScaleUpToMinimum,
     MinimumNodesRestored,
     EmergencyScaleUp,
+    ScheduledMinimumStarted,
+    ScheduledMinimumEnded,
     // decisions and actions
     ScaleUpDecision,
     ScaleDownDecision,

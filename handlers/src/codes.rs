@@ -19,6 +19,11 @@ pub mod reason {
     pub const UNHEALTHY_NODES: &str = "unhealthy_nodes";
     pub const NO_PLACE_FOR_PODS: &str = "no_place_for_pods";
     pub const SCALE_DOWN_DISABLED: &str = "scale_down_disabled";
+    /// A scale-up that refills a pool's capacity buffer; also why a buffer's spare worker is not
+    /// removed.
+    pub const CAPACITY_BUFFER: &str = "capacity_buffer";
+    /// A scale-up to a scheduled minimum (a window of `schedules` is open).
+    pub const SCHEDULE: &str = "schedule";
 }
 
 /// How the `ScalingActionFailed.error` starts when the NodeManager stops replacing workers that

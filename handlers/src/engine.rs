@@ -22,6 +22,7 @@ use bus::Envelope;
 use chrono::{DateTime, Utc};
 
 use crate::binpack;
+use crate::buffer;
 use crate::codes::reason;
 use crate::command::{Cause, Emitter, Outcome};
 use crate::model::{blocked_key, Blocked, Model, Worker, WorkerState};
@@ -379,6 +380,59 @@ fn slots_need(model: &Model, event: &Envelope, policy: &Policy, pending: u32) ->
     }
 }
 
+/// The events after which the capacity buffers are checked: what changes where pods run or how
+/// many workers a pool has.
+fn checks_buffers(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::PlacementSnapshot(_)
+            | Event::PlacementChanged(_)
+            | Event::ClusterObserved(_)
+            | Event::NodeReady(_)
+            | Event::NodeRemoved(_)
+            | Event::NodeUnexpectedlyLost(_)
+            | Event::ScalingActionCompleted(_)
+            | Event::ScalingActionFailed(_)
+    )
+}
+
+/// The pools whose capacity buffer is short, with no pod pending: one decision each, absolute
+/// like every other, within the pool's and the cluster's maximum; a pool that backs off after
+/// failed creates waits (see [`crate::buffer`]).
+pub fn buffer_need(model: &Model, event: &Envelope, policy: &Policy) -> Vec<PoolDecision> {
+    if !policy.has_buffers()
+        || model.pending_count() > 0
+        || model.scale_up_starting(event.timestamp, policy.scaling.new_worker_grace)
+    {
+        return Vec::new();
+    }
+    let usage = buffer::Usage::of(model);
+    let mut planned = model.planned_workers();
+    let mut decisions = Vec::new();
+    for pool in policy.node_pools().iter() {
+        if pool.buffer.is_empty() || unavailable(model, event, policy, &pool.name).is_some() {
+            continue;
+        }
+        let Some(spare) = buffer::spare(model, &usage, pool) else {
+            continue;
+        };
+        let have = model.workers.planned_in(&pool.name);
+        let grow = buffer::shortfall(pool, &spare)
+            .min(pool.max_nodes.saturating_sub(have))
+            .min(policy.limits.max_nodes.saturating_sub(planned));
+        if grow == 0 {
+            continue;
+        }
+        planned += grow;
+        decisions.push(PoolDecision {
+            pool: pool.name.clone(),
+            target_workers: planned,
+            pool_target: (!policy.pools.is_empty()).then_some(have + grow),
+        });
+    }
+    decisions
+}
+
 /// The scale-down side's answer.
 #[derive(Debug, PartialEq)]
 pub enum Down {
@@ -485,6 +539,28 @@ fn fits_on_fewer(model: &Model, policy: &Policy) -> Result<(), String> {
     Ok(())
 }
 
+/// `candidates` without the workers their pool's capacity buffer keeps.
+fn without_buffered<'m>(
+    model: &Model,
+    policy: &Policy,
+    candidates: Vec<&'m Worker>,
+) -> Vec<&'m Worker> {
+    if !policy.has_buffers() {
+        return candidates;
+    }
+    let usage = buffer::Usage::of(model);
+    let pools = policy.node_pools();
+    candidates
+        .into_iter()
+        .filter(|w| {
+            pools
+                .iter()
+                .find(|p| p.name == w.pool)
+                .is_none_or(|p| !buffer::keeps(model, &usage, p, w))
+        })
+        .collect()
+}
+
 /// The scale-down rule; needs proof that no pods are pending.
 pub fn scale_down(model: &Model, event: &Envelope, policy: &Policy, _: NoPendingPods) -> Down {
     let at = event.timestamp;
@@ -535,8 +611,19 @@ pub fn scale_down(model: &Model, event: &Envelope, policy: &Policy, _: NoPending
         };
     }
     let candidates = removal_candidates(model, policy);
-    let Some(first) = candidates.first() else {
+    let Some(first) = candidates.first().copied() else {
         return blocked(reason::SCALE_DOWN_DISABLED);
+    };
+    // A worker its pool's capacity buffer keeps is spare on purpose, not underused.
+    let candidates = without_buffered(model, policy, candidates);
+    let Some(first) = candidates.first().copied() else {
+        let pool = first.pool.clone();
+        return Down::Blocked {
+            reason: reason::CAPACITY_BUFFER,
+            node: Some(first.name.clone()),
+            detail: Some(format!("pool {pool} keeps it as spare capacity")),
+            pool: pool_field(&pool),
+        };
     };
     // Each pool keeps its own minimum: the best candidate of a pool above it goes.
     let Some(best) = candidates
@@ -729,6 +816,18 @@ impl ScalingDecisionEngine {
                             self.down(model, event, policy, proof, &mut out);
                         }
                     }
+                }
+            }
+            e if checks_buffers(e) => {
+                let current = model.current_workers();
+                for d in buffer_need(model, event, policy) {
+                    out.emit(ScaleUpDecision {
+                        current_workers: current,
+                        target_workers: d.target_workers,
+                        reason: reason::CAPACITY_BUFFER.into(),
+                        pool: pool_field(&d.pool),
+                        pool_target: d.pool_target,
+                    });
                 }
             }
             _ => {}

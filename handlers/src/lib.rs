@@ -11,6 +11,8 @@
 //!   [`node_manager`] (per-node state machine), [`sync`] (StateSynchronizer and trigger de-duplication),
 //!   [`alerts`] (AlertManager, payloads, redaction);
 //! - [`binpack`]: how many workers pending pods need when a report lists none (pod slots only);
+//! - [`buffer`]: capacity buffers (spare workers or headroom kept per pool ahead of demand);
+//!   [`schedule`]: scheduled minimums (cron windows that raise a minimum);
 //! - [`scheduling`]: the scheduling simulation over node pools (predicates, scale-up with
 //!   expanders, scale-down), pure and deterministic;
 //! - [`traits`]: the async I/O boundary `autoscaler` implements, with fakes; [`executor`]: commands →
@@ -42,6 +44,7 @@
 
 pub mod alerts;
 pub mod binpack;
+pub mod buffer;
 pub mod codes;
 pub mod command;
 pub mod engine;
@@ -53,6 +56,7 @@ pub mod model;
 pub mod node_manager;
 pub mod policy;
 pub mod replay;
+pub mod schedule;
 pub mod scheduling;
 pub mod simulate;
 pub mod sync;
@@ -118,22 +122,27 @@ impl Handler {
         policy: &Policy,
         now: DateTime<Utc>,
     ) -> Outcome {
+        // An open window of a scheduled minimum raises the minimum every rule reads; the
+        // enforcer reads the configured one (a window is no violation) and the windows themselves.
+        let effective = model.schedules.effective(policy);
+        let raised = &*effective;
         match self {
-            Handler::MetricsListener => MetricsListener.handle(model, event, policy, now),
+            Handler::MetricsListener => MetricsListener.handle(model, event, raised, now),
             Handler::ScalingDecisionEngine => {
-                ScalingDecisionEngine.handle(model, event, policy, now)
+                ScalingDecisionEngine.handle(model, event, raised, now)
             }
-            Handler::NodeManager => NodeManager.handle(model, event, policy, now),
+            Handler::NodeManager => NodeManager.handle(model, event, raised, now),
             Handler::MinimumNodeEnforcer => MinimumNodeEnforcer.handle(model, event, policy, now),
-            Handler::StateSynchronizer => StateSynchronizer.handle(model, event, policy, now),
-            Handler::AlertManager => AlertManager.handle(model, event, policy, now),
+            Handler::StateSynchronizer => StateSynchronizer.handle(model, event, raised, now),
+            Handler::AlertManager => AlertManager.handle(model, event, raised, now),
         }
     }
 
     /// Timer work (leader only): the minimum check and provisioning timeouts/retries.
     pub fn tick(self, model: &Model, policy: &Policy, now: DateTime<Utc>) -> Outcome {
+        let effective = model.schedules.effective(policy);
         match self {
-            Handler::NodeManager => NodeManager.tick(model, policy, now),
+            Handler::NodeManager => NodeManager.tick(model, &effective, now),
             Handler::MinimumNodeEnforcer => MinimumNodeEnforcer.tick(model, policy, now),
             _ => Outcome::default(),
         }

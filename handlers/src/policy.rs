@@ -9,6 +9,8 @@ use std::time::Duration;
 use bus::scheduling::Resources;
 use serde::{Deserialize, Serialize};
 
+pub use crate::buffer::Buffer;
+pub use crate::schedule::Schedule;
 pub use crate::scheduling::{Expander, PoolTemplate};
 
 /// The pool a configuration without `pools` has, built from `workers`; also the pool of workers the
@@ -44,6 +46,9 @@ pub struct Policy {
     /// How the pool of new workers for pending pods is picked.
     #[serde(default)]
     pub expander: Expander,
+    /// `autoscaler.schedules`: windows that raise `limits.min_nodes` (see [`crate::schedule`]).
+    #[serde(default)]
+    pub schedules: Vec<Schedule>,
 }
 
 impl Policy {
@@ -62,6 +67,7 @@ impl Policy {
                 ),
             );
             pool.warm_pool = self.workers.warm_pool;
+            pool.buffer = self.workers.buffer;
             Cow::Owned(vec![pool])
         } else {
             Cow::Borrowed(&self.pools)
@@ -76,6 +82,11 @@ impl Policy {
     /// How many removed workers `pool` keeps stopped for its next scale-ups.
     pub fn warm_pool(&self, pool: &str) -> u32 {
         self.pool(pool).map_or(0, |p| p.warm_pool)
+    }
+
+    /// Whether any pool keeps a capacity buffer.
+    pub fn has_buffers(&self) -> bool {
+        self.node_pools().iter().any(|p| !p.buffer.is_empty())
     }
 
     /// The pool that grows when no pod says which (resource pressure, the minimum, manual
@@ -240,6 +251,9 @@ pub struct WorkerTemplate {
     /// Removed workers of the default pool kept stopped for its next scale-ups (0: none).
     #[serde(default)]
     pub warm_pool: u32,
+    /// The default pool's capacity buffer (see [`crate::buffer`]).
+    #[serde(default)]
+    pub buffer: Buffer,
 }
 
 impl Default for WorkerTemplate {
@@ -251,6 +265,7 @@ impl Default for WorkerTemplate {
             max_pods: 110,
             protected: Vec::new(),
             warm_pool: 0,
+            buffer: Buffer::default(),
         }
     }
 }

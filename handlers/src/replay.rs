@@ -14,7 +14,9 @@
 //!   data (another decision), is folded right after its cause;
 //! - runs the leader's timers where the recorded ones fired, at the stream position and time their
 //!   outputs' ids name (`MinimumNodeEnforcer`'s `tick:<position>` keys, `NodeManager`'s timeouts and
-//!   retries); a timer that fired and said nothing left no trace and needs none;
+//!   retries, the scheduled minimums' edges); a timer that fired and said nothing left no trace and
+//!   needs none — but an edge of the replayed policy's schedules that the recording has no twin of
+//!   is published where the replayed clock crosses it;
 //! - executes nothing when the recording was a dry run (its entries carry `dry_run`), as the live
 //!   process did not.
 //!
@@ -465,6 +467,16 @@ fn minimum_tick(
         .map(|(back, _)| (Some(i - 1 - back), now))
 }
 
+/// A scheduled minimum's edge: the enforcer's timer publishes it as a root, right after the
+/// position it read.
+fn schedule_edge(i: usize, e: &Envelope) -> Option<(Option<usize>, DateTime<Utc>)> {
+    let edge = matches!(
+        e.event,
+        Event::ScheduledMinimumStarted(_) | Event::ScheduledMinimumEnded(_)
+    );
+    (edge && e.causation_id.is_none()).then(|| (i.checked_sub(1), e.timestamp))
+}
+
 /// Whether `e` is one of the `NodeManager` timer's outputs (provisioning timeout, retry, giving up).
 fn node_manager_tick(e: &Envelope) -> bool {
     let handler = crate::node_manager::HANDLER;
@@ -561,6 +573,7 @@ impl<'a> Replay<'a> {
         self.world.note(&e);
         let found = if e.source == crate::minimum::HANDLER {
             minimum_tick(&self.recent, i, &e)
+                .or_else(|| schedule_edge(i, &e))
                 .map(|(at, now)| (at, Handler::MinimumNodeEnforcer, now))
         } else if e.source == crate::node_manager::HANDLER && node_manager_tick(&e) {
             Some((i.checked_sub(1), Handler::NodeManager, e.timestamp))
@@ -621,6 +634,7 @@ impl<'a> Replay<'a> {
             self.ticks_after(None);
         }
         self.advance(e.timestamp);
+        self.schedule_edges_at(e.timestamp);
         self.floor = Some(i);
         self.take(e);
         self.drain();
@@ -713,6 +727,26 @@ impl<'a> Replay<'a> {
     fn drain(&mut self) {
         while let Some(e) = self.queue.pop_front() {
             self.fold(e);
+        }
+    }
+
+    /// Edges of the replayed policy's scheduled minimums that the recording has no twin of (a
+    /// what-if that adds or moves a schedule): the enforcer's timer publishes them at `t`, as the
+    /// live one would have within its check interval. Edges the recording has come from its timer.
+    fn schedule_edges_at(&mut self, t: DateTime<Utc>) {
+        if !self.handlers.contains(&Handler::MinimumNodeEnforcer) {
+            return;
+        }
+        let (roots, _) = crate::minimum::schedule_edges(&self.model, self.policy, t);
+        let untwinned = roots.iter().any(|r| {
+            self.ahead(&r.event_id).is_none()
+                && !self.model.has_seen(r.event_id)
+                && !self.held.contains_key(&r.event_id)
+        });
+        if untwinned {
+            let out = crate::minimum::MinimumNodeEnforcer.schedules(&self.model, self.policy, t);
+            self.route(out, t);
+            self.drain();
         }
     }
 

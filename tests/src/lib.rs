@@ -103,6 +103,10 @@ pub struct LabOptions {
     pub warm_pool: u32,
     /// `scaling.max_node_provision_time`.
     pub max_node_provision_time: Duration,
+    /// `workers.buffer.nodes`: spare workers kept ready.
+    pub buffer_nodes: u32,
+    /// `schedules`: (cron, duration, min_nodes) of the cluster.
+    pub schedules: Vec<(String, Duration, u32)>,
 }
 
 /// One of [`LabOptions::pools`].
@@ -153,6 +157,8 @@ impl Default for LabOptions {
             docker_host: String::new(),
             warm_pool: 0,
             max_node_provision_time: Duration::from_secs(60),
+            buffer_nodes: 0,
+            schedules: Vec::new(),
         }
     }
 }
@@ -749,6 +755,8 @@ fn config_yaml(
     cpu: 1.0
     memory: "1Gi"
     warm_pool: {warm_pool}
+    buffer: {{nodes: {buffer_nodes}}}
+  schedules: {schedules}
   metrics:
     interval: 2s
   kubernetes:
@@ -775,6 +783,15 @@ fn config_yaml(
         docker_host = o.docker_host,
         provision = o.max_node_provision_time.as_secs().max(1),
         warm_pool = o.warm_pool,
+        buffer_nodes = o.buffer_nodes,
+        schedules = serde_json::Value::from(
+            o.schedules
+                .iter()
+                .map(|(cron, d, min)| {
+                    serde_json::json!({"cron": cron, "duration": format!("{}s", d.as_secs()), "min_nodes": min})
+                })
+                .collect::<Vec<_>>()
+        ),
         placement_snapshot = o.placement_interval.as_secs().max(600),
         pools = if o.pools.is_empty() {
             String::new()

@@ -420,3 +420,140 @@ async fn e2e_a_warm_worker_outlives_the_provision_time_and_is_the_next_scale_up(
     );
     lab.assert_replay_identity().await;
 }
+
+/// The `ScaleUpDecision`s of `reason`, as (stream index, target).
+fn ups_of(events: &[Envelope], reason: &str) -> Vec<(usize, u32)> {
+    events
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| match &e.event {
+            Event::ScaleUpDecision(d) if d.reason == reason => Some((i, d.target_workers)),
+            Event::AutoScaleUpToMinimum(d) if d.reason == reason => Some((i, d.target_workers)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_a_buffer_of_one_keeps_an_empty_worker_ready_and_refills_it() {
+    let lab = Lab::start(LabOptions {
+        min_nodes: 1,
+        max_nodes: 4,
+        buffer_nodes: 1,
+        ..LabOptions::default()
+    })
+    .await;
+    // The minimum's worker is empty: it is the spare one.
+    lab.settled(0, 1..=1, SETTLE).await;
+    assert!(ups_of(&lab.events().await, "capacity_buffer").is_empty());
+
+    // A pod takes it: the buffer buys a spare ahead of demand.
+    lab.kubectl_apply(&deployment("web", 1));
+    lab.wait_running("web", 1, Duration::from_secs(60)).await;
+    let events = lab
+        .wait_for_events("a capacity_buffer scale-up to 2", SETTLE, |ev| {
+            ups_of(ev, "capacity_buffer").iter().any(|(_, t)| *t == 2)
+        })
+        .await;
+    let mark = events.len();
+    lab.settled(mark, 2..=2, SETTLE).await;
+
+    // The next pod runs on the spare worker at once (no create for it), and the buffer refills.
+    let before = lab.running_workers();
+    lab.kubectl(&["scale", "deployment", "web", "--replicas=2"]);
+    let pods = lab.wait_running("web", 2, Duration::from_secs(30)).await;
+    assert!(
+        pods.iter().all(|(_, node)| before.contains(node)),
+        "both pods on workers that were Ready before: {pods:?} {before:?}"
+    );
+    let events = lab
+        .wait_for_events("a capacity_buffer scale-up to 3", SETTLE, |ev| {
+            ups_of(ev, "capacity_buffer").iter().any(|(_, t)| *t == 3)
+        })
+        .await;
+    let mark = events.len();
+    lab.settled(mark, 3..=3, SETTLE).await;
+
+    // It stays empty and Ready: nothing more is bought, nothing removed.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let events = lab.events().await;
+    assert!(
+        !events[mark..]
+            .iter()
+            .any(|e| matches!(e.event_type(), "ScaleDownDecision" | "ScaleUpDecision")),
+        "{}",
+        trail(&events[mark..])
+    );
+    assert_eq!(lab.running_workers().len(), 3);
+    assert_eq!(
+        ups_of(&events, "capacity_buffer").len(),
+        2,
+        "one decision per refill"
+    );
+
+    // The load goes: underused workers are removed down to the minimum, whose empty worker is
+    // the spare one; the buffer keeps it (it does not hold more than it asks for).
+    lab.kubectl(&["delete", "deployment", "web"]);
+    let events = lab.settled(mark, 1..=1, SETTLE).await;
+    assert_eq!(ups_of(&events, "capacity_buffer").len(), 2);
+    lab.assert_replay_identity().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_a_schedule_window_raises_the_minimum_and_then_lowers_it() {
+    // A window opening 20 s from now for 40 s (six cron fields: seconds first, UTC).
+    let opens = Utc::now() + chrono::Duration::seconds(20);
+    let cron = opens.format("%-S %-M %-H * * *").to_string();
+    let lab = Lab::start(LabOptions {
+        min_nodes: 1,
+        max_nodes: 4,
+        schedules: vec![(cron, Duration::from_secs(40), 3)],
+        ..LabOptions::default()
+    })
+    .await;
+    lab.settled(0, 1..=1, SETTLE).await;
+    let events = lab
+        .wait_for_events("the window opened", Duration::from_secs(60), |ev| {
+            ev.iter()
+                .any(|e| e.event_type() == "ScheduledMinimumStarted")
+        })
+        .await;
+    let (at, started) = find(&events, 0, "ScheduledMinimumStarted", |_| true).expect("started");
+    assert!(started.causation_id.is_none());
+    assert!(
+        (started.timestamp - opens).num_seconds().abs() <= 5,
+        "published at {} for {opens}",
+        started.timestamp
+    );
+    lab.settled(at, 3..=3, SETTLE).await;
+    let events = lab.events().await;
+    assert!(
+        !ups_of(&events, "schedule").is_empty(),
+        "{}",
+        trail(&events[at..])
+    );
+    assert!(
+        !events[at..]
+            .iter()
+            .any(|e| e.event_type() == "MinimumNodesViolation"),
+        "a window is no violation:\n{}",
+        trail(&events[at..])
+    );
+
+    // Closed: the cluster goes back to its configured minimum.
+    let events = lab
+        .wait_for_events("the window closed", Duration::from_secs(60), |ev| {
+            ev.iter().any(|e| e.event_type() == "ScheduledMinimumEnded")
+        })
+        .await;
+    let (end, _) = find(&events, 0, "ScheduledMinimumEnded", |_| true).expect("ended");
+    assert!(
+        !events[at..end]
+            .iter()
+            .any(|e| e.event_type() == "ScaleDownDecision"),
+        "no scale-down inside the window:\n{}",
+        trail(&events[at..end])
+    );
+    lab.settled(end, 1..=1, SETTLE).await;
+    lab.assert_replay_identity().await;
+}

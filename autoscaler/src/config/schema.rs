@@ -47,6 +47,9 @@ pub struct AutoscalerConfig {
     /// Node pools; empty: one pool `default` built from `workers`, bounded by `limits`.
     #[serde(default)]
     pub pools: Vec<Pool>,
+    /// Scheduled minimums of the cluster: windows that raise `limits.min_nodes`.
+    #[serde(default)]
+    pub schedules: Vec<ScheduleConfig>,
     #[serde(default)]
     pub metrics: Metrics,
     #[serde(default)]
@@ -258,6 +261,8 @@ pub struct Workers {
     /// Privileged containers, as k3s agents need (the lab's node agent does not).
     pub privileged: bool,
     pub warm_pool: u32,
+    /// Spare capacity kept ready in the default pool (and in pools that set none).
+    pub buffer: BufferConfig,
     /// Workers never removed by a scale-down.
     pub protected: Vec<String>,
 }
@@ -278,6 +283,7 @@ impl Default for Workers {
             max_pods: 110,
             privileged: true,
             warm_pool: 0,
+            buffer: BufferConfig::default(),
             protected: Vec::new(),
         }
     }
@@ -323,11 +329,46 @@ pub struct Pool {
     /// Removed workers kept stopped for the pool's next scale-ups. Default: `workers.warm_pool`.
     #[serde(default)]
     pub warm_pool: Option<u32>,
+    /// Spare capacity kept ready in the pool. Default: `workers.buffer`.
+    #[serde(default)]
+    pub buffer: Option<BufferConfig>,
+    /// Windows that raise the pool's `min_nodes`.
+    #[serde(default)]
+    pub schedules: Vec<ScheduleConfig>,
+}
+
+/// `buffer`: spare workers and/or free CPU and memory kept above what pods request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BufferConfig {
+    /// Spare workers: Ready, with no pod placed on them.
+    #[serde(default)]
+    pub nodes: u32,
+    /// Free CPUs over the pool's workers.
+    #[serde(default)]
+    pub cpu: f64,
+    /// Free memory over the pool's workers, as a quantity (`2Gi`) or bytes.
+    #[serde(default, deserialize_with = "quantity")]
+    pub memory: u64,
+}
+
+/// One of `schedules`: from each occurrence of `cron` (UTC) for `duration`, the minimum is at
+/// least `min_nodes`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    pub cron: String,
+    #[serde(deserialize_with = "duration")]
+    pub duration: Duration,
+    pub min_nodes: u32,
 }
 
 impl Pool {
     pub fn warm_pool(&self, workers: &Workers) -> u32 {
         self.warm_pool.unwrap_or(workers.warm_pool)
+    }
+    pub fn buffer(&self, workers: &Workers) -> BufferConfig {
+        self.buffer.unwrap_or(workers.buffer)
     }
     pub fn max_nodes(&self, limits: &Limits) -> u32 {
         self.max_nodes.unwrap_or(limits.max_nodes)

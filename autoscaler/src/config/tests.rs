@@ -343,6 +343,45 @@ fn the_commented_pools_example_of_config_yaml_is_valid() {
         s.autoscaler.pools[1].taints,
         ["dedicated=highmem:NoSchedule"]
     );
+    assert_eq!(s.autoscaler.pools[1].buffer.map(|b| b.nodes), Some(1));
+    assert_eq!(s.autoscaler.pools[1].schedules[0].min_nodes, 2);
+    let policy = crate::runtime::policy(&s);
+    assert_eq!(policy.pools[1].buffer.nodes, 1);
+    assert_eq!(
+        policy.pools[1].schedules[0].duration,
+        Duration::from_secs(11 * 3600)
+    );
+}
+
+#[test]
+fn buffers_and_schedules_load_and_bad_ones_are_reported_by_name() {
+    let good = format!(
+        "{MINIMAL_BLOCK}  workers:\n    buffer: {{cpu: 1.5, memory: 1Gi}}\n  schedules:\n    - {{cron: \"0 8 * * 1-5\", duration: 10h, min_nodes: 4}}\n"
+    );
+    let s = Settings::from_yaml_with_env(&good, no_env()).expect("valid");
+    let policy = crate::runtime::policy(&s);
+    assert_eq!(policy.workers.buffer.cpu_millis, 1500);
+    assert_eq!(policy.workers.buffer.memory_bytes, 1 << 30);
+    assert_eq!(policy.node_pools()[0].buffer.cpu_millis, 1500);
+    assert_eq!(policy.schedules[0].min_nodes, 4);
+
+    let bad = format!(
+        "{MINIMAL_BLOCK}  workers:\n    buffer: {{nodes: 9, cpu: -1}}\n  schedules:\n    - {{cron: \"at eight\", duration: 0s, min_nodes: 7}}\n"
+    );
+    let err = Settings::from_yaml_with_env(&bad, no_env()).unwrap_err();
+    let f = fields(err);
+    for expected in [
+        "autoscaler.schedules[0].cron",
+        "autoscaler.schedules[0].duration",
+        "autoscaler.schedules[0].min_nodes",
+        "autoscaler.workers.buffer.nodes",
+        "autoscaler.workers.buffer.cpu",
+    ] {
+        assert!(f.iter().any(|x| x == expected), "{expected} missing: {f:?}");
+    }
+    let unknown = format!("{MINIMAL_BLOCK}  workers:\n    buffer: {{spare: 1}}\n");
+    let err = Settings::from_yaml_with_env(&unknown, no_env()).unwrap_err();
+    assert!(err.to_string().contains("spare"), "{err}");
 }
 
 /// Durations that would make a loop spin, or every attempt fail at once, are refused by name; the

@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::schema::{
-    Alerts, AutoscalerConfig, DockerSettings, Enforcement, EventsConfig, Http, KubernetesSettings,
-    Leader, Limits, Metrics, Pool, Scaling, Thresholds, Workers, HANDLER_NAMES, METRICS_SOURCES,
+    Alerts, AutoscalerConfig, BufferConfig, DockerSettings, Enforcement, EventsConfig, Http,
+    KubernetesSettings, Leader, Limits, Metrics, Pool, Scaling, ScheduleConfig, Thresholds,
+    Workers, HANDLER_NAMES, METRICS_SOURCES,
 };
 use super::{Problem, Settings};
 
@@ -23,6 +24,13 @@ impl Settings {
         scaling(&a.scaling, &mut out);
         workers(&a.workers, &mut out);
         pools(a, &mut out);
+        schedules(&a.schedules, "schedules", a.limits.max_nodes, &mut out);
+        buffer(
+            &a.workers.buffer,
+            "workers.buffer",
+            a.limits.max_nodes,
+            &mut out,
+        );
         metrics(&a.metrics, &mut out);
         docker(&a.docker, &mut out);
         kubernetes(&a.kubernetes, &mut out);
@@ -303,6 +311,11 @@ fn pools(a: &AutoscalerConfig, out: &mut Problems) {
         }
         pool_bounds(p, i, a, out);
         pool_template(p, i, out);
+        let max = p.max_nodes(&a.limits);
+        schedules(&p.schedules, &at("schedules"), max, out);
+        if let Some(b) = &p.buffer {
+            buffer(b, &at("buffer"), max, out);
+        }
         for (key, value) in &p.labels {
             let field = at(&format!("labels.{key}"));
             if let Err(e) = label_key(key) {
@@ -363,6 +376,50 @@ fn pool_bounds(p: &Pool, i: usize, a: &AutoscalerConfig, out: &mut Problems) {
                 "min_nodes ({}) is greater than max_nodes ({max})",
                 p.min_nodes
             ),
+        );
+    }
+}
+
+/// Scheduled minimums: a cron that parses (in UTC), a window that lasts, a minimum within the
+/// scope's maximum.
+fn schedules(list: &[ScheduleConfig], field: &str, max: u32, out: &mut Problems) {
+    for (j, s) in list.iter().enumerate() {
+        let at = |f: &str| format!("{field}[{j}].{f}");
+        let schedule = handlers::policy::Schedule {
+            cron: s.cron.clone(),
+            duration: s.duration,
+            min_nodes: s.min_nodes,
+        };
+        if let Err(e) = schedule.parse() {
+            out.bad(
+                &at("cron"),
+                format!("{e} (5 fields: minute hour day-of-month month day-of-week, in UTC)"),
+            );
+        }
+        if s.duration.is_zero() {
+            out.bad(&at("duration"), "must be positive");
+        }
+        if s.min_nodes > max {
+            out.bad(
+                &at("min_nodes"),
+                format!("{} is more than max_nodes ({max})", s.min_nodes),
+            );
+        }
+    }
+}
+
+/// A capacity buffer: non-negative figures, spare workers within the maximum.
+fn buffer(b: &BufferConfig, field: &str, max: u32, out: &mut Problems) {
+    if b.cpu < 0.0 || !b.cpu.is_finite() {
+        out.bad(
+            &format!("{field}.cpu"),
+            "must be a non-negative number of CPUs",
+        );
+    }
+    if b.nodes > max {
+        out.bad(
+            &format!("{field}.nodes"),
+            format!("{} spare workers is more than max_nodes ({max})", b.nodes),
         );
     }
 }

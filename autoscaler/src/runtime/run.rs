@@ -486,7 +486,12 @@ async fn refresh_gauges(
             let mut counts: std::collections::BTreeMap<String, i64> =
                 seen.iter().map(|s| (s.clone(), 0)).collect();
             for w in projection.model().workers.values() {
-                *counts.entry(state_label(w.state)).or_default() += 1;
+                let state = if w.warm && w.state.is_gone() {
+                    "warm".to_string()
+                } else {
+                    state_label(w.state)
+                };
+                *counts.entry(state).or_default() += 1;
             }
             seen.extend(counts.keys().cloned());
             for (state, n) in counts {
@@ -495,6 +500,7 @@ async fn refresh_gauges(
                     .get_or_create(&crate::metrics::StateLabel { state })
                     .set(n);
             }
+            pool_gauges(projection.model(), &policy, &metrics);
         }
         if let Ok(n) = audit.dlq_len().await {
             metrics.dlq_length.set(i64::try_from(n).unwrap_or(i64::MAX));
@@ -513,6 +519,44 @@ async fn refresh_gauges(
                         .set(i64::try_from(lag).unwrap_or(i64::MAX));
                 }
             }
+        }
+    }
+}
+
+/// Per pool: warm workers, capacity buffers, minimums in effect; and the open schedule windows.
+fn pool_gauges(model: &Model, policy: &handlers::Policy, metrics: &Metrics) {
+    use crate::metrics::PoolLabel;
+    let usage = handlers::buffer::Usage::of(model);
+    metrics
+        .workers_min
+        .set(i64::from(model.schedules.cluster_min(policy)));
+    metrics
+        .schedule_windows_open
+        .set(i64::try_from(model.schedules.open.len()).unwrap_or(i64::MAX));
+    for pool in policy.node_pools().iter() {
+        let label = PoolLabel {
+            pool: pool.name.clone(),
+        };
+        metrics
+            .warm_workers
+            .get_or_create(&label)
+            .set(i64::from(model.workers.warm_in(&pool.name)));
+        metrics
+            .pool_min
+            .get_or_create(&label)
+            .set(i64::from(model.schedules.pool_min(policy, &pool.name)));
+        if pool.buffer.is_empty() {
+            continue;
+        }
+        if let Some(spare) = handlers::buffer::spare(model, &usage, pool) {
+            metrics
+                .buffer_spare_workers
+                .get_or_create(&label)
+                .set(i64::from(spare.nodes));
+            metrics
+                .buffer_shortfall_workers
+                .get_or_create(&label)
+                .set(i64::from(handlers::buffer::shortfall(pool, &spare)));
         }
     }
 }

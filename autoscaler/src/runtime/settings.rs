@@ -145,6 +145,7 @@ pub fn policy(settings: &Settings) -> handlers::policy::Policy {
             max_pods: a.workers.max_pods,
             protected: a.workers.protected.clone(),
             warm_pool: a.workers.warm_pool,
+            buffer: buffer(&a.workers.buffer),
         },
         alerts: p::AlertPolicy {
             dedup_window: a.alerts.dedup_window,
@@ -166,10 +167,31 @@ pub fn policy(settings: &Settings) -> handlers::policy::Policy {
                 taints: pool.parsed_taints(),
                 priority: pool.priority,
                 warm_pool: pool.warm_pool(&a.workers),
+                buffer: buffer(&pool.buffer(&a.workers)),
+                schedules: schedules(&pool.schedules),
             })
             .collect(),
         expander: a.scaling.expander,
+        schedules: schedules(&a.schedules),
     }
+}
+
+fn buffer(b: &crate::config::BufferConfig) -> handlers::policy::Buffer {
+    handlers::policy::Buffer {
+        nodes: b.nodes,
+        cpu_millis: cpu_millis(b.cpu),
+        memory_bytes: b.memory,
+    }
+}
+
+fn schedules(s: &[crate::config::ScheduleConfig]) -> Vec<handlers::policy::Schedule> {
+    s.iter()
+        .map(|s| handlers::policy::Schedule {
+            cron: s.cron.clone(),
+            duration: s.duration,
+            min_nodes: s.min_nodes,
+        })
+        .collect()
 }
 
 /// Cores as millicores, as the decision core counts them.

@@ -31,6 +31,7 @@ mod decisions;
 mod minimum;
 mod pending;
 mod provision;
+mod schedules;
 mod streaks;
 mod stream;
 mod sync;
@@ -54,6 +55,7 @@ pub use decisions::{Action, Blocked, DecisionKey, DecisionRecord, Decisions};
 pub use minimum::{Loss, Minimum, Violation};
 pub use pending::{blocked_key, Pending, PendingPods, ProvidedFor};
 pub use provision::{Failure, PoolBackoff, Provision, ScaleUpGoal};
+pub use schedules::{OpenWindow, Schedules};
 pub use streaks::{NodeLoad, Sample, Streaks};
 pub use stream::{LastEvent, Stream};
 pub use sync::{SyncRecord, Synced};
@@ -72,6 +74,9 @@ pub struct Model {
     pub sync: SyncRecord,
     /// Where pods run: nodes and placed pods, from `PlacementSnapshot`/`PlacementChanged`.
     pub placement: Placement,
+    /// The scheduled minimums' open windows.
+    #[serde(default)]
+    pub schedules: Schedules,
     pub stream: Stream,
 }
 
@@ -88,6 +93,7 @@ impl Model {
             alerts: AlertWindows::new(policy.alerts.dedup_window),
             sync: SyncRecord::default(),
             placement: Placement::new(),
+            schedules: Schedules::default(),
             stream: Stream::default(),
         }
     }
@@ -125,6 +131,18 @@ impl Model {
     /// interruption, plus those being created. Never above `max_nodes` by our own doing.
     pub fn planned_workers(&self) -> u32 {
         self.workers.planned()
+    }
+
+    /// Whether a scale-up was decided less than `grace` before `at` and its workers are not planned
+    /// yet (the NodeManager's `ScaleUpStarted` is on its way): deciding again would only repeat it.
+    pub fn scale_up_starting(&self, at: DateTime<Utc>, grace: std::time::Duration) -> bool {
+        self.decisions.last.as_ref().is_some_and(|d| {
+            matches!(
+                d.event_type.as_str(),
+                "ScaleUpDecision" | "AutoScaleUpToMinimum" | "EmergencyScaleUp"
+            ) && d.target_workers > Some(self.planned_workers())
+                && at - d.at < crate::policy::chrono(grace)
+        })
     }
 
     /// Live workers that are NotReady.
@@ -250,6 +268,8 @@ impl Model {
             Event::WarmPoolLeft(w) => self.workers.set_warm(&w.node_name, false),
             Event::PlacementSnapshot(s) => self.placement.apply_snapshot(s),
             Event::PlacementChanged(c) => self.placement.apply_change(c),
+            Event::ScheduledMinimumStarted(s) => self.schedules.started(env, s),
+            Event::ScheduledMinimumEnded(e) => self.schedules.ended(e),
             Event::UnderutilizationWarning(_)
             | Event::ResourcePressureAlert(_)
             | Event::ManualScaleRequested(_) => {}

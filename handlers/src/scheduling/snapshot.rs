@@ -23,6 +23,12 @@ pub struct PoolTemplate {
     /// Removed workers of the pool kept stopped for its next scale-ups (0: none).
     #[serde(default)]
     pub warm_pool: u32,
+    /// Spare capacity kept ready ahead of demand (see [`crate::buffer`]).
+    #[serde(default)]
+    pub buffer: crate::buffer::Buffer,
+    /// Windows that raise `min_nodes` (see [`crate::schedule`]).
+    #[serde(default)]
+    pub schedules: Vec<crate::schedule::Schedule>,
 }
 
 impl PoolTemplate {
@@ -42,6 +48,8 @@ impl PoolTemplate {
             taints: Vec::new(),
             priority: 0,
             warm_pool: 0,
+            buffer: crate::buffer::Buffer::default(),
+            schedules: Vec::new(),
         }
     }
 
