@@ -138,17 +138,6 @@ fn a_headroom_buffer_adds_workers_until_enough_cpu_is_free() {
     assert_eq!(buffer_decisions(&sim), vec![3]);
 }
 
-fn removed(sim: &Simulation) -> Vec<String> {
-    events_of(sim, "ScaleDownDecision")
-        .iter()
-        .filter_map(|e| match &e.event {
-            Event::ScaleDownDecision(d) => Some(d.nodes.clone()),
-            _ => None,
-        })
-        .flatten()
-        .collect()
-}
-
 #[test]
 fn scale_down_leaves_the_worker_the_buffer_keeps() {
     let mut p = policy(Buffer {

@@ -41,17 +41,6 @@ fn place(sim: &mut Simulation, nodes: &[NodeSpec], pods: &[PodSpec]) {
     }
 }
 
-fn removed(sim: &Simulation) -> Vec<String> {
-    events_of(sim, "ScaleDownDecision")
-        .iter()
-        .filter_map(|e| match &e.event {
-            Event::ScaleDownDecision(d) => Some(d.nodes.clone()),
-            _ => None,
-        })
-        .flatten()
-        .collect()
-}
-
 fn blocks(sim: &Simulation) -> Vec<(String, Option<String>)> {
     sim.log
         .iter()

@@ -13,26 +13,9 @@ use bus::Event;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::PostParams;
 use kube::Api;
-use tests::{Lab, LabOptions};
+use tests::{bench_pod as pod, percentile, Lab, LabOptions};
 
 const RUNS: usize = 20;
-
-fn pod(name: &str) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-  annotations: {{lab.k3s-autoscaler/cpu-usage: "1", lab.k3s-autoscaler/memory-usage: "1048576"}}
-spec:
-  containers:
-  - name: app
-    image: registry.invalid/app
-    resources:
-      requests: {{cpu: "700m", memory: "32Mi"}}
-"#
-    )
-}
 
 /// (RSS kB, CPU seconds) of a process.
 fn footprint(pid: u32) -> Option<(u64, f64)> {
@@ -49,14 +32,6 @@ fn footprint(pid: u32) -> Option<(u64, f64)> {
     // utime and stime are fields 14 and 15 (1-based), i.e. 11 and 12 after the command name.
     let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
     Some((rss, ticks / 100.0))
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let idx = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -54,6 +54,34 @@ const TRAIL_ON_TIMEOUT: usize = 80;
 /// Label on everything an end-to-end test creates.
 pub const TEST_LABEL: &str = "k3s-autoscaler/e2e-test";
 
+/// A bare pod the benches create: 700m of a 1-CPU lab worker, so it fits on no worker that runs
+/// another one.
+pub fn bench_pod(name: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  annotations: {{lab.k3s-autoscaler/cpu-usage: "1", lab.k3s-autoscaler/memory-usage: "1048576"}}
+spec:
+  containers:
+  - name: app
+    image: registry.invalid/app
+    resources:
+      requests: {{cpu: "700m", memory: "32Mi"}}
+"#
+    )
+}
+
+/// The `p`th percentile (nearest rank) of `sorted`.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
 /// The `autoscaler` binary of this build (`target/<profile>/autoscaler`).
 pub fn autoscaler_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("current test executable");

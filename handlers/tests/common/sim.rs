@@ -66,6 +66,18 @@ pub fn sample_for(sim: &mut Simulation, secs: u64, cpu: f64, mem: f64) {
     }
 }
 
+/// The nodes every `ScaleDownDecision` names, in order.
+pub fn removed(sim: &Simulation) -> Vec<String> {
+    events_of(sim, "ScaleDownDecision")
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::ScaleDownDecision(d) => Some(d.nodes.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
 /// The targets of every `ScaleUpDecision`, in order.
 pub fn decision_targets(sim: &Simulation) -> Vec<u32> {
     events_of(sim, "ScaleUpDecision")
