@@ -60,7 +60,7 @@ mod reader;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use config::{redact_url, BusConfig, RedisAccess};
+pub use config::{hash_tag, redact_url, BusConfig, RedisAccess, Topology};
 pub use envelope::{Envelope, Metadata, SCHEMA_VERSION};
 pub use event::{Event, EVENT_TYPES};
 pub use scheduling::{NodeSpec, PodRef, PodSpec, Resources, Taint, TaintEffect, Toleration};
@@ -70,7 +70,7 @@ pub use audit::{
     Audit, ConsumerInfo, DeadLetter, Follower, GroupInfo, Pages, Query, Retried, RetryTo,
 };
 #[cfg(feature = "redis")]
-pub use connection::{connect, Bus};
+pub use connection::{connect, Bus, Connection};
 #[cfg(feature = "redis")]
 pub use consumer::{
     handler_fn, Consumer, Counters, Delivery, DeliveryOutcome, ErrorPolicy, GroupHandler,
