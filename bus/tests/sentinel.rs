@@ -144,6 +144,7 @@ async fn the_bus_follows_a_failover_and_keeps_what_was_acknowledged_outside_the_
     stop_tx.send(()).unwrap();
     consumer_task.await.unwrap().unwrap();
 
+    let pending = audit.group("G").await.unwrap().expect("group G").pending;
     let p = published.lock().unwrap();
     // Acknowledged by the new master: all there.
     let after: Vec<_> = p.acked.values().filter(|(_, at)| *at > killed_at).collect();
@@ -178,8 +179,7 @@ async fn the_bus_follows_a_failover_and_keeps_what_was_acknowledged_outside_the_
     );
     assert!(followed_after < DOWN_AFTER + FOLLOW_SLACK);
     assert_eq!(
-        audit.group("G").await.unwrap().expect("group G").pending,
-        0,
+        pending, 0,
         "the group on the new master has nothing pending"
     );
 }
