@@ -3,7 +3,7 @@
 //! primary with a replica and three sentinels, and a Redis Cluster of three primaries.
 
 mod topology;
-pub use topology::{RedisCluster, RedisSentinels};
+pub use topology::{RedisCluster, RedisSentinels, MASTER as SENTINEL_MASTER};
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
