@@ -11,7 +11,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use autoscaler::labenv::{LabEnv, LabEnvOptions};
-use bus::testing::RedisServer;
+use bus::testing::{RedisSentinels, RedisServer};
 use bus::{Envelope, Query};
 
 /// A Deployment whose pods need a worker each (1 CPU worker template, 700m requests); the pods declare a
@@ -103,6 +103,59 @@ pub struct LabOptions {
     pub warm_pool: u32,
     /// `scaling.max_node_provision_time`.
     pub max_node_provision_time: Duration,
+    /// The Redis the lab's bus runs on.
+    pub topology: LabTopology,
+}
+
+/// Which Redis a lab's bus runs on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LabTopology {
+    /// One `redis-server`.
+    #[default]
+    Single,
+    /// A primary, a replica and three sentinels ([`RedisSentinels`], `down-after-milliseconds` 1000); the
+    /// autoscaler connects through the sentinels.
+    Sentinel,
+}
+
+/// The Redis processes of a lab; stopped when the lab drops.
+pub enum LabRedis {
+    Single(RedisServer),
+    Sentinel(RedisSentinels),
+}
+
+impl LabRedis {
+    /// The bus settings for the lab's stream (tools' and the test's view, not the replicas').
+    pub fn bus_config(&self) -> bus::BusConfig {
+        match self {
+            LabRedis::Single(r) => bus::BusConfig::new(r.url(), "autoscaler_events"),
+            LabRedis::Sentinel(s) => s.config("autoscaler_events"),
+        }
+    }
+
+    /// The `event_bus` lines of the lab's config that say where Redis is.
+    fn config_lines(&self) -> String {
+        match self {
+            LabRedis::Single(r) => format!("      url: \"{}\"\n", r.url()),
+            LabRedis::Sentinel(s) => format!(
+                "      url: \"redis://sentinel-named-master\"\n      mode: sentinel\n      sentinels: [{}]\n      sentinel_master: \"{}\"\n",
+                s.sentinel_addresses()
+                    .iter()
+                    .map(|a| format!("\"{a}\""))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                bus::testing::SENTINEL_MASTER
+            ),
+        }
+    }
+
+    /// The sentinel set, for a test that fails its primary over.
+    pub fn sentinels(&mut self) -> Option<&mut RedisSentinels> {
+        match self {
+            LabRedis::Sentinel(s) => Some(s),
+            LabRedis::Single(_) => None,
+        }
+    }
 }
 
 /// One of [`LabOptions::pools`].
@@ -153,13 +206,14 @@ impl Default for LabOptions {
             docker_host: String::new(),
             warm_pool: 0,
             max_node_provision_time: Duration::from_secs(60),
+            topology: LabTopology::Single,
         }
     }
 }
 
 /// A running lab with its autoscaler replicas.
 pub struct Lab {
-    pub redis: RedisServer,
+    pub redis: LabRedis,
     pub env: LabEnv,
     pub dir: PathBuf,
     pub config: PathBuf,
@@ -176,7 +230,12 @@ impl Lab {
         let prefix = format!("e2e{id}-w-");
         let dir = std::env::temp_dir().join(format!("k3s-autoscaler-{cluster_id}"));
         std::fs::create_dir_all(&dir).expect("test dir");
-        let redis = RedisServer::start();
+        let redis = match options.topology {
+            LabTopology::Single => LabRedis::Single(RedisServer::start()),
+            LabTopology::Sentinel => LabRedis::Sentinel(tokio::task::block_in_place(|| {
+                RedisSentinels::start(Duration::from_secs(1))
+            })),
+        };
         let docker = autoscaler::docker::connect("", Duration::from_secs(10))
             .await
             .unwrap_or_else(|e| panic!("the end-to-end tests need the Docker engine: {e}"));
@@ -192,7 +251,7 @@ impl Lab {
         let config = dir.join("config.yaml");
         std::fs::write(
             &config,
-            config_yaml(&options, &cluster_id, &prefix, &redis.url(), &env),
+            config_yaml(&options, &cluster_id, &prefix, &redis.config_lines(), &env),
         )
         .expect("write config");
         let mut lab = Lab {
@@ -276,7 +335,7 @@ impl Lab {
 
     /// The bus of this lab.
     pub async fn bus(&self) -> bus::Bus {
-        bus::connect(bus::BusConfig::new(self.redis.url(), "autoscaler_events"))
+        bus::connect(self.redis.bus_config())
             .await
             .expect("connect to the test redis")
     }
@@ -709,7 +768,7 @@ fn config_yaml(
     o: &LabOptions,
     cluster_id: &str,
     prefix: &str,
-    redis_url: &str,
+    redis_lines: &str,
     env: &LabEnv,
 ) -> String {
     format!(
@@ -727,8 +786,7 @@ fn config_yaml(
       type: "redis_streams"
       stream_name: "autoscaler_events"
       max_stream_length: 10000
-      url: "{redis_url}"
-      claim_idle: 5s
+{redis_lines}      claim_idle: 5s
       block: 1s
     handlers: ["MetricsListener", "ScalingDecisionEngine", "NodeManager", "MinimumNodeEnforcer", "StateSynchronizer"]
   thresholds:
