@@ -108,7 +108,7 @@ pub struct LabOptions {
 }
 
 /// Which Redis a lab's bus runs on.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum LabTopology {
     /// One `redis-server`.
     #[default]
@@ -116,12 +116,20 @@ pub enum LabTopology {
     /// A primary, a replica and three sentinels ([`RedisSentinels`], `down-after-milliseconds` 1000); the
     /// autoscaler connects through the sentinels.
     Sentinel,
+    /// A Redis Cluster the test started (`host:port` of its nodes), shared by several labs: each lab's
+    /// stream is `{<tag>}:autoscaler_events`.
+    Cluster { nodes: Vec<String>, tag: String },
 }
 
 /// The Redis processes of a lab; stopped when the lab drops.
 pub enum LabRedis {
     Single(RedisServer),
     Sentinel(RedisSentinels),
+    /// The test owns the cluster; the lab only uses its stream there.
+    Cluster {
+        nodes: Vec<String>,
+        stream: String,
+    },
 }
 
 impl LabRedis {
@@ -130,6 +138,21 @@ impl LabRedis {
         match self {
             LabRedis::Single(r) => bus::BusConfig::new(r.url(), "autoscaler_events"),
             LabRedis::Sentinel(s) => s.config("autoscaler_events"),
+            LabRedis::Cluster { nodes, stream } => {
+                let mut c = bus::BusConfig::new(format!("redis://{}/", nodes[0]), stream.clone());
+                c.topology = bus::Topology::Cluster {
+                    seeds: nodes[1..].to_vec(),
+                };
+                c
+            }
+        }
+    }
+
+    /// The lab's stream name.
+    pub fn stream(&self) -> &str {
+        match self {
+            LabRedis::Cluster { stream, .. } => stream,
+            _ => "autoscaler_events",
         }
     }
 
@@ -146,6 +169,15 @@ impl LabRedis {
                     .join(", "),
                 bus::testing::SENTINEL_MASTER
             ),
+            LabRedis::Cluster { nodes, .. } => format!(
+                "      url: \"redis://{}\"\n      mode: cluster\n      cluster_nodes: [{}]\n",
+                nodes[0],
+                nodes[1..]
+                    .iter()
+                    .map(|a| format!("\"{a}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         }
     }
 
@@ -153,7 +185,7 @@ impl LabRedis {
     pub fn sentinels(&mut self) -> Option<&mut RedisSentinels> {
         match self {
             LabRedis::Sentinel(s) => Some(s),
-            LabRedis::Single(_) => None,
+            _ => None,
         }
     }
 }
@@ -230,11 +262,15 @@ impl Lab {
         let prefix = format!("e2e{id}-w-");
         let dir = std::env::temp_dir().join(format!("k3s-autoscaler-{cluster_id}"));
         std::fs::create_dir_all(&dir).expect("test dir");
-        let redis = match options.topology {
+        let redis = match &options.topology {
             LabTopology::Single => LabRedis::Single(RedisServer::start()),
             LabTopology::Sentinel => LabRedis::Sentinel(tokio::task::block_in_place(|| {
                 RedisSentinels::start(Duration::from_secs(1))
             })),
+            LabTopology::Cluster { nodes, tag } => LabRedis::Cluster {
+                nodes: nodes.clone(),
+                stream: format!("{{{tag}}}:autoscaler_events"),
+            },
         };
         let docker = autoscaler::docker::connect("", Duration::from_secs(10))
             .await
@@ -251,7 +287,7 @@ impl Lab {
         let config = dir.join("config.yaml");
         std::fs::write(
             &config,
-            config_yaml(&options, &cluster_id, &prefix, &redis.config_lines(), &env),
+            config_yaml(&options, &cluster_id, &prefix, &redis, &env),
         )
         .expect("write config");
         let mut lab = Lab {
@@ -768,7 +804,7 @@ fn config_yaml(
     o: &LabOptions,
     cluster_id: &str,
     prefix: &str,
-    redis_lines: &str,
+    redis: &LabRedis,
     env: &LabEnv,
 ) -> String {
     format!(
@@ -784,7 +820,7 @@ fn config_yaml(
   events:
     event_bus:
       type: "redis_streams"
-      stream_name: "autoscaler_events"
+      stream_name: "{stream}"
       max_stream_length: 10000
 {redis_lines}      claim_idle: 5s
       block: 1s
@@ -822,6 +858,8 @@ fn config_yaml(
   http:
     listen: "127.0.0.1:0"
 {pools}"#,
+        stream = redis.stream(),
+        redis_lines = redis.config_lines(),
         min = o.min_nodes,
         max = o.max_nodes,
         image = env.options.image,
