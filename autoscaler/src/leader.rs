@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use redis::aio::ConnectionLike;
 use redis::Script;
 use tokio::sync::watch;
 
@@ -58,7 +58,7 @@ fn epoch_key(stream: &str) -> String {
 
 /// The current holder (`replica|token`), for `status`.
 pub async fn current_holder(
-    conn: &mut ConnectionManager,
+    conn: &mut (impl ConnectionLike + Send),
     stream: &str,
 ) -> redis::RedisResult<Option<String>> {
     redis::cmd("GET")
@@ -69,7 +69,7 @@ pub async fn current_holder(
 
 /// One acquire-or-renew attempt.
 pub async fn try_acquire(
-    conn: &mut ConnectionManager,
+    conn: &mut (impl ConnectionLike + Send),
     stream: &str,
     replica: &str,
     ttl: Duration,
@@ -86,7 +86,7 @@ pub async fn try_acquire(
 
 /// Releases the lease if ours (graceful shutdown: the next replica need not wait for the TTL).
 pub async fn release(
-    conn: &mut ConnectionManager,
+    conn: &mut (impl ConnectionLike + Send),
     stream: &str,
     replica: &str,
 ) -> redis::RedisResult<()> {
@@ -101,7 +101,7 @@ pub async fn release(
 /// Keeps trying to lead until `shutdown`; publishes every change of leadership. A Redis error counts as
 /// losing the lease: better no leader for a moment than two.
 pub async fn run(
-    mut conn: ConnectionManager,
+    mut conn: impl ConnectionLike + Send,
     stream: String,
     replica: String,
     ttl: Duration,

@@ -73,14 +73,14 @@ impl Readiness {
 /// The connections the probe pings.
 pub struct Probes {
     /// A connection of its own or shared: the manager reconnects by itself once Redis is back.
-    pub redis: redis::aio::ConnectionManager,
+    pub redis: bus::Connection,
     /// The engine, pinged directly (not through the circuit breaker, whose state is about calls).
     pub docker: bollard::Docker,
     /// How long a ping may take before it counts as unreachable.
     pub timeout: Duration,
 }
 
-async fn redis_answers(conn: &mut redis::aio::ConnectionManager, timeout: Duration) -> bool {
+async fn redis_answers(conn: &mut bus::Connection, timeout: Duration) -> bool {
     let cmd = redis::cmd("PING");
     let ping = cmd.query_async::<String>(conn);
     matches!(tokio::time::timeout(timeout, ping).await, Ok(Ok(_)))

@@ -23,6 +23,8 @@ pub enum LocalRedisError {
     NoAnswer(u16),
     #[error("no free port: {0}")]
     Port(std::io::Error),
+    #[error("the configured sentinels or Redis Cluster do not answer (the lab starts a Redis of its own only for `event_bus.mode: single`)")]
+    Topology,
 }
 
 /// A Redis the lab uses; stops the server it started when dropped.
@@ -76,6 +78,10 @@ pub async fn ensure(
             url: config.url.clone(),
             child: None,
         });
+    }
+    // A lab stands in for one Redis only: sentinels or a cluster that do not answer are an error.
+    if config.topology != bus::Topology::Single {
+        return Err(LocalRedisError::Topology);
     }
     // A lab started here starts afresh: its workers were removed when the last one stopped, so old
     // history would only describe containers that are gone.

@@ -96,6 +96,7 @@ async fn the_documented_users_work_over_tls_and_the_auditor_cannot_write() {
         tls: true,
         tls_client_certs: true,
         password: Some(ADMIN_PASSWORD.into()),
+        ..RedisOptions::default()
     });
     apply_acl(&server).await;
 

@@ -13,11 +13,39 @@ use crate::config::{redact_url, BusConfig, RedisAccess};
 use crate::error::{BusError, Result};
 
 /// What [`resolve`] makes of a [`BusConfig`].
+#[derive(Clone)]
 pub(crate) struct Resolved {
-    /// The redis-rs client, credentials applied and (for `rediss://`) certificates loaded.
-    pub(crate) client: redis::Client,
+    /// The URL's address and the credentials and database to use on every data node.
+    pub(crate) info: ConnectionInfo,
+    /// The certificates of `rediss://`; `None` for plain TCP and Unix sockets.
+    pub(crate) certs: Option<TlsCertificates>,
     /// The TLS settings of the reader's connections; `None` for plain TCP and Unix sockets.
     pub(crate) reader_tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Resolved {
+    /// `info` (this URL's, or [`Resolved::at`] another node) with the credentials, as a redis-rs client.
+    pub(crate) fn client(&self, info: &ConnectionInfo) -> Result<redis::Client> {
+        match &self.certs {
+            None => redis::Client::open(info.clone()),
+            Some(certs) => redis::Client::build_with_tls(info.clone(), certs.clone()),
+        }
+        .map_err(BusError::Connect)
+    }
+
+    /// The URL's settings (scheme, credentials, database) at another node, `host:port`.
+    pub(crate) fn at(&self, host: &str, port: u16) -> ConnectionInfo {
+        let addr = match self.info.addr() {
+            ConnectionAddr::TcpTls { insecure, .. } => ConnectionAddr::TcpTls {
+                host: host.to_string(),
+                port,
+                insecure: *insecure,
+                tls_params: None,
+            },
+            _ => ConnectionAddr::Tcp(host.to_string(), port),
+        };
+        self.info.clone().set_addr(addr)
+    }
 }
 
 fn read(what: &str, path: &std::path::Path) -> Result<Vec<u8>> {
@@ -48,9 +76,9 @@ pub(crate) fn resolve(config: &BusConfig) -> Result<Resolved> {
         ));
     }
     if !tls {
-        let client = redis::Client::open(info).map_err(BusError::Connect)?;
         return Ok(Resolved {
-            client,
+            info,
+            certs: None,
             reader_tls: None,
         });
     }
@@ -67,18 +95,17 @@ pub(crate) fn resolve(config: &BusConfig) -> Result<Resolved> {
         _ => None,
     };
     let reader_tls = rustls_config(root_cert.as_deref(), client_tls.as_ref())?;
-    let client = redis::Client::build_with_tls(
+    let resolved = Resolved {
         info,
-        TlsCertificates {
+        certs: Some(TlsCertificates {
             client_tls,
             root_cert,
-        },
-    )
-    .map_err(BusError::Connect)?;
-    Ok(Resolved {
-        client,
+        }),
         reader_tls: Some(Arc::new(reader_tls)),
-    })
+    };
+    // The certificates are checked now, not at the first connection.
+    resolved.client(&resolved.info)?;
+    Ok(resolved)
 }
 
 fn with_credentials(info: ConnectionInfo, access: &RedisAccess) -> Result<ConnectionInfo> {

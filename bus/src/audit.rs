@@ -475,7 +475,7 @@ impl Audit {
 
 /// Follows the stream with `XREAD BLOCK` on its own connection.
 pub struct Follower {
-    conn: redis::aio::ConnectionManager,
+    conn: crate::connection::Connection,
     stream: String,
     block_ms: usize,
     last: String,

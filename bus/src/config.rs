@@ -8,8 +8,12 @@ use std::time::Duration;
 /// `Debug` redacts the URL's password; show a URL with [`redact_url`].
 #[derive(Clone, PartialEq)]
 pub struct BusConfig {
-    /// `redis://[user:password@]host:port/db` (or `rediss://` for TLS, `unix://`).
+    /// `redis://[user:password@]host:port/db` (or `rediss://` for TLS, `unix://`). With
+    /// [`Topology::Sentinel`] only its scheme, credentials and database count (the sentinels name the
+    /// master's address); with [`Topology::Cluster`] it is the first seed node.
     pub url: String,
+    /// One Redis, a master followed through Sentinel, or a Redis Cluster (`docs/TOPOLOGY.md`).
+    pub topology: Topology,
     /// Who to authenticate as (an ACL user), and how: see [`RedisAccess`].
     pub access: RedisAccess,
     /// The stream every event goes to (`autoscaler_events`).
@@ -47,6 +51,7 @@ impl BusConfig {
         let stream = stream.into();
         Self {
             url: url.into(),
+            topology: Topology::Single,
             access: RedisAccess::default(),
             dlq: dlq_name(&stream),
             stream,
@@ -61,10 +66,95 @@ impl BusConfig {
     }
 }
 
+impl BusConfig {
+    /// What makes these settings unusable before anything connects: a sentinel topology without
+    /// sentinels or master name, a cluster stream without a hash tag (its keys would spread over slots).
+    pub fn validate(&self) -> Result<(), String> {
+        let addresses = |what: &str, list: &[String]| -> Result<(), String> {
+            for a in list {
+                parse_host_port(a).map_err(|e| format!("{what} `{a}`: {e}"))?;
+            }
+            Ok(())
+        };
+        match &self.topology {
+            Topology::Single => Ok(()),
+            Topology::Sentinel { sentinels, master } => {
+                if sentinels.is_empty() {
+                    return Err("the sentinel topology needs at least one sentinel address".into());
+                }
+                if master.trim().is_empty() {
+                    return Err("the sentinel topology needs the master's name".into());
+                }
+                addresses("sentinel", sentinels)
+            }
+            Topology::Cluster { seeds } => {
+                let Some(tag) = hash_tag(&self.stream) else {
+                    return Err(format!(
+                        "on a Redis Cluster the stream name must carry a hash tag, e.g. `{{{0}}}` or \
+                         `{{lab-a}}:{0}`: its companion keys (idempotency, leader, heartbeats, DLQ) must \
+                         share its slot",
+                        self.stream
+                    ));
+                };
+                if hash_tag(&self.dlq) != Some(tag) {
+                    return Err(format!(
+                        "the DLQ `{}` does not share the stream's hash tag `{{{tag}}}`",
+                        self.dlq
+                    ));
+                }
+                addresses("cluster seed", seeds)
+            }
+        }
+    }
+}
+
+/// Which Redis deployment the bus talks to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Topology {
+    /// One Redis at `url` (or a proxy in front of several).
+    #[default]
+    Single,
+    /// The master `master` as the sentinels (`host:port` each) report it, followed across failovers.
+    /// Sentinels are asked without credentials; the data nodes get the URL's (or the access settings').
+    Sentinel {
+        sentinels: Vec<String>,
+        master: String,
+    },
+    /// A Redis Cluster, discovered from `url` and these further seed nodes (`host:port` each). The
+    /// stream name must carry a hash tag (see [`hash_tag`]).
+    Cluster { seeds: Vec<String> },
+}
+
+/// `host:port` split; a port that is not a number is an error.
+pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
+    let (host, port) = s
+        .trim()
+        .rsplit_once(':')
+        .ok_or_else(|| "not host:port".to_string())?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err("no host".into());
+    }
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| format!("port `{port}` is not a number"))?;
+    Ok((host.to_string(), port))
+}
+
+/// The part of `key` Redis Cluster hashes: between the first `{` and the first `}` after it, when
+/// that is not empty. Every key derived as `<stream>:…` shares the stream's tag, hence its slot.
+pub fn hash_tag(key: &str) -> Option<&str> {
+    let open = key.find('{')?;
+    let close = key[open + 1..].find('}')?;
+    let tag = &key[open + 1..open + 1 + close];
+    (!tag.is_empty()).then_some(tag)
+}
+
 impl std::fmt::Debug for BusConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BusConfig")
             .field("url", &redact_url(&self.url))
+            .field("topology", &self.topology)
             .field("access", &self.access)
             .field("stream", &self.stream)
             .field("dlq", &self.dlq)
@@ -151,6 +241,55 @@ mod tests {
         ] {
             assert_eq!(redact_url(plain), plain);
         }
+    }
+
+    #[test]
+    fn hash_tags_as_redis_cluster_reads_them() {
+        assert_eq!(hash_tag("{lab-a}:events"), Some("lab-a"));
+        assert_eq!(hash_tag("x{a}{b}"), Some("a"));
+        assert_eq!(
+            hash_tag("{}x{a}"),
+            None,
+            "an empty first tag hashes the whole key"
+        );
+        assert_eq!(hash_tag("autoscaler_events"), None);
+        assert_eq!(hash_tag("a{b"), None);
+        // Every companion key keeps the stream's tag.
+        let s = "{lab-a}autoscaler_events";
+        for k in [
+            format!("{s}:idem:x{{y}}"),
+            format!("{s}:leader"),
+            dlq_name(s),
+        ] {
+            assert_eq!(hash_tag(&k), Some("lab-a"), "{k}");
+        }
+    }
+
+    #[test]
+    fn cluster_needs_a_hash_tag_and_sentinel_its_addresses() {
+        let mut c = BusConfig::new("redis://127.0.0.1:7000", "autoscaler_events");
+        c.topology = Topology::Cluster { seeds: vec![] };
+        let e = c.validate().expect_err("no hash tag");
+        assert!(e.contains("hash tag"), "{e}");
+        c = BusConfig::new("redis://127.0.0.1:7000", "{lab-a}:events");
+        c.topology = Topology::Cluster {
+            seeds: vec!["127.0.0.1:7001".into()],
+        };
+        c.validate().expect("tagged");
+        c.dlq = "elsewhere".into();
+        assert!(c.validate().is_err());
+        c = BusConfig::new("redis://", "s");
+        c.topology = Topology::Sentinel {
+            sentinels: vec!["127.0.0.1:26379".into(), "h:x".into()],
+            master: "m".into(),
+        };
+        assert!(c.validate().expect_err("bad port").contains("h:x"));
+        c.topology = Topology::Sentinel {
+            sentinels: vec!["127.0.0.1:26379".into()],
+            master: " ".into(),
+        };
+        assert!(c.validate().is_err());
+        assert_eq!(parse_host_port("[::1]:5"), Ok(("::1".into(), 5)));
     }
 
     #[test]

@@ -10,6 +10,9 @@ pub enum BusError {
     /// Names the file, never its contents.
     #[error("Redis access settings: {0}")]
     Access(String),
+    /// No sentinel named a reachable master (all down, or a failover under way).
+    #[error("no master `{master}` from the sentinels: {detail}")]
+    Sentinel { master: String, detail: String },
     /// A command failed (connection lost, server error, …).
     #[error("{op} failed: {source}")]
     Redis {
@@ -53,7 +56,7 @@ impl BusError {
     /// A short stable label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            BusError::Connect(_) | BusError::Access(_) => "connect",
+            BusError::Connect(_) | BusError::Access(_) | BusError::Sentinel { .. } => "connect",
             BusError::Redis { op, .. } | BusError::Server { op, .. } | BusError::Io { op, .. } => {
                 op
             }

@@ -12,8 +12,9 @@
 //!   taints, tolerations, node affinity and pod anti-affinity, with Kubernetes' matching semantics.
 //!
 //! With the default `redis` feature, the Redis Streams transport:
-//! - `connection`: [`connect`] → [`Bus`], a self-healing shared connection, and one of its own per
-//!   blocking reader;
+//! - `connection`: [`connect`] → [`Bus`], a self-healing shared [`Connection`], and one of its own per
+//!   blocking reader — to one Redis, the master the sentinels name, or a Redis Cluster
+//!   ([`Topology`], `docs/TOPOLOGY.md`);
 //! - `access`: the URL's or the config's ACL user and password, and TLS (`rediss://`, a CA file, an
 //!   optional client certificate) for redis-rs and for the consumers' own reader;
 //! - [`publisher`]: [`RedisPublisher`] (trimmed, pipelined, idempotent);
@@ -32,7 +33,9 @@
 //! - [`audit`]: queries by id/time range and type, follow, DLQ list/retry/purge, group info and rewind;
 //! - [`error`]: [`BusError`], the transport's error.
 //!
-//! With the `testing` feature, [`testing::RedisServer`]: a throwaway `redis-server` for tests.
+//! With the `testing` feature, [`testing::RedisServer`]: a throwaway `redis-server` for tests, and
+//! [`testing::RedisSentinels`] / [`testing::RedisCluster`]: a primary with a replica and three
+//! sentinels, and a Redis Cluster of three primaries.
 
 pub mod config;
 pub mod envelope;
@@ -60,7 +63,7 @@ mod reader;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use config::{redact_url, BusConfig, RedisAccess};
+pub use config::{hash_tag, redact_url, BusConfig, RedisAccess, Topology};
 pub use envelope::{Envelope, Metadata, SCHEMA_VERSION};
 pub use event::{Event, EVENT_TYPES};
 pub use scheduling::{NodeSpec, PodRef, PodSpec, Resources, Taint, TaintEffect, Toleration};
@@ -70,7 +73,7 @@ pub use audit::{
     Audit, ConsumerInfo, DeadLetter, Follower, GroupInfo, Pages, Query, Retried, RetryTo,
 };
 #[cfg(feature = "redis")]
-pub use connection::{connect, Bus};
+pub use connection::{connect, Bus, Connection};
 #[cfg(feature = "redis")]
 pub use consumer::{
     handler_fn, Consumer, Counters, Delivery, DeliveryOutcome, ErrorPolicy, GroupHandler,

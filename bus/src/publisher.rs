@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use redis::aio::ConnectionManager;
+use crate::connection::Connection;
 use redis::streams::{StreamAddOptions, StreamTrimStrategy, StreamTrimmingMode};
 use redis::AsyncCommands;
 
@@ -23,6 +23,12 @@ end
 return false
 "#;
 
+/// The key that makes `key` idempotent on `stream`: `<stream>:idem:<key>`, in the stream's hash slot
+/// when the stream name has a hash tag.
+pub(crate) fn idempotency_key(stream: &str, key: &str) -> String {
+    format!("{stream}:idem:{key}")
+}
+
 /// `XADD … MAXLEN ~ max_len *`.
 pub(crate) fn add_options(max_len: usize) -> StreamAddOptions {
     StreamAddOptions::default().trim(StreamTrimStrategy::maxlen(
@@ -34,13 +40,13 @@ pub(crate) fn add_options(max_len: usize) -> StreamAddOptions {
 /// Publishes envelopes to the stream with `XADD … MAXLEN ~ max_len`. Cheap to clone; reconnects by itself.
 #[derive(Clone)]
 pub struct RedisPublisher {
-    conn: ConnectionManager,
+    conn: Connection,
     config: Arc<BusConfig>,
     idempotent: Arc<redis::Script>,
 }
 
 impl RedisPublisher {
-    pub(crate) fn new(conn: ConnectionManager, config: Arc<BusConfig>) -> Self {
+    pub(crate) fn new(conn: Connection, config: Arc<BusConfig>) -> Self {
         Self {
             conn,
             config,
@@ -98,7 +104,7 @@ impl RedisPublisher {
         let ttl_ms = self.config.idempotency_ttl.as_millis().max(1);
         let mut invocation = self.idempotent.prepare_invoke();
         invocation
-            .key(format!("{}:idem:{key}", self.config.stream))
+            .key(idempotency_key(&self.config.stream, key))
             .key(&self.config.stream)
             .arg(ttl_ms.to_string())
             .arg(self.config.max_len);

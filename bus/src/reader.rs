@@ -11,7 +11,7 @@
 //! reconnects with backoff.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,6 +22,7 @@ use redis_protocol::resp2::types::BytesFrame;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::Framed;
 
+use crate::access::Resolved;
 use crate::entry::ReadEntry;
 use crate::error::{BusError, Result};
 
@@ -32,11 +33,23 @@ const READ_BUFFER: usize = 256 * 1024;
 trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
+/// On a Redis Cluster: how to follow a `MOVED` to the node that owns the stream's slot.
+pub(crate) struct ClusterHop {
+    pub(crate) resolved: Resolved,
+    /// Where the stream was last found, for the next reader.
+    pub(crate) owner: Arc<Mutex<Option<(String, u16)>>>,
+}
+
+/// Redirections followed for one read, at most: a slot moves once, a second hop is a migration under
+/// way, a third a loop.
+const MAX_HOPS: usize = 3;
+
 /// One connection that only runs `XREADGROUP`.
 pub(crate) struct StreamReader {
     io: Framed<Pin<Box<dyn Io>>, Resp2>,
     /// Reply timeout on top of BLOCK.
     margin: Duration,
+    cluster: Option<ClusterHop>,
 }
 
 impl StreamReader {
@@ -85,6 +98,7 @@ impl StreamReader {
             // buffer that takes a whole batch in one or two reads keeps that cheap.
             io: Framed::with_capacity(io, Resp2::default(), READ_BUFFER),
             margin,
+            cluster: None,
         };
         let settings = info.redis_settings();
         if let Some(password) = settings.password() {
@@ -100,6 +114,12 @@ impl StreamReader {
             reader.call("SELECT", select, Duration::ZERO).await?;
         }
         Ok(reader)
+    }
+
+    /// This reader follows `MOVED` redirections (a Redis Cluster's node may not own the stream).
+    pub(crate) fn in_cluster(mut self, hop: ClusterHop) -> Self {
+        self.cluster = Some(hop);
+        self
     }
 
     /// `XREADGROUP GROUP g c COUNT n BLOCK ms STREAMS s >`: new entries, or none after `block`.
@@ -125,8 +145,38 @@ impl StreamReader {
             bulk(stream),
             bulk(">"),
         ];
-        let reply = self.call("XREADGROUP", args, block).await?;
-        parse_read(reply)
+        let mut hops = 0;
+        loop {
+            match self.call("XREADGROUP", args.clone(), block).await {
+                // `MOVED <slot> <host:port>`: nothing was read; the same read goes to the owner.
+                Err(BusError::Server { message, .. })
+                    if message.starts_with("MOVED ")
+                        && self.cluster.is_some()
+                        && hops < MAX_HOPS =>
+                {
+                    hops += 1;
+                    self.hop(&message).await?;
+                }
+                reply => return parse_read(reply?),
+            }
+        }
+    }
+
+    /// Replaces this connection by one to the node a `MOVED` reply names, and remembers that node.
+    async fn hop(&mut self, moved: &str) -> Result<()> {
+        let to = moved
+            .split_whitespace()
+            .nth(2)
+            .and_then(|a| crate::config::parse_host_port(a).ok())
+            .ok_or_else(|| bad(moved))?;
+        let Some(hop) = self.cluster.take() else {
+            return Err(bad(moved));
+        };
+        let info = hop.resolved.at(&to.0, to.1);
+        let next = Self::connect(&info, hop.resolved.reader_tls.as_ref(), self.margin).await?;
+        *hop.owner.lock().unwrap_or_else(|e| e.into_inner()) = Some(to);
+        *self = next.in_cluster(hop);
+        Ok(())
     }
 
     /// Sends one command and waits for its reply (at most `block` + the margin).

@@ -64,6 +64,29 @@ async fn lab_with_filler(options: LabOptions) -> (Lab, Api<Pod>) {
     (lab, pods)
 }
 
+/// A run slower than this prints the events it saw.
+const SLOW: f64 = 10.0;
+
+/// The worker names the NodeManager asked for (warm starts keep theirs).
+fn named(events: &[bus::Envelope]) -> usize {
+    events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::ScaleUpStarted(s) => Some(s.nodes.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+}
+
+fn in_order(runs: &[f64]) -> String {
+    runs.iter()
+        .map(|t| format!("{t:.2}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn count(events: &[bus::Envelope], ty: &str) -> usize {
     events.iter().filter(|e| e.event_type() == ty).count()
 }
@@ -93,13 +116,21 @@ async fn main() {
     .await;
     let mut cold = Vec::new();
     for run in 0..=RUNS {
+        let from = lab.events().await.len();
         let t = time_to_running(&pods, &format!("cold-{run}")).await;
+        if t > SLOW {
+            let events = lab.events().await;
+            eprintln!(
+                "cold-{run} took {t:.3} s:\n{}",
+                tests::trail(&events[from..])
+            );
+        }
         if run < RUNS {
             cold.push(t);
         }
     }
     let events = lab.events().await;
-    let created = count(&events, "NodeCreated");
+    let created = named(&events);
     let warm_left = count(&events, "WarmPoolLeft");
     assert_eq!(
         warm_left, 0,
@@ -130,7 +161,7 @@ async fn main() {
     }
     let events = lab.events().await;
     let started_warm = count(&events, "WarmPoolLeft");
-    let created_after = count(&events, "NodeCreated");
+    let created_after = named(&events);
     drop(lab);
 
     // A buffer of one spare worker.
@@ -167,15 +198,18 @@ async fn main() {
         .count();
     drop(lab);
 
+    let (cold_runs, warm_runs, buffer_runs) = (cold.clone(), warm.clone(), buffer.clone());
     println!("unschedulable pod -> pod Running, {RUNS} runs each (lab workers: 1 CPU, pods 700m)");
     println!("{}", summary("cold", cold));
     println!("{}", summary("warm", warm));
     println!("{}", summary("buffer", buffer));
-    // A warm start reports `WarmPoolLeft {started}` and then the usual `NodeCreated`.
     println!(
-        "  cold: {created} workers created (the minimum's included), no warm start; warm runs: {started_warm} warm starts, {} new containers",
-        (created_after - created).saturating_sub(started_warm)
+        "  cold: {created} worker names (the minimum's included), no warm start; warm runs: {started_warm} warm starts, {} new names",
+        created_after - created
     );
+    println!("  each run, in order: cold {}", in_order(&cold_runs));
+    println!("                      warm {}", in_order(&warm_runs));
+    println!("                      buffer {}", in_order(&buffer_runs));
     println!(
         "  buffer: {landed_on_spare} of {RUNS} pods ran on a worker that was Ready before they were created; {refills} capacity_buffer decisions"
     );

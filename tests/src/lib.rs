@@ -11,7 +11,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use autoscaler::labenv::{LabEnv, LabEnvOptions};
-use bus::testing::RedisServer;
+use bus::testing::{RedisSentinels, RedisServer};
 use bus::{Envelope, Query};
 
 /// A Deployment whose pods need a worker each (1 CPU worker template, 700m requests); the pods declare a
@@ -135,6 +135,91 @@ pub struct LabOptions {
     pub buffer_nodes: u32,
     /// `schedules`: (cron, duration, min_nodes) of the cluster.
     pub schedules: Vec<(String, Duration, u32)>,
+    /// The Redis the lab's bus runs on.
+    pub topology: LabTopology,
+}
+
+/// Which Redis a lab's bus runs on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum LabTopology {
+    /// One `redis-server`.
+    #[default]
+    Single,
+    /// A primary, a replica and three sentinels ([`RedisSentinels`], `down-after-milliseconds` 1000); the
+    /// autoscaler connects through the sentinels.
+    Sentinel,
+    /// A Redis Cluster the test started (`host:port` of its nodes), shared by several labs: each lab's
+    /// stream is `{<tag>}:autoscaler_events`.
+    Cluster { nodes: Vec<String>, tag: String },
+}
+
+/// The Redis processes of a lab; stopped when the lab drops.
+pub enum LabRedis {
+    Single(RedisServer),
+    Sentinel(RedisSentinels),
+    /// The test owns the cluster; the lab only uses its stream there.
+    Cluster {
+        nodes: Vec<String>,
+        stream: String,
+    },
+}
+
+impl LabRedis {
+    /// The bus settings for the lab's stream (tools' and the test's view, not the replicas').
+    pub fn bus_config(&self) -> bus::BusConfig {
+        match self {
+            LabRedis::Single(r) => bus::BusConfig::new(r.url(), "autoscaler_events"),
+            LabRedis::Sentinel(s) => s.config("autoscaler_events"),
+            LabRedis::Cluster { nodes, stream } => {
+                let mut c = bus::BusConfig::new(format!("redis://{}/", nodes[0]), stream.clone());
+                c.topology = bus::Topology::Cluster {
+                    seeds: nodes[1..].to_vec(),
+                };
+                c
+            }
+        }
+    }
+
+    /// The lab's stream name.
+    pub fn stream(&self) -> &str {
+        match self {
+            LabRedis::Cluster { stream, .. } => stream,
+            _ => "autoscaler_events",
+        }
+    }
+
+    /// The `event_bus` lines of the lab's config that say where Redis is.
+    fn config_lines(&self) -> String {
+        match self {
+            LabRedis::Single(r) => format!("      url: \"{}\"\n", r.url()),
+            LabRedis::Sentinel(s) => format!(
+                "      url: \"redis://sentinel-named-master\"\n      mode: sentinel\n      sentinels: [{}]\n      sentinel_master: \"{}\"\n",
+                s.sentinel_addresses()
+                    .iter()
+                    .map(|a| format!("\"{a}\""))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                bus::testing::SENTINEL_MASTER
+            ),
+            LabRedis::Cluster { nodes, .. } => format!(
+                "      url: \"redis://{}\"\n      mode: cluster\n      cluster_nodes: [{}]\n",
+                nodes[0],
+                nodes[1..]
+                    .iter()
+                    .map(|a| format!("\"{a}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+
+    /// The sentinel set, for a test that fails its primary over.
+    pub fn sentinels(&mut self) -> Option<&mut RedisSentinels> {
+        match self {
+            LabRedis::Sentinel(s) => Some(s),
+            _ => None,
+        }
+    }
 }
 
 /// One of [`LabOptions::pools`].
@@ -187,13 +272,14 @@ impl Default for LabOptions {
             max_node_provision_time: Duration::from_secs(60),
             buffer_nodes: 0,
             schedules: Vec::new(),
+            topology: LabTopology::Single,
         }
     }
 }
 
 /// A running lab with its autoscaler replicas.
 pub struct Lab {
-    pub redis: RedisServer,
+    pub redis: LabRedis,
     pub env: LabEnv,
     pub dir: PathBuf,
     pub config: PathBuf,
@@ -210,7 +296,16 @@ impl Lab {
         let prefix = format!("e2e{id}-w-");
         let dir = std::env::temp_dir().join(format!("k3s-autoscaler-{cluster_id}"));
         std::fs::create_dir_all(&dir).expect("test dir");
-        let redis = RedisServer::start();
+        let redis = match &options.topology {
+            LabTopology::Single => LabRedis::Single(RedisServer::start()),
+            LabTopology::Sentinel => LabRedis::Sentinel(tokio::task::block_in_place(|| {
+                RedisSentinels::start(Duration::from_secs(1))
+            })),
+            LabTopology::Cluster { nodes, tag } => LabRedis::Cluster {
+                nodes: nodes.clone(),
+                stream: format!("{{{tag}}}:autoscaler_events"),
+            },
+        };
         let docker = autoscaler::docker::connect("", Duration::from_secs(10))
             .await
             .unwrap_or_else(|e| panic!("the end-to-end tests need the Docker engine: {e}"));
@@ -226,7 +321,7 @@ impl Lab {
         let config = dir.join("config.yaml");
         std::fs::write(
             &config,
-            config_yaml(&options, &cluster_id, &prefix, &redis.url(), &env),
+            config_yaml(&options, &cluster_id, &prefix, &redis, &env),
         )
         .expect("write config");
         let mut lab = Lab {
@@ -310,7 +405,7 @@ impl Lab {
 
     /// The bus of this lab.
     pub async fn bus(&self) -> bus::Bus {
-        bus::connect(bus::BusConfig::new(self.redis.url(), "autoscaler_events"))
+        bus::connect(self.redis.bus_config())
             .await
             .expect("connect to the test redis")
     }
@@ -743,7 +838,7 @@ fn config_yaml(
     o: &LabOptions,
     cluster_id: &str,
     prefix: &str,
-    redis_url: &str,
+    redis: &LabRedis,
     env: &LabEnv,
 ) -> String {
     format!(
@@ -759,10 +854,9 @@ fn config_yaml(
   events:
     event_bus:
       type: "redis_streams"
-      stream_name: "autoscaler_events"
+      stream_name: "{stream}"
       max_stream_length: 10000
-      url: "{redis_url}"
-      claim_idle: 5s
+{redis_lines}      claim_idle: 5s
       block: 1s
     handlers: ["MetricsListener", "ScalingDecisionEngine", "NodeManager", "MinimumNodeEnforcer", "StateSynchronizer"]
   thresholds:
@@ -800,6 +894,8 @@ fn config_yaml(
   http:
     listen: "127.0.0.1:0"
 {pools}"#,
+        stream = redis.stream(),
+        redis_lines = redis.config_lines(),
         min = o.min_nodes,
         max = o.max_nodes,
         image = env.options.image,

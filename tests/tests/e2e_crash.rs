@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bus::{Envelope, Event, Query};
-use tests::{deployment, find, trail, Lab, LabOptions};
+use tests::{deployment, find, trail, Lab, LabOptions, LabTopology};
 
 const STREAM: &str = "autoscaler_events";
 const HANDLERS: [&str; 5] = [
@@ -377,6 +377,138 @@ async fn e2e_kill_9_during_a_scale_up_is_finished_by_the_restarted_process() {
     }
     lab.assert_replay_identity().await;
     println!("scale-up crash test took {:?}", started.elapsed());
+}
+
+/// The sentinels' `down-after-milliseconds` in a sentinel lab.
+const DOWN_AFTER: Duration = Duration::from_secs(1);
+
+/// The bus's Redis primary dies (SIGKILL) in the middle of a scale-up; the sentinels promote its
+/// replica; the autoscaler follows the new primary within their failover time plus a few seconds and
+/// finishes: four workers, no orphan, no duplicate (docs/TOPOLOGY.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_the_bus_primary_dies_during_a_scale_up_and_the_autoscaler_follows_the_promoted_replica(
+) {
+    let mut lab = Lab::start(LabOptions {
+        underutilized_for: Duration::from_secs(600),
+        topology: LabTopology::Sentinel,
+        ..LabOptions::default()
+    })
+    .await;
+    let started = Instant::now();
+    let from = lab.settled(0, 2..=2, Duration::from_secs(90)).await.len();
+    let before = lab.worker_containers();
+    assert_eq!(before.len(), 2, "{before:?}");
+    lab.kubectl_apply(&deployment("web", 4));
+
+    // Kill the primary as soon as the scale-up is under way, as the kill -9 test kills the autoscaler.
+    let bus = lab.bus().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (cause, at_kill) = loop {
+        let events = events_of(&bus).await;
+        let containers = lab.worker_containers();
+        if containers.len() > before.len() {
+            break (format!("a new container {containers:?}"), events);
+        }
+        if find(&events, from, "ScaleUpStarted", |_| true).is_some() {
+            break ("ScaleUpStarted on the stream".to_string(), events);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no scale-up began\n{}\n{}",
+            trail(&events),
+            lab.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    drop(bus);
+    let Some(sentinels) = lab.redis.sentinels() else {
+        panic!("a sentinel lab")
+    };
+    let old = tokio::task::block_in_place(|| sentinels.kill_master());
+    let killed_at = Instant::now();
+    let killed_wall = chrono::Utc::now();
+    let new = tokio::task::block_in_place(|| sentinels.wait_failover(old, Duration::from_secs(30)));
+    let promoted_after = killed_at.elapsed();
+    println!(
+        "killed the primary ({old}) on {cause} ({} events then); the sentinels promoted {new} after {promoted_after:?}",
+        at_kill.len()
+    );
+
+    // The autoscaler publishes on the new primary: an event it stamped after the kill is there.
+    let follow_bound = DOWN_AFTER + Duration::from_secs(10);
+    let events = lab
+        .wait_for_events(
+            "an event published after the failover",
+            follow_bound,
+            |ev| ev.iter().any(|e| e.timestamp > killed_wall),
+        )
+        .await;
+    let followed_after = killed_at.elapsed();
+    let first_after = events
+        .iter()
+        .filter(|e| e.timestamp > killed_wall)
+        .map(|e| e.event_type())
+        .take(5)
+        .collect::<Vec<_>>();
+    println!(
+        "the autoscaler published on the new primary after {followed_after:?}: {first_after:?}"
+    );
+    let lost_from_window = at_kill
+        .iter()
+        .filter(|e| !events.iter().any(|n| n.event_id == e.event_id))
+        .map(|e| e.event_type())
+        .collect::<Vec<_>>();
+    println!("events seen before the kill and missing on the new primary: {lost_from_window:?}");
+
+    // It finishes the scale-up: four workers, each with its Node, no more.
+    lab.wait_for_events(
+        "the scale-up to complete on the new primary",
+        Duration::from_secs(120),
+        |ev| {
+            find(
+                ev,
+                from,
+                "ScalingActionCompleted",
+                |e| matches!(&e.event, Event::ScalingActionCompleted(c) if c.new_workers == 4),
+            )
+            .is_some()
+        },
+    )
+    .await;
+    let names = wait_consistent(&lab, 4, Duration::from_secs(60)).await;
+    println!("workers after the failover: {names:?}");
+    lab.settled(from, 4..=4, Duration::from_secs(60)).await;
+    lab.wait_running("web", 4, Duration::from_secs(60)).await;
+    let dlq = all_acked(&lab, Duration::from_secs(30)).await;
+    assert!(
+        dlq.is_empty(),
+        "{} dead letters after the failover",
+        dlq.len()
+    );
+    // Still four a little later: nothing left to repair, no late duplicate.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    world_consistent(&lab, 4).unwrap_or_else(|e| panic!("{e}"));
+    for w in log_warnings(&lab, 0) {
+        println!("log: {w}");
+    }
+    // Not asserted here (open, issue 18): replay identity. In 3 of 8 runs the `NodeCreated` of the
+    // worker being created when the primary died never reached the stream, and the what-if replay then
+    // took the next scale-up decision one `PendingPodsDetected` earlier than the run did. A failing run's
+    // log: the executor started the worker, its `NodeCreated` + XACK script failed (no primary), the
+    // redelivered `ScaleUpDecision` did not create or report it again (its `ScaleUpStarted` was on the
+    // stream); the leader stepped down 0.1 s after the start, stopping the Docker events watcher whose
+    // `NodeCreated` would have covered it. Not specific to Sentinel: any bus outage at that moment.
+    let created: BTreeSet<String> = lab
+        .events()
+        .await
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::NodeCreated(c) => Some(c.node_name.clone()),
+            _ => None,
+        })
+        .collect();
+    println!("workers with a NodeCreated on the stream: {created:?}");
+    println!("bus failover test took {:?}", started.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use bus::Event;
-use tests::{deployment, find, trail, Lab, LabOptions};
+use tests::{deployment, find, trail, Lab, LabOptions, LabTopology};
 
 fn ready_nodes(events: &[bus::Envelope]) -> Vec<String> {
     let mut names: Vec<String> = events
@@ -316,4 +316,75 @@ async fn e2e_three_replicas_and_100_identical_pending_events_make_one_scale_up()
         .count();
     assert_eq!(copies, 1);
     lab.assert_replay_identity().await;
+}
+
+/// Two labs autoscaled at once on one Redis Cluster of three primaries (`redis-cli --cluster create`),
+/// each stream under its own hash tag: both scale up for their own pending pods, their streams never
+/// mix, and each replays to the same decisions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_two_labs_scale_up_at_once_on_one_redis_cluster() {
+    let cluster = tokio::task::block_in_place(bus::testing::RedisCluster::start);
+    let nodes: Vec<String> = cluster
+        .ports()
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    let options = |tag: &str| LabOptions {
+        topology: LabTopology::Cluster {
+            nodes: nodes.clone(),
+            tag: tag.into(),
+        },
+        // No scale-down while the test counts workers.
+        underutilized_for: Duration::from_secs(600),
+        ..LabOptions::default()
+    };
+    // `{lab-a}` hashes to slot 1191 and `{lab-b}` to 13508: the first and the third primary of the
+    // cluster `redis-cli --cluster create` lays out. Started one after the other (they share the lab
+    // image), then running together.
+    let a = Lab::start(options("lab-a")).await;
+    let b = Lab::start(options("lab-b")).await;
+    let (sa, sb) = tokio::join!(
+        a.settled(0, 2..=2, Duration::from_secs(120)),
+        b.settled(0, 2..=2, Duration::from_secs(120))
+    );
+    let (from_a, from_b) = (sa.len(), sb.len());
+
+    // Lab a needs two more workers, lab b one more.
+    a.kubectl_apply(&deployment("web", 4));
+    b.kubectl_apply(&deployment("web", 3));
+    tokio::join!(
+        a.settled(from_a, 4..=4, Duration::from_secs(120)),
+        b.settled(from_b, 3..=3, Duration::from_secs(120))
+    );
+    tokio::join!(
+        a.wait_running("web", 4, Duration::from_secs(60)),
+        b.wait_running("web", 3, Duration::from_secs(60))
+    );
+    assert_eq!(a.running_workers().len(), 4);
+    assert_eq!(b.running_workers().len(), 3);
+
+    // Each stream holds its own lab's events only: every worker an event names is the lab's, and the
+    // observations carry its cluster id (handler outputs carry none).
+    for lab in [&a, &b] {
+        let events = lab.events().await;
+        let others: Vec<_> = events
+            .iter()
+            .filter(|e| {
+                e.event
+                    .node_name()
+                    .is_some_and(|n| !n.starts_with(&lab.prefix))
+                    || !(e.metadata.cluster_id.is_empty()
+                        || e.metadata.cluster_id == lab.cluster_id)
+            })
+            .map(|e| (e.event_type(), e.event.node_name().map(str::to_string)))
+            .collect();
+        assert!(others.is_empty(), "{}: {others:?}", lab.cluster_id);
+        assert_eq!(
+            lab.bus().await.config().stream,
+            lab.redis.stream(),
+            "the lab's bus is its tagged stream"
+        );
+    }
+    a.assert_replay_identity().await;
+    b.assert_replay_identity().await;
 }

@@ -154,6 +154,40 @@ pub struct EventBus {
     /// TLS files for a `rediss://` URL.
     #[serde(default)]
     pub tls: super::access::RedisTls,
+    /// `single` (one Redis at `url`), `sentinel` (the master `sentinel_master` that `sentinels` name)
+    /// or `cluster` (a Redis Cluster reached through `url` and `cluster_nodes`): `docs/TOPOLOGY.md`.
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    /// `sentinel`: the sentinels, `host:port` each.
+    #[serde(default)]
+    pub sentinels: Vec<String>,
+    /// `sentinel`: the master's name (`sentinel monitor <name> …`).
+    #[serde(default)]
+    pub sentinel_master: String,
+    /// `cluster`: seed nodes beyond the URL's, `host:port` each.
+    #[serde(default)]
+    pub cluster_nodes: Vec<String>,
+}
+
+impl EventBus {
+    /// The bus topology `mode` names; `None` for an unknown mode.
+    pub fn topology(&self) -> Option<bus::Topology> {
+        match self.mode.as_str() {
+            "single" => Some(bus::Topology::Single),
+            "sentinel" => Some(bus::Topology::Sentinel {
+                sentinels: self.sentinels.clone(),
+                master: self.sentinel_master.clone(),
+            }),
+            "cluster" => Some(bus::Topology::Cluster {
+                seeds: self.cluster_nodes.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+fn default_mode() -> String {
+    "single".into()
 }
 
 fn default_redis_url() -> String {

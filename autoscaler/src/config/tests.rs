@@ -521,3 +521,54 @@ fn webhook_headers_need_a_name_and_exactly_one_source() {
         ]
     );
 }
+
+#[test]
+fn the_bus_topology_is_single_by_default_and_checked_for_sentinel_and_cluster() {
+    let s = Settings::from_yaml_with_env(MINIMAL_BLOCK, no_env()).expect("valid");
+    assert_eq!(
+        s.autoscaler.events.event_bus.topology(),
+        Some(bus::Topology::Single)
+    );
+    let with = |extra: &str, stream: &str| {
+        MINIMAL_BLOCK
+            .replace(
+                "      max_stream_length: 10000\n",
+                &format!("      max_stream_length: 10000\n{extra}"),
+            )
+            .replace("\"autoscaler_events\"", stream)
+    };
+    let cluster = with(
+        "      mode: cluster\n      cluster_nodes: [\"10.0.0.2:7000\"]\n",
+        "\"{lab-a}:autoscaler_events\"",
+    );
+    let s = Settings::from_yaml_with_env(&cluster, no_env()).expect("a tagged stream is valid");
+    assert_eq!(
+        crate::runtime::bus_config(&s).topology,
+        bus::Topology::Cluster {
+            seeds: vec!["10.0.0.2:7000".into()]
+        }
+    );
+    let untagged = with("      mode: cluster\n", "\"autoscaler_events\"");
+    let err = Settings::from_yaml_with_env(&untagged, no_env()).unwrap_err();
+    assert_eq!(fields(err), vec!["autoscaler.events.event_bus.mode"]);
+    let sentinel = with(
+        "      mode: sentinel\n      sentinels: [\"10.0.0.3:26379\", \"10.0.0.4:26379\"]\n      sentinel_master: mymaster\n",
+        "\"autoscaler_events\"",
+    );
+    let s = Settings::from_yaml_with_env(&sentinel, no_env()).expect("valid");
+    assert!(matches!(
+        crate::runtime::bus_config(&s).topology,
+        bus::Topology::Sentinel { ref master, ref sentinels } if master == "mymaster" && sentinels.len() == 2
+    ));
+    for bad in [
+        with("      mode: sentinel\n", "\"s\""),
+        with("      mode: replicated\n", "\"s\""),
+    ] {
+        let err = Settings::from_yaml_with_env(&bad, no_env()).unwrap_err();
+        assert_eq!(
+            fields(err),
+            vec!["autoscaler.events.event_bus.mode"],
+            "{bad}"
+        );
+    }
+}

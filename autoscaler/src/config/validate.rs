@@ -131,6 +131,19 @@ fn event_bus(e: &EventsConfig, out: &mut Problems) {
         // The URL may carry a password: name the field, never echo the value.
         Err(e) => out.bad("events.event_bus.url", format!("not a valid URL ({e})")),
     }
+    match bus.topology() {
+        None => out.bad(
+            "events.event_bus.mode",
+            format!("`{}` is not single, sentinel or cluster", bus.mode),
+        ),
+        Some(topology) => {
+            let mut c = bus::BusConfig::new(bus.url.clone(), bus.stream_name.clone());
+            c.topology = topology;
+            if let Err(e) = c.validate() {
+                out.bad("events.event_bus.mode", e);
+            }
+        }
+    }
     if bus.max_deliveries == 0 {
         out.bad("events.event_bus.max_deliveries", "must be at least 1");
     }

@@ -8,6 +8,8 @@ use crate::config::Settings;
 pub fn bus_config(settings: &Settings) -> bus::BusConfig {
     let b = &settings.autoscaler.events.event_bus;
     let mut c = bus::BusConfig::new(b.url.clone(), b.stream_name.clone());
+    // An unknown mode is refused by `config check` before this runs.
+    c.topology = b.topology().unwrap_or_default();
     c.max_len = usize::try_from(b.max_stream_length).unwrap_or(usize::MAX);
     c.claim_idle = b.claim_idle;
     c.max_deliveries = b.max_deliveries;

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::connection::Connection;
 use redis::streams::StreamAutoClaimOptions;
 use redis::{AsyncCommands, Value};
 use tokio::time::Instant;
@@ -79,7 +79,7 @@ pub(super) async fn leave(ctx: &Ctx) {
 }
 
 /// Redis's clock in unix milliseconds (`TIME`), the clock heartbeats are written with.
-async fn server_millis(conn: &mut ConnectionManager) -> Result<i64> {
+async fn server_millis(conn: &mut Connection) -> Result<i64> {
     let (secs, micros): (i64, i64) = redis::cmd("TIME")
         .query_async(conn)
         .await
@@ -115,7 +115,7 @@ pub(super) async fn claim_from_dead(ctx: &Ctx, want: usize) -> Result<Vec<ReadEn
 /// has been dead long and has nothing left.
 async fn claim_from(
     ctx: &Ctx,
-    conn: &mut ConnectionManager,
+    conn: &mut Connection,
     name: &str,
     silent_ms: i64,
     want: usize,

@@ -57,10 +57,10 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::connection::Connection;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use primitives::Backoff;
-use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{info, info_span, warn, Instrument};
@@ -92,7 +92,7 @@ pub struct Consumer {
 
 /// What the runtime shares with every delivery task.
 struct Ctx {
-    conn: ConnectionManager,
+    conn: Connection,
     config: Arc<BusConfig>,
     group: String,
     consumer: String,

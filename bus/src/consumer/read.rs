@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use redis::aio::ConnectionManager;
+use crate::connection::Connection;
 use redis::streams::{StreamPendingCountReply, StreamReadOptions};
 use redis::{AsyncCommands, Value};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -246,11 +246,7 @@ pub(super) async fn delivery_counts(
 }
 
 /// `XGROUP CREATE stream group 0 MKSTREAM`; `BUSYGROUP` (it exists) is success.
-pub(super) async fn ensure_group(
-    conn: &mut ConnectionManager,
-    stream: &str,
-    group: &str,
-) -> Result<()> {
+pub(super) async fn ensure_group(conn: &mut Connection, stream: &str, group: &str) -> Result<()> {
     let res: redis::RedisResult<()> = conn.xgroup_create_mkstream(stream, group, "0").await;
     match res {
         Ok(()) => {

@@ -109,18 +109,18 @@ pub(super) fn finish(ctx: &Ctx, done: Finish, outlets: &Outlets) {
 /// `publish_idempotent` uses for `event:<id>`): handlers give their outputs deterministic ids, so a
 /// redelivered input, or two inputs that mean the same thing, publish each output once.
 ///
-/// KEYS: stream. ARGV: group, input id, ttl ms, max length, idempotency key prefix, number of outputs,
-/// then per output: event id, number of field/value items, the items.
+/// KEYS: stream, then each output's idempotency key (declared, so that on a Redis Cluster the script
+/// is routed and checked with every key it touches; they share the stream's hash tag). ARGV: group,
+/// input id, ttl ms, max length, then per output: number of field/value items, the items.
 const OUTPUTS_AND_ACK: &str = r#"
 local stream = KEYS[1]
-local i = 7
-for _ = 1, tonumber(ARGV[6]) do
-  local key = ARGV[5] .. ARGV[i]
-  local n = tonumber(ARGV[i + 1])
-  i = i + 2
-  if redis.call('SET', key, '', 'NX', 'PX', ARGV[3]) then
+local i = 5
+for k = 2, #KEYS do
+  local n = tonumber(ARGV[i])
+  i = i + 1
+  if redis.call('SET', KEYS[k], '', 'NX', 'PX', ARGV[3]) then
     local id = redis.call('XADD', stream, 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, i, i + n - 1))
-    redis.call('SET', key, id, 'KEEPTTL')
+    redis.call('SET', KEYS[k], id, 'KEEPTTL')
   end
   i = i + n
 end
@@ -138,12 +138,15 @@ pub(super) async fn publish_and_ack(ctx: &Ctx, id: &str, outputs: &[Envelope]) -
         .arg(&ctx.group)
         .arg(id)
         .arg(ctx.config.idempotency_ttl.as_millis().max(1).to_string())
-        .arg(ctx.config.max_len)
-        .arg(format!("{}:idem:event:", ctx.config.stream))
-        .arg(outputs.len());
+        .arg(ctx.config.max_len);
     for e in outputs {
+        // The key `publish_idempotent` uses for `event:<id>`.
+        invocation.key(crate::publisher::idempotency_key(
+            &ctx.config.stream,
+            &format!("event:{}", e.event_id),
+        ));
         let fields = e.to_fields();
-        invocation.arg(e.event_id.to_string()).arg(fields.len() * 2);
+        invocation.arg(fields.len() * 2);
         for (field, value) in fields {
             invocation.arg(field).arg(value);
         }

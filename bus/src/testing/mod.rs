@@ -1,5 +1,9 @@
 //! Test support: a throwaway `redis-server` on a free loopback port, plain or TLS-only with
-//! certificates made for it, with or without a password for the default user.
+//! certificates made for it, with or without a password for the default user; and (`topology`) a
+//! primary with a replica and three sentinels, and a Redis Cluster of three primaries.
+
+mod topology;
+pub use topology::{RedisCluster, RedisSentinels, MASTER as SENTINEL_MASTER};
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -19,6 +23,8 @@ pub struct RedisOptions {
     pub tls_client_certs: bool,
     /// `requirepass`: the default user's password (the admin of ACL tests).
     pub password: Option<String>,
+    /// Further `redis-server` arguments (`--cluster-enabled yes`, `--replicaof host port`, …).
+    pub args: Vec<String>,
 }
 
 /// The PEM files a TLS server was started with: a CA, the server's certificate and key, and a client
@@ -115,6 +121,11 @@ impl RedisServer {
         server
     }
 
+    /// The directory of its files (log, `nodes.conf`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     fn log_path(&self) -> PathBuf {
         self.dir.join("redis.log")
     }
@@ -151,6 +162,7 @@ impl RedisServer {
         if let Some(p) = &self.options.password {
             cmd.args(["--requirepass", p]);
         }
+        cmd.args(&self.options.args);
         self.ready_from = std::fs::metadata(self.log_path()).map_or(0, |m| m.len());
         let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn();
         match child {
@@ -278,14 +290,14 @@ impl Drop for RedisServer {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     match TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
         Ok(addr) => addr.port(),
         Err(e) => panic!("no free port on 127.0.0.1: {e}"),
     }
 }
 
-fn ping(port: u16) -> bool {
+pub(crate) fn ping(port: u16) -> bool {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
         return false;
     };

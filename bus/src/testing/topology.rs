@@ -1,0 +1,334 @@
+//! Redis topologies for tests, on loopback ports: a primary with one replica and three sentinels
+//! ([`RedisSentinels`]), and a Redis Cluster of three primaries made by `redis-cli --cluster create`
+//! ([`RedisCluster`]). Every process is killed when its value drops, a failed test's too.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{free_port, ping, RedisOptions, RedisServer};
+use crate::config::{BusConfig, Topology};
+
+/// The master name the sentinels monitor.
+pub const MASTER: &str = "bus-test";
+
+/// Waits until `check` holds, panicking with `what` after `within`.
+fn wait_for(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check() {
+        if Instant::now() > deadline {
+            panic!("{what}: not within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A synchronous command to `127.0.0.1:port`, `None` when it fails.
+fn query<T: redis::FromRedisValue>(port: u16, cmd: &redis::Cmd) -> Option<T> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).ok()?;
+    let mut conn = client
+        .get_connection_with_timeout(Duration::from_millis(500))
+        .ok()?;
+    cmd.query(&mut conn).ok()
+}
+
+/// One `redis-server --sentinel`, killed on drop.
+struct SentinelProcess {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl SentinelProcess {
+    fn start(master_port: u16, down_after: Duration, failover_timeout: Duration) -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!(
+            "bus-sentinel-{}-{port}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            panic!("cannot create {}: {e}", dir.display());
+        }
+        // The sentinel rewrites its file (what it learns of replicas and other sentinels).
+        let conf = dir.join("sentinel.conf");
+        let text = format!(
+            "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile {log}\n\
+             sentinel monitor {MASTER} 127.0.0.1 {master_port} 2\n\
+             sentinel down-after-milliseconds {MASTER} {down}\n\
+             sentinel failover-timeout {MASTER} {failover}\n\
+             sentinel parallel-syncs {MASTER} 1\n",
+            dir = dir.display(),
+            log = dir.join("sentinel.log").display(),
+            down = down_after.as_millis(),
+            failover = failover_timeout.as_millis(),
+        );
+        if let Err(e) = std::fs::write(&conf, text) {
+            panic!("cannot write {}: {e}", conf.display());
+        }
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let child = match child {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                panic!("redis-server not found: apt-get install -y redis-server")
+            }
+            Err(e) => panic!("cannot start redis-server --sentinel: {e}"),
+        };
+        let s = Self {
+            port,
+            dir,
+            child: Some(child),
+        };
+        wait_for(
+            &format!("sentinel on port {port} answers PING"),
+            Duration::from_secs(10),
+            || ping(port),
+        );
+        s
+    }
+}
+
+impl Drop for SentinelProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A primary, one replica of it and three sentinels (quorum 2) with short failure detection: the
+/// sentinels call the primary down after `down_after` and promote the replica.
+pub struct RedisSentinels {
+    // Sentinels first: dropped (killed) before the servers, so they do not fail over while the
+    // test's servers go.
+    sentinels: Vec<SentinelProcess>,
+    servers: Vec<RedisServer>,
+    down_after: Duration,
+}
+
+impl RedisSentinels {
+    /// Starts them and waits until every sentinel knows the replica and the two other sentinels (a
+    /// failover needs both).
+    pub fn start(down_after: Duration) -> Self {
+        let primary = RedisServer::start();
+        let replica = RedisServer::start_with(RedisOptions {
+            args: vec![
+                "--replicaof".into(),
+                "127.0.0.1".into(),
+                primary.port().to_string(),
+            ],
+            ..RedisOptions::default()
+        });
+        wait_for("the replica is in sync", Duration::from_secs(10), || {
+            query::<String>(replica.port(), redis::cmd("INFO").arg("replication"))
+                .is_some_and(|i| i.contains("master_link_status:up"))
+        });
+        let failover_timeout = Duration::from_secs(10);
+        let sentinels: Vec<_> = (0..3)
+            .map(|_| SentinelProcess::start(primary.port(), down_after, failover_timeout))
+            .collect();
+        for s in &sentinels {
+            wait_for(
+                &format!("sentinel {} knows the replica and the others", s.port),
+                Duration::from_secs(20),
+                || {
+                    let replicas: Option<Vec<redis::Value>> =
+                        query(s.port, redis::cmd("SENTINEL").arg("replicas").arg(MASTER));
+                    let others: Option<Vec<redis::Value>> =
+                        query(s.port, redis::cmd("SENTINEL").arg("sentinels").arg(MASTER));
+                    replicas.is_some_and(|r| r.len() == 1) && others.is_some_and(|o| o.len() == 2)
+                },
+            );
+        }
+        Self {
+            sentinels,
+            servers: vec![primary, replica],
+            down_after,
+        }
+    }
+
+    /// `host:port` of each sentinel.
+    pub fn sentinel_addresses(&self) -> Vec<String> {
+        self.sentinels
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect()
+    }
+
+    /// The port the sentinels name as the master's, if one answers.
+    pub fn master_port(&self) -> Option<u16> {
+        self.sentinels.iter().find_map(|s| {
+            query::<(String, u16)>(
+                s.port,
+                redis::cmd("SENTINEL")
+                    .arg("get-master-addr-by-name")
+                    .arg(MASTER),
+            )
+            .map(|(_, port)| port)
+        })
+    }
+
+    /// The server on `port` (the primary or the replica).
+    pub fn server(&mut self, port: u16) -> Option<&mut RedisServer> {
+        self.servers.iter_mut().find(|s| s.port() == port)
+    }
+
+    /// Kills the current master (SIGKILL); returns its port. The sentinels promote the replica after
+    /// `down_after` and their election.
+    pub fn kill_master(&mut self) -> u16 {
+        let Some(port) = self.master_port() else {
+            panic!("no sentinel names a master");
+        };
+        match self.server(port) {
+            Some(s) => s.kill(),
+            None => panic!("the sentinels name port {port}, not one of this set's servers"),
+        }
+        port
+    }
+
+    /// Waits until the sentinels name a master other than `old` and it answers as one.
+    pub fn wait_failover(&self, old: u16, within: Duration) -> u16 {
+        let mut new = None;
+        wait_for("the sentinels promote the replica", within, || {
+            new = self.master_port().filter(|p| *p != old).filter(|p| {
+                query::<Vec<redis::Value>>(*p, &redis::cmd("ROLE")).is_some_and(
+                    |r| matches!(r.first(), Some(redis::Value::BulkString(b)) if b == b"master"),
+                )
+            });
+            new.is_some()
+        });
+        new.unwrap_or(old)
+    }
+
+    /// How long the sentinels wait before they call a master down.
+    pub fn down_after(&self) -> Duration {
+        self.down_after
+    }
+
+    /// Bus settings for `stream` through these sentinels, with short timings for tests. The URL names
+    /// no reachable node: only the sentinels say where the master is.
+    pub fn config(&self, stream: &str) -> BusConfig {
+        let mut c = BusConfig::new("redis://sentinel-named-master/", stream);
+        c.topology = Topology::Sentinel {
+            sentinels: self.sentinel_addresses(),
+            master: MASTER.into(),
+        };
+        c.block = Duration::from_millis(200);
+        c.claim_idle = Duration::from_millis(500);
+        c
+    }
+}
+
+/// A Redis Cluster of three primaries (no replicas) on loopback ports, every slot assigned.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts three `--cluster-enabled` servers, joins them with `redis-cli --cluster create` and waits
+    /// until every node says `cluster_state:ok`. Panics (with how to install it) if redis-cli is missing.
+    pub fn start() -> Self {
+        let nodes: Vec<_> = (0..3)
+            .map(|_| {
+                RedisServer::start_with(RedisOptions {
+                    args: ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]
+                        .map(String::from)
+                        .to_vec(),
+                    ..RedisOptions::default()
+                })
+            })
+            .collect();
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => panic!(
+                "redis-cli --cluster create failed ({}): {}{}",
+                o.status,
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                panic!("redis-cli not found: apt-get install -y redis-tools")
+            }
+            Err(e) => panic!("cannot run redis-cli: {e}"),
+        }
+        for n in &nodes {
+            wait_for(
+                &format!("cluster node {} is ok", n.port()),
+                Duration::from_secs(20),
+                || {
+                    query::<String>(n.port(), redis::cmd("CLUSTER").arg("INFO"))
+                        .is_some_and(|i| i.contains("cluster_state:ok"))
+                },
+            );
+        }
+        Self { nodes }
+    }
+
+    /// The nodes' ports.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(RedisServer::port).collect()
+    }
+
+    /// The port of the primary serving `key`'s slot (`CLUSTER KEYSLOT` + `CLUSTER SLOTS`).
+    pub fn owner_of(&self, key: &str) -> Option<u16> {
+        let port = self.nodes.first()?.port();
+        let slot: i64 = query(port, redis::cmd("CLUSTER").arg("KEYSLOT").arg(key))?;
+        let slots: Vec<(i64, i64, (String, u16))> =
+            query::<Vec<redis::Value>>(port, redis::cmd("CLUSTER").arg("SLOTS"))?
+                .into_iter()
+                .filter_map(|range| {
+                    let redis::Value::Array(parts) = range else {
+                        return None;
+                    };
+                    let mut it = parts.into_iter();
+                    let from = redis::from_redis_value::<i64>(it.next()?).ok()?;
+                    let to = redis::from_redis_value::<i64>(it.next()?).ok()?;
+                    let redis::Value::Array(node) = it.next()? else {
+                        return None;
+                    };
+                    let mut n = node.into_iter();
+                    let host = redis::from_redis_value::<String>(n.next()?).ok()?;
+                    let p = redis::from_redis_value::<u16>(n.next()?).ok()?;
+                    Some((from, to, (host, p)))
+                })
+                .collect();
+        slots
+            .into_iter()
+            .find(|(from, to, _)| (*from..=*to).contains(&slot))
+            .map(|(_, _, (_, p))| p)
+    }
+
+    /// Bus settings for `stream` on this cluster (the first node as URL, the others as seeds), with
+    /// short timings for tests. The stream needs a hash tag.
+    pub fn config(&self, stream: &str) -> BusConfig {
+        let ports = self.ports();
+        let mut c = BusConfig::new(format!("redis://127.0.0.1:{}/", ports[0]), stream);
+        c.topology = Topology::Cluster {
+            seeds: ports[1..]
+                .iter()
+                .map(|p| format!("127.0.0.1:{p}"))
+                .collect(),
+        };
+        c.block = Duration::from_millis(200);
+        c.claim_idle = Duration::from_millis(500);
+        c
+    }
+}
