@@ -785,3 +785,76 @@ async fn an_entry_waiting_for_its_retry_is_not_claimed_by_another_consumer() {
     assert_eq!(b_stats.totals("G"), bus::Counters::default());
     assert_eq!(pending(&server.url(), "retry-own", "G").await, 0);
 }
+
+/// A handler that acts (an executor) reports its fact on the first delivery only; when the
+/// outputs-and-ack script fails then (Redis refuses writes longer than the command timeout), the
+/// consumer keeps those outputs and publishes them with the redelivery's: the fact is not lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_a_failed_settle_left_behind_go_out_with_the_redelivery() {
+    let server = RedisServer::start();
+    let bus = connect(config(&server, "kept")).await;
+    let input = envelope_of(sample("ScaleUpDecision"));
+    bus.publisher().publish(&input).await.unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let url = server.url();
+    let handler = {
+        let calls = calls.clone();
+        handler_fn(move |d: Delivery| {
+            let calls = calls.clone();
+            let url = url.clone();
+            async move {
+                if d.envelope.event_type() != "ScaleUpDecision" {
+                    return Ok(Vec::new());
+                }
+                let started =
+                    Envelope::caused_by(&d.envelope, "NodeManager", sample("ScaleUpStarted"))
+                        .with_deterministic_id(&format!("started-{}", d.envelope.event_id));
+                if calls.fetch_add(1, Ordering::SeqCst) > 0 {
+                    // Already acted: a rerun decides the same, and reports nothing again.
+                    return Ok(vec![started]);
+                }
+                // Writes refused for longer than the bus's 5 s command timeout: the settle fails.
+                let _: () = raw(
+                    &url,
+                    redis::cmd("CLIENT").arg("PAUSE").arg(7000).arg("WRITE"),
+                )
+                .await;
+                let fact = Envelope::caused_by(&started, "executor", sample("NodeCreated"))
+                    .with_deterministic_id(&format!("created-{}", d.envelope.event_id));
+                Ok(vec![started, fact])
+            }
+        })
+    };
+    let (task, _stats, stop) = spawn_consumer(&bus, handler, "NodeManager", "c1");
+    wait_until(
+        Duration::from_secs(40),
+        "the fact on the stream",
+        || async {
+            bus.audit()
+                .query(&bus::Query::default())
+                .await
+                .is_ok_and(|es| {
+                    es.iter()
+                        .any(|e| e.decode().is_ok_and(|e| e.event_type() == "NodeCreated"))
+                })
+        },
+    )
+    .await;
+    wait_until(Duration::from_secs(20), "the input acked", || async {
+        pending(&server.url(), "kept", "NodeManager").await == 0
+    })
+    .await;
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    assert!(calls.load(Ordering::SeqCst) >= 2, "the settle failed once");
+    let types: Vec<&'static str> = bus
+        .audit()
+        .query(&bus::Query::default())
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.decode().ok())
+        .map(|e| e.event_type())
+        .collect();
+    assert_eq!(types, ["ScaleUpDecision", "ScaleUpStarted", "NodeCreated"]);
+}

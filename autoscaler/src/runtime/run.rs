@@ -573,3 +573,62 @@ pub fn state_label(state: handlers::WorkerState) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use bus::placement::{PartSize, Placement, PlacementTracker};
+    use bus::scheduling::{NodeSpec, PodSpec, Resources};
+
+    use super::*;
+
+    #[test]
+    fn pool_gauges_show_the_buffer_and_the_minimum_in_effect() {
+        let mut policy = handlers::Policy::default();
+        policy.limits.min_nodes = 1;
+        policy.workers.buffer.nodes = 2;
+        let mut sim =
+            handlers::simulate::Simulation::new(policy.clone(), chrono::Utc::now()).with_workers(2);
+        let node = |name: &str| NodeSpec {
+            name: name.into(),
+            pool: Some("default".into()),
+            allocatable: Resources::new(2000, 2 << 30, 110),
+            ready: true,
+            ..NodeSpec::default()
+        };
+        let mut pod = PodSpec::new("default", "web-1");
+        pod.cpu_millis = 500;
+        pod.node_name = Some("k3s-worker-1".into());
+        let state = Placement::from_state(
+            ["k3s-worker-1", "k3s-worker-2"]
+                .iter()
+                .map(|n| (n.to_string(), node(n)))
+                .collect(),
+            [(pod.pod_ref(), pod)].into_iter().collect(),
+        );
+        for part in PlacementTracker::new().snapshot("s", state, PartSize { nodes: 4, pods: 4 }) {
+            sim.observe("placement_observer", part);
+        }
+        // The buffer buys one more; the record before it is carried out: one spare of two.
+        let mut model = Model::new(&policy);
+        for e in sim
+            .log
+            .iter()
+            .filter(|e| e.event_type() != "ScaleUpDecision")
+        {
+            model.apply(e);
+        }
+        let metrics = Metrics::new();
+        pool_gauges(&model, &policy, &metrics);
+        let text = metrics.encode();
+        for line in [
+            "autoscaler_buffer_spare_workers{pool=\"default\"} 1",
+            "autoscaler_buffer_shortfall_workers{pool=\"default\"} 1",
+            "autoscaler_warm_workers{pool=\"default\"} 0",
+            "autoscaler_pool_min_nodes{pool=\"default\"} 1",
+            "autoscaler_workers_min 1",
+            "autoscaler_schedule_windows_open 0",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+    }
+}

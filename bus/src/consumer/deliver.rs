@@ -115,6 +115,8 @@ async fn conclude(
     deliveries: u32,
     result: Result<Vec<Envelope>, HandlerError>,
 ) -> Finish {
+    // What an earlier delivery of this entry could not publish goes out with this one.
+    let result = result.map(|outputs| ctx.unsettled.merge(&raw.id, outputs));
     match result {
         Ok(outputs) if outputs.is_empty() => {
             ctx.stats
@@ -123,15 +125,18 @@ async fn conclude(
         }
         Ok(outputs) => match publish_and_ack(ctx, &raw.id, &outputs).await {
             Ok(()) => {
+                ctx.unsettled.forget(&raw.id);
                 ctx.stats
                     .record(&ctx.group, event_type, DeliveryOutcome::Handled);
                 Finish::Settled(raw.id)
             }
             Err(e) => {
                 // Redis failed, not the handler: no dead letter for it (a redelivery past
-                // max_deliveries is dead-lettered before its handler runs).
+                // max_deliveries is dead-lettered before its handler runs). The outputs are kept
+                // for the redelivery: a handler that acted does not report its facts again.
+                ctx.unsettled.keep(&raw.id, &outputs);
                 let delay = default_retry_backoff().delay_for(deliveries);
-                warn!(error = %e, retry_in_ms = delay.as_millis() as u64,
+                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, kept = outputs.len(),
                     "could not publish the handler's outputs; the entry stays pending");
                 ctx.stats
                     .record(&ctx.group, event_type, DeliveryOutcome::Failed);
@@ -140,6 +145,7 @@ async fn conclude(
         },
         Err(e) => match e.policy(deliveries, ctx.config.max_deliveries) {
             ErrorPolicy::DeadLetter => {
+                ctx.unsettled.forget(&raw.id);
                 dead_letter(
                     ctx,
                     &raw.id,

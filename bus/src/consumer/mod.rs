@@ -27,6 +27,9 @@
 //! 4. At most `concurrency` deliveries are handled at once. A handler returns its output events; outputs
 //!    and the input's XACK go in one Lua script (each output at most once per event id), so no input
 //!    is acknowledged without its outputs and no output is published twice. Plain acks (no outputs) are batched.
+//!    When that script fails (Redis away), the outputs are kept in memory and go out with the entry's
+//!    redelivery here, beside what the handler returns then: a handler with side effects (the
+//!    executor's facts) does not report them a second time, and they must not be lost.
 //! 5. A handler error chooses an [`ErrorPolicy`] ([`HandlerError::policy`]). A transient one
 //!    ([`HandlerError::Retry`]: 1 s doubling to 30 s by delivery count; [`HandlerError::RetryAfter`]:
 //!    the handler's delay) leaves the entry pending, and this consumer delivers it to itself again once
@@ -99,6 +102,9 @@ struct Ctx {
     stats: Stats,
     /// Entries being handled by this process, so a claim does not start them a second time here.
     inflight: Mutex<HashSet<String>>,
+    /// Outputs whose publish-and-ack failed, by entry id, for the entry's redelivery (see
+    /// [`settle::Unsettled`]).
+    unsettled: settle::Unsettled,
 }
 
 impl Ctx {
@@ -181,6 +187,7 @@ impl Consumer {
             consumer: consumer_name.to_string(),
             stats: self.stats.clone(),
             inflight: Mutex::default(),
+            unsettled: settle::Unsettled::default(),
         });
         let concurrency = ctx.config.concurrency.max(1);
         let permits = Arc::new(Semaphore::new(concurrency));

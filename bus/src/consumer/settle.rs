@@ -1,6 +1,7 @@
 //! Settling deliveries: batched plain acks, the handler's outputs and the input's XACK in one Lua
 //! script, and dead letters written atomically with their XACK.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -21,6 +22,60 @@ pub const DLQ_FIELDS: [&str; 5] = ["original_id", "group", "error", "deliveries"
 /// Batched XACK of plain acks: takes whatever has gathered (up to `batch_size`), acks it, repeats. After
 /// the channel closes it flushes the rest, giving up after a few failed attempts (those entries stay
 /// pending and are redelivered).
+/// Outputs whose publish-and-ack failed, by entry id: the next delivery of the entry to this
+/// consumer publishes them with its own outputs (those with the same event id once). Bounded: past
+/// [`Unsettled::CAPACITY`] entries the oldest is forgotten (its entry was claimed elsewhere or will
+/// not come back; the loss is then what it was without this).
+#[derive(Default)]
+pub(super) struct Unsettled {
+    by_entry: std::sync::Mutex<(
+        std::collections::VecDeque<String>,
+        HashMap<String, Vec<Envelope>>,
+    )>,
+}
+
+impl Unsettled {
+    const CAPACITY: usize = 10_000;
+
+    /// Keeps `outputs` of entry `id` after its settle failed.
+    pub(super) fn keep(&self, id: &str, outputs: &[Envelope]) {
+        let mut guard = self.by_entry.lock().unwrap_or_else(|p| p.into_inner());
+        let (order, map) = &mut *guard;
+        if !map.contains_key(id) {
+            order.push_back(id.to_string());
+        }
+        map.insert(id.to_string(), outputs.to_vec());
+        while order.len() > Self::CAPACITY {
+            if let Some(old) = order.pop_front() {
+                map.remove(&old);
+            }
+        }
+    }
+
+    /// `outputs` of a new delivery of entry `id` after what an earlier one could not publish, in
+    /// that one's order (an output returned again, with the same event id, is taken once).
+    pub(super) fn merge(&self, id: &str, outputs: Vec<Envelope>) -> Vec<Envelope> {
+        let guard = self.by_entry.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(kept) = guard.1.get(id) else {
+            return outputs;
+        };
+        let earlier: HashSet<uuid::Uuid> = kept.iter().map(|e| e.event_id).collect();
+        kept.iter()
+            .cloned()
+            .chain(outputs.into_iter().filter(|e| !earlier.contains(&e.event_id)))
+            .collect()
+    }
+
+    /// Entry `id` is settled (acked with its outputs, or dead-lettered).
+    pub(super) fn forget(&self, id: &str) {
+        let mut guard = self.by_entry.lock().unwrap_or_else(|p| p.into_inner());
+        let (order, map) = &mut *guard;
+        if map.remove(id).is_some() {
+            order.retain(|o| o != id);
+        }
+    }
+}
+
 pub(super) async fn ack_loop(ctx: Arc<Ctx>, mut rx: mpsc::UnboundedReceiver<String>) {
     let batch = ctx.config.batch_size.max(1);
     let mut ids: Vec<String> = Vec::with_capacity(batch);
