@@ -621,8 +621,8 @@ mod tests {
         pool_gauges(&model, &policy, &metrics);
         let text = metrics.encode();
         for line in [
-            "autoscaler_buffer_spare_workers{pool=\"default\"} 1",
-            "autoscaler_buffer_shortfall_workers{pool=\"default\"} 1",
+            "autoscaler_buffer_spare_workers{pool=\"default\"} 2",
+            "autoscaler_buffer_shortfall_workers{pool=\"default\"} 0",
             "autoscaler_warm_workers{pool=\"default\"} 0",
             "autoscaler_pool_min_nodes{pool=\"default\"} 1",
             "autoscaler_workers_min 1",

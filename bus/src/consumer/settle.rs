@@ -19,19 +19,19 @@ use crate::Envelope;
 /// The fields a dead letter adds after the original ones.
 pub const DLQ_FIELDS: [&str; 5] = ["original_id", "group", "error", "deliveries", "failed_at"];
 
-/// Batched XACK of plain acks: takes whatever has gathered (up to `batch_size`), acks it, repeats. After
-/// the channel closes it flushes the rest, giving up after a few failed attempts (those entries stay
-/// pending and are redelivered).
+/// Entry ids in the order they were kept, and their outputs.
+type Kept = (
+    std::collections::VecDeque<String>,
+    HashMap<String, Vec<Envelope>>,
+);
+
 /// Outputs whose publish-and-ack failed, by entry id: the next delivery of the entry to this
 /// consumer publishes them with its own outputs (those with the same event id once). Bounded: past
 /// [`Unsettled::CAPACITY`] entries the oldest is forgotten (its entry was claimed elsewhere or will
 /// not come back; the loss is then what it was without this).
 #[derive(Default)]
 pub(super) struct Unsettled {
-    by_entry: std::sync::Mutex<(
-        std::collections::VecDeque<String>,
-        HashMap<String, Vec<Envelope>>,
-    )>,
+    by_entry: std::sync::Mutex<Kept>,
 }
 
 impl Unsettled {
@@ -62,7 +62,11 @@ impl Unsettled {
         let earlier: HashSet<uuid::Uuid> = kept.iter().map(|e| e.event_id).collect();
         kept.iter()
             .cloned()
-            .chain(outputs.into_iter().filter(|e| !earlier.contains(&e.event_id)))
+            .chain(
+                outputs
+                    .into_iter()
+                    .filter(|e| !earlier.contains(&e.event_id)),
+            )
             .collect()
     }
 
@@ -76,6 +80,9 @@ impl Unsettled {
     }
 }
 
+/// Batched XACK of plain acks: takes whatever has gathered (up to `batch_size`), acks it, repeats. After
+/// the channel closes it flushes the rest, giving up after a few failed attempts (those entries stay
+/// pending and are redelivered).
 pub(super) async fn ack_loop(ctx: Arc<Ctx>, mut rx: mpsc::UnboundedReceiver<String>) {
     let batch = ctx.config.batch_size.max(1);
     let mut ids: Vec<String> = Vec::with_capacity(batch);
