@@ -159,7 +159,7 @@ impl NodeManager {
     pub fn tick(&self, model: &Model, policy: &Policy, now: DateTime<Utc>) -> Outcome {
         let mut outcome = Outcome::default();
         let limit = chrono(policy.scaling.max_node_provision_time);
-        for w in model.workers.values() {
+        for w in model.workers.active() {
             if !w.state.is_provisioning() {
                 continue;
             }

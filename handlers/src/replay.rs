@@ -907,6 +907,9 @@ struct World {
     adopted: BTreeSet<String>,
     /// The recorded world's last view of each worker.
     recorded: BTreeMap<String, Seen>,
+    /// The names in `recorded` that may show a container or a Node (the others were reset by a
+    /// cluster observation since): the next one resets only these, not every worker ever seen.
+    shown: BTreeSet<String>,
     /// The simulated workers and their state.
     simulated: BTreeMap<String, Seen>,
     /// The pools' templates: a simulated worker's Node as the placement shows it.
@@ -933,6 +936,7 @@ impl World {
             known: BTreeSet::new(),
             adopted: BTreeSet::new(),
             recorded: BTreeMap::new(),
+            shown: BTreeSet::new(),
             simulated: BTreeMap::new(),
             pools: pools.to_vec(),
             specs: BTreeMap::new(),
@@ -1020,12 +1024,20 @@ impl World {
         self.simulated.insert(name.to_string(), seen);
     }
 
+    /// The recorded world's view of `name`, to change.
+    fn recorded_mut(&mut self, name: &str) -> &mut Seen {
+        if !self.shown.contains(name) {
+            self.shown.insert(name.to_string());
+        }
+        self.recorded.entry(name.to_string()).or_default()
+    }
+
     /// A recorded executor fact the replay expected: what it says of the worker.
     fn reported(&mut self, e: &Envelope) {
         let Some(name) = e.event.node_name() else {
             return;
         };
-        let seen = self.recorded.entry(name.to_string()).or_default();
+        let seen = self.recorded_mut(name);
         match &e.event {
             Event::NodeCreated(_) => seen.container = true,
             Event::NodeRemoved(_) => seen.node = None,
@@ -1044,7 +1056,7 @@ impl World {
                 let Some(name) = event.node_name() else {
                     return View::Same;
                 };
-                let seen = self.recorded.entry(name.to_string()).or_default();
+                let seen = self.recorded_mut(name);
                 match event {
                     Event::NodeReady(_) => seen.node = Some(true),
                     Event::NodeHealthDegraded(_) => seen.node = seen.node.map(|_| false),
@@ -1062,17 +1074,19 @@ impl World {
 
     fn cluster_observed(&mut self, e: &Envelope, o: &ClusterObserved) -> Option<Envelope> {
         // A full listing: what it leaves out is gone.
-        for seen in self.recorded.values_mut() {
-            seen.container = false;
-            seen.node = None;
+        for name in std::mem::take(&mut self.shown) {
+            if let Some(seen) = self.recorded.get_mut(&name) {
+                seen.container = false;
+                seen.node = None;
+            }
         }
         for n in &o.k8s_nodes {
-            let seen = self.recorded.entry(n.name.clone()).or_default();
+            let seen = self.recorded_mut(&n.name);
             seen.node = Some(n.ready);
             seen.scale_down_disabled = n.scale_down_disabled;
         }
         for c in &o.docker_containers {
-            self.recorded.entry(c.clone()).or_default().container = true;
+            self.recorded_mut(c).container = true;
         }
         let mut view = ClusterObserved {
             k8s_nodes: o

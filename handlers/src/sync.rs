@@ -158,7 +158,7 @@ impl StateSynchronizer {
         let k8s: BTreeSet<&str> = o.k8s_nodes.iter().map(|n| n.name.as_str()).collect();
         let docker: BTreeSet<&str> = o.docker_containers.iter().map(|s| s.as_str()).collect();
         let mut differ = 0;
-        for w in model.workers.values() {
+        for w in model.workers.active() {
             let recorded = matches!(
                 w.state,
                 WorkerState::Ready | WorkerState::NotReady | WorkerState::Registered
@@ -200,10 +200,13 @@ impl StateSynchronizer {
         // replacement is in; the pods of the dead Node are not pushed out before), remove the container,
         // then the Node and its secret.
         if model.provisioning() == 0 {
-            for w in model.workers.values() {
-                if w.state != WorkerState::Lost || !docker.contains(w.name.as_str()) {
-                    continue; // a Node left alone is deleted below
-                }
+            // Looked up by container (in name order, as `docker` is): Lost workers are history
+            // the record keeps for good, too many to walk on every observation.
+            let lost = docker
+                .iter()
+                .filter_map(|c| model.worker(c))
+                .filter(|w| w.state == WorkerState::Lost);
+            for w in lost {
                 differ += 1;
                 out.command(
                     Command::RemoveWorker {

@@ -401,6 +401,19 @@ fn random_scenarios_reach_every_rule() {
 proptest! {
     #![proptest_config(config())]
 
+    /// The workers' index of active names (kept in step with every change) is the one rebuilt from
+    /// the record (deserializing rebuilds it), after every step.
+    #[test]
+    fn the_workers_index_follows_every_change((policy, workers, ops) in scenario()) {
+        run(&policy, workers, &ops, true, |sim| {
+            let w = &sim.model.workers;
+            let json = serde_json::to_value(w).expect("workers serialize");
+            let back: handlers::model::Workers =
+                serde_json::from_value(json).expect("workers deserialize");
+            assert_eq!(&back, w);
+        });
+    }
+
     /// Two replicas folding the same observations publish the same events with the same ids, so the
     /// bus's idempotent publish keeps one of each.
     #[test]

@@ -105,6 +105,7 @@ pub struct Worker {
 
 /// Every worker ever seen, by name (removed ones stay, so names are never reused).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "WorkersRecord")]
 pub struct Workers {
     name_prefix: String,
     by_name: BTreeMap<String, Worker>,
@@ -112,6 +113,47 @@ pub struct Workers {
     pub max_seq: u64,
     /// Per other pool `p`, the highest `n` of any `<name_prefix><p>-<n>` ever seen.
     pub pool_seq: BTreeMap<String, u64>,
+    /// The names of the [active](Workers::active) workers, kept in step with every change of
+    /// `by_name`: the queries of every event (counts, live workers) cost the workers there are,
+    /// not every worker ever seen (a long history has thousands of removed ones). Derived, so
+    /// not serialized; rebuilt on deserialize.
+    #[serde(skip_serializing)]
+    active: BTreeSet<String>,
+}
+
+/// The serialized form of [`Workers`] (its fields but the derived index).
+#[derive(Deserialize)]
+struct WorkersRecord {
+    name_prefix: String,
+    by_name: BTreeMap<String, Worker>,
+    max_seq: u64,
+    pool_seq: BTreeMap<String, u64>,
+}
+
+impl From<WorkersRecord> for Workers {
+    fn from(r: WorkersRecord) -> Self {
+        let active = r
+            .by_name
+            .values()
+            .filter(|w| w.is_active())
+            .map(|w| w.name.clone())
+            .collect();
+        Self {
+            name_prefix: r.name_prefix,
+            by_name: r.by_name,
+            max_seq: r.max_seq,
+            pool_seq: r.pool_seq,
+            active,
+        }
+    }
+}
+
+impl Worker {
+    /// Not gone, or gone and still holding something a query looks for: a warm container, a
+    /// name free again (see [`Workers::active`]).
+    fn is_active(&self) -> bool {
+        !self.state.is_gone() || self.warm || self.name_reusable
+    }
 }
 
 impl std::ops::Index<&str> for Workers {
@@ -130,6 +172,7 @@ impl Workers {
             by_name: BTreeMap::new(),
             max_seq: 0,
             pool_seq: BTreeMap::new(),
+            active: BTreeSet::new(),
         }
     }
 
@@ -147,9 +190,16 @@ impl Workers {
 
     // ---- queries --------------------------------------------------------------------------------
 
-    /// Every worker, in name order.
+    /// Every worker ever seen, in name order.
     pub fn values(&self) -> impl Iterator<Item = &Worker> {
         self.by_name.values()
+    }
+
+    /// The workers not gone, and the gone ones that are warm or whose name is free again, in
+    /// name order: every worker a query of the handlers looks for but the Lost ones (what
+    /// [`Workers::values`] holds beyond these is history).
+    pub fn active(&self) -> impl Iterator<Item = &Worker> {
+        self.active.iter().filter_map(|n| self.by_name.get(n))
     }
 
     pub fn get(&self, name: &str) -> Option<&Worker> {
@@ -230,7 +280,7 @@ impl Workers {
 
     /// Live workers, in name order.
     pub fn live(&self) -> impl Iterator<Item = &Worker> {
-        self.by_name.values().filter(|w| w.state.is_live())
+        self.active().filter(|w| w.state.is_live())
     }
 
     /// Whether `event_id` moved `node` into its current state (see [`Worker::transitioned_by`]).
@@ -254,8 +304,7 @@ impl Workers {
     /// the same.
     pub fn next_names_in(&self, pool: &str, count: u32) -> Vec<String> {
         let mut reusable: Vec<(bool, u64, &str)> = self
-            .by_name
-            .values()
+            .active()
             .filter(|w| w.pool == pool)
             .filter(|w| {
                 (w.warm && w.state == WorkerState::Removed)
@@ -296,7 +345,7 @@ impl Workers {
 
     /// Every warm worker, in name order.
     pub fn warm(&self) -> impl Iterator<Item = &Worker> {
-        self.by_name.values().filter(|w| w.warm)
+        self.active().filter(|w| w.warm)
     }
 
     /// `WarmPoolEntered` / `WarmPoolLeft`.
@@ -304,6 +353,7 @@ impl Workers {
         if let Some(w) = self.by_name.get_mut(name) {
             w.warm = warm;
         }
+        self.reindex(name);
     }
 
     /// A worker that failed while Requested with a retryable error: its create never reached the
@@ -312,10 +362,27 @@ impl Workers {
         if let Some(w) = self.by_name.get_mut(name) {
             w.name_reusable = true;
         }
+        self.reindex(name);
     }
 
+    /// How many [active](Workers::active) workers `f` holds for (every count's `f` holds only
+    /// for active ones).
     fn count(&self, f: impl Fn(&Worker) -> bool) -> u32 {
-        u32::try_from(self.by_name.values().filter(|w| f(w)).count()).unwrap_or(u32::MAX)
+        u32::try_from(self.active().filter(|w| f(w)).count()).unwrap_or(u32::MAX)
+    }
+
+    /// Keeps `active` in step with the worker `name` after a change of its record.
+    fn reindex(&mut self, name: &str) {
+        match self.by_name.get(name) {
+            Some(w) if w.is_active() => {
+                if !self.active.contains(name) {
+                    self.active.insert(name.to_string());
+                }
+            }
+            _ => {
+                self.active.remove(name);
+            }
+        }
     }
 
     // ---- the fold -------------------------------------------------------------------------------
@@ -459,8 +526,7 @@ impl Workers {
         let in_k8s: BTreeSet<&str> = o.k8s_nodes.iter().map(|n| n.name.as_str()).collect();
         // Removed even if the executor's report was lost or its last step failed after doing its work.
         let vanished: Vec<String> = self
-            .by_name
-            .values()
+            .active()
             .filter(|w| w.state.is_leaving())
             .filter(|w| !in_k8s.contains(w.name.as_str()) && !o.docker_containers.contains(&w.name))
             .map(|w| w.name.clone())
@@ -511,6 +577,7 @@ impl Workers {
             w.since = env.timestamp;
             w.transitioned_by = env.event_id;
         }
+        self.reindex(name);
     }
 
     /// Records a new worker of `pool` (absent: the pool its name says, else the default pool),
@@ -552,6 +619,11 @@ impl Workers {
             name_reusable: false,
             warm: false,
         };
+        if w.is_active() {
+            self.active.insert(name.to_string());
+        } else {
+            self.active.remove(name);
+        }
         match self.by_name.entry(name.to_string()) {
             std::collections::btree_map::Entry::Occupied(mut e) => {
                 e.insert(w);
