@@ -106,7 +106,7 @@ pub fn spare(model: &Model, usage: &Usage<'_>, pool: &PoolTemplate) -> Option<Sp
         return None;
     }
     let mut s = Spare::default();
-    for w in model.workers.values().filter(|w| w.pool == pool.name) {
+    for w in model.workers.active().filter(|w| w.pool == pool.name) {
         if let Some((empty, free)) = worker_spare(model, usage, pool, w) {
             s.nodes += u32::from(empty);
             s.free = s.free.saturating_add(free);
