@@ -253,6 +253,37 @@ impl History {
         std::mem::take(&mut self.problems)
     }
 
+    /// The history's pages read and decoded on a task of their own, up to `ahead` pages ahead of
+    /// the consumer: a CPU-bound consumer (the what-if replay) then overlaps with the reading and
+    /// the decoding. Undecodable entries are left out, as the live handlers dead-letter them;
+    /// problems (damaged archive files, gaps) are passed to `problem` as they are found. Ends
+    /// after the last page, or with the read error.
+    pub fn decoded(
+        mut self,
+        ahead: usize,
+        problem: impl Fn(String) + Send + 'static,
+    ) -> tokio::sync::mpsc::Receiver<Result<Vec<bus::Envelope>, bus::BusError>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(ahead.max(1));
+        tokio::spawn(async move {
+            loop {
+                let page = self.next_page().await;
+                for p in self.take_problems() {
+                    problem(p);
+                }
+                let page = match page {
+                    Ok(Some(page)) => Ok(page.iter().filter_map(|e| e.decode().ok()).collect()),
+                    Ok(None) => return,
+                    Err(e) => Err(e),
+                };
+                let failed = page.is_err();
+                if tx.send(page).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+
     /// Whether `id` belongs to the range and comes after what was yielded.
     fn wanted(&self, id: StreamId) -> bool {
         id >= self.start && self.last.is_none_or(|l| id > l)

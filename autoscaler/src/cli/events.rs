@@ -692,13 +692,10 @@ async fn what_if(
         .collect();
     let policy = crate::runtime::policy(settings);
     let mut replay = handlers::replay::WhatIf::new(&policy, &handlers);
-    let mut history = history(settings, audit, from, to);
-    loop {
-        let page = history.next_page().await.context("reading the stream");
-        warn_problems(&mut history);
-        let Some(page) = page? else { break };
-        // Undecodable entries are left out, as the live handlers dead-letter them.
-        for e in page.iter().filter_map(|e| e.decode().ok()) {
+    // Read and decoded two pages ahead, beside the replay (which is one CPU-bound thread).
+    let mut pages = history(settings, audit, from, to).decoded(2, |p| eprintln!("warning: {p}"));
+    while let Some(page) = pages.recv().await {
+        for e in page.context("reading the stream")? {
             replay.push(e);
         }
     }

@@ -99,6 +99,13 @@ pub fn sample(event_type: &str) -> Event {
             "nodes_removed": ["k3s-worker-4"],
             "pods_removed": [{"namespace": "default", "name": "web-3"}],
         }),
+        "ScheduledMinimumStarted" => {
+            json!({"schedule": "pool/web/0", "pool": "web", "min_nodes": 3,
+            "cron": "0 8 * * 1-5", "window_start": "2026-12-03T08:00:00Z",
+            "window_end": "2026-12-03T18:00:00Z"})
+        }
+        "ScheduledMinimumEnded" => json!({"schedule": "cluster/0", "min_nodes": 4,
+            "window_start": "2026-12-03T08:00:00Z"}),
         other => panic!("no sample for {other}: add one to tests/common/mod.rs"),
     };
     match Event::from_value(event_type, data) {
