@@ -7,8 +7,7 @@
 //! - `emergency_scale_threshold` or more workers lost within `emergency_window` →
 //!   `EmergencyScaleUp` (the NodeManager applies no cooldown to any decision);
 //! - back at the minimum after a violation → `MinimumNodesRestored` (its id is derived from the
-//!   violation's, so several events noticing the recovery publish it once).
-//!
+//!   violation's, so several events noticing the recovery publish it once);
 //! - scheduled minimums (`schedules`): the timer publishes each window's edges and tops the cluster
 //!   or pool up to an open window's minimum with the reason `schedule` (no violation: the window
 //!   asked for it; see [`crate::schedule`]).
@@ -101,7 +100,8 @@ impl MinimumNodeEnforcer {
         }
     }
 
-    /// The periodic check. Outputs continue the open violation's chain when there is one; otherwise a
+    /// The periodic check: the scheduled minimums' edges and top-ups (`schedules`), then the
+    /// violation. Outputs continue the open violation's chain when there is one; otherwise a
     /// violation found by the timer is itself a root observation of the enforcer.
     pub fn tick(&self, model: &Model, policy: &Policy, now: DateTime<Utc>) -> Outcome {
         let mut o = self.schedules(model, policy, now);
