@@ -249,6 +249,57 @@ fn log_warnings(lab: &Lab, i: usize) -> Vec<String> {
         .collect()
 }
 
+/// A two-worker lab the moment a scale-up to four is under way.
+struct ScaleUpUnderWay {
+    /// The stream index from which the scale-up's events come.
+    from: usize,
+    /// The worker containers before it.
+    before: Vec<(String, String)>,
+    /// What showed it was under way.
+    cause: String,
+    /// The stream at that moment.
+    at_kill: Vec<bus::Envelope>,
+}
+
+/// Settles `lab` at two workers, applies four pods of 700m on 1-CPU workers (two pending, two
+/// more workers needed), and returns as soon as the scale-up is under way: a new worker container
+/// exists (the executor is creating, and nothing of it may be on the stream yet) or its
+/// `ScaleUpStarted` is on the stream.
+async fn scale_up_under_way(lab: &Lab) -> ScaleUpUnderWay {
+    let from = lab.settled(0, 2..=2, Duration::from_secs(90)).await.len();
+    let before = lab.worker_containers();
+    assert_eq!(before.len(), 2, "{before:?}");
+    lab.kubectl_apply(&deployment("web", 4));
+    let bus = lab.bus().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let events = events_of(&bus).await;
+        let containers = lab.worker_containers();
+        let cause = if containers.len() > before.len() {
+            Some(format!("a new container {containers:?}"))
+        } else if find(&events, from, "ScaleUpStarted", |_| true).is_some() {
+            Some("ScaleUpStarted on the stream".to_string())
+        } else {
+            None
+        };
+        if let Some(cause) = cause {
+            return ScaleUpUnderWay {
+                from,
+                before,
+                cause,
+                at_kill: events,
+            };
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no scale-up began\n{}\n{}",
+            trail(&events),
+            lab.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_kill_9_during_a_scale_up_is_finished_by_the_restarted_process() {
     let mut lab = Lab::start(LabOptions {
@@ -258,34 +309,12 @@ async fn e2e_kill_9_during_a_scale_up_is_finished_by_the_restarted_process() {
     })
     .await;
     let started = Instant::now();
-    let from = lab.settled(0, 2..=2, Duration::from_secs(90)).await.len();
-    let before = lab.worker_containers();
-    assert_eq!(before.len(), 2, "{before:?}");
-
-    // Four pods of 700m on 1-CPU workers: two are pending, two more workers are needed.
-    lab.kubectl_apply(&deployment("web", 4));
-
-    // Kill as soon as the scale-up is under way: a new worker container exists (the executor is
-    // creating, and nothing of it may be on the stream yet) or its ScaleUpStarted is on the stream.
-    let bus = lab.bus().await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let (cause, at_kill) = loop {
-        let events = events_of(&bus).await;
-        let containers = lab.worker_containers();
-        if containers.len() > before.len() {
-            break (format!("a new container {containers:?}"), events);
-        }
-        if find(&events, from, "ScaleUpStarted", |_| true).is_some() {
-            break ("ScaleUpStarted on the stream".to_string(), events);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no scale-up began\n{}\n{}",
-            trail(&events),
-            lab.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let ScaleUpUnderWay {
+        from,
+        before,
+        cause,
+        at_kill,
+    } = scale_up_under_way(&lab).await;
     lab.kill_replica(0);
     let kill_index = at_kill.len();
     let seen: Vec<&str> = at_kill
@@ -395,32 +424,13 @@ async fn e2e_the_bus_primary_dies_during_a_scale_up_and_the_autoscaler_follows_t
     })
     .await;
     let started = Instant::now();
-    let from = lab.settled(0, 2..=2, Duration::from_secs(90)).await.len();
-    let before = lab.worker_containers();
-    assert_eq!(before.len(), 2, "{before:?}");
-    lab.kubectl_apply(&deployment("web", 4));
-
     // Kill the primary as soon as the scale-up is under way, as the kill -9 test kills the autoscaler.
-    let bus = lab.bus().await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let (cause, at_kill) = loop {
-        let events = events_of(&bus).await;
-        let containers = lab.worker_containers();
-        if containers.len() > before.len() {
-            break (format!("a new container {containers:?}"), events);
-        }
-        if find(&events, from, "ScaleUpStarted", |_| true).is_some() {
-            break ("ScaleUpStarted on the stream".to_string(), events);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no scale-up began\n{}\n{}",
-            trail(&events),
-            lab.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    drop(bus);
+    let ScaleUpUnderWay {
+        from,
+        cause,
+        at_kill,
+        ..
+    } = scale_up_under_way(&lab).await;
     let Some(sentinels) = lab.redis.sentinels() else {
         panic!("a sentinel lab")
     };
