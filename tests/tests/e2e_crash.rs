@@ -501,7 +501,7 @@ async fn e2e_the_bus_primary_dies_during_a_scale_up_and_the_autoscaler_follows_t
     for w in log_warnings(&lab, 0) {
         println!("log: {w}");
     }
-    // Not asserted here (open, issue 18): replay identity. In 3 of 8 runs the `NodeCreated` of the
+    // Not asserted here (open, see docs/TOPOLOGY.md): replay identity. In 3 of 8 runs the `NodeCreated` of the
     // worker being created when the primary died never reached the stream, and the what-if replay then
     // took the next scale-up decision one `PendingPodsDetected` earlier than the run did. A failing run's
     // log: the executor started the worker, its `NodeCreated` + XACK script failed (no primary), the
