@@ -67,3 +67,28 @@ fn a_misspelt_command_kind_panics_instead_of_matching_nothing() {
     let sim = Simulation::new(Policy::default(), t0()).with_workers(2);
     commands(&sim, "create_workers");
 }
+
+/// Found by the duplicated-event property: another replica's copy of a `pending_pods` decision,
+/// folded after a newer report, must not mark that report as already sized (the next scale-up
+/// would then count a newly Ready worker as the capacity these pods await and decide nothing).
+#[test]
+fn a_late_copy_of_a_pending_pods_decision_does_not_size_a_newer_report() {
+    let mut sim = Simulation::new(Policy::default(), t0()).with_workers(2);
+    let report = |count| bus::event::PendingPodsDetected {
+        pending_count: count,
+        waiting_time: 1.0,
+        affected_deployments: vec![],
+        pods: vec![],
+    };
+    sim.observe("pod_watcher", report(1));
+    let decision = first(&sim.log, "ScaleUpDecision").clone();
+    sim.observe("pod_watcher", report(0));
+    sim.observe("pod_watcher", report(1));
+    let fresh = sim.model.clone();
+    let mut copy = decision.clone();
+    copy.event_id = uuid::Uuid::nil();
+    let copy = copy.with_deterministic_id("another-replica");
+    sim.model.apply(&copy);
+    assert!(!fresh.pending_awaits_provided_capacity());
+    assert!(!sim.model.pending_awaits_provided_capacity());
+}

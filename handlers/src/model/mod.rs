@@ -278,7 +278,9 @@ impl Model {
     }
 
     fn on_scale_up_decision(&mut self, env: &Envelope, d: &ScaleUpDecision) {
-        if d.reason == codes::reason::PENDING_PODS {
+        // Only the decision itself sized the pods reported then: a late copy of it (another
+        // replica's) arrives after a newer report that nothing has sized yet.
+        if d.reason == codes::reason::PENDING_PODS && self.decisions.is_first(env) {
             self.pending.provided();
         }
         self.decisions.decided(env, Some(d.target_workers));
