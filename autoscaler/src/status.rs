@@ -8,13 +8,13 @@ use bus::Bus;
 use serde_json::{json, Value};
 
 use crate::config::Settings;
-use crate::docker::DockerWorkerPool;
+use crate::docker::DockerHosts;
 
 /// Where status reads from; any source may be missing.
 pub struct Sources<'a> {
     pub settings: &'a Settings,
     pub bus: Option<&'a Bus>,
-    pub pool: Option<&'a DockerWorkerPool>,
+    pub pool: Option<&'a DockerHosts>,
     pub kube: Option<&'a kube::Client>,
 }
 
@@ -59,14 +59,29 @@ pub async fn collect(src: Sources<'_>) -> Value {
     })
 }
 
-/// The workers as Docker sees them.
-async fn docker_workers(pool: &DockerWorkerPool, errors: &mut Vec<String>) -> Option<Vec<Value>> {
-    match pool.list_workers().await {
-        Ok(ws) => Some(
-            ws.iter()
-                .map(|w| json!({"name": w.name, "state": format!("{:?}", w.state).to_lowercase()}))
-                .collect(),
-        ),
+/// The workers as Docker sees them, with the host each runs on; a host that does not answer is
+/// named under `errors`.
+async fn docker_workers(hosts: &DockerHosts, errors: &mut Vec<String>) -> Option<Vec<Value>> {
+    match hosts.list_workers().await {
+        Ok(listing) => {
+            for h in &listing.unreachable {
+                errors.push(format!(
+                    "docker host {} (pools {}): {}",
+                    h.host,
+                    h.pools.join(", "),
+                    h.error
+                ));
+            }
+            Some(
+                listing
+                    .workers
+                    .iter()
+                    .map(|(host, w)| {
+                        json!({"name": w.name, "state": format!("{:?}", w.state).to_lowercase(), "host": host})
+                    })
+                    .collect(),
+            )
+        }
         Err(e) => {
             errors.push(format!("docker: {e}"));
             None

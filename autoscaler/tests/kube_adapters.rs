@@ -1156,9 +1156,11 @@ async fn kube_a_failed_uncordon_is_retried_until_the_node_is_schedulable_again()
     let docker = bollard::Docker::connect_with_host("tcp://127.0.0.1:9").unwrap();
     let adapters = Adapters {
         workers: DockerWorkers {
-            pool: Arc::new(autoscaler::docker::DockerWorkerPool::new(
-                docker,
-                autoscaler::docker::PoolConfig::default(),
+            pool: Arc::new(autoscaler::docker::DockerHosts::single(
+                autoscaler::docker::DockerWorkerPool::new(
+                    docker,
+                    autoscaler::docker::PoolConfig::default(),
+                ),
             )),
             intents: RemovalIntents::new(),
         },

@@ -252,6 +252,7 @@ fn main() {
             })
             .collect(),
         docker_containers: names.clone(),
+        unreachable: Vec::new(),
     }) * MINUTES as usize;
     let per_min = |b: usize| b as f64 / MINUTES as f64;
     let placement = per_min(snapshots + deltas);

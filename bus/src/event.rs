@@ -288,8 +288,35 @@ pub struct ObservedNode {
 #[serde(deny_unknown_fields)]
 pub struct ClusterObserved {
     pub k8s_nodes: Vec<ObservedNode>,
-    /// Names of the managed worker containers that exist (running or not).
+    /// Names of the managed worker containers that exist (running or not), on the engines that
+    /// answered.
     pub docker_containers: Vec<String>,
+    /// Docker hosts that did not answer this observation, with the pools whose workers they run:
+    /// those workers' containers are unknown, not missing. Only with several hosts (`docker.hosts`):
+    /// with one engine, an engine that does not answer fails the whole observation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreachable: Vec<UnreachableHost>,
+}
+
+/// A Docker host that did not answer a [`ClusterObserved`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnreachableHost {
+    /// Its name in `docker.hosts`.
+    pub host: String,
+    /// The pools on it.
+    pub pools: Vec<String>,
+    /// What the engine (or the connection to it) said.
+    pub error: String,
+}
+
+impl ClusterObserved {
+    /// The pools whose engine did not answer.
+    pub fn unreachable_pools(&self) -> impl Iterator<Item = &str> {
+        self.unreachable
+            .iter()
+            .flat_map(|h| h.pools.iter().map(String::as_str))
+    }
 }
 
 /// Where pods run, a whole picture in `parts` entries: every node (labels, taints, allocatable,

@@ -23,6 +23,18 @@ pub fn pool_name(pool: Option<&str>) -> &str {
     pool.unwrap_or(DEFAULT_POOL)
 }
 
+/// The pool and sequence number a worker name says: `<prefix><n>` is `(default, n)`,
+/// `<prefix><pool>-<n>` is `(pool, n)`; `None` for other names.
+pub fn parse_worker_name<'n>(prefix: &str, name: &'n str) -> Option<(&'n str, u64)> {
+    let rest = name.strip_prefix(prefix)?;
+    if let Ok(n) = rest.parse::<u64>() {
+        return Some((DEFAULT_POOL, n));
+    }
+    let (pool, n) = rest.rsplit_once('-')?;
+    let n = n.parse::<u64>().ok()?;
+    (!pool.is_empty()).then_some((pool, n))
+}
+
 /// The `pool` field of an event about `pool`: absent for the default pool, so its entries look as
 /// they did before pools.
 pub fn pool_field(pool: &str) -> Option<String> {

@@ -1101,6 +1101,7 @@ impl World {
                 .filter(|c| self.owner(c) == Owner::Recorded)
                 .cloned()
                 .collect(),
+            unreachable: o.unreachable.clone(),
         };
         for (name, s) in &self.simulated {
             if let Some(ready) = s.node {

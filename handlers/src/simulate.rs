@@ -159,6 +159,7 @@ impl Simulation {
                 })
                 .collect(),
             docker_containers: self.world.containers.iter().cloned().collect(),
+            unreachable: Vec::new(),
         };
         self.observe("state_observer", obs)
     }

@@ -157,6 +157,13 @@ impl StateSynchronizer {
     ) -> usize {
         let k8s: BTreeSet<&str> = o.k8s_nodes.iter().map(|n| n.name.as_str()).collect();
         let docker: BTreeSet<&str> = o.docker_containers.iter().map(|s| s.as_str()).collect();
+        let unreachable: BTreeSet<&str> = o.unreachable_pools().collect();
+        let ready: BTreeSet<&str> = o
+            .k8s_nodes
+            .iter()
+            .filter(|n| n.ready)
+            .map(|n| n.name.as_str())
+            .collect();
         let mut differ = 0;
         for w in model.workers.active() {
             let recorded = matches!(
@@ -173,11 +180,20 @@ impl StateSynchronizer {
             if in_docker {
                 continue;
             }
+            // A worker on a host that did not answer is unknown, not missing: while its Node is Ready
+            // it runs (only the way to its engine is cut); once the Node is not, it is lost with the
+            // host, and replaced elsewhere (docs/TOPOLOGY.md, "Docker hosts").
+            let host_down = unreachable.contains(w.pool.as_str());
+            if host_down && ready.contains(w.name.as_str()) {
+                continue;
+            }
             differ += 1;
             out.emit(NodeUnexpectedlyLost {
                 node_name: w.name.clone(),
                 last_seen: w.since,
-                cause: if in_k8s {
+                cause: if host_down {
+                    "host_unreachable"
+                } else if in_k8s {
                     "container_missing"
                 } else {
                     "vanished"
@@ -251,7 +267,7 @@ impl StateSynchronizer {
                 );
             }
         }
-        differ += self.warm(model, policy, &docker, event, out);
+        differ += self.warm(model, policy, &docker, &unreachable, event, out);
         // Managed containers nobody knows, with no Node for longer than a worker needs to register.
         let limit = chrono(policy.scaling.max_node_provision_time);
         for (name, first_seen) in &model.sync.unknown_containers {
@@ -279,14 +295,15 @@ impl StateSynchronizer {
         model: &Model,
         policy: &Policy,
         docker: &BTreeSet<&str>,
+        unreachable: &BTreeSet<&str>,
         event: &Envelope,
         out: &mut Emitter<'_>,
     ) -> usize {
         let mut differ = 0;
         let mut kept: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
         for w in model.workers.warm() {
-            if w.state != WorkerState::Removed {
-                continue; // still being removed into the warm pool
+            if w.state != WorkerState::Removed || unreachable.contains(w.pool.as_str()) {
+                continue; // still being removed into the warm pool, or on a host that is away
             }
             if docker.contains(w.name.as_str()) {
                 kept.entry(w.pool.as_str())

@@ -249,8 +249,13 @@ fn is_decision(e: &bus::Envelope) -> bool {
     ) && e.causation_id.is_some()
 }
 
+/// 1,000 cases, or `PROPTEST_CASES` when set (a longer hunt: `PROPTEST_CASES=20000`).
 fn config() -> ProptestConfig {
-    ProptestConfig::with_cases(1000)
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(1000);
+    ProptestConfig::with_cases(cases)
 }
 
 proptest! {

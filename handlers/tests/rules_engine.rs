@@ -259,6 +259,7 @@ fn protected_and_scale_down_disabled_workers_are_never_chosen() {
                 })
                 .collect(),
             docker_containers: (1..=3).map(|i| format!("k3s-worker-{i}")).collect(),
+            unreachable: Vec::new(),
         },
     );
     let candidates: Vec<_> = handlers::engine::removal_candidates(&sim.model, &policy)

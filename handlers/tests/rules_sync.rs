@@ -30,6 +30,7 @@ fn state_sync_cleans_up_nodes_without_containers_and_orphan_containers() {
                 "k3s-worker-2".into(),
                 "k3s-worker-8".into(),
             ],
+            unreachable: Vec::new(),
         },
     );
     assert!(commands(&sim, "delete_node").contains(&"stale-node".to_string()));
@@ -165,4 +166,91 @@ fn a_sync_report_that_lands_after_a_scale_down_began_does_not_silence_the_next_o
         synced(&sync.handle(&model, &second, &policy, clock.now)),
         [2]
     );
+}
+
+/// An observation in which one Docker host did not answer (`docker.hosts`).
+fn observed_with_host_down(sim: &Simulation, listed: &[&str], ready: bool) -> ClusterObserved {
+    ClusterObserved {
+        k8s_nodes: sim
+            .world
+            .nodes
+            .keys()
+            .map(|n| {
+                let b = NodeBuilder::new(n);
+                if ready || listed.contains(&n.as_str()) {
+                    b.build()
+                } else {
+                    b.not_ready().build()
+                }
+            })
+            .collect(),
+        docker_containers: listed.iter().map(|c| c.to_string()).collect(),
+        unreachable: vec![UnreachableHost {
+            host: "edge".into(),
+            pools: vec!["default".into()],
+            error: "docker engine at tcp://10.0.0.2:2375 unreachable".into(),
+        }],
+    }
+}
+
+#[test]
+fn a_worker_on_a_host_that_does_not_answer_is_lost_only_once_its_node_is_not_ready() {
+    let mut sim = Simulation::new(Policy::default(), t0()).with_workers(2);
+    // The engine does not answer, but the Nodes are Ready: the workers run, only their engine is
+    // out of reach. Nothing is lost, nothing removed.
+    let obs = observed_with_host_down(&sim, &[], true);
+    sim.observe("state_observer", obs);
+    assert!(events_of(&sim, "NodeUnexpectedlyLost").is_empty());
+    assert!(commands(&sim, "delete_node").is_empty());
+    assert!(commands(&sim, "remove_worker").is_empty());
+    // The Nodes go NotReady: the host is gone with its workers, each lost once, with the cause.
+    sim.advance(Duration::from_secs(20));
+    let obs = observed_with_host_down(&sim, &[], false);
+    sim.observe("state_observer", obs.clone());
+    sim.advance(Duration::from_secs(5));
+    sim.observe("state_observer", obs);
+    let lost: Vec<(String, String)> = events_of(&sim, "NodeUnexpectedlyLost")
+        .iter()
+        .map(|e| match &e.event {
+            Event::NodeUnexpectedlyLost(l) => (l.node_name.clone(), l.cause.clone()),
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(
+        lost,
+        [
+            ("k3s-worker-1".to_string(), "host_unreachable".to_string()),
+            ("k3s-worker-2".to_string(), "host_unreachable".to_string()),
+        ]
+    );
+}
+
+#[test]
+fn a_pool_whose_host_does_not_answer_stays_in_backoff_while_other_hosts_answer() {
+    let mut sim = Simulation::new(Policy::default(), t0()).with_workers(2);
+    sim.world.engine_down = true;
+    sim.observe(
+        "pending_pods_watcher",
+        pending(vec![PodBuilder::new("a").cpu(500).memory_mi(1).build()], 1),
+    );
+    sim.advance(Duration::from_secs(10));
+    assert!(
+        sim.model.provision.backoff.contains_key("default"),
+        "{:?}",
+        sim.log.iter().map(|e| e.event_type()).collect::<Vec<_>>()
+    );
+    sim.advance(Duration::from_secs(1));
+    let obs = observed_with_host_down(&sim, &["k3s-worker-1", "k3s-worker-2"], true);
+    sim.observe("state_observer", obs);
+    assert_eq!(
+        sim.model.provision.backoff["default"].engine_answered, None,
+        "an observation the pool's engine did not answer does not end its backoff"
+    );
+    // One its engine answers does.
+    sim.advance(Duration::from_secs(1));
+    sim.world.engine_down = false;
+    sim.observe_cluster();
+    assert!(sim.model.provision.backoff["default"]
+        .engine_answered
+        .is_some());
 }

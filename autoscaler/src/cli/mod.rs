@@ -132,8 +132,18 @@ pub async fn status(settings: &crate::config::Settings, json: bool) -> anyhow::R
     let bus = bus::connect(crate::runtime::bus_config(settings))
         .await
         .ok();
-    let pool = match crate::runtime::pool_config(settings) {
-        Ok(cfg) => crate::docker::DockerWorkerPool::connect(cfg).await.ok(),
+    let pool = match crate::runtime::host_configs(settings) {
+        Ok(cfgs) => {
+            let prefix = a.workers.name_prefix.clone();
+            let hosts: Vec<crate::docker::Host> = cfgs
+                .into_iter()
+                .map(|(name, pools, cfg)| crate::docker::Host::new(name, pools, cfg))
+                .collect();
+            let hosts = crate::docker::DockerHosts::new(hosts, prefix);
+            // Docker is "unavailable" when the default engine does not answer; another host that
+            // does not is named under `errors`.
+            hosts.default_host().pool().await.ok().map(|_| hosts)
+        }
         Err(_) => None,
     };
     let kube = crate::kube::connect(&a.kubernetes).await.ok();

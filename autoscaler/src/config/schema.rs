@@ -369,6 +369,9 @@ pub struct Pool {
     /// Windows that raise the pool's `min_nodes`.
     #[serde(default)]
     pub schedules: Vec<ScheduleConfig>,
+    /// The engine its workers run on: the name of one of `docker.hosts`. Default: `docker.host`.
+    #[serde(default)]
+    pub docker_host: Option<String>,
 }
 
 /// `buffer`: spare workers and/or free CPU and memory kept above what pods request.
@@ -451,11 +454,14 @@ pub const METRICS_SOURCES: &[&str] = &["docker_stats", "metrics_api", "pod_reque
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct DockerSettings {
-    /// Empty: `DOCKER_HOST` or the local socket.
+    /// The default engine (the default pool's, and any pool's without `docker_host`). Empty:
+    /// `DOCKER_HOST` or the local socket.
     pub host: String,
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
     pub circuit_breaker_failures: u32,
+    /// More engines, by name, for pools that name one in `docker_host` (docs/TOPOLOGY.md).
+    pub hosts: Vec<DockerHost>,
 }
 
 impl Default for DockerSettings {
@@ -464,7 +470,37 @@ impl Default for DockerSettings {
             host: String::new(),
             timeout: Duration::from_secs(30),
             circuit_breaker_failures: 5,
+            hosts: Vec::new(),
         }
+    }
+}
+
+/// The name `pools[].docker_host` gives the default engine (`docker.host`).
+pub const DEFAULT_DOCKER_HOST_NAME: &str = "default";
+
+/// One of `docker.hosts`: an engine that pools can run their workers on.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerHost {
+    /// What pools name in `docker_host` (a DNS label, not `default`).
+    pub name: String,
+    /// The engine's address: `unix:///path` or `tcp://host:port` (plain HTTP).
+    pub host: String,
+    /// The Docker network its workers join there. Default: `workers.network`; `host` for the
+    /// host's own network.
+    #[serde(default)]
+    pub network: Option<String>,
+    /// The k3s server as workers on that host reach it. Default: `workers.k3s_url`.
+    #[serde(default)]
+    pub k3s_url: Option<String>,
+}
+
+impl DockerSettings {
+    /// The name of the engine `pool` runs on: its `docker_host`, else the default engine's.
+    pub fn host_of<'a>(&self, pool: &'a Pool) -> &'a str {
+        pool.docker_host
+            .as_deref()
+            .unwrap_or(DEFAULT_DOCKER_HOST_NAME)
     }
 }
 

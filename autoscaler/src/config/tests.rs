@@ -572,3 +572,47 @@ fn the_bus_topology_is_single_by_default_and_checked_for_sentinel_and_cluster() 
         );
     }
 }
+
+#[test]
+fn a_pool_on_another_docker_host_gets_that_hosts_address_network_and_server() {
+    let yaml = with_pools(
+        "    - name: general\n    - name: edge\n      docker_host: edge\n",
+    ) + "  docker:\n    hosts:\n      - {name: edge, host: \"tcp://10.0.0.2:2375\", network: host, k3s_url: \"http://10.0.0.1:6443\"}\n";
+    let s = Settings::from_yaml_with_env(&yaml, no_env()).expect("valid");
+    let hosts = crate::runtime::host_configs(&s).expect("configs");
+    let names: Vec<(&str, &[String])> = hosts
+        .iter()
+        .map(|(n, p, _)| (n.as_str(), p.as_slice()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("default", &["general".to_string()][..]),
+            ("edge", &["edge".to_string()][..])
+        ]
+    );
+    let (_, _, edge) = &hosts[1];
+    assert_eq!(edge.host, "tcp://10.0.0.2:2375");
+    assert_eq!(edge.network, "host");
+    assert_eq!(edge.k3s_url, "http://10.0.0.1:6443");
+    assert_eq!(edge.pools.keys().collect::<Vec<_>>(), ["edge"]);
+    let (_, _, default) = &hosts[0];
+    assert_eq!(default.network, s.autoscaler.workers.network);
+    assert_eq!(default.pools.keys().collect::<Vec<_>>(), ["general"]);
+}
+
+#[test]
+fn docker_hosts_are_checked_names_addresses_and_the_pools_naming_them() {
+    let yaml = with_pools("    - name: edge\n      docker_host: edgy\n")
+        + "  docker:\n    hosts:\n      - {name: edge, host: \"ssh://me@box\"}\n      - {name: edge, host: \"tcp://b:2375\"}\n      - {name: default, host: \"tcp://c:2375\"}\n";
+    let err = Settings::from_yaml_with_env(&yaml, no_env()).expect_err("invalid");
+    assert_eq!(
+        fields(err),
+        vec![
+            "autoscaler.docker.hosts[0].host",
+            "autoscaler.docker.hosts[1].name",
+            "autoscaler.docker.hosts[2].name",
+            "autoscaler.pools[0].docker_host",
+        ]
+    );
+}

@@ -1,14 +1,13 @@
 //! The semantic checks of a well-formed configuration, one function per section. Each problem names its
 //! dotted field; the sections are checked in file order so `config check` lists them that way.
 
-use std::collections::BTreeMap;
-
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use super::schema::{
-    Alerts, AutoscalerConfig, BufferConfig, DockerSettings, Enforcement, EventsConfig, Http,
-    KubernetesSettings, Leader, Limits, Metrics, Pool, Scaling, ScheduleConfig, Thresholds,
-    Workers, HANDLER_NAMES, METRICS_SOURCES,
+    Alerts, AutoscalerConfig, BufferConfig, Enforcement, EventsConfig, Http, KubernetesSettings,
+    Leader, Limits, Metrics, Pool, Scaling, ScheduleConfig, Thresholds, Workers,
+    DEFAULT_DOCKER_HOST_NAME, HANDLER_NAMES, METRICS_SOURCES,
 };
 use super::{Problem, Settings};
 
@@ -32,7 +31,7 @@ impl Settings {
             &mut out,
         );
         metrics(&a.metrics, &mut out);
-        docker(&a.docker, &mut out);
+        docker(a, &mut out);
         kubernetes(&a.kubernetes, &mut out);
         leader(&a.leader, &mut out);
         http(&a.http, &mut out);
@@ -563,10 +562,58 @@ fn metrics(m: &Metrics, out: &mut Problems) {
     }
 }
 
-fn docker(d: &DockerSettings, out: &mut Problems) {
+fn docker(a: &AutoscalerConfig, out: &mut Problems) {
+    let d = &a.docker;
     // Zero would time out every engine call at once and keep the circuit breaker open.
     if d.timeout.is_zero() {
         out.bad("docker.timeout", "must be positive");
+    }
+    let mut names = BTreeSet::new();
+    for (i, h) in d.hosts.iter().enumerate() {
+        let at = |field: &str| format!("docker.hosts[{i}].{field}");
+        if let Err(e) = dns_label(&h.name) {
+            out.bad(&at("name"), format!("`{}` {e}", h.name));
+        } else if h.name == DEFAULT_DOCKER_HOST_NAME {
+            out.bad(
+                &at("name"),
+                "`default` is docker.host's name: give this engine another",
+            );
+        } else if !names.insert(h.name.as_str()) {
+            out.bad(&at("name"), format!("`{}` is named twice", h.name));
+        }
+        // bollard's own schemes; TLS and SSH need features this build leaves out.
+        let scheme = h.host.split_once("://").map(|(s, _)| s);
+        if !matches!(scheme, Some("unix" | "tcp" | "http")) {
+            out.bad(
+                &at("host"),
+                format!(
+                    "`{}`: an engine address is unix:///path or tcp://host:port (TLS and ssh:// are not supported yet)",
+                    h.host
+                ),
+            );
+        }
+    }
+    for (i, p) in a.pools.iter().enumerate() {
+        if let Some(h) = &p.docker_host {
+            if h != DEFAULT_DOCKER_HOST_NAME && !names.contains(h.as_str()) {
+                out.bad(
+                    &format!("pools[{i}].docker_host"),
+                    format!(
+                        "`{h}` is not one of docker.hosts ({})",
+                        std::iter::once(DEFAULT_DOCKER_HOST_NAME)
+                            .chain(names.iter().copied())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+            }
+        }
+    }
+    if !d.hosts.is_empty() && a.pools.is_empty() {
+        out.bad(
+            "docker.hosts",
+            "engines are used by pools (pools[].docker_host): there are no pools",
+        );
     }
 }
 

@@ -1,5 +1,7 @@
 //! The worker pool on Docker: k3s agents as containers, created, adopted, watched and measured.
 //!
+//! - [`hosts`]: [`DockerHosts`]: the engines workers run on (`docker.host`, `docker.hosts`), one
+//!   pool each, a pool's workers routed to its engine.
 //! - [`pool`]: [`DockerWorkerPool`]: create (idempotent on Docker's 409), list/adopt, inspect, stop,
 //!   remove (with the state volume).
 //! - [`warm`]: the warm pool of stopped workers: `acquire` starts one before creating, `release` stops
@@ -18,6 +20,7 @@
 pub mod breaker;
 pub mod error;
 pub mod events_watcher;
+pub mod hosts;
 pub mod image;
 pub mod intents;
 pub mod naming;
@@ -36,6 +39,7 @@ use bollard::Docker;
 pub use breaker::CircuitBreaker;
 pub use error::DockerError;
 pub use events_watcher::DockerEventsWatcher;
+pub use hosts::{DockerHosts, Host, Listing};
 pub use intents::{Intent, PoolIntents};
 pub use pool::{CreateWorker, DockerWorkerPool, Worker, WorkerState};
 pub use stats::UsageSample;

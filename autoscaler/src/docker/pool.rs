@@ -331,7 +331,9 @@ impl DockerWorkerPool {
             ..Default::default()
         };
         Ok(ContainerCreateBody {
-            hostname: Some(name.to_string()),
+            // On the host's own network the container has the host's name (engines refuse another);
+            // the node is named by K3S_NODE_NAME.
+            hostname: (c.network != "host").then(|| name.to_string()),
             image: Some(t.image.to_string()),
             cmd: Some(t.cmd),
             env: Some(env),

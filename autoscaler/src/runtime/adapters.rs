@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use handlers::traits::{ActionError, NodeOps, Removal, WorkerPool};
 
-use crate::docker::DockerWorkerPool;
+use crate::docker::DockerHosts;
 use crate::intents::RemovalIntents;
 use crate::kube::KubeNodeOps;
 use crate::webhooks::Webhooks;
@@ -14,10 +14,10 @@ use crate::webhooks::Webhooks;
 /// How long our own removal of a node silences the watchers (drain + stop + delete).
 const REMOVAL_INTENT: Duration = Duration::from_secs(600);
 
-/// Workers through the Docker pool (its own `WorkerPool` implementation, warm-pool aware), recording
-/// our removals so the watchers do not report them.
+/// Workers through the Docker engines (each pool on its own, warm-pool aware), recording our
+/// removals so the watchers do not report them.
 pub struct DockerWorkers {
-    pub pool: Arc<DockerWorkerPool>,
+    pub pool: Arc<DockerHosts>,
     pub intents: RemovalIntents,
 }
 

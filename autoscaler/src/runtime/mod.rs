@@ -24,4 +24,4 @@ pub mod sink;
 pub mod tasks;
 
 pub use run::run;
-pub use settings::{bus_config, k3s_token, metadata, policy, pool_config};
+pub use settings::{bus_config, host_configs, k3s_token, metadata, policy, pool_config};

@@ -18,7 +18,7 @@ use super::group_runner::GroupRunner;
 use super::projection::Projection;
 use super::tasks::Tasks;
 use crate::config::Settings;
-use crate::docker::{DockerEventsWatcher, DockerWorkerPool};
+use crate::docker::{DockerEventsWatcher, DockerHosts, UsageSample};
 use crate::intents::RemovalIntents;
 use crate::kube::node_watcher::{NodeObservation, Readiness};
 use crate::kube::{BatchWindows, NodeWatcher, PendingPodsWatcher, PlacementObserver};
@@ -30,7 +30,7 @@ pub struct Observers {
     pub settings: Arc<Settings>,
     pub policy: Arc<Policy>,
     pub metadata: Metadata,
-    pub pool: Arc<DockerWorkerPool>,
+    pub pool: Arc<DockerHosts>,
     pub kube: kube::Client,
     pub intents: RemovalIntents,
     pub bus: bus::Bus,
@@ -130,12 +130,13 @@ impl Observers {
             placement.run(self.tx.clone(), token.clone().cancelled_owned()),
         );
 
-        let docker_events = DockerEventsWatcher::for_pool(&self.pool, self.metadata.clone())
-            .with_shared_intents(self.intents.clone());
-        self.tasks.spawn_logged(
-            "docker events watcher",
-            docker_events.run(self.tx.clone(), token.clone().cancelled_owned()),
-        );
+        for i in 0..self.pool.hosts().len() {
+            let name = self.pool.hosts()[i].name.clone();
+            self.tasks.spawn(
+                format!("docker events watcher {name}"),
+                self.clone().docker_events(i, token.clone()),
+            );
+        }
 
         self.tasks.spawn(
             "metrics collector",
@@ -201,7 +202,6 @@ impl Observers {
                     Err(e) => Err(e.to_string()),
                 },
                 _ => self
-                    .pool
                     .usage()
                     .await
                     .map(|u| bus::event::MetricsSampled {
@@ -224,6 +224,59 @@ impl Observers {
                     tracing::warn!(error = %e, source = %a.metrics.source, "metrics: no sample this period")
                 }
             }
+        }
+    }
+
+    /// Host `i`'s engine events, once it is connected; the watcher itself reconnects after that.
+    async fn docker_events(self, i: usize, token: CancellationToken) {
+        let host = &self.pool.hosts()[i];
+        let pool = loop {
+            match host.pool().await {
+                Ok(p) => break p,
+                Err(_) => tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tokio::time::sleep(crate::docker::hosts::RECONNECT_GAP) => {}
+                },
+            }
+        };
+        let watcher = DockerEventsWatcher::for_pool(&pool, self.metadata.clone())
+            .with_shared_intents(self.intents.clone());
+        if let Err(e) = watcher
+            .run(self.tx.clone(), token.clone().cancelled_owned())
+            .await
+        {
+            tracing::warn!(host = %host.name, error = %e, "docker events watcher ended");
+        }
+    }
+
+    /// Docker stats of every host's workers; a host that does not answer is left out of the sample
+    /// (its workers' state is the StateSynchronizer's business), unless it is the only one.
+    async fn usage(&self) -> crate::docker::Result<UsageSample> {
+        let samples = futures::future::join_all(self.pool.hosts().iter().map(|h| async move {
+            match h.pool().await {
+                Ok(p) => p.usage().await,
+                Err(e) => Err(e),
+            }
+        }))
+        .await;
+        let mut nodes = Vec::new();
+        let mut answered = false;
+        let mut last_error = None;
+        for (h, s) in self.pool.hosts().iter().zip(samples) {
+            match s {
+                Ok(u) => {
+                    answered = true;
+                    nodes.extend(u.nodes);
+                }
+                Err(e) => {
+                    tracing::debug!(host = %h.name, error = %e, "metrics: host left out of the sample");
+                    last_error = Some(e);
+                }
+            }
+        }
+        match last_error {
+            Some(e) if !answered => Err(e),
+            _ => Ok(UsageSample::from_nodes(nodes)),
         }
     }
 
@@ -318,17 +371,17 @@ impl Observers {
                 })
             })
             .collect();
-        let docker_containers = self
-            .pool
-            .list_workers()
-            .await
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .map(|w| w.name)
-            .collect();
+        let listing = self.pool.list_workers().await.map_err(|e| e.to_string())?;
+        if listing.workers.is_empty() && listing.unreachable.len() == self.pool.hosts().len() {
+            return Err(format!(
+                "no Docker host answered: {:?}",
+                listing.unreachable
+            ));
+        }
         Ok(ClusterObserved {
             k8s_nodes,
-            docker_containers,
+            docker_containers: listing.workers.into_iter().map(|(_, w)| w.name).collect(),
+            unreachable: listing.unreachable,
         })
     }
 

@@ -19,9 +19,9 @@ use super::group_runner::GroupRunner;
 use super::observers::{supervise, Observers};
 use super::projection::Projection;
 use super::tasks::{Stopped, Tasks};
-use super::{bus_config, metadata, policy, pool_config, sink};
+use super::{bus_config, host_configs, metadata, policy, sink};
 use crate::config::Settings;
-use crate::docker::DockerWorkerPool;
+use crate::docker::{DockerHosts, DockerWorkerPool, Host};
 use crate::http::{self, HttpState};
 use crate::intents::RemovalIntents;
 use crate::kube::KubeNodeOps;
@@ -77,7 +77,10 @@ struct Connections {
     bus: bus::Bus,
     /// For the handlers' consumer groups (one delivery at a time, claimed late: see `connect`).
     handler_bus: bus::Bus,
-    pool: Arc<DockerWorkerPool>,
+    pool: Arc<DockerHosts>,
+    /// The default engine's client, for `/readyz` (the other hosts' outages only back their pools
+    /// off).
+    default_docker: bollard::Docker,
     kube: kube::Client,
 }
 
@@ -173,18 +176,33 @@ async fn connect(shared: &Shared) -> anyhow::Result<Option<Connections>> {
         .await
         .context("connecting the handlers' bus")?;
 
-    let pool_cfg = pool_config(settings).context("reading the k3s token file")?;
+    let mut hosts = host_configs(settings)
+        .context("reading the k3s token file")?
+        .into_iter();
+    let Some((name, pools, default_cfg)) = hosts.next() else {
+        anyhow::bail!("no Docker engine configured");
+    };
+    // The default engine is waited for; the others are connected when first needed
+    // (`docker::hosts`), so one that is down does not keep the autoscaler from starting.
     let Some(pool) = connect_retrying("the Docker engine", stop, || {
-        DockerWorkerPool::connect(pool_cfg.clone())
+        DockerWorkerPool::connect(default_cfg.clone())
     })
     .await
     else {
         return Ok(None);
     };
-    let pool = Arc::new(pool);
     match pool.adopt().await {
         Ok(workers) => tracing::info!(adopted = workers.len(), "docker: adopted managed workers"),
         Err(e) => tracing::warn!(error = %e, "docker: cannot list managed workers yet"),
+    }
+    let default_docker = pool.engine().docker().clone();
+    let mut all = vec![Host::connected(name, pools, pool)];
+    all.extend(hosts.map(|(name, pools, cfg)| Host::new(name, pools, cfg)));
+    let pool = Arc::new(DockerHosts::new(all, a.workers.name_prefix.clone()));
+    for h in pool.hosts().iter().skip(1) {
+        if let Err(e) = h.pool().await {
+            tracing::warn!(host = %h.name, address = %h.address(), error = %e, "docker: host does not answer yet; its pools wait");
+        }
     }
     let Some(kube) =
         connect_retrying("Kubernetes", stop, || crate::kube::connect(&a.kubernetes)).await
@@ -195,6 +213,7 @@ async fn connect(shared: &Shared) -> anyhow::Result<Option<Connections>> {
         bus,
         handler_bus,
         pool,
+        default_docker,
         kube,
     }))
 }
@@ -369,7 +388,7 @@ async fn leader_gauge(metrics: Arc<Metrics>, mut rx: watch::Receiver<Leadership>
 fn spawn_readiness_probe(shared: &Shared, conns: &Connections) {
     let probes = readiness::Probes {
         redis: conns.bus.connection(),
-        docker: conns.pool.engine().docker().clone(),
+        docker: conns.default_docker.clone(),
         timeout: readiness::PROBE_EVERY,
     };
     shared.tasks.spawn(

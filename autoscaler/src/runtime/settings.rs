@@ -96,6 +96,54 @@ pub fn pool_config(settings: &Settings) -> std::io::Result<crate::docker::PoolCo
     })
 }
 
+/// The engines workers run on, the default one first: one pool configuration each, holding the
+/// pools that run there (`pools[].docker_host`), with that host's address, network and `K3S_URL`.
+/// Without `docker.hosts`, one: [`pool_config`] itself.
+pub fn host_configs(
+    settings: &Settings,
+) -> std::io::Result<Vec<(String, Vec<String>, crate::docker::PoolConfig)>> {
+    let a = &settings.autoscaler;
+    let all = pool_config(settings)?;
+    if a.docker.hosts.is_empty() {
+        return Ok(vec![(
+            crate::config::DEFAULT_DOCKER_HOST_NAME.to_string(),
+            Vec::new(),
+            all,
+        )]);
+    }
+    let pools_on = |host: &str| -> Vec<String> {
+        a.pools
+            .iter()
+            .filter(|p| a.docker.host_of(p) == host)
+            .map(|p| p.name.clone())
+            .collect()
+    };
+    let only = |names: &[String]| -> crate::docker::PoolConfig {
+        let mut c = all.clone();
+        c.pools.retain(|name, _| names.contains(name));
+        c
+    };
+    let default_pools = pools_on(crate::config::DEFAULT_DOCKER_HOST_NAME);
+    let mut out = vec![(
+        crate::config::DEFAULT_DOCKER_HOST_NAME.to_string(),
+        default_pools.clone(),
+        only(&default_pools),
+    )];
+    for h in &a.docker.hosts {
+        let pools = pools_on(&h.name);
+        let mut c = only(&pools);
+        c.host = h.host.clone();
+        if let Some(n) = &h.network {
+            c.network = n.clone();
+        }
+        if let Some(u) = &h.k3s_url {
+            c.k3s_url = u.clone();
+        }
+        out.push((h.name.clone(), pools, c));
+    }
+    Ok(out)
+}
+
 /// The lab's node agent reads its capacity from these; a k3s agent ignores them.
 fn lab_node_env(cpu: f64, memory: u64) -> std::collections::BTreeMap<String, String> {
     [

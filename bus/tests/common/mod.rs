@@ -47,7 +47,7 @@ pub fn sample(event_type: &str) -> Event {
         "NodeCordoned" => json!({"node_name": "k3s-worker-2"}),
         "NodeRemoved" => json!({"node_name": "k3s-worker-2", "pool": "general"}),
         "ClusterObserved" => {
-            json!({"k8s_nodes": [{"name": "k3s-worker-1", "ready": true}, {"name": "k3s-worker-2", "ready": false, "scale_down_disabled": true}], "docker_containers": ["k3s-worker-1", "k3s-worker-2"]})
+            json!({"k8s_nodes": [{"name": "k3s-worker-1", "ready": true}, {"name": "k3s-worker-2", "ready": false, "scale_down_disabled": true}], "docker_containers": ["k3s-worker-1", "k3s-worker-2"], "unreachable": [{"host": "edge", "pools": ["edge"], "error": "docker engine at tcp://10.0.0.2:2375 unreachable"}]})
         }
         "NodeDrained" => json!({"node_name": "k3s-worker-2", "evicted_pods": 7}),
         "MinimumNodesViolation" => {

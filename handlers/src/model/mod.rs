@@ -393,7 +393,8 @@ impl Model {
     }
 
     fn on_observed(&mut self, env: &Envelope, o: &ClusterObserved) {
-        self.provision.engine_answered(env.timestamp);
+        self.provision
+            .engine_answered(env.timestamp, o.unreachable_pools());
         self.workers.observe(env, o);
         self.sync.observed(env.timestamp, o, &self.workers);
     }

@@ -119,9 +119,18 @@ impl Provision {
         b.error = error.to_string();
     }
 
-    /// A `ClusterObserved` at `at`: the engine answered its listing.
-    pub(super) fn engine_answered(&mut self, at: DateTime<Utc>) {
-        for b in self.backoff.values_mut() {
+    /// A `ClusterObserved` at `at`: the engines answered their listing, but those of the pools in
+    /// `unreachable`.
+    pub(super) fn engine_answered<'a>(
+        &mut self,
+        at: DateTime<Utc>,
+        unreachable: impl IntoIterator<Item = &'a str>,
+    ) {
+        let away: std::collections::BTreeSet<&str> = unreachable.into_iter().collect();
+        for (pool, b) in self.backoff.iter_mut() {
+            if away.contains(pool.as_str()) {
+                continue;
+            }
             if b.provider && b.engine_answered.is_none() && at >= b.at {
                 b.engine_answered = Some(at);
             }

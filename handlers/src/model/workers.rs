@@ -179,13 +179,7 @@ impl Workers {
     /// The pool and sequence number a worker name says: `<prefix><n>` is `(default, n)`,
     /// `<prefix><pool>-<n>` is `(pool, n)`; `None` for other names.
     pub fn parse_name<'n>(&self, name: &'n str) -> Option<(&'n str, u64)> {
-        let rest = name.strip_prefix(&self.name_prefix)?;
-        if let Ok(n) = rest.parse::<u64>() {
-            return Some((DEFAULT_POOL, n));
-        }
-        let (pool, n) = rest.rsplit_once('-')?;
-        let n = n.parse::<u64>().ok()?;
-        (!pool.is_empty()).then_some((pool, n))
+        crate::policy::parse_worker_name(&self.name_prefix, name)
     }
 
     // ---- queries --------------------------------------------------------------------------------

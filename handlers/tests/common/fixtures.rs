@@ -121,6 +121,7 @@ pub fn all_ready(names: &[&str]) -> ClusterObserved {
     ClusterObserved {
         k8s_nodes: names.iter().map(|n| NodeBuilder::new(n).build()).collect(),
         docker_containers: names.iter().map(|n| (*n).to_string()).collect(),
+        unreachable: Vec::new(),
     }
 }
 
