@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod second_engine;
+
 use autoscaler::labenv::{LabEnv, LabEnvOptions};
 use bus::testing::{RedisSentinels, RedisServer};
 use bus::{Envelope, Query};
@@ -137,6 +139,22 @@ pub struct LabOptions {
     pub schedules: Vec<(String, Duration, u32)>,
     /// The Redis the lab's bus runs on.
     pub topology: LabTopology,
+    /// `docker.hosts`: more engines for pools that name one.
+    pub docker_hosts: Vec<LabDockerHost>,
+    /// `scaling.expander` (empty: the default, least-waste).
+    pub expander: String,
+}
+
+/// One of [`LabOptions::docker_hosts`].
+#[derive(Debug, Clone, Default)]
+pub struct LabDockerHost {
+    pub name: String,
+    /// The engine's address (`unix:///…`).
+    pub host: String,
+    /// The network its workers join (`host` for the engine's own).
+    pub network: String,
+    /// The lab server as that engine's workers reach it.
+    pub k3s_url: String,
 }
 
 /// Which Redis a lab's bus runs on.
@@ -234,6 +252,10 @@ pub struct LabPool {
     pub labels: Vec<(String, String)>,
     /// `key=value:Effect`.
     pub taints: Vec<String>,
+    /// For the `priority` expander.
+    pub priority: i32,
+    /// One of [`LabOptions::docker_hosts`]; `None`: the machine's engine.
+    pub docker_host: Option<String>,
 }
 
 impl LabPool {
@@ -252,6 +274,8 @@ impl LabPool {
             "memory": self.memory,
             "labels": labels,
             "taints": self.taints,
+            "priority": self.priority,
+            "docker_host": self.docker_host,
         })
         .to_string()
     }
@@ -273,6 +297,8 @@ impl Default for LabOptions {
             buffer_nodes: 0,
             schedules: Vec::new(),
             topology: LabTopology::Single,
+            docker_hosts: Vec::new(),
+            expander: String::new(),
         }
     }
 }
@@ -531,7 +557,16 @@ impl Lab {
 
     /// This lab's managed worker containers in any state, by name: (name, `running`/`exited`/`created`/…).
     pub fn worker_containers(&self) -> Vec<(String, String)> {
-        let out = Command::new("docker")
+        self.worker_containers_on("")
+    }
+
+    /// As [`Lab::worker_containers`], on the engine at `docker_host` (empty: the machine's).
+    pub fn worker_containers_on(&self, docker_host: &str) -> Vec<(String, String)> {
+        let mut docker = Command::new("docker");
+        if !docker_host.is_empty() {
+            docker.args(["-H", docker_host]);
+        }
+        let out = docker
             .args(["ps", "-a", "--filter"])
             .arg(format!(
                 "label=k3s-autoscaler/cluster-id={}",
@@ -867,7 +902,7 @@ fn config_yaml(
     scale_down_cooldown: 3s
     max_node_provision_time: {provision}s
     drain_timeout: 30s
-  workers:
+{expander}  workers:
     name_prefix: "{prefix}"
     image: "{image}"
     network: "{network}"
@@ -891,6 +926,7 @@ fn config_yaml(
     lease_ttl: 3s
   docker:
     host: "{docker_host}"
+    hosts: {docker_hosts}
   http:
     listen: "127.0.0.1:0"
 {pools}"#,
@@ -905,6 +941,19 @@ fn config_yaml(
         underutilized_for = o.underutilized_for.as_secs(),
         placement = o.placement_interval.as_secs().max(1),
         docker_host = o.docker_host,
+        expander = if o.expander.is_empty() {
+            String::new()
+        } else {
+            format!("    expander: \"{}\"\n", o.expander)
+        },
+        docker_hosts = serde_json::Value::from(
+            o.docker_hosts
+                .iter()
+                .map(|h| {
+                    serde_json::json!({"name": h.name, "host": h.host, "network": h.network, "k3s_url": h.k3s_url})
+                })
+                .collect::<Vec<_>>()
+        ),
         provision = o.max_node_provision_time.as_secs().max(1),
         warm_pool = o.warm_pool,
         buffer_nodes = o.buffer_nodes,

@@ -115,6 +115,7 @@ async fn e2e_two_pools_scale_up_by_selector_and_taint_and_keep_their_minimums() 
                 memory: "2Gi".into(),
                 labels: vec![("tier".into(), "highmem".into())],
                 taints: vec!["dedicated=highmem:NoSchedule".into()],
+                ..LabPool::default()
             },
         ],
         ..LabOptions::default()
