@@ -343,6 +343,28 @@ pub fn render(doc: &Value) -> String {
         count(&w["docker"]),
         names(&w["docker"])
     ));
+    // With several engines, the docker line again by host.
+    if let Some(ws) = w["docker"].as_array() {
+        let mut by_host: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+        for x in ws {
+            by_host
+                .entry(x["host"].as_str().unwrap_or("?"))
+                .or_default()
+                .push(x["name"].as_str().unwrap_or("?"));
+        }
+        if by_host
+            .keys()
+            .any(|h| *h != crate::config::DEFAULT_DOCKER_HOST_NAME)
+        {
+            for (host, names) in by_host {
+                out.push_str(&format!(
+                    "           on {host:<7} {:>2}: {}\n",
+                    names.len(),
+                    names.join(" ")
+                ));
+            }
+        }
+    }
     out.push_str(&format!(
         "         record     {:>2}: {}\n",
         count(&w["record"]),
@@ -445,5 +467,31 @@ mod tests {
             text.contains("backoff  pool default provider_unavailable: 2 failed create(s), no create before 2026-12-03T10:30:59.000Z"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn with_several_engines_the_workers_are_shown_by_host() {
+        let workers = |docker: Value| {
+            json!({
+                "cluster_id": "lab",
+                "limits": {"min_nodes": 1, "max_nodes": 3},
+                "workers": {"docker": docker},
+                "leader": {},
+                "dlq_length": 0,
+                "last_decision": null,
+                "last_blocked": null,
+            })
+        };
+        let text = render(&workers(json!([
+            {"name": "w-general-1", "state": "running", "host": "default"},
+            {"name": "w-edge-1", "state": "running", "host": "edge"},
+            {"name": "w-edge-2", "state": "running", "host": "edge"},
+        ])));
+        assert!(text.contains("on default  1: w-general-1"), "{text}");
+        assert!(text.contains("on edge     2: w-edge-1 w-edge-2"), "{text}");
+        let one = render(&workers(json!([
+            {"name": "w-1", "state": "running", "host": "default"},
+        ])));
+        assert!(!one.contains(" on "), "one engine: no by-host lines\n{one}");
     }
 }
