@@ -373,10 +373,12 @@ impl Observers {
             .collect();
         let listing = self.pool.list_workers().await.map_err(|e| e.to_string())?;
         if listing.workers.is_empty() && listing.unreachable.len() == self.pool.hosts().len() {
-            return Err(format!(
-                "no Docker host answered: {:?}",
-                listing.unreachable
-            ));
+            let said: Vec<String> = listing
+                .unreachable
+                .iter()
+                .map(|h| format!("{}: {}", h.host, h.error))
+                .collect();
+            return Err(format!("no Docker host answered ({})", said.join("; ")));
         }
         Ok(ClusterObserved {
             k8s_nodes,
