@@ -425,6 +425,12 @@ impl Pool {
     pub fn args<'a>(&'a self, workers: &'a Workers) -> &'a [String] {
         self.args.as_deref().unwrap_or(&workers.args)
     }
+    /// The name of the engine its workers run on: `docker_host`, else the default engine's.
+    pub fn docker_host(&self) -> &str {
+        self.docker_host
+            .as_deref()
+            .unwrap_or(DEFAULT_DOCKER_HOST_NAME)
+    }
     /// The taints that parse (validation reports the others).
     pub fn parsed_taints(&self) -> Vec<bus::scheduling::Taint> {
         self.taints.iter().filter_map(|t| t.parse().ok()).collect()
@@ -493,15 +499,6 @@ pub struct DockerHost {
     /// The k3s server as workers on that host reach it. Default: `workers.k3s_url`.
     #[serde(default)]
     pub k3s_url: Option<String>,
-}
-
-impl DockerSettings {
-    /// The name of the engine `pool` runs on: its `docker_host`, else the default engine's.
-    pub fn host_of<'a>(&self, pool: &'a Pool) -> &'a str {
-        pool.docker_host
-            .as_deref()
-            .unwrap_or(DEFAULT_DOCKER_HOST_NAME)
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

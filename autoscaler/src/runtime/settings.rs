@@ -114,7 +114,7 @@ pub fn host_configs(
     let pools_on = |host: &str| -> Vec<String> {
         a.pools
             .iter()
-            .filter(|p| a.docker.host_of(p) == host)
+            .filter(|p| p.docker_host() == host)
             .map(|p| p.name.clone())
             .collect()
     };
