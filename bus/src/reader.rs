@@ -33,7 +33,8 @@ const READ_BUFFER: usize = 256 * 1024;
 trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
-/// On a Redis Cluster: how to follow a `MOVED` to the node that owns the stream's slot.
+/// On a Redis Cluster: how to follow a `MOVED` to the node that owns the stream's slot, or an `ASK`
+/// to the node a slot is being moved to.
 pub(crate) struct ClusterHop {
     pub(crate) resolved: Resolved,
     /// Where the stream was last found, for the next reader.
@@ -116,7 +117,8 @@ impl StreamReader {
         Ok(reader)
     }
 
-    /// This reader follows `MOVED` redirections (a Redis Cluster's node may not own the stream).
+    /// This reader follows `MOVED` and `ASK` redirections (a Redis Cluster's node may not own the
+    /// stream, or be moving it to another).
     pub(crate) fn in_cluster(mut self, hop: ClusterHop) -> Self {
         self.cluster = Some(hop);
         self
@@ -157,18 +159,51 @@ impl StreamReader {
                     hops += 1;
                     self.hop(&message).await?;
                 }
+                // `ASK <slot> <host:port>`: the slot is being moved and the stream has gone already;
+                // this one read is for the importing node, the slot stays this node's until moved.
+                Err(BusError::Server { message, .. })
+                    if message.starts_with("ASK ") && self.cluster.is_some() =>
+                {
+                    return parse_read(self.ask(&message, args.clone(), block).await?);
+                }
                 reply => return parse_read(reply?),
             }
         }
     }
 
-    /// Replaces this connection by one to the node a `MOVED` reply names, and remembers that node.
-    async fn hop(&mut self, moved: &str) -> Result<()> {
-        let to = moved
+    /// The node a redirection names (`MOVED|ASK <slot> <host:port>`).
+    fn redirected_to(redirect: &str) -> Result<(String, u16)> {
+        redirect
             .split_whitespace()
             .nth(2)
             .and_then(|a| crate::config::parse_host_port(a).ok())
-            .ok_or_else(|| bad(moved))?;
+            .ok_or_else(|| bad(redirect))
+    }
+
+    /// Sends `args` once to the node an `ASK` names, after `ASKING`, on a connection of its own: a
+    /// migration is short, and the next read goes to the owner again (Redis Cluster spec, "ASK
+    /// redirection").
+    async fn ask(
+        &mut self,
+        ask: &str,
+        args: Vec<BytesFrame>,
+        block: Duration,
+    ) -> Result<BytesFrame> {
+        let to = Self::redirected_to(ask)?;
+        let Some(hop) = &self.cluster else {
+            return Err(bad(ask));
+        };
+        let info = hop.resolved.at(&to.0, to.1);
+        let mut there = Self::connect(&info, hop.resolved.reader_tls.as_ref(), self.margin).await?;
+        there
+            .call("ASKING", vec![bulk("ASKING")], Duration::ZERO)
+            .await?;
+        there.call("XREADGROUP", args, block).await
+    }
+
+    /// Replaces this connection by one to the node a `MOVED` reply names, and remembers that node.
+    async fn hop(&mut self, moved: &str) -> Result<()> {
+        let to = Self::redirected_to(moved)?;
         let Some(hop) = self.cluster.take() else {
             return Err(bad(moved));
         };

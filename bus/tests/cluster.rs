@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -229,4 +229,152 @@ async fn a_stream_without_a_hash_tag_is_refused_on_a_cluster_before_anything_is_
         panic!("an untagged stream connected on a cluster");
     };
     assert!(e.to_string().contains("hash tag"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_slot_moves_to_another_primary_meanwhile_loses_and_repeats_nothing() {
+    let cluster = Arc::new(RedisCluster::start());
+    let [(tag, from), _] = tags_on_two_primaries(&cluster);
+    let to = cluster
+        .ports()
+        .into_iter()
+        .find(|p| *p != from)
+        .expect("another primary");
+    let stream = format!("{{{tag}}}:autoscaler_events");
+    let bus = connect(cluster.config(&stream)).await;
+
+    // A group that answers each PendingPodsDetected with one decision (the outputs-and-ack script).
+    let handled: Arc<Mutex<Vec<(String, std::time::Instant)>>> = Arc::default();
+    let handler = {
+        let handled = handled.clone();
+        handler_fn(move |d: Delivery| {
+            let handled = handled.clone();
+            async move {
+                let at = std::time::Instant::now();
+                handled.lock().unwrap().push((d.stream_id.clone(), at));
+                Ok(match d.envelope.event_type() {
+                    "PendingPodsDetected" => {
+                        vec![
+                            Envelope::caused_by(&d.envelope, "G", sample("ScaleUpDecision"))
+                                .with_deterministic_id(&d.stream_id),
+                        ]
+                    }
+                    _ => Vec::new(),
+                })
+            }
+        })
+    };
+    let consumer = bus.consumer();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let consuming = tokio::spawn(async move {
+        consumer
+            .run(handler, "G", "c1", async {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
+    // Publishes all along, on two publishers: plain entries on one; idempotent ones (two keys: the
+    // stream and its idem key) and triggers on the other. A command over two keys of a slot half
+    // moved is refused with TRYAGAIN (retried until the slot has moved); a plain XADD follows ASK.
+    let publishing = |kind: usize| {
+        let publisher = bus.publisher();
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in (0..150).filter(|i| (i % 3 == 0) == (kind == 0)) {
+                let id = match i % 3 {
+                    0 => publisher.publish(&numbered(i)).await,
+                    1 => publisher
+                        .publish_idempotent(&format!("n-{i}"), &numbered(i))
+                        .await
+                        .map(|id| id.expect("a new key")),
+                    _ => {
+                        publisher
+                            .publish(&envelope_of(sample("PendingPodsDetected")))
+                            .await
+                    }
+                };
+                let id = id.unwrap_or_else(|e| panic!("publish {i} while the slot moves: {e}"));
+                ids.push((id, i % 3 == 0, std::time::Instant::now()));
+                tokio::time::sleep(Duration::from_millis(if kind == 0 { 20 } else { 40 })).await;
+            }
+            ids
+        })
+    };
+    let (plain, others) = (publishing(0), publishing(1));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let moving = cluster.clone();
+    let key = stream.clone();
+    let started = std::time::Instant::now();
+    let stream_moved = tokio::task::spawn_blocking(move || {
+        moving.migrate_slot(&key, to, Duration::from_millis(150))
+    })
+    .await
+    .unwrap()
+    .unwrap_or_else(|e| panic!("moving the slot: {e}"));
+    let slot_moved = std::time::Instant::now();
+    assert_eq!(cluster.owner_of(&stream), Some(to), "the slot moved");
+    let mut published = plain.await.unwrap();
+    published.extend(others.await.unwrap());
+    let in_half_moved = |at: &std::time::Instant| *at > stream_moved && *at < slot_moved;
+    let plain_half = published
+        .iter()
+        .filter(|(_, plain, at)| *plain && in_half_moved(at))
+        .count();
+    let published: HashMap<String, bool> = published
+        .into_iter()
+        .map(|(id, plain, _)| (id, plain))
+        .collect();
+
+    // Every entry handled once, every decision written once, nothing pending.
+    let expected = published.len() + 50;
+    wait_until(Duration::from_secs(20), "every entry handled", || async {
+        handled.lock().unwrap().len() >= expected
+    })
+    .await;
+    let audit = bus.audit();
+    wait_until(Duration::from_secs(10), "every entry acked", || async {
+        audit
+            .group("G")
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|g| g.pending == 0)
+    })
+    .await;
+    stop_tx.send(()).unwrap();
+    consuming.await.unwrap().unwrap();
+    let handled = handled.lock().unwrap().clone();
+    // While the stream was on the new node and the slot still the old one's, reads went on (after an
+    // `ASK`, to the new node), not only once the slot had moved.
+    let half_moved = handled
+        .iter()
+        .filter(|(id, at)| published.get(id) == Some(&true) && in_half_moved(at))
+        .count();
+    assert!(
+        half_moved > 0,
+        "of the {plain_half} plain entries published in the {:?} the slot was half moved, none handled then",
+        slot_moved - stream_moved
+    );
+    let unique: HashSet<&String> = handled.iter().map(|(id, _)| id).collect();
+    assert_eq!(unique.len(), handled.len(), "an entry handled twice");
+    assert!(published.keys().all(|id| unique.contains(id)));
+    let decisions = audit
+        .query(&bus::Query {
+            types: vec!["ScaleUpDecision".into()],
+            ..bus::Query::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(decisions.len(), 50, "one decision per trigger");
+    assert_eq!(
+        audit.len().await.unwrap(),
+        200,
+        "150 published, 50 decisions"
+    );
+    eprintln!(
+        "slot of {stream} moved {from} -> {to} in {:.1?} while 150 entries were published: {} handled, each once, {half_moved} plain ones in the {:.1?} the slot was half moved ({plain_half} published then)",
+        slot_moved - started,
+        handled.len(),
+        slot_moved - stream_moved
+    );
 }

@@ -32,6 +32,21 @@ fn query<T: redis::FromRedisValue>(port: u16, cmd: &redis::Cmd) -> Option<T> {
     cmd.query(&mut conn).ok()
 }
 
+/// As [`query`], with the error (`what` and the server's reply) when it fails.
+fn must_query<T: redis::FromRedisValue>(
+    port: u16,
+    cmd: &redis::Cmd,
+    what: &str,
+) -> Result<T, String> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+        .map_err(|e| format!("{what} on {port}: {e}"))?;
+    let mut conn = client
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .map_err(|e| format!("{what} on {port}: {e}"))?;
+    cmd.query(&mut conn)
+        .map_err(|e| format!("{what} on {port}: {e}"))
+}
+
 /// One `redis-server --sentinel`, killed on drop.
 struct SentinelProcess {
     port: u16,
@@ -314,6 +329,77 @@ impl RedisCluster {
             .into_iter()
             .find(|(from, to, _)| (*from..=*to).contains(&slot))
             .map(|(_, _, (_, p))| p)
+    }
+
+    /// Moves `key`'s slot to the primary on `to` as `redis-cli --cluster reshard` does: the slot
+    /// IMPORTING there and MIGRATING here, `key` itself first and then the slot's other keys,
+    /// one `MIGRATE` each, `pace` after each, then the slot given to `to` on every node. While it
+    /// lasts, clients meet the slot half-moved: `ASK` for a key gone already, `TRYAGAIN` for a
+    /// command over keys on both sides. Returns when `key` itself had moved (the rest of the
+    /// slot's keys and the slot's owner not yet). Blocking: run it off the async runtime.
+    pub fn migrate_slot(&self, key: &str, to: u16, pace: Duration) -> Result<Instant, String> {
+        let from = self.owner_of(key).ok_or("no owner")?;
+        if from == to {
+            return Err(format!("{key} is on {to} already"));
+        }
+        let id = |port: u16| -> Result<String, String> {
+            must_query(port, redis::cmd("CLUSTER").arg("MYID"), "CLUSTER MYID")
+        };
+        let (from_id, to_id) = (id(from)?, id(to)?);
+        let slot: i64 = must_query(
+            from,
+            redis::cmd("CLUSTER").arg("KEYSLOT").arg(key),
+            "KEYSLOT",
+        )?;
+        let set = |port: u16, state: &str, node: &str| -> Result<(), String> {
+            must_query::<()>(
+                port,
+                redis::cmd("CLUSTER")
+                    .arg("SETSLOT")
+                    .arg(slot)
+                    .arg(state)
+                    .arg(node),
+                &format!("SETSLOT {slot} {state}"),
+            )
+        };
+        set(to, "IMPORTING", &from_id)?;
+        set(from, "MIGRATING", &to_id)?;
+        let migrate = |k: &str| -> Result<(), String> {
+            let moved: String = must_query(
+                from,
+                redis::cmd("MIGRATE")
+                    .arg("127.0.0.1")
+                    .arg(to)
+                    .arg(k)
+                    .arg(0)
+                    .arg(5000),
+                &format!("MIGRATE {k}"),
+            )?;
+            if moved == "OK" || moved == "NOKEY" {
+                Ok(())
+            } else {
+                Err(format!("MIGRATE {k}: {moved}"))
+            }
+        };
+        migrate(key)?;
+        let key_moved = Instant::now();
+        std::thread::sleep(pace);
+        loop {
+            let keys: Vec<String> = must_query(
+                from,
+                redis::cmd("CLUSTER").arg("GETKEYSINSLOT").arg(slot).arg(1),
+                "GETKEYSINSLOT",
+            )?;
+            let Some(k) = keys.first() else { break };
+            migrate(k)?;
+            std::thread::sleep(pace);
+        }
+        set(to, "NODE", &to_id)?;
+        set(from, "NODE", &to_id)?;
+        for port in self.ports().into_iter().filter(|p| *p != from && *p != to) {
+            set(port, "NODE", &to_id)?;
+        }
+        Ok(key_moved)
     }
 
     /// Bus settings for `stream` on this cluster (the first node as URL, the others as seeds), with
