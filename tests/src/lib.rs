@@ -155,6 +155,10 @@ pub struct LabDockerHost {
     pub network: String,
     /// The lab server as that engine's workers reach it.
     pub k3s_url: String,
+    /// `tls`: the engine's CA and a client certificate of it, for a `tcp://` host.
+    pub tls: Option<bus::testing::TestCerts>,
+    /// `ssh_key_file`, for an `ssh://` host.
+    pub ssh_key_file: Option<PathBuf>,
 }
 
 /// Which Redis a lab's bus runs on.
@@ -950,7 +954,14 @@ fn config_yaml(
             o.docker_hosts
                 .iter()
                 .map(|h| {
-                    serde_json::json!({"name": h.name, "host": h.host, "network": h.network, "k3s_url": h.k3s_url})
+                    let mut host = serde_json::json!({"name": h.name, "host": h.host, "network": h.network, "k3s_url": h.k3s_url});
+                    if let Some(c) = &h.tls {
+                        host["tls"] = serde_json::json!({"ca_file": c.ca, "cert_file": c.client_cert, "key_file": c.client_key});
+                    }
+                    if let Some(k) = &h.ssh_key_file {
+                        host["ssh_key_file"] = serde_json::json!(k);
+                    }
+                    host
                 })
                 .collect::<Vec<_>>()
         ),

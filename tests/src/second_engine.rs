@@ -7,18 +7,40 @@
 //! there. `nsenter --net` is used rather than `ip netns exec`, which remounts `/sys` and leaves
 //! `dockerd` without its cgroups ("Devices cgroup isn't mounted"). Its storage driver is `vfs`:
 //! the machine's driver (fuse-overlayfs) is configured for its own engine only.
+//!
+//! The autoscaler reaches it the way [`Reach`] says: its Unix socket, TCP with TLS on the veth
+//! (`--tlsverify`, certificates made here), or SSH to an `sshd` in the namespace that runs
+//! `docker system dial-stdio` against that socket.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// How the autoscaler reaches a [`SecondEngine`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// `unix://…/docker.sock`.
+    Unix,
+    /// `tcp://<namespace address>:2376`, `--tlsverify`: a client certificate of the engine's CA.
+    Tls,
+    /// `ssh://root@<namespace address>` (port 22), with a key made for the test.
+    Ssh,
+}
+
+const TLS_PORT: u16 = 2376;
+
 /// A second engine; stopped and cleaned up (containers, mounts, namespace, files) on drop.
 pub struct SecondEngine {
     namespace: String,
     dir: PathBuf,
     subnet: u8,
+    reach: Reach,
+    certs: Option<bus::testing::TestCerts>,
     daemon: Option<Child>,
+    sshd: Option<Child>,
+    /// Holds the subnet (a lock on its file) while the engine lives.
+    _claim: std::fs::File,
 }
 
 fn run(cmd: &mut Command) -> Result<String, String> {
@@ -43,12 +65,24 @@ impl SecondEngine {
     /// Starts the engine and copies `image` into it from the machine's engine; panics with
     /// `dockerd`'s log if it does not answer within 30 s.
     pub fn start(image: &str) -> Self {
+        Self::start_with(image, Reach::Unix)
+    }
+
+    /// As [`SecondEngine::start`], reached as `reach` says ([`SecondEngine::url`]).
+    pub fn start_with(image: &str, reach: Reach) -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
         let namespace = format!("k3sa-{id}");
-        // 10.213.<n>.0/30: a subnet no other running test uses (each takes the first free one).
+        // 10.213.<n>.0/30: a subnet no other running test uses. Claimed with a lock on a file of
+        // its own (tests start engines at once; the lock goes with the process, however it ends),
+        // and not on any interface (one a crashed run left behind).
         let taken = run(Command::new("ip").args(["-4", "-o", "addr", "show"])).unwrap_or_default();
-        let subnet = (1..=250u8)
-            .find(|n| !taken.contains(&format!("10.213.{n}.")))
+        let (subnet, claim) = (1..=250u8)
+            .filter(|n| !taken.contains(&format!("10.213.{n}.")))
+            .find_map(|n| {
+                let file = std::fs::File::create(format!("/tmp/k3sa-subnet-{n}.lock")).ok()?;
+                file.try_lock().ok()?;
+                Some((n, file))
+            })
             .expect("a free 10.213.x.0/30");
         // Short: a unix socket's path has at most 108 bytes.
         let dir = PathBuf::from(format!("/tmp/k3sa-d2-{id}"));
@@ -57,11 +91,25 @@ impl SecondEngine {
             namespace,
             dir,
             subnet,
+            reach,
+            certs: None,
             daemon: None,
+            sshd: None,
+            _claim: claim,
         };
         engine.network();
+        if reach == Reach::Tls {
+            let address = engine.address().to_string();
+            engine.certs = Some(bus::testing::TestCerts::make_for(
+                &engine.dir,
+                &[address.as_str()],
+            ));
+        }
         engine.daemon = Some(engine.spawn_daemon());
         engine.wait_answering();
+        if reach == Reach::Ssh {
+            engine.sshd = Some(engine.spawn_sshd());
+        }
         engine.load(image);
         engine
     }
@@ -112,6 +160,7 @@ impl SecondEngine {
             .arg(&config)
             .arg("--host")
             .arg(self.host())
+            .args(self.tls_args())
             .arg("--data-root")
             .arg(self.dir.join("data"))
             .arg("--exec-root")
@@ -123,6 +172,111 @@ impl SecondEngine {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("second engine: nsenter dockerd: {e}"))
+    }
+
+    /// `dockerd`'s TCP listener with `--tlsverify`, when reached over TLS.
+    fn tls_args(&self) -> Vec<String> {
+        let Some(c) = &self.certs else {
+            return Vec::new();
+        };
+        let path = |p: &PathBuf| p.display().to_string();
+        vec![
+            "--host".into(),
+            format!("tcp://{}:{TLS_PORT}", self.address()),
+            "--tlsverify".into(),
+            "--tlscacert".into(),
+            path(&c.ca),
+            "--tlscert".into(),
+            path(&c.server_cert),
+            "--tlskey".into(),
+            path(&c.server_key),
+        ]
+    }
+
+    /// An `sshd` on the namespace's address, root let in with [`SecondEngine::ssh_key`] only, its
+    /// sessions pointed at this engine's socket (`SetEnv DOCKER_HOST`). Waits until it listens.
+    fn spawn_sshd(&self) -> Child {
+        let sshd = "/usr/sbin/sshd";
+        assert!(
+            std::path::Path::new(sshd).exists(),
+            "second engine over ssh: {sshd} is missing (scripts/ensure-deps installs openssh-server)"
+        );
+        let key = |name: &str| {
+            let path = self.dir.join(name);
+            must(
+                Command::new("ssh-keygen")
+                    .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                    .arg(&path),
+            );
+            path
+        };
+        let host_key = key("ssh_host_key");
+        let client_key = key("ssh_client_key");
+        let authorized = self.dir.join("authorized_keys");
+        std::fs::copy(client_key.with_extension("pub"), &authorized).expect("authorized_keys");
+        // Privilege separation wants this directory; Debian's service makes it, a bare sshd does not.
+        std::fs::create_dir_all("/run/sshd").expect("/run/sshd");
+        let config = self.dir.join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "ListenAddress {addr}:22\nHostKey {host_key}\nAuthorizedKeysFile {authorized}\n\
+                 PidFile {pid}\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
+                 SetEnv DOCKER_HOST={docker}\n",
+                addr = self.address(),
+                host_key = host_key.display(),
+                authorized = authorized.display(),
+                pid = self.dir.join("sshd.pid").display(),
+                docker = self.host(),
+            ),
+        )
+        .expect("sshd_config");
+        self.forget_host_key();
+        let log = std::fs::File::create(self.dir.join("sshd.log")).expect("sshd.log");
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", self.namespace))
+            .args([sshd, "-D", "-e", "-f"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("second engine: nsenter sshd: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect((self.address(), 22)).is_err() {
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(self.dir.join("sshd.log")).unwrap_or_default();
+                panic!("second engine: sshd does not listen within 10 s:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        child
+    }
+
+    /// Drops this address's line from root's known_hosts: the namespace's address is reused by
+    /// later tests, each with a host key of its own (ssh accepts a new host, never a changed one).
+    fn forget_host_key(&self) {
+        let _ = run(Command::new("ssh-keygen").args(["-R", &self.address().to_string()]));
+    }
+
+    /// What the autoscaler is given in `docker.hosts[].host`.
+    pub fn url(&self) -> String {
+        match self.reach {
+            Reach::Unix => self.host(),
+            Reach::Tls => format!("tcp://{}:{TLS_PORT}", self.address()),
+            // bollard's ssh transport passes no port: sshd listens on 22.
+            Reach::Ssh => format!("ssh://root@{}", self.address()),
+        }
+    }
+
+    /// The CA and client certificate, when reached over TLS.
+    pub fn certs(&self) -> Option<&bus::testing::TestCerts> {
+        self.certs.as_ref()
+    }
+
+    /// The private key root logs in with, when reached over SSH.
+    pub fn ssh_key(&self) -> Option<PathBuf> {
+        (self.reach == Reach::Ssh).then(|| self.dir.join("ssh_client_key"))
     }
 
     fn docker(&self) -> Command {
@@ -174,7 +328,7 @@ impl SecondEngine {
         );
     }
 
-    /// The engine's address (`unix://…`).
+    /// The engine's Unix socket (`unix://…`): how the test itself talks to it.
     pub fn host(&self) -> String {
         format!("unix://{}", self.dir.join("docker.sock").display())
     }
@@ -224,9 +378,9 @@ impl SecondEngine {
         for pid in pids.split_whitespace() {
             let _ = run(Command::new("kill").args(["-KILL", pid]));
         }
-        if let Some(mut d) = self.daemon.take() {
-            let _ = d.kill();
-            let _ = d.wait();
+        for mut child in [self.daemon.take(), self.sshd.take()].into_iter().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 
@@ -260,6 +414,13 @@ impl Drop for SecondEngine {
             }
         }
         self.stop();
+        if let Some(mut sshd) = self.sshd.take() {
+            let _ = sshd.kill();
+            let _ = sshd.wait();
+        }
+        if self.reach == Reach::Ssh {
+            self.forget_host_key();
+        }
         self.unmount_leftovers();
         if let Err(e) = run(Command::new("ip").args(["netns", "del", &self.namespace])) {
             eprintln!("second engine: {e}");

@@ -2,13 +2,14 @@
 //! ([`SecondEngine`]), whose workers (host networking there) reach the lab's API server through a
 //! forwarder on the namespace's veth. The pool scales up and down there; then the engine is
 //! stopped with a worker on it, and the pods it ran are placed on the other pool, on the machine's
-//! engine. The machine's own `docker0` bridge is checked intact at the end.
+//! engine. The machine's own `docker0` bridge is checked intact at the end. The autoscaler reaches
+//! the engine over SSH in the first scenario and over TCP with TLS in the second.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bus::Event;
-use tests::second_engine::{docker0_intact, Forward, SecondEngine};
+use tests::second_engine::{docker0_intact, Forward, Reach, SecondEngine};
 use tests::{deployment, find, Lab, LabDockerHost, LabOptions, LabPool};
 
 /// What the config says the server is before the forwarder's port is known.
@@ -38,14 +39,66 @@ async fn wait_until(lab: &Lab, what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Over TLS, neither side takes the other's word: a client certificate of another CA is refused by
+/// the engine, an engine certificate of another CA by the client (and that error says why; the
+/// engine's refusal comes after a TLS 1.3 handshake, as a connection closed).
+async fn tls_strangers_are_turned_away(url: &str, certs: &bus::testing::TestCerts) {
+    use autoscaler::docker::{connect_with, EngineAccess, EngineTls};
+    let dir =
+        std::env::temp_dir().join(format!("k3sa-strangers-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let stranger = bus::testing::TestCerts::make(&dir);
+    let with = |ca: &std::path::Path, ours: &bus::testing::TestCerts| EngineAccess {
+        tls: Some(EngineTls {
+            ca: ca.to_path_buf(),
+            cert: ours.client_cert.clone(),
+            key: ours.client_key.clone(),
+        }),
+        ssh_key: None,
+    };
+    for (who, access, why) in [
+        (
+            "our certificate of another CA",
+            with(&certs.ca, &stranger),
+            "",
+        ),
+        (
+            "the engine's certificate, of a CA we do not trust",
+            with(&stranger.ca, certs),
+            "certificate",
+        ),
+    ] {
+        let err = connect_with(url, &access, Duration::from_secs(5))
+            .await
+            .map(|_| ())
+            .expect_err(who);
+        let text = err.to_string();
+        assert!(text.contains(why), "{who}: {text}");
+        eprintln!("TLS, {who}: {text}");
+    }
+    connect_with(url, &with(&certs.ca, certs), Duration::from_secs(5))
+        .await
+        .expect("the engine's own CA and client certificate");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// How the second engine goes away.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Away {
-    /// `dockerd` stopped: it stops its containers, and its event stream says so.
+    /// `dockerd` stopped: it stops its containers, and its event stream says so. Reached over SSH.
     Stopped,
     /// Every process on the host killed at once: the engine just stops answering, and the Node
-    /// goes NotReady when its heartbeats stop.
+    /// goes NotReady when its heartbeats stop. Reached over TCP with TLS.
     PoweredOff,
+}
+
+impl Away {
+    fn reach(self) -> Reach {
+        match self {
+            Away::Stopped => Reach::Ssh,
+            Away::PoweredOff => Reach::Tls,
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,7 +123,13 @@ async fn scenario(away: Away) {
     )
     .await
     .expect("lab image");
-    let mut engine = tokio::task::block_in_place(|| SecondEngine::start("k3s-autoscaler-lab:e2e"));
+    let mut engine = tokio::task::block_in_place(|| {
+        SecondEngine::start_with("k3s-autoscaler-lab:e2e", away.reach())
+    });
+
+    if let Some(certs) = engine.certs() {
+        tls_strangers_are_turned_away(&engine.url(), certs).await;
+    }
 
     // Pods go to `edge` first (priority), to `general` when edge cannot take them.
     let mut lab = Lab::start(LabOptions {
@@ -80,9 +139,11 @@ async fn scenario(away: Away) {
         expander: "priority".into(),
         docker_hosts: vec![LabDockerHost {
             name: "edge".into(),
-            host: engine.host(),
+            host: engine.url(),
             network: "host".into(),
             k3s_url: PLACEHOLDER.into(),
+            tls: engine.certs().cloned(),
+            ssh_key_file: engine.ssh_key(),
         }],
         pools: vec![
             LabPool {
@@ -140,7 +201,7 @@ async fn scenario(away: Away) {
     lab.kubectl_apply(&deployment("web", 1));
     let pods = lab.wait_running("web", 1, Duration::from_secs(120)).await;
     let edge = edge_workers(&lab, &engine);
-    assert_eq!(edge.len(), 1, "one edge worker: {edge:?}");
+    assert_eq!(edge.len(), 1, "one edge worker: {edge:?}\n{}", lab.logs());
     assert_eq!(pods[0].1, edge[0], "the pod runs on the edge worker");
     assert!(
         !lab.worker_containers().iter().any(|(n, _)| n == &edge[0]),

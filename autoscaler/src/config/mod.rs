@@ -19,7 +19,7 @@ pub mod schema;
 pub mod serde_helpers;
 pub mod validate;
 
-pub use access::{RedisTls, WebhookHeader};
+pub use access::{TlsFiles, WebhookHeader};
 pub use schema::*;
 pub use serde_helpers::{duration, expander, optional_quantity, quantity};
 

@@ -153,7 +153,7 @@ pub struct EventBus {
     pub password_file: String,
     /// TLS files for a `rediss://` URL.
     #[serde(default)]
-    pub tls: super::access::RedisTls,
+    pub tls: super::access::TlsFiles,
     /// `single` (one Redis at `url`), `sentinel` (the master `sentinel_master` that `sentinels` name)
     /// or `cluster` (a Redis Cluster reached through `url` and `cluster_nodes`): `docs/TOPOLOGY.md`.
     #[serde(default = "default_mode")]
@@ -463,6 +463,10 @@ pub struct DockerSettings {
     /// The default engine (the default pool's, and any pool's without `docker_host`). Empty:
     /// `DOCKER_HOST` or the local socket.
     pub host: String,
+    /// For a `tcp://` `host` whose engine runs with `--tlsverify`: its CA, our certificate and key.
+    pub tls: super::access::TlsFiles,
+    /// For an `ssh://` `host`: the private key to log in with; empty: ssh's own (`~/.ssh`).
+    pub ssh_key_file: String,
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
     pub circuit_breaker_failures: u32,
@@ -474,6 +478,8 @@ impl Default for DockerSettings {
     fn default() -> Self {
         Self {
             host: String::new(),
+            tls: Default::default(),
+            ssh_key_file: String::new(),
             timeout: Duration::from_secs(30),
             circuit_breaker_failures: 5,
             hosts: Vec::new(),
@@ -490,8 +496,15 @@ pub const DEFAULT_DOCKER_HOST_NAME: &str = "default";
 pub struct DockerHost {
     /// What pools name in `docker_host` (a DNS label, not `default`).
     pub name: String,
-    /// The engine's address: `unix:///path` or `tcp://host:port` (plain HTTP).
+    /// The engine's address: `unix:///path`, `tcp://host:port` (plain, or TLS with `tls`) or
+    /// `ssh://[user@]host` (its `docker system dial-stdio`; a port goes in `~/.ssh/config`).
     pub host: String,
+    /// As `docker.tls`, for this engine.
+    #[serde(default)]
+    pub tls: super::access::TlsFiles,
+    /// As `docker.ssh_key_file`, for this engine.
+    #[serde(default)]
+    pub ssh_key_file: String,
     /// The Docker network its workers join there. Default: `workers.network`; `host` for the
     /// host's own network.
     #[serde(default)]

@@ -604,7 +604,7 @@ fn a_pool_on_another_docker_host_gets_that_hosts_address_network_and_server() {
 #[test]
 fn docker_hosts_are_checked_names_addresses_and_the_pools_naming_them() {
     let yaml = with_pools("    - name: edge\n      docker_host: edgy\n")
-        + "  docker:\n    hosts:\n      - {name: edge, host: \"ssh://me@box\"}\n      - {name: edge, host: \"tcp://b:2375\"}\n      - {name: default, host: \"tcp://c:2375\"}\n";
+        + "  docker:\n    hosts:\n      - {name: edge, host: \"npipe://me@box\"}\n      - {name: edge, host: \"tcp://b:2375\"}\n      - {name: default, host: \"tcp://c:2375\"}\n";
     let err = Settings::from_yaml_with_env(&yaml, no_env()).expect_err("invalid");
     assert_eq!(
         fields(err),
@@ -613,6 +613,46 @@ fn docker_hosts_are_checked_names_addresses_and_the_pools_naming_them() {
             "autoscaler.docker.hosts[1].name",
             "autoscaler.docker.hosts[2].name",
             "autoscaler.pools[0].docker_host",
+        ]
+    );
+}
+
+#[test]
+fn engines_over_tls_and_ssh_get_their_files_and_mismatched_ones_are_refused() {
+    let pools =
+        with_pools("    - name: a\n      docker_host: a\n    - name: b\n      docker_host: b\n");
+    let yaml = pools.clone()
+        + "  docker:\n    host: \"tcp://10.0.0.1:2376\"\n    tls: {ca_file: /c/ca.pem, cert_file: /c/cert.pem, key_file: /c/key.pem}\n    hosts:\n      - {name: a, host: \"ssh://ops@edge-1\", ssh_key_file: /k/id}\n      - {name: b, host: \"ssh://edge-2\"}\n";
+    let s = Settings::from_yaml_with_env(&yaml, no_env()).expect("valid");
+    let hosts = crate::runtime::host_configs(&s).expect("configs");
+    let access: Vec<&crate::docker::EngineAccess> =
+        hosts.iter().map(|(_, _, c)| &c.access).collect();
+    let tls = access[0].tls.as_ref().expect("docker.tls");
+    assert_eq!(tls.ca, std::path::Path::new("/c/ca.pem"));
+    assert_eq!(tls.key, std::path::Path::new("/c/key.pem"));
+    assert_eq!(
+        access[1].ssh_key.as_deref(),
+        Some(std::path::Path::new("/k/id"))
+    );
+    assert_eq!(
+        *access[2],
+        crate::docker::EngineAccess::default(),
+        "ssh's own keys"
+    );
+
+    let bad = pools
+        + "  docker:\n    tls: {ca_file: /c/ca.pem}\n    hosts:\n      - {name: a, host: \"unix:///d.sock\", tls: {ca_file: /c/ca.pem, cert_file: /c/c.pem, key_file: /c/k.pem}}\n      - {name: b, host: \"ssh://ops@edge-2:2222\", tls: {ca_file: /c/ca.pem}, ssh_key_file: /k/id}\n";
+    let err = Settings::from_yaml_with_env(&bad, no_env()).expect_err("invalid");
+    assert_eq!(
+        fields(err),
+        vec![
+            "autoscaler.docker.host",
+            "autoscaler.docker.hosts[0].tls",
+            // Not tcp://, and not all three files.
+            "autoscaler.docker.hosts[1].tls",
+            "autoscaler.docker.hosts[1].tls",
+            // A port.
+            "autoscaler.docker.hosts[1].host",
         ]
     );
 }

@@ -568,6 +568,20 @@ fn docker(a: &AutoscalerConfig, out: &mut Problems) {
     if d.timeout.is_zero() {
         out.bad("docker.timeout", "must be positive");
     }
+    if !d.host.is_empty() {
+        engine_access(
+            &d.host,
+            &d.tls,
+            &d.ssh_key_file,
+            &|field| format!("docker.{field}"),
+            out,
+        );
+    } else if !d.tls.is_empty() || !d.ssh_key_file.is_empty() {
+        out.bad(
+            "docker.host",
+            "TLS files or an SSH key are set but no engine address (tcp://… or ssh://…)",
+        );
+    }
     let mut names = BTreeSet::new();
     for (i, h) in d.hosts.iter().enumerate() {
         let at = |field: &str| format!("docker.hosts[{i}].{field}");
@@ -581,17 +595,7 @@ fn docker(a: &AutoscalerConfig, out: &mut Problems) {
         } else if !names.insert(h.name.as_str()) {
             out.bad(&at("name"), format!("`{}` is named twice", h.name));
         }
-        // bollard's own schemes; TLS and SSH need features this build leaves out.
-        let scheme = h.host.split_once("://").map(|(s, _)| s);
-        if !matches!(scheme, Some("unix" | "tcp" | "http")) {
-            out.bad(
-                &at("host"),
-                format!(
-                    "`{}`: an engine address is unix:///path or tcp://host:port (TLS and ssh:// are not supported yet)",
-                    h.host
-                ),
-            );
-        }
+        engine_access(&h.host, &h.tls, &h.ssh_key_file, &at, out);
     }
     for (i, p) in a.pools.iter().enumerate() {
         if let Some(h) = &p.docker_host {
@@ -613,6 +617,57 @@ fn docker(a: &AutoscalerConfig, out: &mut Problems) {
         out.bad(
             "docker.hosts",
             "engines are used by pools (pools[].docker_host): there are no pools",
+        );
+    }
+}
+
+/// An engine's address and how it is reached: bollard's schemes, TLS files with `tcp://` only
+/// (all three: an engine with `--tlsverify` wants a client certificate), a key with `ssh://` only.
+fn engine_access(
+    host: &str,
+    tls: &super::TlsFiles,
+    ssh_key_file: &str,
+    at: &dyn Fn(&str) -> String,
+    out: &mut Problems,
+) {
+    let scheme = host.split_once("://").map(|(s, _)| s);
+    if !matches!(scheme, Some("unix" | "tcp" | "http" | "ssh")) {
+        out.bad(
+            &at("host"),
+            format!(
+                "`{host}`: an engine address is unix:///path, tcp://host:port or ssh://[user@]host"
+            ),
+        );
+    }
+    if !tls.is_empty() {
+        if scheme != Some("tcp") {
+            out.bad(
+                &at("tls"),
+                format!("TLS files are set but `{host}` is not tcp://"),
+            );
+        }
+        if tls.ca_file.is_empty() || tls.cert_file.is_empty() || tls.key_file.is_empty() {
+            out.bad(
+                &at("tls"),
+                "an engine's TLS needs ca_file, cert_file and key_file (as `docker --tlsverify`)",
+            );
+        }
+    }
+    // bollard hands ssh the authority as a host name: a port there is not a port to ssh.
+    if let Some(rest) = host.strip_prefix("ssh://") {
+        let authority = rest.split('/').next().unwrap_or_default();
+        let host_part = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        if host_part.contains(':') {
+            out.bad(
+                &at("host"),
+                format!("`{host}`: an ssh:// address takes no port here; name a Host of ~/.ssh/config that sets it"),
+            );
+        }
+    }
+    if !ssh_key_file.is_empty() && scheme != Some("ssh") {
+        out.bad(
+            &at("ssh_key_file"),
+            format!("an SSH key is set but `{host}` is not ssh://"),
         );
     }
 }

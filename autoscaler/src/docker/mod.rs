@@ -130,8 +130,11 @@ pub struct WorkerTemplate<'a> {
 /// into it.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
-    /// Engine address (`unix://…`, `tcp://…`); empty means `DOCKER_HOST` or the local socket.
+    /// Engine address (`unix://…`, `tcp://…`, `ssh://…`); empty means `DOCKER_HOST` or the local
+    /// socket.
     pub host: String,
+    /// TLS files for a `tcp://` engine, a key for an `ssh://` one.
+    pub access: EngineAccess,
     /// Workers are named `<name_prefix><n>` (default pool) or `<name_prefix><pool>-<n>`.
     pub name_prefix: String,
     /// The worker image (a `rancher/k3s` tag, or the lab image).
@@ -183,6 +186,7 @@ impl Default for PoolConfig {
     fn default() -> Self {
         Self {
             host: String::new(),
+            access: EngineAccess::default(),
             name_prefix: "k3s-worker-".into(),
             image: "rancher/k3s:v1.33.5-k3s1".into(),
             command: vec!["agent".into()],
@@ -283,16 +287,61 @@ pub fn engine_address(host: &str) -> String {
     }
 }
 
+/// How an engine is reached beyond its address (`docker.tls`, `docker.ssh_key_file` and the same
+/// keys of `docker.hosts[]`; docs/TOPOLOGY.md "Docker hosts").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineAccess {
+    /// A `tcp://` engine started with `--tlsverify`: HTTPS, its certificate checked against `ca`,
+    /// ours (`cert`, `key`) shown to it.
+    pub tls: Option<EngineTls>,
+    /// An `ssh://` engine: the private key to log in with; `None`: ssh's own configuration.
+    pub ssh_key: Option<std::path::PathBuf>,
+}
+
+/// PEM files of a TLS engine connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineTls {
+    pub ca: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+/// bollard's read/write timeout of one HTTP exchange, as `connect_with_host` sets it: our own
+/// [`Engine`] timeout is the one that matters, and a stop's grace must fit under this one.
+const TRANSPORT_TIMEOUT_SECS: u64 = 120;
+
 /// Connects to the engine at `host` (see [`engine_address`]) and negotiates the API version (the engine
 /// here speaks 1.41, older than bollard's default). Fails with [`DockerError::Unreachable`] when the
 /// socket is missing or the engine does not answer within `timeout`.
 pub async fn connect(host: &str, timeout: Duration) -> Result<Docker> {
+    connect_with(host, &EngineAccess::default(), timeout).await
+}
+
+/// [`connect`] over TLS (`access.tls`, a `tcp://` host) or SSH (an `ssh://` host: ssh runs
+/// `docker system dial-stdio` there, so that host needs the docker CLI and ssh a way in).
+pub async fn connect_with(host: &str, access: &EngineAccess, timeout: Duration) -> Result<Docker> {
     let address = engine_address(host);
     let unreachable = |reason: String| DockerError::Unreachable {
         address: address.clone(),
         reason,
     };
-    let docker = Docker::connect_with_host(&address).map_err(|e| unreachable(describe(&e)))?;
+    let version = bollard::API_DEFAULT_VERSION;
+    let docker = if address.starts_with("ssh://") {
+        let key = access.ssh_key.as_ref().map(|k| k.display().to_string());
+        Docker::connect_with_ssh(&address, TRANSPORT_TIMEOUT_SECS, version, key)
+    } else if let Some(tls) = &access.tls {
+        Docker::connect_with_ssl(
+            &address,
+            &tls.key,
+            &tls.cert,
+            &tls.ca,
+            TRANSPORT_TIMEOUT_SECS,
+            version,
+        )
+    } else {
+        Docker::connect_with_host(&address)
+    }
+    .map_err(|e| unreachable(describe(&e)))?;
     match tokio::time::timeout(timeout, docker.negotiate_version()).await {
         Ok(Ok(docker)) => Ok(docker),
         Ok(Err(e)) => Err(unreachable(describe(&e))),

@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 use super::intents::{Intent, PoolIntents};
 use super::naming;
 use super::{
-    connect, engine_address, DockerError, Engine, PoolConfig, Result, LABEL_CLUSTER_ID,
+    connect_with, engine_address, DockerError, Engine, PoolConfig, Result, LABEL_CLUSTER_ID,
     LABEL_MANAGED_BY, LABEL_POOL, LABEL_REQUESTED_BY, MANAGED_BY_VALUE,
 };
 
@@ -219,7 +219,7 @@ impl std::fmt::Debug for DockerWorkerPool {
 impl DockerWorkerPool {
     /// Connects to the configured engine (see [`super::connect`]) and builds the pool.
     pub async fn connect(config: PoolConfig) -> Result<Self> {
-        let docker = connect(&config.host, config.timeout).await?;
+        let docker = connect_with(&config.host, &config.access, config.timeout).await?;
         Ok(Self::new(docker, config))
     }
 

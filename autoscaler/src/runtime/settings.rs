@@ -59,6 +59,7 @@ pub fn pool_config(settings: &Settings) -> std::io::Result<crate::docker::PoolCo
     let w = &a.workers;
     Ok(crate::docker::PoolConfig {
         host: a.docker.host.clone(),
+        access: engine_access(&a.docker.tls, &a.docker.ssh_key_file),
         name_prefix: w.name_prefix.clone(),
         image: w.image.clone(),
         args: w.args.clone(),
@@ -133,6 +134,7 @@ pub fn host_configs(
         let pools = pools_on(&h.name);
         let mut c = only(&pools);
         c.host = h.host.clone();
+        c.access = engine_access(&h.tls, &h.ssh_key_file);
         if let Some(n) = &h.network {
             c.network = n.clone();
         }
@@ -142,6 +144,19 @@ pub fn host_configs(
         out.push((h.name.clone(), pools, c));
     }
     Ok(out)
+}
+
+/// How an engine is reached, from its config keys (`config check` has made sure they fit its address).
+fn engine_access(tls: &crate::config::TlsFiles, ssh_key_file: &str) -> crate::docker::EngineAccess {
+    let path = |f: &str| std::path::PathBuf::from(f);
+    crate::docker::EngineAccess {
+        tls: (!tls.is_empty()).then(|| crate::docker::EngineTls {
+            ca: path(&tls.ca_file),
+            cert: path(&tls.cert_file),
+            key: path(&tls.key_file),
+        }),
+        ssh_key: (!ssh_key_file.is_empty()).then(|| path(ssh_key_file)),
+    }
 }
 
 /// The lab's node agent reads its capacity from these; a k3s agent ignores them.

@@ -42,6 +42,11 @@ impl TestCerts {
     /// Makes a fresh CA and the certificates it signs (the server's for `127.0.0.1` and `localhost`),
     /// written into `dir`.
     pub fn make(dir: &Path) -> Self {
+        Self::make_for(dir, &["127.0.0.1", "localhost"])
+    }
+
+    /// As [`TestCerts::make`], the server's certificate for `names` (IP addresses or DNS names).
+    pub fn make_for(dir: &Path, names: &[&str]) -> Self {
         use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
         let fail = |e: rcgen::Error| -> ! { panic!("making test certificates: {e}") };
         let write = |name: &str, pem: String| -> PathBuf {
@@ -67,7 +72,8 @@ impl TestCerts {
             let cert = params.signed_by(&key, &issuer).unwrap_or_else(|e| fail(e));
             (cert.pem(), key.serialize_pem())
         };
-        let (server_cert, server_key) = leaf(vec!["127.0.0.1".into(), "localhost".into()], "redis");
+        let names = names.iter().map(|n| n.to_string()).collect();
+        let (server_cert, server_key) = leaf(names, "server");
         let (client_cert, client_key) = leaf(Vec::new(), "autoscaler");
         Self {
             ca: write("ca.pem", ca.pem()),
