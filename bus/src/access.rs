@@ -5,7 +5,10 @@
 
 use std::sync::Arc;
 
-use redis::{ClientTlsConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, TlsCertificates};
+use redis::{
+    ClientTlsConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo,
+    TlsCertificates,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -21,6 +24,8 @@ pub(crate) struct Resolved {
     pub(crate) certs: Option<TlsCertificates>,
     /// The TLS settings of the reader's connections; `None` for plain TCP and Unix sockets.
     pub(crate) reader_tls: Option<Arc<rustls::ClientConfig>>,
+    /// Who the sentinels are asked as (their own user and password, database 0).
+    pub(crate) sentinel: RedisConnectionInfo,
 }
 
 impl Resolved {
@@ -46,6 +51,13 @@ impl Resolved {
         };
         self.info.clone().set_addr(addr)
     }
+
+    /// A sentinel at `host:port`: the URL's scheme (TLS with the same files), the sentinels'
+    /// credentials.
+    pub(crate) fn sentinel_at(&self, host: &str, port: u16) -> ConnectionInfo {
+        self.at(host, port)
+            .set_redis_settings(self.sentinel.clone())
+    }
 }
 
 fn read(what: &str, path: &std::path::Path) -> Result<Vec<u8>> {
@@ -63,6 +75,7 @@ pub(crate) fn resolve(config: &BusConfig) -> Result<Resolved> {
         ))
     })?;
     let info = with_credentials(info, &config.access)?;
+    let sentinel = sentinel_credentials(&config.access)?;
     let tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
     let a = &config.access;
     if !tls && (a.tls_ca_file.is_some() || a.tls_cert_file.is_some()) {
@@ -80,6 +93,7 @@ pub(crate) fn resolve(config: &BusConfig) -> Result<Resolved> {
             info,
             certs: None,
             reader_tls: None,
+            sentinel,
         });
     }
     let root_cert = a
@@ -102,6 +116,7 @@ pub(crate) fn resolve(config: &BusConfig) -> Result<Resolved> {
             root_cert,
         }),
         reader_tls: Some(Arc::new(reader_tls)),
+        sentinel,
     };
     // The certificates are checked now, not at the first connection.
     resolved.client(&resolved.info)?;
@@ -109,25 +124,49 @@ pub(crate) fn resolve(config: &BusConfig) -> Result<Resolved> {
 }
 
 fn with_credentials(info: ConnectionInfo, access: &RedisAccess) -> Result<ConnectionInfo> {
-    let mut settings = info.redis_settings().clone();
-    if let Some(user) = access.username.as_deref().filter(|u| !u.is_empty()) {
+    let settings = credentials(
+        info.redis_settings().clone(),
+        access.username.as_deref(),
+        access.password_file.as_deref(),
+        "password file",
+    )?;
+    Ok(info.set_redis_settings(settings))
+}
+
+/// The sentinels' own user and password (none unless configured: they are not the data nodes').
+fn sentinel_credentials(access: &RedisAccess) -> Result<RedisConnectionInfo> {
+    credentials(
+        RedisConnectionInfo::default(),
+        access.sentinel_username.as_deref(),
+        access.sentinel_password_file.as_deref(),
+        "sentinel password file",
+    )
+}
+
+/// `settings` with `user` (if not empty) and the password in `password_file` (if any), trimmed.
+fn credentials(
+    mut settings: RedisConnectionInfo,
+    user: Option<&str>,
+    password_file: Option<&std::path::Path>,
+    what: &str,
+) -> Result<RedisConnectionInfo> {
+    if let Some(user) = user.filter(|u| !u.is_empty()) {
         settings = settings.set_username(user);
     }
-    if let Some(path) = &access.password_file {
-        let raw = read("password file", path)?;
-        let password = String::from_utf8(raw).map_err(|_| {
-            BusError::Access(format!("the password file {} is not UTF-8", path.display()))
-        })?;
+    if let Some(path) = password_file {
+        let raw = read(what, path)?;
+        let password = String::from_utf8(raw)
+            .map_err(|_| BusError::Access(format!("the {what} {} is not UTF-8", path.display())))?;
         let password = password.trim();
         if password.is_empty() {
             return Err(BusError::Access(format!(
-                "the password file {} is empty",
+                "the {what} {} is empty",
                 path.display()
             )));
         }
         settings = settings.set_password(password);
     }
-    Ok(info.set_redis_settings(settings))
+    Ok(settings)
 }
 
 /// The reader's TLS settings, built like redis-rs builds its own: the CA file's certificates (else the

@@ -115,7 +115,9 @@ pub enum Topology {
     #[default]
     Single,
     /// The master `master` as the sentinels (`host:port` each) report it, followed across failovers.
-    /// Sentinels are asked without credentials; the data nodes get the URL's (or the access settings').
+    /// Sentinels are asked with [`RedisAccess::sentinel_password_file`] (if any), over TLS when the
+    /// URL is `rediss://` (with the same files); the data nodes get the URL's credentials (or the
+    /// access settings').
     Sentinel {
         sentinels: Vec<String>,
         master: String,
@@ -185,6 +187,12 @@ pub struct RedisAccess {
     pub tls_cert_file: Option<PathBuf>,
     /// Its private key (PEM).
     pub tls_key_file: Option<PathBuf>,
+    /// [`Topology::Sentinel`]: the ACL user the sentinels are asked as (their own `user` rules), else
+    /// `default`.
+    pub sentinel_username: Option<String>,
+    /// [`Topology::Sentinel`]: a file holding the sentinels' password (their `requirepass`); without
+    /// it the sentinels are asked without credentials. The data nodes' password is not used for them.
+    pub sentinel_password_file: Option<PathBuf>,
 }
 
 /// `url` with its password replaced by `***`, for logs, banners and error messages

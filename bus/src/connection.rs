@@ -212,15 +212,19 @@ impl Sentinels {
         let mut last = String::from("no sentinel answered");
         for (host, port) in &self.nodes {
             let asked = async {
-                let client = redis::Client::open((host.as_str(), *port))?;
+                let client = self
+                    .resolved
+                    .client(&self.resolved.sentinel_at(host, *port))?;
                 let mut c = client
                     .get_multiplexed_async_connection_with_config(&quick)
-                    .await?;
+                    .await
+                    .map_err(BusError::Connect)?;
                 redis::cmd("SENTINEL")
                     .arg("get-master-addr-by-name")
                     .arg(&self.master)
                     .query_async::<Option<(String, u16)>>(&mut c)
                     .await
+                    .map_err(BusError::redis("SENTINEL get-master-addr-by-name"))
             };
             let (mhost, mport) = match asked.await {
                 Ok(Some(addr)) => addr,

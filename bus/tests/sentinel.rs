@@ -2,7 +2,8 @@
 //! sentinels. The primary is killed while a publisher and a consumer group run; the bus follows the
 //! promoted replica within the sentinels' detection time plus a few seconds, everything acknowledged
 //! after the failover is kept and handled, and of what was acknowledged before only the replication
-//! window (`docs/TOPOLOGY.md`) may be missing.
+//! window (`docs/TOPOLOGY.md`) may be missing. Twice: in the open, and with every server and
+//! sentinel behind a password of its own (the sentinels' not the data nodes') and TLS.
 
 mod common;
 
@@ -10,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bus::testing::RedisSentinels;
+use bus::testing::{RedisSentinels, SentinelSecurity};
 use bus::{handler_fn, Delivery};
 use common::*;
 
@@ -31,8 +32,39 @@ struct Published {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bus_follows_a_failover_and_keeps_what_was_acknowledged_outside_the_replication_window()
 {
-    let mut set = tokio::task::block_in_place(|| RedisSentinels::start(DOWN_AFTER));
+    failover(SentinelSecurity::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bus_follows_a_failover_with_sentinels_and_servers_behind_passwords_and_tls() {
+    failover(SentinelSecurity {
+        data_password: Some("data-nodes-secret".into()),
+        sentinel_password: Some("sentinels-secret".into()),
+        tls: true,
+    })
+    .await;
+}
+
+async fn failover(security: SentinelSecurity) {
+    let secured = security.tls;
+    let mut set = tokio::task::block_in_place(|| RedisSentinels::start_with(DOWN_AFTER, security));
     let first_master = set.master_port().expect("a master");
+    if secured {
+        // The sentinels' password is theirs: without it (the data nodes' is in the URL) they refuse,
+        // and the error says so without showing either.
+        let mut without = set.config("events");
+        without.access.sentinel_password_file = None;
+        let Err(e) = bus::connect(without).await else {
+            panic!("the sentinels answered without their password");
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains("NOAUTH") || text.contains("uthenticat"),
+            "{text}"
+        );
+        assert!(!text.contains("secret"), "{text}");
+        eprintln!("without the sentinels' password: {text}");
+    }
     let bus = connect(set.config("events")).await;
 
     // A consumer group that records every delivery.
@@ -169,7 +201,7 @@ async fn the_bus_follows_a_failover_and_keeps_what_was_acknowledged_outside_the_
     let h = handled.lock().unwrap();
     let twice = h.values().filter(|n| **n > 1).count();
     eprintln!(
-        "failover followed after {followed_after:?} (down-after {DOWN_AFTER:?}); {acked_before_kill} \
+        "secured: {secured}: failover followed after {followed_after:?} (down-after {DOWN_AFTER:?}); {acked_before_kill} \
          acknowledged before the kill, {} lost in the window, {} after; {} publish attempts failed \
          meanwhile; {} entries handled more than once",
         lost.len(),

@@ -164,6 +164,13 @@ pub struct EventBus {
     /// `sentinel`: the master's name (`sentinel monitor <name> …`).
     #[serde(default)]
     pub sentinel_master: String,
+    /// `sentinel`: the ACL user the sentinels are asked as; empty: `default`.
+    #[serde(default)]
+    pub sentinel_username: String,
+    /// `sentinel`: a file holding the sentinels' own password (their `requirepass`); empty: none.
+    /// Over TLS when `url` is `rediss://`, with the same `tls` files.
+    #[serde(default)]
+    pub sentinel_password_file: String,
     /// `cluster`: seed nodes beyond the URL's, `host:port` each.
     #[serde(default)]
     pub cluster_nodes: Vec<String>,

@@ -556,6 +556,37 @@ fn the_bus_topology_is_single_by_default_and_checked_for_sentinel_and_cluster() 
         "\"autoscaler_events\"",
     );
     let s = Settings::from_yaml_with_env(&sentinel, no_env()).expect("valid");
+    assert_eq!(
+        crate::runtime::bus_config(&s).access.sentinel_password_file,
+        None
+    );
+    let secured = with(
+        "      mode: sentinel\n      sentinels: [\"10.0.0.3:26379\"]\n      sentinel_master: m\n      sentinel_username: watcher\n      sentinel_password_file: /run/secrets/sentinel\n",
+        "\"autoscaler_events\"",
+    );
+    let access = crate::runtime::bus_config(
+        &Settings::from_yaml_with_env(&secured, no_env()).expect("valid"),
+    )
+    .access;
+    assert_eq!(access.sentinel_username.as_deref(), Some("watcher"));
+    assert_eq!(
+        access.sentinel_password_file.as_deref(),
+        Some(Path::new("/run/secrets/sentinel"))
+    );
+    let err = Settings::from_yaml_with_env(
+        &with(
+            "      sentinel_password_file: /run/secrets/sentinel\n",
+            "\"s\"",
+        ),
+        no_env(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        fields(err),
+        vec!["autoscaler.events.event_bus.sentinel_password_file"],
+        "only with mode: sentinel"
+    );
+    let s = Settings::from_yaml_with_env(&sentinel, no_env()).expect("valid");
     assert!(matches!(
         crate::runtime::bus_config(&s).topology,
         bus::Topology::Sentinel { ref master, ref sentinels } if master == "mymaster" && sentinels.len() == 2

@@ -186,6 +186,19 @@ fn redis_access(bus: &super::EventBus, u: &url::Url, out: &mut Problems) {
             "a client certificate needs both cert_file and key_file",
         );
     }
+    if bus.mode != "sentinel" {
+        for (key, value) in [
+            ("sentinel_username", &bus.sentinel_username),
+            ("sentinel_password_file", &bus.sentinel_password_file),
+        ] {
+            if !value.is_empty() {
+                out.bad(
+                    &format!("events.event_bus.{key}"),
+                    "is for mode: sentinel (the sentinels' own credentials)",
+                );
+            }
+        }
+    }
 }
 
 fn handlers(handlers: &[String], out: &mut Problems) {

@@ -24,6 +24,8 @@ pub fn bus_config(settings: &Settings) -> bus::BusConfig {
         tls_ca_file: file(&b.tls.ca_file),
         tls_cert_file: file(&b.tls.cert_file),
         tls_key_file: file(&b.tls.key_file),
+        sentinel_username: (!b.sentinel_username.is_empty()).then(|| b.sentinel_username.clone()),
+        sentinel_password_file: file(&b.sentinel_password_file),
     };
     c
 }

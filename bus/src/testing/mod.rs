@@ -3,7 +3,7 @@
 //! primary with a replica and three sentinels, and a Redis Cluster of three primaries.
 
 mod topology;
-pub use topology::{RedisCluster, RedisSentinels, MASTER as SENTINEL_MASTER};
+pub use topology::{RedisCluster, RedisSentinels, SentinelSecurity, MASTER as SENTINEL_MASTER};
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -21,6 +21,8 @@ pub struct RedisOptions {
     pub tls: bool,
     /// With `tls`: refuse clients without a certificate signed by the CA (`tls-auth-clients yes`).
     pub tls_client_certs: bool,
+    /// With `tls`: these certificates rather than new ones (servers that must trust each other).
+    pub certs: Option<TestCerts>,
     /// `requirepass`: the default user's password (the admin of ACL tests).
     pub password: Option<String>,
     /// Further `redis-server` arguments (`--cluster-enabled yes`, `--replicaof host port`, …).
@@ -114,7 +116,12 @@ impl RedisServer {
         if let Err(e) = std::fs::create_dir_all(&dir) {
             panic!("cannot create {}: {e}", dir.display());
         }
-        let certs = options.tls.then(|| TestCerts::make(&dir));
+        let certs = options.tls.then(|| {
+            options
+                .certs
+                .clone()
+                .unwrap_or_else(|| TestCerts::make(&dir))
+        });
         let mut server = Self {
             port,
             dir,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{free_port, ping, RedisOptions, RedisServer};
+use super::{free_port, RedisOptions, RedisServer};
 use crate::config::{BusConfig, Topology};
 
 /// The master name the sentinels monitor.
@@ -32,6 +32,58 @@ fn query<T: redis::FromRedisValue>(port: u16, cmd: &redis::Cmd) -> Option<T> {
     cmd.query(&mut conn).ok()
 }
 
+/// How the test itself reaches the servers and sentinels of a secured set: their password, TLS
+/// with the set's certificates.
+#[derive(Debug, Clone, Default)]
+struct Dial {
+    password: Option<String>,
+    certs: Option<super::TestCerts>,
+}
+
+impl Dial {
+    /// As [`query`], with this password and TLS.
+    fn query<T: redis::FromRedisValue>(&self, port: u16, cmd: &redis::Cmd) -> Option<T> {
+        let (scheme, certs) = match &self.certs {
+            Some(c) => ("rediss", Some(c)),
+            None => ("redis", None),
+        };
+        let auth = self
+            .password
+            .as_ref()
+            .map(|p| format!(":{p}@"))
+            .unwrap_or_default();
+        let url = format!("{scheme}://{auth}127.0.0.1:{port}/");
+        let client = match certs {
+            None => redis::Client::open(url).ok()?,
+            Some(c) => redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: Some(redis::ClientTlsConfig {
+                        client_cert: std::fs::read(&c.client_cert).ok()?,
+                        client_key: std::fs::read(&c.client_key).ok()?,
+                    }),
+                    root_cert: Some(std::fs::read(&c.ca).ok()?),
+                },
+            )
+            .ok()?,
+        };
+        let mut conn = client
+            .get_connection_with_timeout(Duration::from_millis(500))
+            .ok()?;
+        cmd.query(&mut conn).ok()
+    }
+}
+
+/// Passwords and TLS for a [`RedisSentinels`] set: the data nodes' `requirepass` (and `masterauth`,
+/// `sentinel auth-pass`), the sentinels' own `requirepass`, TLS everywhere (replication and the
+/// sentinels' links included) with one CA.
+#[derive(Debug, Clone, Default)]
+pub struct SentinelSecurity {
+    pub data_password: Option<String>,
+    pub sentinel_password: Option<String>,
+    pub tls: bool,
+}
+
 /// As [`query`], with the error (`what` and the server's reply) when it fails.
 fn must_query<T: redis::FromRedisValue>(
     port: u16,
@@ -55,7 +107,13 @@ struct SentinelProcess {
 }
 
 impl SentinelProcess {
-    fn start(master_port: u16, down_after: Duration, failover_timeout: Duration) -> Self {
+    fn start(
+        master_port: u16,
+        down_after: Duration,
+        failover_timeout: Duration,
+        security: &SentinelSecurity,
+        certs: Option<&super::TestCerts>,
+    ) -> Self {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!(
             "bus-sentinel-{}-{port}-{}",
@@ -67,9 +125,26 @@ impl SentinelProcess {
         }
         // The sentinel rewrites its file (what it learns of replicas and other sentinels).
         let conf = dir.join("sentinel.conf");
+        let listen = match certs {
+            Some(c) => format!(
+                "port 0\ntls-port {port}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\n\
+                 tls-replication yes\ntls-auth-clients no\n",
+                c.server_cert.display(),
+                c.server_key.display(),
+                c.ca.display()
+            ),
+            None => format!("port {port}\n"),
+        };
+        let mut auth = String::new();
+        if let Some(p) = &security.sentinel_password {
+            auth.push_str(&format!("requirepass {p}\n"));
+        }
+        if let Some(p) = &security.data_password {
+            auth.push_str(&format!("sentinel auth-pass {MASTER} {p}\n"));
+        }
         let text = format!(
-            "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile {log}\n\
-             sentinel monitor {MASTER} 127.0.0.1 {master_port} 2\n\
+            "{listen}bind 127.0.0.1\ndir {dir}\nlogfile {log}\n\
+             sentinel monitor {MASTER} 127.0.0.1 {master_port} 2\n{auth}\
              sentinel down-after-milliseconds {MASTER} {down}\n\
              sentinel failover-timeout {MASTER} {failover}\n\
              sentinel parallel-syncs {MASTER} 1\n",
@@ -99,10 +174,14 @@ impl SentinelProcess {
             dir,
             child: Some(child),
         };
+        let dial = Dial {
+            password: security.sentinel_password.clone(),
+            certs: certs.cloned(),
+        };
         wait_for(
             &format!("sentinel on port {port} answers PING"),
             Duration::from_secs(10),
-            || ping(port),
+            || dial.query::<String>(port, &redis::cmd("PING")).is_some(),
         );
         s
     }
@@ -126,28 +205,78 @@ pub struct RedisSentinels {
     sentinels: Vec<SentinelProcess>,
     servers: Vec<RedisServer>,
     down_after: Duration,
+    security: SentinelSecurity,
+    /// The test's way to the data nodes, and to the sentinels.
+    data: Dial,
+    sentinel: Dial,
+    /// The shared certificates and the sentinels' password file.
+    dir: PathBuf,
 }
 
 impl RedisSentinels {
     /// Starts them and waits until every sentinel knows the replica and the two other sentinels (a
     /// failover needs both).
     pub fn start(down_after: Duration) -> Self {
-        let primary = RedisServer::start();
-        let replica = RedisServer::start_with(RedisOptions {
-            args: vec![
-                "--replicaof".into(),
-                "127.0.0.1".into(),
-                primary.port().to_string(),
-            ],
-            ..RedisOptions::default()
-        });
+        Self::start_with(down_after, SentinelSecurity::default())
+    }
+
+    /// As [`RedisSentinels::start`], behind the passwords and TLS `security` says.
+    pub fn start_with(down_after: Duration, security: SentinelSecurity) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "bus-sentinels-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            panic!("cannot create {}: {e}", dir.display());
+        }
+        let certs = security.tls.then(|| super::TestCerts::make(&dir));
+        let server_options = |extra: Vec<String>| {
+            let mut args = extra;
+            if let Some(p) = &security.data_password {
+                // A replica (and a demoted master) authenticates to its master.
+                args.extend(["--masterauth".into(), p.clone()]);
+            }
+            if security.tls {
+                args.extend(["--tls-replication".into(), "yes".into()]);
+            }
+            RedisOptions {
+                tls: security.tls,
+                certs: certs.clone(),
+                password: security.data_password.clone(),
+                args,
+                ..RedisOptions::default()
+            }
+        };
+        let data = Dial {
+            password: security.data_password.clone(),
+            certs: certs.clone(),
+        };
+        let sentinel = Dial {
+            password: security.sentinel_password.clone(),
+            certs: certs.clone(),
+        };
+        let primary = RedisServer::start_with(server_options(Vec::new()));
+        let replica = RedisServer::start_with(server_options(vec![
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            primary.port().to_string(),
+        ]));
         wait_for("the replica is in sync", Duration::from_secs(10), || {
-            query::<String>(replica.port(), redis::cmd("INFO").arg("replication"))
+            data.query::<String>(replica.port(), redis::cmd("INFO").arg("replication"))
                 .is_some_and(|i| i.contains("master_link_status:up"))
         });
         let failover_timeout = Duration::from_secs(10);
         let sentinels: Vec<_> = (0..3)
-            .map(|_| SentinelProcess::start(primary.port(), down_after, failover_timeout))
+            .map(|_| {
+                SentinelProcess::start(
+                    primary.port(),
+                    down_after,
+                    failover_timeout,
+                    &security,
+                    certs.as_ref(),
+                )
+            })
             .collect();
         for s in &sentinels {
             wait_for(
@@ -155,9 +284,9 @@ impl RedisSentinels {
                 Duration::from_secs(20),
                 || {
                     let replicas: Option<Vec<redis::Value>> =
-                        query(s.port, redis::cmd("SENTINEL").arg("replicas").arg(MASTER));
+                        sentinel.query(s.port, redis::cmd("SENTINEL").arg("replicas").arg(MASTER));
                     let others: Option<Vec<redis::Value>> =
-                        query(s.port, redis::cmd("SENTINEL").arg("sentinels").arg(MASTER));
+                        sentinel.query(s.port, redis::cmd("SENTINEL").arg("sentinels").arg(MASTER));
                     replicas.is_some_and(|r| r.len() == 1) && others.is_some_and(|o| o.len() == 2)
                 },
             );
@@ -166,6 +295,10 @@ impl RedisSentinels {
             sentinels,
             servers: vec![primary, replica],
             down_after,
+            security,
+            data,
+            sentinel,
+            dir,
         }
     }
 
@@ -180,13 +313,14 @@ impl RedisSentinels {
     /// The port the sentinels name as the master's, if one answers.
     pub fn master_port(&self) -> Option<u16> {
         self.sentinels.iter().find_map(|s| {
-            query::<(String, u16)>(
-                s.port,
-                redis::cmd("SENTINEL")
-                    .arg("get-master-addr-by-name")
-                    .arg(MASTER),
-            )
-            .map(|(_, port)| port)
+            self.sentinel
+                .query::<(String, u16)>(
+                    s.port,
+                    redis::cmd("SENTINEL")
+                        .arg("get-master-addr-by-name")
+                        .arg(MASTER),
+                )
+                .map(|(_, port)| port)
         })
     }
 
@@ -213,7 +347,7 @@ impl RedisSentinels {
         let mut new = None;
         wait_for("the sentinels promote the replica", within, || {
             new = self.master_port().filter(|p| *p != old).filter(|p| {
-                query::<Vec<redis::Value>>(*p, &redis::cmd("ROLE")).is_some_and(
+                self.data.query::<Vec<redis::Value>>(*p, &redis::cmd("ROLE")).is_some_and(
                     |r| matches!(r.first(), Some(redis::Value::BulkString(b)) if b == b"master"),
                 )
             });
@@ -229,15 +363,46 @@ impl RedisSentinels {
 
     /// Bus settings for `stream` through these sentinels, with short timings for tests. The URL names
     /// no reachable node: only the sentinels say where the master is.
+    ///
+    /// Secured: the data nodes' password in the URL, the sentinels' in a file
+    /// (`sentinel_password_file`), the set's CA and client certificate for TLS.
     pub fn config(&self, stream: &str) -> BusConfig {
-        let mut c = BusConfig::new("redis://sentinel-named-master/", stream);
+        let scheme = if self.security.tls { "rediss" } else { "redis" };
+        let auth = self
+            .security
+            .data_password
+            .as_ref()
+            .map(|p| format!(":{p}@"))
+            .unwrap_or_default();
+        let mut c = BusConfig::new(format!("{scheme}://{auth}sentinel-named-master/"), stream);
         c.topology = Topology::Sentinel {
             sentinels: self.sentinel_addresses(),
             master: MASTER.into(),
         };
+        if let Some(p) = &self.security.sentinel_password {
+            let file = self.dir.join("sentinel-password");
+            if let Err(e) = std::fs::write(&file, p) {
+                panic!("cannot write {}: {e}", file.display());
+            }
+            c.access.sentinel_password_file = Some(file);
+        }
+        if let Some(certs) = &self.sentinel.certs {
+            c.access.tls_ca_file = Some(certs.ca.clone());
+            c.access.tls_cert_file = Some(certs.client_cert.clone());
+            c.access.tls_key_file = Some(certs.client_key.clone());
+        }
         c.block = Duration::from_millis(200);
         c.claim_idle = Duration::from_millis(500);
         c
+    }
+}
+
+impl Drop for RedisSentinels {
+    fn drop(&mut self) {
+        // The processes first (fields drop after this), then their shared files.
+        self.sentinels.clear();
+        self.servers.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
