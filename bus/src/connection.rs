@@ -29,6 +29,12 @@ const BLOCK_MARGIN: Duration = Duration::from_secs(5);
 /// After asking the sentinels, wait this long before asking again: a burst of failed commands during a
 /// failover asks once.
 const SENTINEL_REASK: Duration = Duration::from_millis(250);
+/// On a Redis Cluster, how long a command refused with `TRYAGAIN` (keys of one slot on both sides of a
+/// migration: the idempotent publish, the outputs-and-ack script) is sent again, every
+/// [`TRYAGAIN_PAUSE`]: a resharding moves a slot's keys in seconds, and the write then goes through
+/// (docs/TOPOLOGY.md, "Resharding").
+const TRYAGAIN_PATIENCE: Duration = Duration::from_secs(15);
+const TRYAGAIN_PAUSE: Duration = Duration::from_millis(100);
 
 /// A connected bus: a shared multiplexed connection, how to make more, and the settings.
 ///
@@ -147,7 +153,13 @@ impl Target {
                 let mut builder = ClusterClientBuilder::new(nodes)
                     .connection_timeout(CONNECT_TIMEOUT)
                     .response_timeout(response_timeout)
-                    .retries(3);
+                    // Retries paced as the single connection's (`manager_config`): redis-rs' own
+                    // minimum of 1.28 s between two tries is for a node failover, which the callers
+                    // retry on their own; `TRYAGAIN` is retried above it (`TRYAGAIN_PATIENCE`).
+                    .retries(3)
+                    .min_retry_wait(50)
+                    .max_retry_wait(1000)
+                    .retry_wait_formula(50, 2);
                 if let Some(certs) = &self.resolved.certs {
                     builder = builder.certs(certs.clone());
                 }
@@ -349,11 +361,25 @@ impl Followed {
     }
 }
 
+fn is_try_again(e: &RedisError) -> bool {
+    e.kind() == ErrorKind::Server(redis::ServerErrorKind::TryAgain)
+}
+
 impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match &mut self.0 {
             Inner::Single(c) => c.req_packed_command(cmd),
-            Inner::Cluster(c) => c.req_packed_command(cmd),
+            Inner::Cluster(c) => Box::pin(async move {
+                let deadline = std::time::Instant::now() + TRYAGAIN_PATIENCE;
+                loop {
+                    match c.req_packed_command(cmd).await {
+                        Err(e) if is_try_again(&e) && std::time::Instant::now() < deadline => {
+                            tokio::time::sleep(TRYAGAIN_PAUSE).await
+                        }
+                        reply => return reply,
+                    }
+                }
+            }),
             Inner::Sentinel(f) => Box::pin(async move {
                 let mut c = f.current();
                 let reply = c.req_packed_command(cmd).await;

@@ -149,13 +149,7 @@ async fn one_lab(cluster_cfg: bus::BusConfig) -> bus::Bus {
     while let Some(page) = pages.next_page().await.unwrap() {
         ids.extend(page.into_iter().map(|e| e.id));
     }
-    let decisions = audit
-        .query(&bus::Query {
-            types: vec!["ScaleUpDecision".into()],
-            ..bus::Query::default()
-        })
-        .await
-        .unwrap();
+    let decisions = decisions(&audit).await;
     assert_eq!(decisions.len(), 1, "the output is written once");
     // 104 entries, the retried one and the followed one.
     assert_eq!(ids.len(), 106);
@@ -164,6 +158,15 @@ async fn one_lab(cluster_cfg: bus::BusConfig) -> bus::Bus {
     let group = audit.group("G").await.unwrap().expect("group G");
     assert_eq!(group.pending, 0, "every entry acked");
     bus
+}
+
+/// The stream's `ScaleUpDecision`s.
+async fn decisions(audit: &bus::Audit) -> Vec<bus::RawEntry> {
+    let q = bus::Query {
+        types: vec!["ScaleUpDecision".into()],
+        ..bus::Query::default()
+    };
+    audit.query(&q).await.unwrap()
 }
 
 /// The keys of the node on `port`.
@@ -214,11 +217,7 @@ async fn two_labs_share_a_redis_cluster_each_stream_with_all_its_keys_on_its_own
 
 /// The event id of the stream's one `ScaleUpDecision` (its idempotency key is `event:<id>`).
 async fn uuid_of_decision(bus: &bus::Bus) -> String {
-    let q = bus::Query {
-        types: vec!["ScaleUpDecision".into()],
-        ..bus::Query::default()
-    };
-    let e = bus.audit().query(&q).await.unwrap().remove(0);
+    let e = decisions(&bus.audit()).await.remove(0);
     e.decode().unwrap().event_id.to_string()
 }
 
@@ -358,13 +357,7 @@ async fn a_stream_whose_slot_moves_to_another_primary_meanwhile_loses_and_repeat
     let unique: HashSet<&String> = handled.iter().map(|(id, _)| id).collect();
     assert_eq!(unique.len(), handled.len(), "an entry handled twice");
     assert!(published.keys().all(|id| unique.contains(id)));
-    let decisions = audit
-        .query(&bus::Query {
-            types: vec!["ScaleUpDecision".into()],
-            ..bus::Query::default()
-        })
-        .await
-        .unwrap();
+    let decisions = decisions(&audit).await;
     assert_eq!(decisions.len(), 50, "one decision per trigger");
     assert_eq!(
         audit.len().await.unwrap(),

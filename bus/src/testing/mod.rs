@@ -108,14 +108,7 @@ impl RedisServer {
     /// As [`RedisServer::start`], with TLS and a password as `options` say.
     pub fn start_with(options: RedisOptions) -> Self {
         let port = free_port();
-        let dir = std::env::temp_dir().join(format!(
-            "bus-redis-{}-{port}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4().simple()
-        ));
-        if let Err(e) = std::fs::create_dir_all(&dir) {
-            panic!("cannot create {}: {e}", dir.display());
-        }
+        let dir = fresh_dir(&format!("bus-redis-{port}"));
         let certs = options.tls.then(|| {
             options
                 .certs
@@ -301,6 +294,19 @@ impl Drop for RedisServer {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A new directory `<temp>/<kind>-<pid>-<uuid>` for one process's files; panics if it cannot be made.
+pub(crate) fn fresh_dir(kind: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "{kind}-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        panic!("cannot create {}: {e}", dir.display());
+    }
+    dir
 }
 
 pub(crate) fn free_port() -> u16 {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{free_port, RedisOptions, RedisServer};
+use super::{free_port, fresh_dir, RedisOptions, RedisServer};
 use crate::config::{BusConfig, Topology};
 
 /// The master name the sentinels monitor.
@@ -115,14 +115,7 @@ impl SentinelProcess {
         certs: Option<&super::TestCerts>,
     ) -> Self {
         let port = free_port();
-        let dir = std::env::temp_dir().join(format!(
-            "bus-sentinel-{}-{port}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4().simple()
-        ));
-        if let Err(e) = std::fs::create_dir_all(&dir) {
-            panic!("cannot create {}: {e}", dir.display());
-        }
+        let dir = fresh_dir(&format!("bus-sentinel-{port}"));
         // The sentinel rewrites its file (what it learns of replicas and other sentinels).
         let conf = dir.join("sentinel.conf");
         let listen = match certs {
@@ -222,14 +215,7 @@ impl RedisSentinels {
 
     /// As [`RedisSentinels::start`], behind the passwords and TLS `security` says.
     pub fn start_with(down_after: Duration, security: SentinelSecurity) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "bus-sentinels-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4().simple()
-        ));
-        if let Err(e) = std::fs::create_dir_all(&dir) {
-            panic!("cannot create {}: {e}", dir.display());
-        }
+        let dir = fresh_dir("bus-sentinels");
         let certs = security.tls.then(|| super::TestCerts::make(&dir));
         let server_options = |extra: Vec<String>| {
             let mut args = extra;
