@@ -20,30 +20,6 @@ const LAB_CONFIG: &str = concat!(
     "/tests/fixtures/lab-scale-up-crash.yaml"
 );
 
-/// A directory of its own under the system's temp dir, removed afterwards.
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let p = std::env::temp_dir().join(format!("autoscaler-archive-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn load_lab_stream(server: &RedisServer) -> usize {
     let client = redis::Client::open(server.url()).unwrap();
     let mut conn = client.get_connection().unwrap();
@@ -132,7 +108,7 @@ async fn archived_history(server: &RedisServer, dir: &Path) -> Vec<RawEntry> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn archive_files_and_the_stream_replay_as_one_history() {
     let server = RedisServer::start();
-    let dir = TempDir::new();
+    let dir = tempfile::TempDir::new().expect("temp dir");
     let all = archived_history(&server, dir.path()).await;
 
     // The stream alone has lost the first decisions.
@@ -214,7 +190,7 @@ async fn archive_files_and_the_stream_replay_as_one_history() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_archive_file_is_reported_and_skipped() {
     let server = RedisServer::start();
-    let dir = TempDir::new();
+    let dir = tempfile::TempDir::new().expect("temp dir");
     let all = archived_history(&server, dir.path()).await;
     let files = archive::list(dir.path()).unwrap();
     // The middle file cut short, as by a crash or a full disk.
@@ -255,7 +231,7 @@ async fn a_truncated_archive_file_is_reported_and_skipped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leaders_writer_archives_the_stream_as_lines_zcat_and_a_json_parser_read() {
     let server = RedisServer::start();
-    let dir = TempDir::new();
+    let dir = tempfile::TempDir::new().expect("temp dir");
     assert_eq!(load_lab_stream(&server), 38);
     let (bus, all) = stream(&server).await;
     let mut w = Writer::open(dir.path()).unwrap();
@@ -318,7 +294,7 @@ async fn the_leaders_writer_archives_the_stream_as_lines_zcat_and_a_json_parser_
 fn plot_writes_an_svg_of_the_expected_size_with_both_runs() {
     let server = RedisServer::start();
     load_lab_stream(&server);
-    let dir = TempDir::new();
+    let dir = tempfile::TempDir::new().expect("temp dir");
     let file = dir.path().join("what-if.svg");
     let out = Command::new(env!("CARGO_BIN_EXE_autoscaler"))
         .arg("--config")

@@ -18,28 +18,6 @@ const LAB_CONFIG: &str = concat!(
     "/tests/fixtures/lab-scale-up-crash.yaml"
 );
 
-/// A directory for the test's configs, removed at the end.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let p =
-            std::env::temp_dir().join(format!("autoscaler-topology-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&p).expect("temp dir");
-        Self(p)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// The fixture's configuration with `stream` and the bus lines `bus` (mode, url, …), written into `dir`.
 fn config_in(dir: &Path, name: &str, stream: &str, bus: &str) -> PathBuf {
     let text = std::fs::read_to_string(LAB_CONFIG).expect("the fixture config");
@@ -137,7 +115,7 @@ fn the_read_commands_work(config: &Path, entries: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_labs_on_one_redis_cluster_are_read_by_tail_explain_status_and_replay() {
     let cluster = tokio::task::block_in_place(RedisCluster::start);
-    let dir = TempDir::new("cluster");
+    let dir = tempfile::TempDir::new().expect("temp dir");
     let ports = cluster.ports();
     let bus_lines = format!(
         "      url: \"redis://127.0.0.1:{}\"\n      mode: cluster\n      cluster_nodes: [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]\n",
@@ -173,7 +151,7 @@ async fn two_labs_on_one_redis_cluster_are_read_by_tail_explain_status_and_repla
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_read_commands_work_through_sentinel() {
     let set = tokio::task::block_in_place(|| RedisSentinels::start(Duration::from_secs(1)));
-    let dir = TempDir::new("sentinel");
+    let dir = tempfile::TempDir::new().expect("temp dir");
     let n = load(set.config("autoscaler_events")).await;
     let sentinels = set
         .sentinel_addresses()
