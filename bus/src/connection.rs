@@ -29,12 +29,13 @@ const BLOCK_MARGIN: Duration = Duration::from_secs(5);
 /// After asking the sentinels, wait this long before asking again: a burst of failed commands during a
 /// failover asks once.
 const SENTINEL_REASK: Duration = Duration::from_millis(250);
-/// On a Redis Cluster, how long a command refused with `TRYAGAIN` (keys of one slot on both sides of a
-/// migration: the idempotent publish, the outputs-and-ack script) is sent again, every
-/// [`TRYAGAIN_PAUSE`]: a resharding moves a slot's keys in seconds, and the write then goes through
-/// (docs/TOPOLOGY.md, "Resharding").
-const TRYAGAIN_PATIENCE: Duration = Duration::from_secs(15);
-const TRYAGAIN_PAUSE: Duration = Duration::from_millis(100);
+/// On a Redis Cluster, how long a command refused because its slot is moving is sent again, every
+/// [`SLOT_MOVE_PAUSE`]: `TRYAGAIN` (keys of one slot on both sides of a migration: the idempotent
+/// publish, the outputs-and-ack script), and a `MOVED` or `ASK` that redis-rs' own retries did not
+/// get past (the nodes learn a slot's new owner one after the other). A resharding moves a slot's
+/// keys in seconds, and the write then goes through (docs/TOPOLOGY.md, "Resharding").
+const SLOT_MOVE_PATIENCE: Duration = Duration::from_secs(15);
+const SLOT_MOVE_PAUSE: Duration = Duration::from_millis(100);
 
 /// A connected bus: a shared multiplexed connection, how to make more, and the settings.
 ///
@@ -155,7 +156,8 @@ impl Target {
                     .response_timeout(response_timeout)
                     // Retries paced as the single connection's (`manager_config`): redis-rs' own
                     // minimum of 1.28 s between two tries is for a node failover, which the callers
-                    // retry on their own; `TRYAGAIN` is retried above it (`TRYAGAIN_PATIENCE`).
+                    // retry on their own; a moving slot is waited out above it
+                    // (`SLOT_MOVE_PATIENCE`).
                     .retries(3)
                     .min_retry_wait(50)
                     .max_retry_wait(1000)
@@ -361,8 +363,10 @@ impl Followed {
     }
 }
 
-fn is_try_again(e: &RedisError) -> bool {
-    e.kind() == ErrorKind::Server(redis::ServerErrorKind::TryAgain)
+/// A refusal that says the command was not run because its slot is moving: sending it again is safe.
+fn slot_is_moving(e: &RedisError) -> bool {
+    use redis::ServerErrorKind::{Ask, Moved, TryAgain};
+    matches!(e.kind(), ErrorKind::Server(TryAgain | Moved | Ask))
 }
 
 impl ConnectionLike for Connection {
@@ -370,11 +374,11 @@ impl ConnectionLike for Connection {
         match &mut self.0 {
             Inner::Single(c) => c.req_packed_command(cmd),
             Inner::Cluster(c) => Box::pin(async move {
-                let deadline = std::time::Instant::now() + TRYAGAIN_PATIENCE;
+                let deadline = std::time::Instant::now() + SLOT_MOVE_PATIENCE;
                 loop {
                     match c.req_packed_command(cmd).await {
-                        Err(e) if is_try_again(&e) && std::time::Instant::now() < deadline => {
-                            tokio::time::sleep(TRYAGAIN_PAUSE).await
+                        Err(e) if slot_is_moving(&e) && std::time::Instant::now() < deadline => {
+                            tokio::time::sleep(SLOT_MOVE_PAUSE).await
                         }
                         reply => return reply,
                     }
