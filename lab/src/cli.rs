@@ -79,6 +79,10 @@ pub struct NodeSpecArgs {
     /// A node taint `key=value:Effect` (repeatable).
     #[arg(long = "node-taint", env = "K3S_NODE_TAINT", value_delimiter = ',')]
     pub node_taints: Vec<String>,
+    /// A kubelet argument `key=value` (repeatable), as k3s takes it: `max-pods=N` sets the Node's pod
+    /// capacity; the others mean nothing to the lab's agent and are ignored.
+    #[arg(long = "kubelet-arg")]
+    pub kubelet_args: Vec<String>,
     /// Heartbeat period (Lease and Ready condition); keep the server's `--node-monitor-grace` at
     /// least twice this, or live nodes flap NotReady between beats.
     #[arg(long, env = "LAB_HEARTBEAT", default_value = "5s", value_parser = humantime::parse_duration)]
@@ -109,6 +113,13 @@ impl NodeSpecArgs {
             .iter()
             .map(|t| agent::parse_taint(t))
             .collect::<Result<_, _>>()?;
+        for a in &self.kubelet_args {
+            if let Some(n) = a.strip_prefix("max-pods=") {
+                opts.max_pods = n
+                    .parse()
+                    .with_context(|| format!("kubelet arg {a:?}: max-pods is not a number"))?;
+            }
+        }
         Ok(opts)
     }
 }
@@ -307,6 +318,9 @@ mod tests {
             "--heartbeat",
             "2s",
             "--no-load",
+            "--kubelet-arg",
+            "max-pods=30",
+            "--kubelet-arg=eviction-hard=memory.available<100Mi",
         ])
         .unwrap();
         let Cli::Agent(a) = cli else {
@@ -325,6 +339,8 @@ mod tests {
         );
         assert_eq!(opts.taints, [("k".into(), "v".into(), "NoSchedule".into())]);
         assert!(!opts.simulate_load);
+        // k3s's kubelet arguments: max-pods is the Node's pod capacity, the rest is ignored.
+        assert_eq!(opts.max_pods, 30);
     }
 
     #[test]
@@ -342,6 +358,21 @@ mod tests {
                 Cli::Lab(_) => panic!("not agent"),
             }
         };
+        let pods = |arg: &str| match Cli::try_parse_from([
+            "x",
+            "agent",
+            "--server",
+            "s",
+            "--kubelet-arg",
+            arg,
+        ])
+        .unwrap()
+        {
+            Cli::Agent(a) => a.node.agent_options("w1").map(|o| o.max_pods),
+            Cli::Lab(_) => panic!("not agent"),
+        };
+        assert!(pods("max-pods=many").is_err());
+        assert_eq!(pods("serialize-image-pulls=false").unwrap(), 110);
         assert!(spec("pool", "").is_err());
         assert!(spec("", "k=v").is_err());
         assert!(spec("pool=a", "k=v:NoExecute").is_ok());

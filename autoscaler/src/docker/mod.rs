@@ -107,6 +107,21 @@ pub struct PoolSpec {
     pub taints: Vec<String>,
     /// Environment on top of [`PoolConfig::extra_env`] (the lab agent's capacity of this pool).
     pub env: BTreeMap<String, String>,
+    /// Pods per worker, as `--kubelet-arg max-pods=N` (see [`kubelet_args`]).
+    pub max_pods: u32,
+}
+
+/// The kubelet's own `max-pods`: a worker that keeps it gets no argument for it.
+pub const KUBELET_DEFAULT_MAX_PODS: u32 = 110;
+
+/// `--kubelet-arg max-pods=N` unless `max_pods` is the kubelet's default (or 0, unset): the pod
+/// slots the scheduling simulation counts (`workers.max_pods`, `pools[].max_pods`) are then the
+/// Node's too.
+fn kubelet_args(max_pods: u32) -> Vec<String> {
+    if max_pods == 0 || max_pods == KUBELET_DEFAULT_MAX_PODS {
+        return Vec::new();
+    }
+    vec!["--kubelet-arg".into(), format!("max-pods={max_pods}")]
 }
 
 /// What one worker container is built from: the pool it belongs to, resolved by
@@ -161,6 +176,8 @@ pub struct PoolConfig {
     pub cpu: f64,
     /// Memory limit in bytes; 0 means none.
     pub memory_bytes: u64,
+    /// Pods per worker of the default pool (`workers.max_pods`; 0: the kubelet's default).
+    pub max_pods: u32,
     /// More environment variables for the worker.
     pub extra_env: BTreeMap<String, String>,
     /// More labels on every worker (tests add their test label here).
@@ -200,6 +217,7 @@ impl Default for PoolConfig {
             cluster_id: "k3s-lab".into(),
             cpu: 2.0,
             memory_bytes: 2 * 1024 * 1024 * 1024,
+            max_pods: 0,
             extra_env: BTreeMap::new(),
             extra_labels: BTreeMap::new(),
             privileged: true,
@@ -239,6 +257,7 @@ impl PoolConfig {
                 cmd.push("--node-taint".into());
                 cmd.push(t.clone());
             }
+            cmd.extend(kubelet_args(spec.max_pods));
             let name_prefix = if label == handlers::policy::DEFAULT_POOL {
                 self.name_prefix.clone()
             } else {
@@ -259,7 +278,13 @@ impl PoolConfig {
                 label: &self.pool,
                 name_prefix: self.name_prefix.clone(),
                 image: &self.image,
-                cmd: self.command.iter().chain(&self.args).cloned().collect(),
+                cmd: self
+                    .command
+                    .iter()
+                    .chain(&self.args)
+                    .cloned()
+                    .chain(kubelet_args(self.max_pods))
+                    .collect(),
                 cpu: self.cpu,
                 memory_bytes: self.memory_bytes,
                 env: env(None),

@@ -861,9 +861,11 @@ mod tests {
     fn two_pools() -> PoolConfig {
         let spec = |cpu: f64, memory_bytes: u64| super::super::PoolSpec {
             image: "example/k3s:pool".into(),
-            args: vec!["--kubelet-arg".into(), "max-pods=30".into()],
+            args: vec!["--with-node-id".into()],
             cpu,
             memory_bytes,
+            // The kubelet's default: no argument for it.
+            max_pods: 110,
             env: BTreeMap::from([
                 ("LAB_NODE_CPU".to_string(), cpu.to_string()),
                 ("LAB_NODE_MEMORY".to_string(), memory_bytes.to_string()),
@@ -876,6 +878,7 @@ mod tests {
             ("example.com/disk".to_string(), "ssd".to_string()),
         ]);
         highmem.taints = vec!["dedicated=highmem:NoSchedule".into()];
+        highmem.max_pods = 30;
         PoolConfig {
             name_prefix: "w-".into(),
             pool: "ignored-with-pools".into(),
@@ -904,8 +907,7 @@ mod tests {
             body.cmd.unwrap(),
             vec![
                 "agent",
-                "--kubelet-arg",
-                "max-pods=30",
+                "--with-node-id",
                 "--node-label",
                 "k3s-autoscaler/pool=highmem",
                 "--node-label",
@@ -914,6 +916,9 @@ mod tests {
                 "tier=highmem",
                 "--node-taint",
                 "dedicated=highmem:NoSchedule",
+                // The pod slots the simulation counts are the Node's.
+                "--kubelet-arg",
+                "max-pods=30",
             ]
         );
         assert_eq!(body.labels.unwrap()[LABEL_POOL], "highmem");

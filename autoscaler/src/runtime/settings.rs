@@ -73,6 +73,7 @@ pub fn pool_config(settings: &Settings) -> std::io::Result<crate::docker::PoolCo
         cluster_id: a.cluster_id.clone(),
         cpu: w.cpu,
         memory_bytes: w.memory,
+        max_pods: w.max_pods,
         privileged: w.privileged,
         warm_pool: w.warm_pool,
         timeout: a.docker.timeout,
@@ -90,6 +91,7 @@ pub fn pool_config(settings: &Settings) -> std::io::Result<crate::docker::PoolCo
                     labels: p.labels.clone(),
                     taints: p.taints.clone(),
                     env: lab_node_env(cpu, memory),
+                    max_pods: p.max_pods(w),
                 };
                 (p.name.clone(), spec)
             })

@@ -21,6 +21,9 @@ use crate::time::{now_micro, now_rfc3339};
 use load::LoadGenerator;
 use primitives::{quantity, Backoff};
 
+/// The kubelet's own `max-pods`.
+pub const DEFAULT_MAX_PODS: u32 = 110;
+
 /// What node the agent makes and how it behaves.
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
@@ -40,6 +43,8 @@ pub struct AgentOptions {
     pub pod_sync: Duration,
     /// Whether the process really uses the CPU and memory of its Running pods.
     pub simulate_load: bool,
+    /// Pods the node takes at most (the kubelet's `max-pods`).
+    pub max_pods: u32,
 }
 
 impl AgentOptions {
@@ -54,6 +59,7 @@ impl AgentOptions {
             heartbeat: Duration::from_secs(5),
             pod_sync: Duration::from_secs(1),
             simulate_load: true,
+            max_pods: DEFAULT_MAX_PODS,
         }
     }
 }
@@ -210,7 +216,7 @@ impl Agent {
     }
 
     fn status(&self) -> Value {
-        let resources = json!({"cpu": self.opts.cpu, "memory": self.opts.memory, "pods": "110", "ephemeral-storage": "10Gi"});
+        let resources = json!({"cpu": self.opts.cpu, "memory": self.opts.memory, "pods": self.opts.max_pods.to_string(), "ephemeral-storage": "10Gi"});
         let mut allocatable = resources.clone();
         let mem = quantity::memory_bytes(&self.opts.memory).unwrap_or(0);
         allocatable["memory"] = json!(format!("{}Ki", allocatable_memory(mem) / 1024));
