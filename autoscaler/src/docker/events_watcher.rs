@@ -46,7 +46,7 @@ use tracing::{debug, info, warn};
 
 use super::intents::PoolIntents;
 use super::pool::{inspect_container, list_managed, managed_filters, DockerWorkerPool, Worker};
-use super::{Engine, Result};
+use super::{Engine, Result, LABEL_POOL};
 
 /// The `source` of the envelopes this watcher emits.
 pub const SOURCE: &str = "docker_events_watcher";
@@ -99,11 +99,15 @@ fn lost(name: &str, at: DateTime<Utc>, cause: &str) -> Event {
     })
 }
 
-fn created(name: &str, id: &str) -> Event {
+/// `pool`: the container's pool label (engine events carry a container's labels among their
+/// attributes); the default pool's is left out, as the pool's own `NodeCreated` leaves it out.
+fn created(name: &str, id: &str, pool: Option<&String>) -> Event {
     Event::NodeCreated(NodeCreated {
         node_name: name.to_string(),
         container_id: (!id.is_empty()).then(|| id.to_string()),
-        pool: None,
+        pool: pool
+            .filter(|p| p.as_str() != handlers::policy::DEFAULT_POOL)
+            .cloned(),
     })
 }
 
@@ -179,7 +183,7 @@ impl Tracker {
                     lost: false,
                 };
                 if !expected && !was_running {
-                    out.push(created(name, id));
+                    out.push(created(name, id, attributes.get(LABEL_POOL)));
                 }
             }
             "kill" | "stop"
@@ -274,7 +278,7 @@ impl Tracker {
                                 lost: false,
                             };
                             if !expected(&name, "start") {
-                                out.push(created(&name, &w.id));
+                                out.push(created(&name, &w.id, w.labels.get(LABEL_POOL)));
                             }
                         } else if !running {
                             e.running = false;
@@ -299,7 +303,7 @@ impl Tracker {
                 },
             );
             if running && !expected(&w.name, "start") {
-                out.push(created(&w.name, &w.id));
+                out.push(created(&w.name, &w.id, w.labels.get(LABEL_POOL)));
             }
         }
         out
@@ -650,6 +654,38 @@ mod tests {
             &[("die", &[("exitCode", "2")], false), ("start", &[], false)],
         );
         assert_eq!(got, vec!["Lost:container_crash", "NodeCreated:w1"]);
+    }
+
+    #[test]
+    fn a_worker_started_by_someone_else_is_created_in_its_pool_label() {
+        let mut t = Tracker::default();
+        let now = Utc::now();
+        let pool_of = |out: Vec<Event>| match out.as_slice() {
+            [Event::NodeCreated(c)] => c.pool.clone(),
+            other => panic!("{other:?}"),
+        };
+        let start = |t: &mut Tracker, name: &str, pool: &str| {
+            t.on_event(
+                "start",
+                name,
+                name,
+                &attrs(&[(LABEL_POOL, pool)]),
+                false,
+                now,
+            )
+        };
+        assert_eq!(
+            pool_of(start(&mut t, "w-highmem-2", "highmem")),
+            Some("highmem".into())
+        );
+        // The default pool is left out, as the pool's own NodeCreated leaves it out.
+        assert_eq!(pool_of(start(&mut t, "w-3", "default")), None);
+        // A listing after a reconnect: from the container's labels.
+        let mut listed = worker("w-gpu-1", "id9", WorkerState::Running);
+        listed.labels.insert(LABEL_POOL.into(), "gpu".into());
+        let mut t = Tracker::default();
+        let out = t.on_relist(&[listed], &HashMap::new(), |_, _| false, now);
+        assert_eq!(pool_of(out), Some("gpu".into()));
     }
 
     #[test]
