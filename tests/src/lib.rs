@@ -260,6 +260,8 @@ pub struct LabPool {
     pub priority: i32,
     /// One of [`LabOptions::docker_hosts`]; `None`: the machine's engine.
     pub docker_host: Option<String>,
+    /// Pods per worker; `None`: `workers.max_pods`.
+    pub max_pods: Option<u32>,
 }
 
 impl LabPool {
@@ -280,6 +282,7 @@ impl LabPool {
             "taints": self.taints,
             "priority": self.priority,
             "docker_host": self.docker_host,
+            "max_pods": self.max_pods,
         })
         .to_string()
     }

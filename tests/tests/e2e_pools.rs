@@ -2,7 +2,8 @@
 //! that select and tolerate `highmem` get a `highmem` worker, plain pods `general` workers, a pod no
 //! pool can run gets no worker and one `ScaleUpBlocked`, the scale-down after the load keeps a worker
 //! whose pod fits nowhere else (the scheduling simulation over the placement on the stream) and each
-//! pool's `min_nodes`. Real Redis, real Docker, the lab cluster, `autoscaler run` as a real process.
+//! pool's `min_nodes`. A pool's `max_pods` is its Nodes' pod capacity. Real Redis, real Docker, the
+//! lab cluster, `autoscaler run` as a real process.
 
 use std::time::Duration;
 
@@ -297,5 +298,56 @@ async fn e2e_two_pools_scale_up_by_selector_and_taint_and_keep_their_minimums() 
     assert_eq!(blocked_for(&events, "ssd").len(), 1, "{}", trail(&events));
     let failed = find(&events, 0, "ScalingActionFailed", |_| true);
     assert!(failed.is_none(), "{failed:?}\n{}", trail(&events));
+    lab.assert_replay_identity().await;
+}
+
+/// A pool's `max_pods` reaches its workers (`--kubelet-arg max-pods=N`): 2 pods that fit on one
+/// worker by CPU and memory take two workers of 1 pod slot, and the Nodes say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_a_pools_max_pods_is_the_pod_capacity_of_its_nodes() {
+    let lab = Lab::start(LabOptions {
+        min_nodes: 1,
+        max_nodes: 3,
+        pools: vec![LabPool {
+            name: "dense".into(),
+            min_nodes: 1,
+            max_nodes: 3,
+            // The engine refuses more CPUs than the machine has (2 here).
+            cpu: 2.0,
+            memory: "2Gi".into(),
+            max_pods: Some(1),
+            ..LabPool::default()
+        }],
+        ..LabOptions::default()
+    })
+    .await;
+    lab.settled(0, 1..=1, SETTLE).await;
+    // 2 × 700m of 2 CPUs: one worker by resources, two by pod slots.
+    lab.kubectl_apply(&tests::deployment("small", 2));
+    let pods = lab.wait_running("small", 2, SETTLE).await;
+    let mut per_node: std::collections::BTreeMap<String, usize> = Default::default();
+    for (_, node) in &pods {
+        *per_node.entry(node.clone()).or_default() += 1;
+    }
+    assert_eq!(
+        per_node.values().copied().collect::<Vec<_>>(),
+        [1, 1],
+        "{per_node:?}"
+    );
+    for node in per_node.keys() {
+        let n = node_json(&lab, node);
+        assert_eq!(n["status"]["allocatable"]["pods"], "1", "{n}");
+    }
+    let events = lab.events().await;
+    let ups: Vec<_> = events
+        .iter()
+        .filter(|e| matches!(&e.event, Event::ScaleUpDecision(d) if d.reason == "pending_pods"))
+        .collect();
+    assert_eq!(
+        ups.len(),
+        1,
+        "one scale-up, for one worker: {}",
+        trail(&events)
+    );
     lab.assert_replay_identity().await;
 }
