@@ -31,3 +31,22 @@ async fn docker_missing_socket_gives_a_clear_error() {
     );
     assert_eq!(err.kind(), "unreachable");
 }
+
+#[tokio::test]
+async fn docker_a_tls_engine_whose_files_are_missing_names_the_file() {
+    let access = docker::EngineAccess {
+        tls: Some(docker::EngineTls {
+            ca: "/nonexistent/ca.pem".into(),
+            cert: "/nonexistent/cert.pem".into(),
+            key: "/nonexistent/key.pem".into(),
+        }),
+        ssh_key: None,
+    };
+    let err = docker::connect_with("tcp://127.0.0.1:9", &access, Duration::from_secs(2))
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("/nonexistent/"), "{msg}");
+    eprintln!("{msg}");
+}
