@@ -182,7 +182,8 @@ impl StreamReader {
 
     /// Sends `args` once to the node an `ASK` names, after `ASKING`, on a connection of its own: a
     /// migration is short, and the next read goes to the owner again (Redis Cluster spec, "ASK
-    /// redirection").
+    /// redirection"). `&mut self` though nothing here changes: a future holding `&self` would not be
+    /// `Send` (the connection's stream is not `Sync`).
     async fn ask(
         &mut self,
         ask: &str,
