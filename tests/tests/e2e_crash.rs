@@ -552,26 +552,7 @@ async fn e2e_sigterm_during_a_drain_waits_for_the_drain_to_finish() {
     })
     .await;
     let started = Instant::now();
-    lab.settled(0, 2..=2, Duration::from_secs(90)).await;
-    lab.kubectl_apply(&deployment("web", 3));
-    let events = lab
-        .wait_for_events("the scale-up to three", Duration::from_secs(90), |ev| {
-            find(
-                ev,
-                0,
-                "ScalingActionCompleted",
-                |e| matches!(&e.event, Event::ScalingActionCompleted(c) if c.new_workers == 3),
-            )
-            .is_some()
-        })
-        .await;
-    let workers = wait_consistent(&lab, 3, Duration::from_secs(60)).await;
-    lab.kubectl_apply(GUARD_PDB);
-    for w in &workers {
-        lab.kubectl_apply(&guard_pod(w));
-    }
-    let from = events.len();
-    lab.kubectl(&["delete", "deployment", "web"]);
+    let (from, _) = three_workers_then_no_load(&lab, true).await;
 
     let bus = lab.bus().await;
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -678,21 +659,12 @@ enum KillAt {
     DrainKept,
 }
 
-async fn scale_down_crash(kill_at: KillAt) {
-    let guarded = matches!(kill_at, KillAt::Drain | KillAt::DrainKept);
-    let mut lab = Lab::start(LabOptions {
-        placement_interval: if guarded {
-            HELD_DRAIN_PLACEMENT
-        } else {
-            LabOptions::default().placement_interval
-        },
-        ..LabOptions::default()
-    })
-    .await;
-    let started = Instant::now();
+/// From the lab's minimum of two, up to three workers (three pods of 700m need three 1-CPU
+/// workers), then the load removed: a scale-down is next. `guarded`: every worker first gets a
+/// small pod that a PodDisruptionBudget keeps from being evicted, so the drain of the chosen worker
+/// waits. Returns where on the stream the unloading began, and the three workers.
+async fn three_workers_then_no_load(lab: &Lab, guarded: bool) -> (usize, BTreeSet<String>) {
     lab.settled(0, 2..=2, Duration::from_secs(90)).await;
-
-    // Above the minimum: three pods of 700m need three 1-CPU workers.
     lab.kubectl_apply(&deployment("web", 3));
     let events = lab
         .wait_for_events("the scale-up to three", Duration::from_secs(90), |ev| {
@@ -705,10 +677,7 @@ async fn scale_down_crash(kill_at: KillAt) {
             .is_some()
         })
         .await;
-    let workers = wait_consistent(&lab, 3, Duration::from_secs(60)).await;
-
-    // Remove the load. For a crash mid-drain, leave on every worker a small pod that a
-    // PodDisruptionBudget keeps from being evicted: the drain of the chosen worker then waits.
+    let workers = wait_consistent(lab, 3, Duration::from_secs(60)).await;
     if guarded {
         lab.kubectl_apply(GUARD_PDB);
         for w in &workers {
@@ -717,6 +686,22 @@ async fn scale_down_crash(kill_at: KillAt) {
     }
     let from = events.len();
     lab.kubectl(&["delete", "deployment", "web"]);
+    (from, workers)
+}
+
+async fn scale_down_crash(kill_at: KillAt) {
+    let guarded = matches!(kill_at, KillAt::Drain | KillAt::DrainKept);
+    let mut lab = Lab::start(LabOptions {
+        placement_interval: if guarded {
+            HELD_DRAIN_PLACEMENT
+        } else {
+            LabOptions::default().placement_interval
+        },
+        ..LabOptions::default()
+    })
+    .await;
+    let started = Instant::now();
+    let (from, workers) = three_workers_then_no_load(&lab, guarded).await;
 
     let bus = lab.bus().await;
     let deadline = Instant::now() + Duration::from_secs(90);
