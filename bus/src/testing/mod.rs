@@ -90,6 +90,8 @@ impl TestCerts {
 /// A `redis-server` started for one test, killed on drop.
 pub struct RedisServer {
     port: u16,
+    /// Holds `port` against the other test processes while this server lives.
+    _claim: PortClaim,
     dir: PathBuf,
     child: Option<Child>,
     options: RedisOptions,
@@ -107,7 +109,14 @@ impl RedisServer {
 
     /// As [`RedisServer::start`], with TLS and a password as `options` say.
     pub fn start_with(options: RedisOptions) -> Self {
-        let port = free_port();
+        // A cluster node also listens on its port + 10000 (the cluster bus).
+        let cluster = options.args.iter().any(|a| a == "--cluster-enabled");
+        let claim = if cluster {
+            claim_cluster_port()
+        } else {
+            claim_port()
+        };
+        let port = claim.port;
         let dir = fresh_dir(&format!("bus-redis-{port}"));
         let certs = options.tls.then(|| {
             options
@@ -117,6 +126,7 @@ impl RedisServer {
         });
         let mut server = Self {
             port,
+            _claim: claim,
             dir,
             child: None,
             options,
@@ -309,11 +319,50 @@ pub(crate) fn fresh_dir(kind: &str) -> PathBuf {
     dir
 }
 
-pub(crate) fn free_port() -> u16 {
+fn free_port() -> u16 {
     match TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
         Ok(addr) => addr.port(),
         Err(e) => panic!("no free port on 127.0.0.1: {e}"),
     }
+}
+
+/// A loopback port held for one server: free when it was chosen, and claimed with a lock on a file
+/// of its own until this drops. Tests run in many processes at once (nextest), and between a
+/// port found free and `redis-server` binding it another process may pick the same one; the lock
+/// goes with the process, however it ends. The (empty) files stay: removing one could let two
+/// processes lock two different files of the same name.
+pub(crate) struct PortClaim {
+    pub(crate) port: u16,
+    _lock: std::fs::File,
+}
+
+fn lock_port(port: u16) -> Option<PortClaim> {
+    let path = std::env::temp_dir().join(format!("bus-test-port-{port}.lock"));
+    let file = std::fs::File::create(path).ok()?;
+    file.try_lock().ok()?;
+    Some(PortClaim { port, _lock: file })
+}
+
+/// A free ephemeral port, claimed.
+pub(crate) fn claim_port() -> PortClaim {
+    (0..200)
+        .find_map(|_| lock_port(free_port()))
+        .unwrap_or_else(|| panic!("no loopback port could be claimed in 200 tries"))
+}
+
+/// A port for a cluster node, claimed: it and its cluster bus port (+ 10000) both free, from
+/// 10000..20000, below the ephemeral range, so that no port the system hands out for `:0` (another
+/// test's server, a client's connection) can be either.
+pub(crate) fn claim_cluster_port() -> PortClaim {
+    let start = (uuid::Uuid::new_v4().as_u128() % 10_000) as u16;
+    (0..10_000u16)
+        .map(|i| 10_000 + (start + i) % 10_000)
+        .find_map(|port| {
+            let claim = lock_port(port)?;
+            let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+            (free(port) && free(port + 10_000)).then_some(claim)
+        })
+        .unwrap_or_else(|| panic!("no cluster port pair free in 10000..20000"))
 }
 
 pub(crate) fn ping(port: u16) -> bool {

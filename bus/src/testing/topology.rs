@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{free_port, fresh_dir, RedisOptions, RedisServer};
+use super::{claim_port, fresh_dir, PortClaim, RedisOptions, RedisServer};
 use crate::config::{BusConfig, Topology};
 
 /// The master name the sentinels monitor.
@@ -102,6 +102,7 @@ fn must_query<T: redis::FromRedisValue>(
 /// One `redis-server --sentinel`, killed on drop.
 struct SentinelProcess {
     port: u16,
+    _claim: PortClaim,
     dir: PathBuf,
     child: Option<Child>,
 }
@@ -114,7 +115,8 @@ impl SentinelProcess {
         security: &SentinelSecurity,
         certs: Option<&super::TestCerts>,
     ) -> Self {
-        let port = free_port();
+        let claim = claim_port();
+        let port = claim.port;
         let dir = fresh_dir(&format!("bus-sentinel-{port}"));
         // The sentinel rewrites its file (what it learns of replicas and other sentinels).
         let conf = dir.join("sentinel.conf");
@@ -164,6 +166,7 @@ impl SentinelProcess {
         };
         let s = Self {
             port,
+            _claim: claim,
             dir,
             child: Some(child),
         };
