@@ -418,7 +418,11 @@ impl RedisCluster {
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port()))
             .collect();
-        let out = Command::new("redis-cli")
+        // `redis-cli --cluster create` waits for the nodes to join with no end of its own: bounded
+        // here (coreutils' `timeout`), so a cluster that cannot form fails its test, not CI's run.
+        let out = Command::new("timeout")
+            .arg("60")
+            .arg("redis-cli")
             .arg("--cluster")
             .arg("create")
             .args(&addresses)
@@ -427,6 +431,13 @@ impl RedisCluster {
             .output();
         match out {
             Ok(o) if o.status.success() => {}
+            Ok(o) if o.status.code() == Some(124) => panic!(
+                "redis-cli --cluster create did not finish within 60 s: {}",
+                String::from_utf8_lossy(&o.stdout)
+            ),
+            Ok(o) if o.status.code() == Some(127) => {
+                panic!("redis-cli not found: apt-get install -y redis-tools")
+            }
             Ok(o) => panic!(
                 "redis-cli --cluster create failed ({}): {}{}",
                 o.status,
