@@ -25,11 +25,7 @@ fn wait_for(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
 
 /// A synchronous command to `127.0.0.1:port`, `None` when it fails.
 fn query<T: redis::FromRedisValue>(port: u16, cmd: &redis::Cmd) -> Option<T> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).ok()?;
-    let mut conn = client
-        .get_connection_with_timeout(Duration::from_millis(500))
-        .ok()?;
-    cmd.query(&mut conn).ok()
+    Dial::default().query(port, cmd)
 }
 
 /// How the test itself reaches the servers and sentinels of a secured set: their password, TLS
@@ -41,7 +37,7 @@ struct Dial {
 }
 
 impl Dial {
-    /// As [`query`], with this password and TLS.
+    /// A synchronous command to `127.0.0.1:port` with this password and TLS, `None` when it fails.
     fn query<T: redis::FromRedisValue>(&self, port: u16, cmd: &redis::Cmd) -> Option<T> {
         let (scheme, certs) = match &self.certs {
             Some(c) => ("rediss", Some(c)),
